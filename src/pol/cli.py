@@ -1,0 +1,253 @@
+"""`pol` command line: a thin layer over the library.
+
+Exit codes: 0 valid / success, 1 invalid proof (a check failed), 2 unusable input (missing or corrupt
+file, unknown format version, wrong shapes, bad option). Errors are one line on stderr, never a
+traceback (set POL_DEBUG=1 to see one).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+EXIT_VALID, EXIT_INVALID, EXIT_UNUSABLE = 0, 1, 2
+
+
+def _fail(msg: str, code: int) -> None:
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn):
+    """Map pol's exceptions to exit codes and one-line messages."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from pol.errors import (ConfigError, IntegrityError, PolError, ProofFormatError,
+                                ProofWriteError)
+        try:
+            return fn(*args, **kwargs)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except Exception as e:  # noqa: BLE001
+            if os.environ.get("POL_DEBUG"):
+                raise
+            if isinstance(e, IntegrityError):
+                _fail(str(e), EXIT_INVALID)
+            if isinstance(e, (ProofFormatError, ConfigError)):
+                _fail(str(e), EXIT_UNUSABLE)
+            if isinstance(e, ProofWriteError):
+                _fail(str(e), EXIT_UNUSABLE)
+            if isinstance(e, PolError):
+                _fail(str(e), EXIT_UNUSABLE)
+            if isinstance(e, OSError):
+                _fail(f"{e.filename or ''}: {e.strerror or e}", EXIT_UNUSABLE)
+            _fail(f"unexpected {type(e).__name__}: {e} (set POL_DEBUG=1 for a traceback)",
+                  EXIT_UNUSABLE)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pol")
+@click.option("-v", "--verbose", is_flag=True, help="Log what pol does.")
+def main(verbose: bool) -> None:
+    """pol — proof-of-learning for PyTorch: record a proof while training, verify it."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+# ---------------------------------------------------------------------------------------- train
+
+@main.command()
+@click.option("--task", default="digits-mlp", show_default=True, help="Built-in task (pol tasks).")
+@click.option("--epochs", type=click.IntRange(1), help="Epochs (default: the task's).")
+@click.option("--k", type=click.IntRange(1), help="Checkpoint interval in steps.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Proof directory.")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, 1000, min_open=True), help="Base learning rate.")
+@click.option("--batch-size", type=click.IntRange(1), help="Batch size.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
+              show_default=True, help="Storage precision of checkpoints.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@click.option("--deterministic", is_flag=True, help="torch.use_deterministic_algorithms (exact "
+              "replay on a GPU).")
+@click.option("--data", "data_dir", type=click.Path(), help="Local dataset directory (CIFAR).")
+@click.option("--force", is_flag=True, help="Overwrite an existing proof directory.")
+@handle_errors
+def train(task, epochs, k, out, seed, lr, batch_size, precision, device, deterministic, data_dir,
+          force):
+    """Train a built-in task and write its proof-of-learning (Algorithm 1)."""
+    from pol.prover.trainer import train_task
+    r = train_task(task, out, epochs=epochs, k=k, seed=seed, lr=lr, batch_size=batch_size,
+                   precision=precision, device=device, deterministic=deterministic,
+                   data_dir=data_dir, overwrite=force, progress=sys.stderr.isatty())
+    click.echo(f"trained {r.spec.task}: {r.total_steps} steps in {r.train_seconds:.1f}s, "
+               f"final loss {r.final_loss:.4f}, test accuracy {r.test_accuracy:.2%}")
+    click.echo(f"proof: {r.proof}  root digest {r.root_digest}")
+
+
+@main.command()
+def tasks():
+    """List the built-in tasks."""
+    from pol.tasks import TASKS
+    for t in TASKS.values():
+        click.echo(f"{t.name:20} {t.description} (E={t.epochs}, k={t.k}, batch {t.batch_size}, "
+                   f"{t.optimizer.name} lr {t.optimizer.lr})")
+
+
+# --------------------------------------------------------------------------------------- verify
+
+def _parse_deltas(values: tuple[str, ...], metrics: list[str]):
+    if not values or values == ("auto",):
+        return "auto"
+    out = {}
+    for v in values:
+        if v == "auto":
+            continue
+        if "=" in v:
+            m, _, num = v.partition("=")
+        else:
+            m, num = metrics[0], v
+        try:
+            x = float(num)
+        except ValueError:
+            raise click.BadParameter(f"{v!r}: expected auto, a number, or METRIC=NUMBER",
+                                     param_hint="--delta") from None
+        if not x >= 0:
+            raise click.BadParameter("δ must be a non-negative number", param_hint="--delta")
+        out[m] = x
+    return out
+
+
+@main.command()
+@click.argument("proof", type=click.Path())
+@click.option("--data", help="Dataset: a directory (CIFAR) or an .npz with x, y (user data).")
+@click.option("--q", "q", type=click.IntRange(1), default=1, show_default=True,
+              help="Largest updates replayed per epoch.")
+@click.option("--all", "all_segments", is_flag=True, help="Replay every segment.")
+@click.option("--delta", multiple=True, default=("auto",), show_default=True,
+              help="auto, a number (for the first metric) or METRIC=NUMBER; repeatable.")
+@click.option("--metric", "metrics", multiple=True,
+              type=click.Choice(["l1", "l2", "linf", "cos"]),
+              help="Distance(s) compared with δ (default: all four).")
+@click.option("--d1", type=click.Choice(["l1", "l2", "linf", "cos"]), default="l2",
+              show_default=True, help="Distance that ranks updates for top-Q.")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True), default=0.01,
+              show_default=True, help="Significance of the initialization KS test.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--trust-module", multiple=True, help="Allow the proof's model factory from this "
+              "Python package.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the report here.")
+@click.option("--max-proof-gb", type=click.FloatRange(0, min_open=True), default=64,
+              show_default=True, help="Refuse proofs larger than this.")
+@click.option("-V", "--verbose-segments", is_flag=True, help="List every replayed segment.")
+@handle_errors
+def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trust_module,
+           json_out, max_proof_gb, verbose_segments):
+    """Verify a proof (Algorithm 2). Exit 0 valid, 1 invalid, 2 unusable input."""
+    from pol.proof.format import Limits
+    from pol.verifier import VerifyOptions
+    from pol.verifier import verify as run_verify
+    metrics = list(metrics) or ["l1", "l2", "linf", "cos"]
+    limit = int(max_proof_gb * 2**30)
+    opts = VerifyOptions(q=q, all_segments=all_segments, delta=_parse_deltas(delta, metrics),
+                         metrics=tuple(metrics), d1=d1, alpha=alpha, data=data, device=device,
+                         trusted_modules=tuple(trust_module), progress=sys.stderr.isatty(),
+                         limits=Limits(max_total_bytes=limit, max_file_bytes=limit))
+    report = run_verify(proof, opts)
+    click.echo(report.render(verbose=verbose_segments))
+    if json_out:
+        Path(json_out).write_text(report.to_json())
+    sys.exit(EXIT_VALID if report.valid else EXIT_INVALID)
+
+
+@main.command()
+@click.argument("proof", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@handle_errors
+def inspect(proof, as_json):
+    """Show what a proof holds (task, spec, E, S, k, T, checkpoints, sizes, digests)."""
+    from pol.proof.reader import inspect_proof
+    info = inspect_proof(proof)
+    if as_json:
+        click.echo(json.dumps(info, indent=1))
+        return
+    spec = info["spec"]
+    opt = spec["optimizer"]
+    click.echo(f"proof        {info['path']} (format v{info['format_version']}, "
+               f"created {info['created']})")
+    click.echo(f"root digest  {info['root_digest']}")
+    click.echo(f"task         {info['task'] or '(custom)'}: model {spec['model']['arch']} "
+               f"{json.dumps(spec['model']['kwargs'])}, init {spec['model']['init']}")
+    click.echo(f"data         {spec['data']['name']} {json.dumps(spec['data']['params'])}, "
+               f"{spec['data']['size']} samples, root {spec['data']['root'][:16]}…, "
+               f"augment {spec['data']['augment']}")
+    click.echo(f"optimizer    {opt['name']} lr {opt['lr']} momentum {opt['momentum']} "
+               f"wd {opt['weight_decay']}; schedule {spec['schedule']['name']}; "
+               f"loss {spec['loss']}; batch {spec['batch_size']}")
+    click.echo(f"steps        E={info['epochs']} S={info['steps_per_epoch']} "
+               f"T={info['total_steps']} k={info['k']}; {info['num_checkpoints']} checkpoints")
+    click.echo(f"made on      {spec['device']}, deterministic={spec['deterministic']}, "
+               f"torch {spec['torch_version']}, seed {spec['seed']}, "
+               f"precision {spec['precision']}")
+    click.echo(f"size         {info['total_bytes'] / 1e6:.2f} MB total, "
+               f"{info['checkpoint_bytes_mean'] / 1e3:.1f} kB per checkpoint")
+    for name, f in info["files"].items():
+        if not name.startswith("checkpoints/") or name.endswith("step_000000000.safetensors"):
+            click.echo(f"  {f['sha256'][:16]}…  {f['size']:>10}  {name}")
+    n_more = info["num_checkpoints"] - 1
+    if n_more:
+        click.echo(f"  … and {n_more} more checkpoint(s)")
+
+
+# ----------------------------------------------------------------------------------------- demo
+
+@main.command()
+@click.option("--task", default="digits-mlp", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), help="Keep the proofs here (default: a "
+              "temporary directory, removed afterwards).")
+@handle_errors
+def demo(task, out):
+    """Train with a proof, verify it, tamper with a copy, and show that verification rejects it."""
+    from pol.demo import run_demo
+    keep = out is not None
+    base = Path(out) if keep else Path(tempfile.mkdtemp(prefix="pol-demo-"))
+    try:
+        t0 = time.perf_counter()
+        ok = run_demo(task, base, echo=click.echo)
+        click.echo(f"demo finished in {time.perf_counter() - t0:.1f}s"
+                   + (f"; proofs kept in {base}" if keep else ""))
+    finally:
+        if not keep:
+            shutil.rmtree(base, ignore_errors=True)
+    sys.exit(0 if ok else 1)
+
+
+def _register_optional() -> None:
+    """Attach command groups that live in other subpackages (protocol, …)."""
+    try:
+        from pol.crypto import cli as crypto_cli
+    except ImportError:
+        return
+    for name in ("keygen", "seal", "open_cmd", "open", "ledger"):
+        cmd = getattr(crypto_cli, name, None)
+        if isinstance(cmd, click.Command) and cmd.name not in main.commands:
+            main.add_command(cmd)
+
+
+_register_optional()
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""On-disk proof format: writer, reader, commitments. Knows nothing of training."""

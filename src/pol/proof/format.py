@@ -1,0 +1,218 @@
+"""Proof format v1: names, limits, the manifest schema and the root digest.
+
+Layout of a proof directory::
+
+    manifest.json                    format, version, spec, E/S/T/k, checkpoint steps, files + SHA-256,
+                                     root digest (SHA-256 over the canonical manifest without it)
+    indices.npy                      int64 [T, B]  batch indices per step (-1 pads a short batch)
+    batch_hashes.npy                 uint8 [T, 32] Merkle root of each batch's sample leaves
+    lrs.npy                          float64 [T, G] learning rate of every parameter group per step
+    losses.npy                       float32 [T]   training loss per step (informational)
+    checkpoints/step_<t:09d>.safetensors   model + optimizer state at step t (t = 0, k, 2k, ..., T)
+
+`progress.json` exists only while a proof is being written; a directory with it and without
+manifest.json is an incomplete proof. manifest.json is written last, atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pol.errors import IntegrityError, ProofFormatError
+from pol.spec import TrainingSpec
+
+FORMAT_NAME = "pol-proof"
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+
+MANIFEST = "manifest.json"
+PROGRESS = "progress.json"
+INDICES = "indices.npy"
+BATCH_HASHES = "batch_hashes.npy"
+LRS = "lrs.npy"
+LOSSES = "losses.npy"
+CKPT_DIR = "checkpoints"
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+){0,3}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def checkpoint_name(t: int) -> str:
+    return f"{CKPT_DIR}/step_{t:09d}.safetensors"
+
+
+def checkpoint_steps(T: int, k: int) -> list[int]:
+    """Checkpoints every k steps plus the final state: 0, k, 2k, ..., T."""
+    steps = list(range(0, T, k))
+    steps.append(T)
+    return steps
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits for reading a proof from an untrusted party. Raise them for big proofs
+    (`pol verify --max-proof-gb`); every size read from a proof is checked against these before any
+    allocation."""
+
+    max_manifest_bytes: int = 64 * 2**20
+    max_total_bytes: int = 64 * 2**30
+    max_file_bytes: int = 16 * 2**30
+    max_files: int = 1_000_000
+    max_steps: int = 100_000_000
+    max_batch: int = 1 << 20
+    max_safetensors_header: int = 16 * 2**20
+
+
+def canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False).encode()
+
+
+def root_digest(manifest: dict) -> str:
+    body = {k: v for k, v in manifest.items() if k != "root_digest"}
+    return hashlib.sha256(b"pol.manifest.v1\x00" + canonical_json(body)).hexdigest()
+
+
+def check_name(name: Any) -> str:
+    if (not isinstance(name, str) or not _NAME_RE.match(name)
+            or any(part in (".", "..") for part in name.split("/"))):
+        raise ProofFormatError(f"invalid file name in manifest: {name!r}")
+    return name
+
+
+@dataclass(frozen=True)
+class Manifest:
+    version: int
+    spec: TrainingSpec
+    epochs: int
+    steps_per_epoch: int
+    total_steps: int
+    k: int
+    checkpoints: tuple[int, ...]
+    files: dict[str, tuple[str, int]]  # name -> (sha256 hex, size)
+    init: dict
+    root_digest: str
+    created: str
+    raw: dict
+
+    @property
+    def num_groups(self) -> int:
+        return int(self.raw["param_groups"])
+
+
+def _int(d: dict, key: str, lo: int, hi: int) -> int:
+    v = d.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise ProofFormatError(f"manifest.{key}: expected an integer in [{lo}, {hi}], got {v!r}")
+    return v
+
+
+def parse_manifest(raw_bytes: bytes, limits: Limits) -> Manifest:
+    """Validate a manifest completely before anything else of the proof is touched."""
+    if len(raw_bytes) > limits.max_manifest_bytes:
+        raise ProofFormatError(f"manifest.json is larger than the limit of "
+                               f"{limits.max_manifest_bytes} bytes")
+
+    def no_consts(c: str) -> Any:
+        raise ProofFormatError(f"manifest.json contains {c}, which JSON does not allow")
+
+    def no_dupes(pairs: list) -> dict:
+        d = {}
+        for k, v in pairs:
+            if k in d:
+                raise ProofFormatError(f"manifest.json has a duplicate key {k!r}")
+            d[k] = v
+        return d
+
+    try:
+        raw = json.loads(raw_bytes.decode("utf-8"), parse_constant=no_consts,
+                         object_pairs_hook=no_dupes)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ProofFormatError(f"manifest.json is not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise ProofFormatError("manifest.json is not a JSON object")
+    if raw.get("format") != FORMAT_NAME:
+        raise ProofFormatError("manifest.json is not a pol proof manifest")
+    version = raw.get("version")
+    if version not in SUPPORTED_VERSIONS:
+        raise ProofFormatError(f"unsupported proof format version {version!r}; this pol reads "
+                               f"version(s) {', '.join(map(str, SUPPORTED_VERSIONS))} — "
+                               "upgrade pol to verify newer proofs")
+    allowed = {"format", "version", "created", "pol_version", "spec", "epochs", "steps_per_epoch",
+               "total_steps", "k", "checkpoints", "files", "init", "param_groups", "root_digest",
+               "dataset_size"}
+    extra = set(raw) - allowed
+    if extra:
+        raise ProofFormatError(f"manifest.json has unknown field(s): {', '.join(sorted(extra))}")
+    spec = TrainingSpec.from_dict(raw.get("spec"))
+    E = _int(raw, "epochs", 1, 10**6)
+    S = _int(raw, "steps_per_epoch", 1, limits.max_steps)
+    T = _int(raw, "total_steps", 1, limits.max_steps)
+    k = _int(raw, "k", 1, limits.max_steps)
+    _int(raw, "param_groups", 1, 1024)
+    if T != E * S:
+        raise ProofFormatError(f"manifest: total_steps {T} != epochs {E} x steps_per_epoch {S}")
+    if E != spec.epochs or k != spec.k:
+        raise ProofFormatError("manifest: epochs/k disagree with the spec")
+    expected_n = S * spec.batch_size if spec.drop_last else None
+    if expected_n is not None and spec.data.size < expected_n:
+        raise ProofFormatError("manifest: dataset too small for the claimed steps per epoch")
+    ckpts = raw.get("checkpoints")
+    if not isinstance(ckpts, list) or ckpts != checkpoint_steps(T, k):
+        raise ProofFormatError("manifest.checkpoints: expected steps 0, k, 2k, ..., T")
+    files_raw = raw.get("files")
+    if not isinstance(files_raw, dict) or len(files_raw) > limits.max_files:
+        raise ProofFormatError("manifest.files: expected an object of file entries")
+    files: dict[str, tuple[str, int]] = {}
+    total = 0
+    for name, entry in files_raw.items():
+        check_name(name)
+        if (not isinstance(entry, dict) or set(entry) != {"sha256", "size"}
+                or not isinstance(entry["sha256"], str) or not _HEX64.match(entry["sha256"])
+                or isinstance(entry["size"], bool) or not isinstance(entry["size"], int)
+                or not 0 <= entry["size"] <= limits.max_file_bytes):
+            raise ProofFormatError(f"manifest.files[{name!r}]: malformed entry")
+        total += entry["size"]
+        files[name] = (entry["sha256"], entry["size"])
+    if total > limits.max_total_bytes:
+        raise ProofFormatError(f"proof is {total} bytes, over the reader's limit of "
+                               f"{limits.max_total_bytes} (raise it with --max-proof-gb)")
+    required = {INDICES, BATCH_HASHES, LRS, LOSSES} | {checkpoint_name(t) for t in ckpts}
+    if set(files) != required:
+        missing = sorted(required - set(files))[:3]
+        extra_f = sorted(set(files) - required)[:3]
+        raise ProofFormatError(f"manifest.files: missing {missing}, unexpected {extra_f}")
+    init = raw.get("init")
+    if not isinstance(init, dict) or init.get("kind") not in ("strategy", "parent"):
+        raise ProofFormatError("manifest.init: expected {kind: strategy|parent, ...}")
+    if init["kind"] == "parent" and not (isinstance(init.get("root_digest"), str)
+                                         and _HEX64.match(init["root_digest"])):
+        raise ProofFormatError("manifest.init.root_digest: expected 64 hex characters")
+    rd = raw.get("root_digest")
+    if not isinstance(rd, str) or not _HEX64.match(rd):
+        raise ProofFormatError("manifest.root_digest: expected 64 hex characters")
+    try:
+        actual = root_digest(raw)
+    except ValueError as e:
+        raise ProofFormatError(f"manifest.json: {e}") from None
+    if actual != rd:
+        raise IntegrityError("manifest.json was modified: its root digest does not match")
+    created = raw.get("created", "")
+    if not isinstance(created, str):
+        raise ProofFormatError("manifest.created: expected a string")
+    return Manifest(version=version, spec=spec, epochs=E, steps_per_epoch=S, total_steps=T, k=k,
+                    checkpoints=tuple(ckpts), files=files, init=init, root_digest=rd,
+                    created=created, raw=raw)
+
+
+def storage_dtype(name: str, tensor: torch.Tensor, precision: str) -> torch.dtype:
+    """fp16 storage rounds float weights and moments, never integer counters or Adam's step."""
+    if precision == "fp16" and tensor.is_floating_point() and not name.endswith(".step"):
+        return torch.float16
+    return tensor.dtype

@@ -1,0 +1,273 @@
+"""Safe, validating proof reader.
+
+A proof comes from a possibly hostile party. Nothing here unpickles: tensors come from safetensors
+(header parsed and checked by us first), arrays from `.npy` headers checked against the manifest
+before `np.frombuffer`. Every file is read through `_read_file`, which refuses symlinks and paths
+outside the proof, checks the size against the manifest before reading, and checks the SHA-256
+after. Sizes and shapes from a proof are compared with limits before anything is allocated.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+
+from pol.errors import IncompleteProofError, IntegrityError, ProofFormatError
+from pol.proof import format as fmt
+
+_ST_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+              "U8": 1, "BOOL": 1}
+
+
+def _resolve_inside(root: Path, name: str) -> Path:
+    fmt.check_name(name)
+    p = root / name
+    # refuse a symlink anywhere on the way (a link could point outside the proof)
+    cur = root
+    for part in name.split("/"):
+        cur = cur / part
+        if cur.is_symlink():
+            raise ProofFormatError(f"{name}: symbolic links are not allowed inside a proof")
+    return p
+
+
+def _read_file(root: Path, name: str, size: int, sha256: str) -> bytes:
+    p = _resolve_inside(root, name)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise ProofFormatError(f"missing file {name}") from None
+    except OSError as e:
+        raise ProofFormatError(f"cannot read {name}: {e.strerror}") from None
+    if not os.path.isfile(p):
+        raise ProofFormatError(f"{name} is not a regular file")
+    if st.st_size != size:
+        raise ProofFormatError(f"{name} is truncated or corrupt: {st.st_size} bytes, "
+                               f"manifest says {size}")
+    with open(p, "rb") as f:
+        data = f.read(size + 1)
+    if len(data) != size:
+        raise ProofFormatError(f"{name} changed size while being read")
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise IntegrityError(f"{name} does not match its SHA-256 in the manifest")
+    return data
+
+
+def parse_npy(data: bytes, name: str, dtype: str, shape: tuple[int | None, ...],
+              limits: fmt.Limits) -> np.ndarray:
+    """Parse a .npy without pickle; `None` in `shape` means any size up to the limits."""
+    if len(data) < 10 or data[:6] != b"\x93NUMPY":
+        raise ProofFormatError(f"{name} is not a .npy file")
+    major = data[6]
+    if major == 1:
+        hlen = struct.unpack("<H", data[8:10])[0]
+        start = 10
+    elif major in (2, 3):
+        if len(data) < 12:
+            raise ProofFormatError(f"{name} is truncated")
+        hlen = struct.unpack("<I", data[8:12])[0]
+        start = 12
+    else:
+        raise ProofFormatError(f"{name}: unsupported .npy version {major}")
+    if hlen > 65536 or start + hlen > len(data):
+        raise ProofFormatError(f"{name}: .npy header length {hlen} is invalid")
+    try:
+        header = ast.literal_eval(data[start:start + hlen].decode("latin1"))
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        raise ProofFormatError(f"{name}: malformed .npy header") from None
+    if (not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}
+            or header["descr"] != dtype or header["fortran_order"] is not False
+            or not isinstance(header["shape"], tuple) or len(header["shape"]) != len(shape)):
+        raise ProofFormatError(f"{name}: expected dtype {dtype} with {len(shape)} dimension(s)")
+    got = header["shape"]
+    n = 1
+    for g, want in zip(got, shape):
+        if not isinstance(g, int) or isinstance(g, bool) or g < 0 or (want is not None and g != want):
+            raise ProofFormatError(f"{name}: shape {got} does not fit the manifest (want {shape})")
+        n *= g
+    itemsize = np.dtype(dtype).itemsize
+    body = data[start + hlen:]
+    if n * itemsize != len(body):
+        raise ProofFormatError(f"{name}: {len(body)} data bytes for shape {got}")
+    return np.frombuffer(body, dtype=dtype).reshape(got)
+
+
+def parse_safetensors(data: bytes, name: str, limits: fmt.Limits) -> dict[str, torch.Tensor]:
+    """Check a safetensors header ourselves (lengths, dtypes, offsets) before handing the bytes to
+    the safetensors parser."""
+    if len(data) < 8:
+        raise ProofFormatError(f"{name} is truncated")
+    hlen = struct.unpack("<Q", data[:8])[0]
+    if hlen > limits.max_safetensors_header or 8 + hlen > len(data):
+        raise ProofFormatError(f"{name}: safetensors header length {hlen} is invalid")
+    try:
+        header = json.loads(data[8:8 + hlen].decode("utf-8"),
+                            object_pairs_hook=_no_dupes(name))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise ProofFormatError(f"{name}: malformed safetensors header") from None
+    if not isinstance(header, dict):
+        raise ProofFormatError(f"{name}: malformed safetensors header")
+    body = len(data) - 8 - hlen
+    spans = []
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        if (not isinstance(info, dict) or info.get("dtype") not in _ST_DTYPES
+                or not isinstance(info.get("shape"), list)
+                or not isinstance(info.get("data_offsets"), list) or len(info["data_offsets"]) != 2):
+            raise ProofFormatError(f"{name}: bad entry {key!r} in safetensors header")
+        n = 1
+        for d in info["shape"]:
+            if not isinstance(d, int) or isinstance(d, bool) or d < 0 or d > 2**40:
+                raise ProofFormatError(f"{name}: bad shape for {key!r}")
+            n *= d
+        a, b = info["data_offsets"]
+        if (not all(isinstance(x, int) and not isinstance(x, bool) for x in (a, b))
+                or not 0 <= a <= b <= body or b - a != n * _ST_DTYPES[info["dtype"]]):
+            raise ProofFormatError(f"{name}: bad data offsets for {key!r}")
+        spans.append((a, b))
+    spans.sort()
+    for (a1, b1), (a2, _) in zip(spans, spans[1:]):
+        if a2 < b1:
+            raise ProofFormatError(f"{name}: overlapping tensors")
+    try:
+        return st_load(data)
+    except Exception as e:  # noqa: BLE001 - the parser's own error, reported as unusable input
+        raise ProofFormatError(f"{name}: unreadable safetensors ({e})") from None
+
+
+def _no_dupes(name: str):
+    def hook(pairs: list) -> dict:
+        d: dict = {}
+        for k, v in pairs:
+            if k in d:
+                raise ProofFormatError(f"{name}: duplicate key {k!r}")
+            d[k] = v
+        return d
+    return hook
+
+
+@dataclass
+class Proof:
+    """A proof whose manifest and per-step arrays have been read and validated. Checkpoints are
+    read (and their digests checked) on demand, one at a time."""
+
+    path: Path
+    manifest: fmt.Manifest
+    indices: np.ndarray
+    batch_hashes: np.ndarray
+    lrs: np.ndarray
+    losses: np.ndarray
+    limits: fmt.Limits
+    extra_files: list[str]
+
+    @property
+    def spec(self):
+        return self.manifest.spec
+
+    def load_checkpoint(self, t: int) -> dict[str, torch.Tensor]:
+        name = fmt.checkpoint_name(t)
+        if name not in self.manifest.files:
+            raise ProofFormatError(f"no checkpoint at step {t}")
+        sha, size = self.manifest.files[name]
+        tensors = parse_safetensors(_read_file(self.path, name, size, sha), name, self.limits)
+        return tensors
+
+    def batch(self, t: int) -> np.ndarray:
+        row = self.indices[t]
+        return row[row >= 0]
+
+
+def read_manifest(path: str | os.PathLike, limits: fmt.Limits | None = None) -> fmt.Manifest:
+    limits = limits or fmt.Limits()
+    root = Path(path)
+    if not root.exists():
+        raise ProofFormatError(f"no proof at {root}")
+    if not root.is_dir():
+        raise ProofFormatError(f"{root} is not a proof directory (a sealed proof file must be "
+                               "opened first)")
+    mpath = root / fmt.MANIFEST
+    if not mpath.exists() and not mpath.is_symlink():
+        if (root / fmt.PROGRESS).exists():
+            raise IncompleteProofError(f"incomplete proof: {root} was not finished (crash or kill "
+                                       f"during training); resume with `pol train --resume {root}`")
+        raise ProofFormatError(f"{root} holds no manifest.json: not a pol proof")
+    if mpath.is_symlink() or not mpath.is_file():
+        raise ProofFormatError("manifest.json must be a regular file")
+    size = mpath.stat().st_size
+    if size > limits.max_manifest_bytes:
+        raise ProofFormatError(f"manifest.json is {size} bytes, over the limit of "
+                               f"{limits.max_manifest_bytes}")
+    with open(mpath, "rb") as f:
+        return fmt.parse_manifest(f.read(limits.max_manifest_bytes + 1), limits)
+
+
+def open_proof(path: str | os.PathLike, limits: fmt.Limits | None = None) -> Proof:
+    """Read and validate the manifest and the per-step arrays. Raises ProofFormatError (unusable),
+    IncompleteProofError, or IntegrityError (a digest differs)."""
+    limits = limits or fmt.Limits()
+    root = Path(path)
+    m = read_manifest(root, limits)
+    T, B, spec = m.total_steps, m.spec.batch_size, m.spec
+    if B > limits.max_batch:
+        raise ProofFormatError(f"batch size {B} over the limit {limits.max_batch}")
+
+    def arr(name: str, dtype: str, shape: tuple) -> np.ndarray:
+        sha, size = m.files[name]
+        return parse_npy(_read_file(root, name, size, sha), name, dtype, shape, limits)
+
+    indices = arr(fmt.INDICES, "<i8", (T, B))
+    hashes = arr(fmt.BATCH_HASHES, "|u1", (T, 32))
+    lrs = arr(fmt.LRS, "<f8", (T, m.num_groups))
+    losses = arr(fmt.LOSSES, "<f4", (T,))
+    n = spec.data.size
+    if indices.size and (indices.min() < -1 or indices.max() >= n):
+        raise ProofFormatError(f"indices.npy: an index is outside the dataset of {n} samples")
+    valid = indices >= 0
+    if T and not valid[:, 0].all():
+        raise ProofFormatError("indices.npy: a step has an empty batch")
+    # padding (-1) only at the end of a row
+    if (valid[:, 1:] & ~valid[:, :-1]).any():
+        raise ProofFormatError("indices.npy: padding in the middle of a batch")
+    if not np.isfinite(lrs).all() or (lrs < 0).any() or (lrs > 1e3).any():
+        raise ProofFormatError("lrs.npy: learning rates must be finite and in [0, 1000]")
+    extra = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = Path(dirpath).relative_to(root)
+        if rel.parts and rel.parts[0].startswith(".pol-"):
+            continue
+        for fn in filenames:
+            name = (rel / fn).as_posix() if rel.parts else fn
+            if name not in m.files and name != fmt.MANIFEST:
+                extra.append(name)
+    return Proof(path=root, manifest=m, indices=indices, batch_hashes=hashes, lrs=lrs,
+                 losses=losses, limits=limits, extra_files=sorted(extra))
+
+
+def inspect_proof(path: str | os.PathLike) -> dict[str, Any]:
+    """What a proof holds, from its manifest and arrays (checkpoint files are not opened)."""
+    p = open_proof(path)
+    m = p.manifest
+    ck_sizes = [m.files[fmt.checkpoint_name(t)][1] for t in m.checkpoints]
+    return {
+        "path": str(p.path), "format_version": m.version, "root_digest": m.root_digest,
+        "created": m.created, "pol_version": m.raw.get("pol_version", ""),
+        "task": m.spec.task, "spec": m.spec.to_dict(), "init": m.init,
+        "epochs": m.epochs, "steps_per_epoch": m.steps_per_epoch, "total_steps": m.total_steps,
+        "k": m.k, "num_checkpoints": len(m.checkpoints),
+        "checkpoint_bytes_mean": int(sum(ck_sizes) / len(ck_sizes)),
+        "total_bytes": sum(s for _, s in m.files.values()),
+        "files": {n: {"sha256": d, "size": s} for n, (d, s) in sorted(m.files.items())},
+        "final_loss": float(p.losses[-1]) if len(p.losses) else None,
+        "extra_files": p.extra_files,
+    }

@@ -1,0 +1,291 @@
+"""Asynchronous, crash-safe proof writer.
+
+The training thread only copies state into reusable snapshot buffers (pinned memory on a GPU, so the
+copy does not stall the device) and enqueues them; a background thread serializes safetensors, hashes
+and writes. A full queue blocks the trainer (back-pressure), so memory stays bounded. A write error
+(full disk, unwritable directory) is raised on the trainer's next call: training never continues
+unrecorded.
+
+While writing, `.pol-writing/` holds an append-only journal of per-step records (indices, lrs,
+losses) and `progress.json` names the last checkpoint that is fully on disk with its records. A
+crash at any moment leaves a directory without `manifest.json`, which every reader reports as an
+incomplete proof; `finalize()` writes the final arrays, then the manifest atomically, then removes
+the journal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save as st_save
+
+from pol.errors import ProofWriteError
+from pol.proof import format as fmt
+from pol.proof.hashing import batch_hashes
+
+log = logging.getLogger(__name__)
+
+WRITING_DIR = ".pol-writing"
+
+
+def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+            n += len(chunk)
+    return h.hexdigest(), n
+
+
+@dataclass
+class _Snapshot:
+    t: int
+    tensors: dict[str, torch.Tensor]
+    records: dict[str, np.ndarray | torch.Tensor]
+    event: Any = None
+    key: tuple = ()
+
+
+@dataclass
+class _Pool:
+    """Reusable snapshot buffers, so steady-state checkpointing allocates nothing (pinned
+    allocations are slow)."""
+
+    free: dict[tuple, list[dict[str, torch.Tensor]]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, key: tuple, pin: bool) -> dict[str, torch.Tensor]:
+        with self.lock:
+            lst = self.free.get(key)
+            if lst:
+                return lst.pop()
+        return {name: torch.empty(shape, dtype=dtype, pin_memory=pin)
+                for name, shape, dtype in key}
+
+    def put(self, key: tuple, bufs: dict[str, torch.Tensor]) -> None:
+        with self.lock:
+            self.free.setdefault(key, []).append(bufs)
+
+
+class ProofWriter:
+    """Writes one proof directory. Use `put_checkpoint` for t = 0, k, 2k, ..., T in order, each with
+    the per-step records of the steps since the previous one, then `finalize`."""
+
+    def __init__(self, out_dir: str | os.PathLike, *, precision: str = "fp32",
+                 overwrite: bool = False, queue_size: int = 3, durable: bool = True) -> None:
+        self.dir = Path(out_dir)
+        self.precision = precision
+        self.durable = durable
+        if self.dir.exists() and any(self.dir.iterdir()):
+            if not overwrite:
+                raise ProofWriteError(f"{self.dir} exists and is not empty (use --force to "
+                                      "overwrite, or --resume to continue an interrupted run)")
+            shutil.rmtree(self.dir)
+        try:
+            (self.dir / fmt.CKPT_DIR).mkdir(parents=True, exist_ok=True)
+            (self.dir / WRITING_DIR).mkdir(exist_ok=True)
+            self._write_progress(-1, 0)
+        except OSError as e:
+            raise ProofWriteError(f"cannot write the proof to {self.dir}: {e.strerror or e}") from None
+        self._files: dict[str, tuple[str, int]] = {}
+        self._error: BaseException | None = None
+        self._pool = _Pool()
+        self._q: queue.Queue[_Snapshot | None] = queue.Queue(maxsize=queue_size)
+        self._last_t = -1
+        self._rows = 0
+        self._journals = {name: open(self.dir / WRITING_DIR / f"{name}.bin", "ab")
+                          for name in ("indices", "lrs", "losses")}
+        self.write_seconds = 0.0
+        self._thread = threading.Thread(target=self._run, name="pol-proof-writer", daemon=True)
+        self._thread.start()
+
+    # ----- trainer side -----
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            err = self._error
+            raise ProofWriteError(f"writing the proof to {self.dir} failed: {err}; the partial "
+                                  "proof is marked incomplete") from err
+
+    def put_checkpoint(self, t: int, tensors: dict[str, torch.Tensor],
+                       records: dict[str, np.ndarray | torch.Tensor] | None = None) -> None:
+        """Snapshot `tensors` now (the caller may keep training right after) and write them in the
+        background. `records` holds the rows of the steps (last_t, t]: indices int64 [n, B],
+        lrs float64 [n, G], losses float32 [n] (a tensor on any device)."""
+        self._raise_if_failed()
+        if t <= self._last_t:
+            raise ValueError(f"checkpoint steps must increase ({t} after {self._last_t})")
+        key = tuple((name, tuple(v.shape), fmt.storage_dtype(name, v, self.precision))
+                    for name, v in tensors.items())
+        on_gpu = any(v.device.type == "cuda" for v in tensors.values())
+        bufs = self._pool.get(key, pin=on_gpu)
+        with torch.no_grad():
+            for name, v in tensors.items():
+                bufs[name].copy_(v.detach(), non_blocking=on_gpu)
+        recs: dict[str, np.ndarray | torch.Tensor] = dict(records or {})
+        if isinstance(recs.get("losses"), torch.Tensor):
+            recs["losses"] = recs["losses"].detach().to("cpu", torch.float32, non_blocking=on_gpu)
+        event = None
+        if on_gpu:
+            event = torch.cuda.Event()
+            event.record()
+        self._last_t = t
+        while True:  # block on a full queue, but notice a dead writer
+            try:
+                self._q.put(_Snapshot(t, bufs, recs, event, key), timeout=0.5)
+                break
+            except queue.Full:
+                self._raise_if_failed()
+
+    def finalize(self, manifest_body: dict, leaves: np.ndarray) -> str:
+        """Wait for all checkpoints, write the arrays and the manifest; return the root digest."""
+        self._q.put(None)
+        self._thread.join()
+        self._raise_if_failed()
+        for f in self._journals.values():
+            f.close()
+        try:
+            T = manifest_body["total_steps"]
+            groups = manifest_body["param_groups"]
+            wd = self.dir / WRITING_DIR
+            idx_flat = np.fromfile(wd / "indices.bin", dtype="<i8")
+            if T == 0 or idx_flat.size % T:
+                raise ProofWriteError("journal of batch indices is inconsistent")
+            indices = idx_flat.reshape(T, -1)
+            lrs = np.fromfile(wd / "lrs.bin", dtype="<f8").reshape(T, groups)
+            losses = np.fromfile(wd / "losses.bin", dtype="<f4")
+            if len(losses) != T:
+                raise ProofWriteError("journal of losses is inconsistent")
+            arrays = {fmt.INDICES: indices, fmt.LRS: lrs, fmt.LOSSES: losses,
+                      fmt.BATCH_HASHES: batch_hashes(leaves, indices)}
+            for name, arr in arrays.items():
+                self._save_npy(name, arr)
+            body = dict(manifest_body)
+            body["files"] = {n: {"sha256": d, "size": s} for n, (d, s) in sorted(self._files.items())}
+            body["root_digest"] = fmt.root_digest(body)
+            atomic_write(self.dir / fmt.MANIFEST, json.dumps(body, indent=1, sort_keys=True).encode(),
+                         self.durable)
+            fsync_dir(self.dir)
+            (self.dir / fmt.PROGRESS).unlink(missing_ok=True)
+            shutil.rmtree(wd, ignore_errors=True)
+            return body["root_digest"]
+        except OSError as e:
+            raise ProofWriteError(f"writing the proof to {self.dir} failed: {e}") from None
+
+    def abort(self) -> None:
+        """Stop the writer thread after an error in training; leaves an incomplete proof."""
+        if self._thread.is_alive():
+            try:
+                self._q.put(None, timeout=5)
+            except queue.Full:
+                pass
+            self._thread.join(timeout=30)
+        for f in self._journals.values():
+            f.close()
+
+    # ----- writer thread -----
+
+    def _save_npy(self, name: str, arr: np.ndarray) -> None:
+        import io
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+        data = buf.getvalue()
+        atomic_write(self.dir / name, data, self.durable)
+        self._files[name] = (hashlib.sha256(data).hexdigest(), len(data))
+
+    def _write_progress(self, t: int, rows: int) -> None:
+        atomic_write(self.dir / fmt.PROGRESS,
+                     json.dumps({"writing": True, "last_checkpoint": t, "rows": rows}).encode(),
+                     self.durable)
+
+    def _run(self) -> None:
+        while True:
+            snap = self._q.get()
+            if snap is None:
+                return
+            if self._error is not None:
+                continue  # drain after a failure so the trainer never blocks forever
+            try:
+                t0 = time.perf_counter()
+                self._write(snap)
+                self.write_seconds += time.perf_counter() - t0
+            except BaseException as e:  # noqa: BLE001 - reported to the trainer
+                log.error("proof writer failed: %s", e)
+                self._error = e
+
+    def _write(self, snap: _Snapshot) -> None:
+        if snap.event is not None:
+            snap.event.synchronize()
+        n_rows = 0
+        if snap.records:
+            idx = np.ascontiguousarray(snap.records["indices"], dtype="<i8")
+            lrs = np.ascontiguousarray(snap.records["lrs"], dtype="<f8")
+            losses = snap.records["losses"]
+            losses = (losses.numpy() if isinstance(losses, torch.Tensor) else np.asarray(losses))
+            losses = np.ascontiguousarray(losses, dtype="<f4")
+            n_rows = len(idx)
+            if not (len(lrs) == len(losses) == n_rows):
+                raise ProofWriteError("per-step records have different lengths")
+            for name, arr in (("indices", idx), ("lrs", lrs), ("losses", losses)):
+                f = self._journals[name]
+                f.write(arr.tobytes())
+                f.flush()
+                if self.durable:
+                    os.fsync(f.fileno())
+        data = st_save(snap.tensors, metadata={"format": fmt.FORMAT_NAME, "step": str(snap.t)})
+        self._pool.put(snap.key, snap.tensors)
+        name = fmt.checkpoint_name(snap.t)
+        atomic_write(self.dir / name, data, self.durable)
+        self._files[name] = (hashlib.sha256(data).hexdigest(), len(data))
+        self._rows += n_rows
+        self._write_progress(snap.t, self._rows)
+
+
+def rehash_manifest(proof_dir: str | os.PathLike) -> str:
+    """Recompute every file digest and the root digest of an existing proof after its files were
+    changed. A forger can always do this (a digest only binds what the prover published); the
+    tests and the attack tools use it so that only the verifier's replay can catch a change."""
+    d = Path(proof_dir)
+    body = json.loads((d / fmt.MANIFEST).read_text())
+    for name in body["files"]:
+        sha, size = file_sha256(d / name)
+        body["files"][name] = {"sha256": sha, "size": size}
+    body["root_digest"] = fmt.root_digest(body)
+    atomic_write(d / fmt.MANIFEST, json.dumps(body, indent=1, sort_keys=True).encode())
+    return body["root_digest"]

@@ -1,0 +1,312 @@
+"""Recording a proof around any PyTorch training loop (Algorithm 1).
+
+Low level, for loops you write yourself::
+
+    rec = Recorder("proof/", model=model, optimizer=opt, data=(X, Y),
+                   model_spec=ModelSpec("mlp", {...}), batch_size=32, epochs=3, k=10)
+    for epoch in range(rec.epochs):
+        for idx in rec.epoch_batches(epoch):          # or your own index order
+            x, y = torch.from_numpy(X[idx]), torch.from_numpy(Y[idx])
+            rec.record_batch(idx, x, y)                # before the forward pass
+            opt.zero_grad(); loss = F.cross_entropy(model(x), y); loss.backward(); opt.step()
+            rec.step(loss)                             # after optimizer.step()
+    rec.close()
+
+The verifier replays each step with `pol.step.update()`: zero_grad, forward on the prepared batch,
+the spec's loss, backward, optimizer step with the recorded lr. A loop that does something else in a
+step (gradient clipping, accumulation, AMP) will not replay; declare what you do in the spec.
+
+High level: `fit(...)` runs that loop for you.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from pol.datasets import ArrayDataset
+from pol.errors import ConfigError, ProofWriteError
+from pol.proof import format as fmt
+from pol.proof.hashing import merkle_root, sample_leaves
+from pol.proof.writer import ProofWriter
+from pol.spec import DataSpec, ModelSpec, ScheduleSpec, TrainingSpec
+from pol.step import derive_seed, optimizer_spec_of, seed_step, state_tensors
+
+log = logging.getLogger(__name__)
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The data order of an epoch, derived from the committed seed (a verifier can re-derive it)."""
+    rng = np.random.Generator(np.random.PCG64(derive_seed(seed, "order", epoch)))
+    return rng.permutation(n)
+
+
+def _as_dataset(data: Any) -> ArrayDataset:
+    if isinstance(data, ArrayDataset):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = data
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().numpy()
+        if isinstance(y, torch.Tensor):
+            y = y.detach().cpu().numpy()
+        return ArrayDataset(np.asarray(x), np.asarray(y).astype(np.int64))
+    raise ConfigError("data must be an ArrayDataset or a pair (inputs, labels) of arrays")
+
+
+class Recorder:
+    """Records checkpoints every k steps (plus the final state), batch indices, data hashes, the
+    lr of every step and the loss, into a proof directory."""
+
+    def __init__(self, out: str | os.PathLike, *, model: nn.Module,
+                 optimizer: torch.optim.Optimizer, data: Any,
+                 model_spec: ModelSpec | None = None, batch_size: int | None = None,
+                 epochs: int | None = None, k: int = 10, seed: int = 0,
+                 loss: str = "cross_entropy", prepare: str = "float", augment: str = "none",
+                 precision: str = "fp32", schedule: ScheduleSpec | None = None,
+                 data_name: str = "user", data_params: dict | None = None,
+                 spec: TrainingSpec | None = None, overwrite: bool = False,
+                 durable: bool = True, init: dict | None = None) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.dataset = _as_dataset(data)
+        self.leaves = sample_leaves(self.dataset.x, self.dataset.y)
+        n = len(self.dataset)
+        device = next(iter(model.parameters())).device.type
+        if spec is None:
+            if model_spec is None or batch_size is None or epochs is None:
+                raise ConfigError("Recorder needs model_spec, batch_size and epochs (or a spec)")
+            try:
+                opt_spec = optimizer_spec_of(optimizer)
+                spec = TrainingSpec(
+                    model=model_spec, optimizer=opt_spec, schedule=schedule or ScheduleSpec(),
+                    data=DataSpec(name=data_name, params=dict(data_params or {}), size=n,
+                                  root=merkle_root(self.leaves).hex(), prepare=prepare,
+                                  augment=augment),
+                    loss=loss, batch_size=batch_size, epochs=epochs, k=k, precision=precision,
+                    seed=seed, device=device,
+                    deterministic=torch.are_deterministic_algorithms_enabled(),
+                    torch_version=torch.__version__)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+        elif spec.data.root != merkle_root(self.leaves).hex() or spec.data.size != n:
+            raise ConfigError("the data given does not match the spec's dataset commitment")
+        self.spec = spec
+        self.epochs = spec.epochs
+        self.steps_per_epoch = (n // spec.batch_size if spec.drop_last
+                                else math.ceil(n / spec.batch_size))
+        if self.steps_per_epoch < 1:
+            raise ConfigError("the dataset is smaller than one batch")
+        self.total_steps = self.epochs * self.steps_per_epoch
+        self.k = spec.k
+        self.t = 0
+        self._pending_idx: np.ndarray | None = None
+        self._rows_idx: list[np.ndarray] = []
+        self._rows_lr: list[list[float]] = []
+        self._rows_loss: list[torch.Tensor] = []
+        self._closed = False
+        self._check_model_spec()
+        self.init = init or {"kind": "strategy", "strategy": spec.model.init}
+        self.writer = ProofWriter(out, precision=spec.precision, overwrite=overwrite,
+                                  durable=durable)
+        self.path = self.writer.dir
+        self.writer.put_checkpoint(0, state_tensors(model, optimizer))
+
+    def _check_model_spec(self) -> None:
+        """Catch a model_spec that would not rebuild this model, before training starts."""
+        from pol.registry import build_model, same_architecture
+        ms = self.spec.model
+        trusted = [ms.arch.split(":")[0]] if ":" in ms.arch else []
+        try:
+            rebuilt = build_model(ms, trusted)
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(f"model_spec cannot be rebuilt: {e}") from None
+        if not same_architecture(rebuilt, self.model):
+            raise ConfigError("model_spec builds a model whose parameters differ in names or "
+                              "shapes from the model being trained")
+
+    # ----- data order -----
+
+    def epoch_batches(self, epoch: int) -> Iterator[np.ndarray]:
+        """Batches of indices for `epoch`, from the run's seed (what the built-in loop uses)."""
+        order = epoch_order(self.spec.seed, epoch, len(self.dataset))
+        B = self.spec.batch_size
+        for s in range(self.steps_per_epoch):
+            yield order[s * B:(s + 1) * B]
+
+    # ----- per step -----
+
+    def record_batch(self, indices: Sequence[int] | np.ndarray | torch.Tensor,
+                     inputs: torch.Tensor | None = None,
+                     targets: torch.Tensor | None = None) -> None:
+        """Record the batch of the coming step. Call before the forward pass: it also seeds the
+        global RNG for this step, so dropout masks are the ones the verifier will draw."""
+        if self._closed:
+            raise ProofWriteError("the recorder is closed")
+        if self.t >= self.total_steps:
+            raise ConfigError(f"all {self.total_steps} steps of the declared run are recorded")
+        if self._pending_idx is not None:
+            raise ConfigError("record_batch called twice without step()")
+        if isinstance(indices, torch.Tensor):
+            indices = indices.detach().cpu().numpy()
+        idx = np.asarray(indices)
+        if idx.ndim != 1 or idx.dtype.kind not in "iu" or not 1 <= len(idx) <= self.spec.batch_size:
+            raise ConfigError(f"indices must be a 1-D integer array of 1..{self.spec.batch_size}")
+        if idx.min() < 0 or idx.max() >= len(self.dataset):
+            raise ConfigError("an index is outside the dataset")
+        if inputs is not None and len(inputs) != len(idx):
+            raise ConfigError("inputs and indices have different lengths")
+        if targets is not None:
+            t_np = targets.detach().cpu().numpy() if isinstance(targets, torch.Tensor) else targets
+            if not np.array_equal(np.asarray(t_np), self.dataset.y[idx]):
+                raise ConfigError("targets differ from the dataset's labels at these indices: "
+                                  "the batch is not the one the indices name")
+        self._pending_idx = idx.astype(np.int64)
+        lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
+        self._rows_lr.append(lrs)
+        seed_step(self.spec.seed, self.t)
+
+    def step(self, loss: torch.Tensor | float | None = None) -> None:
+        """Mark the end of a step (after optimizer.step()); checkpoints every k steps."""
+        if self._pending_idx is None:
+            raise ConfigError("step() called without record_batch() first")
+        row = np.full(self.spec.batch_size, -1, dtype=np.int64)
+        row[:len(self._pending_idx)] = self._pending_idx
+        self._rows_idx.append(row)
+        if loss is None:
+            loss = float("nan")
+        if not isinstance(loss, torch.Tensor):
+            loss = torch.tensor(float(loss))
+        self._rows_loss.append(loss.detach().reshape(()).float())
+        self._pending_idx = None
+        self.t += 1
+        if self.t % self.k == 0 or self.t == self.total_steps:
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        records = {"indices": np.stack(self._rows_idx), "lrs": np.asarray(self._rows_lr),
+                   "losses": torch.stack(self._rows_loss)}
+        self._rows_idx, self._rows_lr, self._rows_loss = [], [], []
+        self.writer.put_checkpoint(self.t, state_tensors(self.model, self.optimizer), records)
+
+    # ----- finish -----
+
+    def close(self) -> str:
+        """Finish the proof; returns its root digest. Refuses a run shorter than declared."""
+        if self._closed:
+            raise ProofWriteError("the recorder is already closed")
+        if self.t != self.total_steps:
+            self.abort()
+            raise ProofWriteError(f"only {self.t} of the declared {self.total_steps} steps were "
+                                  "recorded; the proof is left incomplete")
+        from pol import __version__
+        body = {
+            "format": fmt.FORMAT_NAME, "version": fmt.FORMAT_VERSION,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "pol_version": __version__, "spec": self.spec.to_dict(), "epochs": self.epochs,
+            "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+            "k": self.k, "checkpoints": fmt.checkpoint_steps(self.total_steps, self.k),
+            "init": self.init, "param_groups": len(self.optimizer.param_groups),
+            "dataset_size": len(self.dataset),
+        }
+        self._closed = True
+        self.root_digest = self.writer.finalize(body, self.leaves)
+        return self.root_digest
+
+    def abort(self) -> None:
+        self._closed = True
+        self.writer.abort()
+
+    def __enter__(self) -> "Recorder":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        elif not self._closed:
+            self.abort()
+
+
+@dataclass
+class FitResult:
+    proof: Path
+    root_digest: str
+    final_loss: float
+    seconds: float
+
+
+def run_loop(rec: Recorder, ctx, schedule_lr: Callable[[int], list[float]] | None = None,
+             progress: bool = False, desc: str = "training") -> float:
+    """The built-in loop: batches from the committed seed, `update()` per step."""
+    import time
+
+    from tqdm import tqdm
+
+    from pol.step import update
+    ds = rec.dataset
+    loss = None
+    bar = tqdm(total=rec.total_steps, desc=desc, disable=not progress, unit="step", leave=False)
+    t0 = time.perf_counter()
+    try:
+        for epoch in range(rec.epochs):
+            for idx in rec.epoch_batches(epoch):
+                if schedule_lr is not None:
+                    for g, lr in zip(rec.optimizer.param_groups, schedule_lr(rec.t)):
+                        g["lr"] = lr
+                x = torch.from_numpy(ds.x[idx])
+                y = torch.from_numpy(ds.y[idx])
+                t = rec.t
+                rec.record_batch(idx)
+                loss = update(ctx, x, y, [g["lr"] for g in rec.optimizer.param_groups], t)
+                rec.step(loss)
+                bar.update(1)
+            bar.set_postfix(epoch=epoch + 1)
+    except BaseException:
+        rec.abort()
+        raise
+    finally:
+        bar.close()
+    rec.elapsed = time.perf_counter() - t0
+    return float(loss) if loss is not None else float("nan")
+
+
+def fit(out: str | os.PathLike, *, model: nn.Module, optimizer: torch.optim.Optimizer, data: Any,
+        model_spec: ModelSpec, batch_size: int, epochs: int, k: int = 10, seed: int = 0,
+        loss: str = "cross_entropy", prepare: str = "float", augment: str = "none",
+        precision: str = "fp32", schedule: ScheduleSpec | None = None, overwrite: bool = False,
+        progress: bool = False) -> FitResult:
+    """Train `model` on `data` for `epochs` with a proof: the common DataLoader + optimizer loop in
+    one call (shuffled batches from `seed`, the lr schedule applied per step)."""
+    import time
+
+    from pol.datasets import AUGMENT, PREPARE
+    from pol.step import StepContext, make_loss
+
+    rec = Recorder(out, model=model, optimizer=optimizer, data=data, model_spec=model_spec,
+                   batch_size=batch_size, epochs=epochs, k=k, seed=seed, loss=loss,
+                   prepare=prepare, augment=augment, precision=precision, schedule=schedule,
+                   overwrite=overwrite)
+    device = next(iter(model.parameters())).device
+    ctx = StepContext(model=model, optimizer=optimizer, loss_fn=make_loss(loss),
+                      prepare=PREPARE[prepare], augment=None if augment == "none" else AUGMENT[augment],
+                      seed=seed, device=device)
+    base = [g["lr"] for g in optimizer.param_groups]
+    sched = rec.spec.schedule
+
+    def lr_at(t: int) -> list[float]:
+        return [sched.lr_at(b, t, rec.total_steps) for b in base]
+
+    t0 = time.perf_counter()
+    last = run_loop(rec, ctx, lr_at, progress=progress)
+    digest = rec.close()
+    return FitResult(proof=rec.path, root_digest=digest, final_loss=last,
+                     seconds=time.perf_counter() - t0)

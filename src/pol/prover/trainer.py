@@ -1,0 +1,89 @@
+"""Training a built-in task with a proof (what `pol train` runs)."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pol.datasets import ArrayDataset
+from pol.prover.recorder import Recorder, run_loop
+from pol.spec import TrainingSpec
+from pol.registry import build_context
+from pol.step import StepContext
+
+
+@dataclass
+class TrainResult:
+    proof: Path
+    root_digest: str
+    spec: TrainingSpec
+    final_loss: float
+    test_accuracy: float
+    train_seconds: float
+    total_steps: int
+
+
+@torch.no_grad()
+def accuracy(ctx: StepContext, data: ArrayDataset, batch_size: int = 512) -> float:
+    if len(data) == 0:
+        return float("nan")
+    ctx.model.eval()
+    correct = 0
+    for i in range(0, len(data), batch_size):
+        x = ctx.prepare(torch.from_numpy(data.x[i:i + batch_size]).to(ctx.device))
+        pred = ctx.model(x).argmax(1).cpu().numpy()
+        correct += int((pred == data.y[i:i + batch_size]).sum())
+    ctx.model.train()
+    return correct / len(data)
+
+
+def train_spec(spec: TrainingSpec, train: ArrayDataset, test: ArrayDataset | None,
+               out: str | os.PathLike, *, device: torch.device | None = None,
+               overwrite: bool = False, progress: bool = False, durable: bool = True,
+               init: dict | None = None, initial_state: dict | None = None) -> TrainResult:
+    device = device or torch.device(spec.device)
+    if spec.deterministic:
+        torch.use_deterministic_algorithms(True)
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    ctx = build_context(spec, device)
+    if initial_state is not None:
+        from pol.step import MODEL_PREFIX
+        ctx.model.load_state_dict({k[len(MODEL_PREFIX):]: v for k, v in initial_state.items()
+                                   if k.startswith(MODEL_PREFIX)})
+    rec = Recorder(out, model=ctx.model, optimizer=ctx.optimizer, data=train, spec=spec,
+                   overwrite=overwrite, durable=durable, init=init)
+    base = spec.optimizer.lr
+    T = rec.total_steps
+
+    def lr_at(t: int) -> list[float]:
+        return [spec.schedule.lr_at(base, t, T)] * len(ctx.optimizer.param_groups)
+
+    t0 = time.perf_counter()
+    final_loss = run_loop(rec, ctx, lr_at, progress=progress, desc=spec.task or "training")
+    digest = rec.close()
+    seconds = time.perf_counter() - t0
+    acc = accuracy(ctx, test) if test is not None else float("nan")
+    return TrainResult(proof=rec.path, root_digest=digest, spec=spec, final_loss=final_loss,
+                       test_accuracy=acc, train_seconds=seconds, total_steps=T)
+
+
+def train_task(task: str, out: str | os.PathLike, *, epochs: int | None = None,
+               k: int | None = None, seed: int = 0, lr: float | None = None,
+               batch_size: int | None = None, precision: str = "fp32", device: str = "cpu",
+               deterministic: bool = False, data_dir: str | None = None,
+               dataset_params: dict | None = None, overwrite: bool = False,
+               progress: bool = False) -> TrainResult:
+    """Train a built-in task (see `pol.tasks.TASKS`) and write its proof to `out`."""
+    from pol.registry import resolve_device
+    from pol.tasks import build_spec
+    dev = resolve_device(device)
+    spec, train, test = build_spec(task, epochs=epochs, k=k, seed=seed, lr=lr,
+                                   batch_size=batch_size, precision=precision, device=dev.type,
+                                   deterministic=deterministic, data_dir=data_dir,
+                                   dataset_params=dataset_params)
+    return train_spec(spec, train, test, out, device=dev, overwrite=overwrite, progress=progress)

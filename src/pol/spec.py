@@ -1,0 +1,299 @@
+"""TrainingSpec: everything a verifier needs to re-execute a training step.
+
+The spec travels inside the proof (manifest.json), so the verifier never takes a hyperparameter from
+its own command line (the reference code did, and Fang et al. exploit exactly that). It is a tree of
+frozen dataclasses with a strict JSON round-trip: `from_json` validates every field's type and range,
+because a spec read from a proof comes from a possibly hostile party.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from pol.errors import ProofFormatError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "multistep", "cosine")
+LOSSES = ("cross_entropy", "mse")
+PRECISIONS = ("fp32", "fp16")
+
+# JSON scalars that may appear in factory keyword arguments (nested lists/dicts of these too).
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _check_json_value(value: Any, where: str, depth: int = 0) -> None:
+    if depth > 8:
+        raise ProofFormatError(f"{where}: nesting too deep")
+    if isinstance(value, _JSON_SCALARS):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ProofFormatError(f"{where}: non-finite number")
+        if isinstance(value, str) and len(value) > 4096:
+            raise ProofFormatError(f"{where}: string too long")
+        return
+    if isinstance(value, list):
+        if len(value) > 4096:
+            raise ProofFormatError(f"{where}: list too long")
+        for i, v in enumerate(value):
+            _check_json_value(v, f"{where}[{i}]", depth + 1)
+        return
+    if isinstance(value, dict):
+        if len(value) > 256:
+            raise ProofFormatError(f"{where}: too many keys")
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ProofFormatError(f"{where}: non-string key")
+            _check_json_value(v, f"{where}.{k}", depth + 1)
+        return
+    raise ProofFormatError(f"{where}: unsupported value of type {type(value).__name__}")
+
+
+def _num(d: dict, key: str, where: str, *, lo: float | None = None, hi: float | None = None,
+         integer: bool = False, optional: bool = False, default: Any = None) -> Any:
+    if key not in d:
+        if optional:
+            return default
+        raise ProofFormatError(f"{where}: missing field {key!r}")
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ProofFormatError(f"{where}.{key}: expected a number, got {type(v).__name__}")
+    if integer and not isinstance(v, int):
+        raise ProofFormatError(f"{where}.{key}: expected an integer")
+    if not math.isfinite(v):
+        raise ProofFormatError(f"{where}.{key}: not finite")
+    if lo is not None and v < lo:
+        raise ProofFormatError(f"{where}.{key}: {v} below minimum {lo}")
+    if hi is not None and v > hi:
+        raise ProofFormatError(f"{where}.{key}: {v} above maximum {hi}")
+    return v
+
+
+def _str(d: dict, key: str, where: str, *, choices: tuple[str, ...] | None = None,
+         optional: bool = False, default: str | None = None, maxlen: int = 256) -> Any:
+    if key not in d:
+        if optional:
+            return default
+        raise ProofFormatError(f"{where}: missing field {key!r}")
+    v = d[key]
+    if v is None and optional:
+        return default
+    if not isinstance(v, str) or len(v) > maxlen:
+        raise ProofFormatError(f"{where}.{key}: expected a string")
+    if choices is not None and v not in choices:
+        raise ProofFormatError(f"{where}.{key}: {v!r} is not one of {', '.join(choices)}")
+    return v
+
+
+def _bool(d: dict, key: str, where: str, default: bool) -> bool:
+    v = d.get(key, default)
+    if not isinstance(v, bool):
+        raise ProofFormatError(f"{where}.{key}: expected true/false")
+    return v
+
+
+def _obj(d: Any, where: str) -> dict:
+    if not isinstance(d, dict):
+        raise ProofFormatError(f"{where}: expected an object")
+    return d
+
+
+def _kwargs(d: dict, key: str, where: str) -> dict:
+    v = d.get(key, {})
+    if not isinstance(v, dict):
+        raise ProofFormatError(f"{where}.{key}: expected an object")
+    _check_json_value(v, f"{where}.{key}")
+    return v
+
+
+def _no_extra(d: dict, cls: type, where: str) -> None:
+    allowed = {f.name for f in fields(cls)}
+    extra = set(d) - allowed
+    if extra:
+        raise ProofFormatError(f"{where}: unknown field(s) {', '.join(sorted(extra))}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Architecture by registry name (or `module:callable` factory) plus JSON keyword arguments."""
+
+    arch: str
+    kwargs: dict = field(default_factory=dict)
+    init: str = "torch-default"
+    source_sha256: str = ""  # digest of a factory's module source (user models only)
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "spec.model") -> "ModelSpec":
+        d = _obj(d, where)
+        _no_extra(d, cls, where)
+        return cls(arch=_str(d, "arch", where), kwargs=_kwargs(d, "kwargs", where),
+                   init=_str(d, "init", where, optional=True, default="torch-default"),
+                   source_sha256=_str(d, "source_sha256", where, optional=True, default=""))
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.name!r}; known: {', '.join(OPTIMIZERS)}")
+        if self.nesterov and (self.momentum <= 0 or self.name != "sgd"):
+            raise ValueError("nesterov needs SGD with momentum > 0")
+        if not (0 < self.lr < 1e3):
+            raise ValueError(f"learning rate {self.lr} out of range (0, 1000)")
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "spec.optimizer") -> "OptimizerSpec":
+        d = _obj(d, where)
+        _no_extra(d, cls, where)
+        betas = d.get("betas", [0.9, 0.999])
+        if (not isinstance(betas, (list, tuple)) or len(betas) != 2
+                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
+                           for b in betas)):
+            raise ProofFormatError(f"{where}.betas: expected two numbers in [0, 1)")
+        try:
+            return cls(name=_str(d, "name", where, choices=OPTIMIZERS),
+                       lr=_num(d, "lr", where, lo=0, hi=1e3),
+                       momentum=_num(d, "momentum", where, lo=0, hi=1, optional=True, default=0.0),
+                       nesterov=_bool(d, "nesterov", where, False),
+                       weight_decay=_num(d, "weight_decay", where, lo=0, hi=10, optional=True,
+                                         default=0.0),
+                       betas=(float(betas[0]), float(betas[1])),
+                       eps=_num(d, "eps", where, lo=0, hi=1, optional=True, default=1e-8))
+        except ValueError as e:
+            raise ProofFormatError(f"{where}: {e}") from None
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """Learning-rate schedule over global steps. The lr of every step is also recorded in the proof;
+    the schedule lets a verifier check those recorded values for plausibility."""
+
+    name: str = "constant"
+    milestones: tuple[int, ...] = ()  # steps at which lr is multiplied by gamma (multistep)
+    gamma: float = 0.1
+    total_steps: int = 0  # cosine: decay horizon (0 = training length)
+    min_lr: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.name not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.name!r}; known: {', '.join(SCHEDULES)}")
+
+    def lr_at(self, base_lr: float, step: int, total_steps: int) -> float:
+        if self.name == "constant":
+            return base_lr
+        if self.name == "multistep":
+            n = sum(1 for m in self.milestones if step >= m)
+            return base_lr * (self.gamma ** n)
+        horizon = self.total_steps or total_steps
+        frac = min(step, horizon) / max(horizon, 1)
+        return self.min_lr + (base_lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * frac))
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "spec.schedule") -> "ScheduleSpec":
+        d = _obj(d, where)
+        _no_extra(d, cls, where)
+        ms = d.get("milestones", [])
+        if (not isinstance(ms, list) or len(ms) > 1000
+                or not all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in ms)):
+            raise ProofFormatError(f"{where}.milestones: expected a list of non-negative integers")
+        return cls(name=_str(d, "name", where, choices=SCHEDULES), milestones=tuple(ms),
+                   gamma=_num(d, "gamma", where, lo=0, hi=10, optional=True, default=0.1),
+                   total_steps=_num(d, "total_steps", where, lo=0, hi=2**40, integer=True,
+                                    optional=True, default=0),
+                   min_lr=_num(d, "min_lr", where, lo=0, hi=1e3, optional=True, default=0.0))
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which dataset, how a raw batch becomes model input, and the augmentation (drawn from a
+    recorded generator). `root` is the Merkle root over per-sample hashes: the commitment that binds
+    whatever data the verifier is given to the data the prover trained on."""
+
+    name: str
+    params: dict = field(default_factory=dict)
+    size: int = 0
+    root: str = ""
+    prepare: str = "float"
+    augment: str = "none"
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "spec.data") -> "DataSpec":
+        d = _obj(d, where)
+        _no_extra(d, cls, where)
+        root = _str(d, "root", where)
+        if len(root) != 64 or any(c not in "0123456789abcdef" for c in root):
+            raise ProofFormatError(f"{where}.root: expected 64 lowercase hex characters")
+        return cls(name=_str(d, "name", where), params=_kwargs(d, "params", where),
+                   size=_num(d, "size", where, lo=1, hi=2**40, integer=True), root=root,
+                   prepare=_str(d, "prepare", where), augment=_str(d, "augment", where))
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """The complete, self-describing description of a training run."""
+
+    model: ModelSpec
+    optimizer: OptimizerSpec
+    schedule: ScheduleSpec
+    data: DataSpec
+    loss: str = "cross_entropy"
+    batch_size: int = 64
+    epochs: int = 1
+    k: int = 10
+    drop_last: bool = False
+    precision: str = "fp32"  # storage precision of checkpoints
+    seed: int = 0  # drives data order, init, dropout and augmentation (per step, derived)
+    task: str = ""  # informational: built-in task name, if any
+    device: str = "cpu"  # device type the proof was made on
+    deterministic: bool = False  # torch.use_deterministic_algorithms during training
+    torch_version: str = ""
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; known: {', '.join(LOSSES)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
+        if self.batch_size < 1 or self.epochs < 1 or self.k < 1:
+            raise ValueError("batch size, epochs and k must be positive")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["optimizer"]["betas"] = list(self.optimizer.betas)
+        d["schedule"]["milestones"] = list(self.schedule.milestones)
+        return d
+
+    def with_(self, **changes: Any) -> "TrainingSpec":
+        return replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "spec") -> "TrainingSpec":
+        d = _obj(d, where)
+        _no_extra(d, cls, where)
+        try:
+            return cls(
+                model=ModelSpec.from_dict(d.get("model"), f"{where}.model"),
+                optimizer=OptimizerSpec.from_dict(d.get("optimizer"), f"{where}.optimizer"),
+                schedule=ScheduleSpec.from_dict(d.get("schedule"), f"{where}.schedule"),
+                data=DataSpec.from_dict(d.get("data"), f"{where}.data"),
+                loss=_str(d, "loss", where, choices=LOSSES),
+                batch_size=_num(d, "batch_size", where, lo=1, hi=2**20, integer=True),
+                epochs=_num(d, "epochs", where, lo=1, hi=10**6, integer=True),
+                k=_num(d, "k", where, lo=1, hi=2**40, integer=True),
+                drop_last=_bool(d, "drop_last", where, False),
+                precision=_str(d, "precision", where, choices=PRECISIONS),
+                seed=_num(d, "seed", where, lo=0, hi=2**63 - 1, integer=True),
+                task=_str(d, "task", where, optional=True, default=""),
+                device=_str(d, "device", where, choices=("cpu", "cuda", "mps", "xpu")),
+                deterministic=_bool(d, "deterministic", where, False),
+                torch_version=_str(d, "torch_version", where, optional=True, default=""),
+            )
+        except ValueError as e:
+            raise ProofFormatError(f"{where}: {e}") from None
