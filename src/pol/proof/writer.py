@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save as st_save
 
 from pol.errors import ProofWriteError
 from pol.proof import format as fmt
@@ -73,32 +72,75 @@ def file_sha256(path: Path) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
+_ST_DTYPE = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16",
+             torch.bfloat16: "BF16", torch.int64: "I64", torch.int32: "I32", torch.int16: "I16",
+             torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
+
+
+@dataclass
+class _Layout:
+    """How a state dict maps onto a few flat buffers (one per storage dtype and device) and onto the
+    safetensors file written from them. Built once and reused while the state's tensors are the
+    same objects, so a snapshot is one `torch.cat` and one copy per group, whatever the model."""
+
+    key: tuple
+    groups: list[tuple[torch.dtype, torch.device, list[torch.Tensor], int]]
+    header_json: dict
+
+    @classmethod
+    def build(cls, tensors: dict[str, torch.Tensor], precision: str, key: tuple) -> "_Layout":
+        by_group: dict[tuple, list[tuple[str, torch.Tensor]]] = {}
+        for name, v in tensors.items():
+            st = fmt.storage_dtype(name, v, precision)
+            if st not in _ST_DTYPE:
+                raise ProofWriteError(f"{name}: dtype {v.dtype} cannot be stored")
+            by_group.setdefault((st, v.device), []).append((name, v))
+        groups, header, off = [], {}, 0
+        for (st, dev), items in by_group.items():
+            views = [v.detach().reshape(-1) for _, v in items]
+            numel = sum(x.numel() for x in views)
+            for name, v in items:
+                n = v.numel() * torch.empty((), dtype=st).element_size()
+                header[name] = {"dtype": _ST_DTYPE[st], "shape": list(v.shape),
+                                "data_offsets": [off, off + n]}
+                off += n
+            groups.append((st, dev, views, numel))
+        return cls(key=key, groups=groups, header_json=header)
+
+    def header_bytes(self, metadata: dict[str, str]) -> bytes:
+        h = json.dumps({"__metadata__": metadata, **self.header_json},
+                       separators=(",", ":")).encode()
+        h += b" " * (-len(h) % 8)
+        return len(h).to_bytes(8, "little") + h
+
+
 @dataclass
 class _Snapshot:
     t: int
-    tensors: dict[str, torch.Tensor]
+    layout: _Layout
+    bufs: list[torch.Tensor]
     records: dict[str, np.ndarray | torch.Tensor]
     event: Any = None
-    key: tuple = ()
 
 
 @dataclass
 class _Pool:
-    """Reusable snapshot buffers, so steady-state checkpointing allocates nothing (pinned
+    """Reusable pinned/host buffers, so steady-state checkpointing allocates nothing (pinned
     allocations are slow)."""
 
-    free: dict[tuple, list[dict[str, torch.Tensor]]] = field(default_factory=dict)
+    free: dict[tuple, list[list[torch.Tensor]]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def get(self, key: tuple, pin: bool) -> dict[str, torch.Tensor]:
+    def get(self, layout: _Layout, pin: bool) -> list[torch.Tensor]:
+        key = tuple((st, n) for st, _, _, n in layout.groups)
         with self.lock:
             lst = self.free.get(key)
             if lst:
                 return lst.pop()
-        return {name: torch.empty(shape, dtype=dtype, pin_memory=pin)
-                for name, shape, dtype in key}
+        return [torch.empty(n, dtype=st, pin_memory=pin) for st, n in key]
 
-    def put(self, key: tuple, bufs: dict[str, torch.Tensor]) -> None:
+    def put(self, bufs: list[torch.Tensor]) -> None:
+        key = tuple((b.dtype, b.numel()) for b in bufs)
         with self.lock:
             self.free.setdefault(key, []).append(bufs)
 
@@ -126,6 +168,7 @@ class ProofWriter:
         self._files: dict[str, tuple[str, int]] = {}
         self._error: BaseException | None = None
         self._pool = _Pool()
+        self._layout: _Layout | None = None
         self._q: queue.Queue[_Snapshot | None] = queue.Queue(maxsize=queue_size)
         self._last_t = -1
         self._rows = 0
@@ -151,16 +194,24 @@ class ProofWriter:
         self._raise_if_failed()
         if t <= self._last_t:
             raise ValueError(f"checkpoint steps must increase ({t} after {self._last_t})")
-        key = tuple((name, tuple(v.shape), fmt.storage_dtype(name, v, self.precision))
-                    for name, v in tensors.items())
-        on_gpu = any(v.device.type == "cuda" for v in tensors.values())
-        bufs = self._pool.get(key, pin=on_gpu)
+        key = tuple((name, v.data_ptr(), v.dtype, v.shape) for name, v in tensors.items())
+        if self._layout is None or self._layout.key != key:
+            self._layout = _Layout.build(tensors, self.precision, key)
+        layout = self._layout
+        on_gpu = any(dev.type == "cuda" for _, dev, _, _ in layout.groups)
+        bufs = self._pool.get(layout, pin=on_gpu)
         with torch.no_grad():
-            for name, v in tensors.items():
-                bufs[name].copy_(v.detach(), non_blocking=on_gpu)
+            for buf, (st, dev, views, _) in zip(bufs, layout.groups):
+                if dev.type == "cpu" and all(v.dtype == st for v in views):
+                    torch.cat(views, out=buf)
+                else:
+                    buf.copy_(torch.cat(views).to(st), non_blocking=dev.type == "cuda")
         recs: dict[str, np.ndarray | torch.Tensor] = dict(records or {})
-        if isinstance(recs.get("losses"), torch.Tensor):
-            recs["losses"] = recs["losses"].detach().to("cpu", torch.float32, non_blocking=on_gpu)
+        losses = recs.get("losses")
+        if isinstance(losses, torch.Tensor):
+            host = torch.empty(losses.shape, dtype=torch.float32, pin_memory=on_gpu)
+            host.copy_(losses.detach(), non_blocking=on_gpu)  # pinned: no device stall
+            recs["losses"] = host
         event = None
         if on_gpu:
             event = torch.cuda.Event()
@@ -168,7 +219,7 @@ class ProofWriter:
         self._last_t = t
         while True:  # block on a full queue, but notice a dead writer
             try:
-                self._q.put(_Snapshot(t, bufs, recs, event, key), timeout=0.5)
+                self._q.put(_Snapshot(t, layout, bufs, recs, event), timeout=0.5)
                 break
             except queue.Full:
                 self._raise_if_failed()
@@ -268,11 +319,24 @@ class ProofWriter:
                 f.flush()
                 if self.durable:
                     os.fsync(f.fileno())
-        data = st_save(snap.tensors, metadata={"format": fmt.FORMAT_NAME, "step": str(snap.t)})
-        self._pool.put(snap.key, snap.tensors)
         name = fmt.checkpoint_name(snap.t)
-        atomic_write(self.dir / name, data, self.durable)
-        self._files[name] = (hashlib.sha256(data).hexdigest(), len(data))
+        path = self.dir / name
+        tmp = path.with_name(f".{path.name}.tmp")
+        h = hashlib.sha256()
+        size = 0
+        with open(tmp, "wb") as f:  # safetensors, written raw from the flat buffers
+            for chunk in [snap.layout.header_bytes({"format": fmt.FORMAT_NAME,
+                                                    "step": str(snap.t)})] + [
+                    memoryview(b.view(torch.uint8).numpy()) for b in snap.bufs]:
+                h.update(chunk)
+                f.write(chunk)
+                size += len(chunk)
+            if self.durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self._pool.put(snap.bufs)
+        self._files[name] = (h.hexdigest(), size)
         self._rows += n_rows
         self._write_progress(snap.t, self._rows)
 

@@ -1,0 +1,530 @@
+"""Datasets as raw numpy arrays, deterministic batch preparation, recorded-RNG augmentation.
+
+Why this split into three stages:
+
+* `load_dataset` returns the *raw* arrays (uint8 images, float32 features). These bytes are what
+  the proof commits to (per-sample hashes under a Merkle root), so loading must be a pure function
+  of (name, params, files): no shuffling with a global RNG, no float transforms that could differ
+  between machines.
+* `PREPARE` turns a raw batch into model input with no randomness at all, so the verifier can
+  recompute it from the committed bytes.
+* `AUGMENT` draws every random choice from an explicit `torch.Generator` whose seed is recorded,
+  so a verifier replaying a step gets bit-identical augmented inputs.
+
+Nothing here downloads anything, and nothing uses pickle: CIFAR is read from the binary
+distribution, user data from `.npz` with `allow_pickle=False`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "ArrayDataset",
+    "DatasetNotFound",
+    "DATASETS",
+    "DEFAULT_PREPARE",
+    "PREPARE",
+    "AUGMENT",
+    "CIFAR_MEAN",
+    "CIFAR_STD",
+    "load_dataset",
+    "train_test_split",
+]
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+
+# Largest synthetic dataset we agree to generate: params come from a possibly hostile proof.
+_MAX_SYNTHETIC = 100_000
+
+
+class DatasetNotFound(FileNotFoundError):
+    """Dataset files are not where they were expected. pol never downloads; the message says
+    which files to fetch and where to put them."""
+
+
+@dataclass(frozen=True)
+class ArrayDataset:
+    """Raw samples `x` (first axis = sample) and integer labels `y` (int64, same length).
+
+    Arrays are C-contiguous so that per-sample hashing sees one canonical byte layout.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.x, np.ndarray) or not isinstance(self.y, np.ndarray):
+            raise TypeError("ArrayDataset needs numpy arrays for x and y")
+        if self.x.ndim < 1:
+            raise ValueError("x must have a leading sample axis")
+        if self.x.dtype.kind not in "biuf":
+            raise ValueError(f"x must be a numeric array, got dtype {self.x.dtype}")
+        if self.y.ndim != 1:
+            raise ValueError(f"y must be 1-D, got shape {self.y.shape}")
+        if self.y.dtype != np.int64:
+            raise ValueError(f"y must be int64, got {self.y.dtype}")
+        if len(self.x) != len(self.y):
+            raise ValueError(f"x has {len(self.x)} samples but y has {len(self.y)} labels")
+        if not self.x.flags.c_contiguous:
+            object.__setattr__(self, "x", np.ascontiguousarray(self.x))
+        if not self.y.flags.c_contiguous:
+            object.__setattr__(self, "y", np.ascontiguousarray(self.y))
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+# --------------------------------------------------------------------------------------------------
+# Parameter handling (params come from JSON inside a proof: validate strictly)
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_params(name: str, params: dict[str, Any], allowed: set[str]) -> None:
+    extra = set(params) - allowed - {"limit"}
+    if extra:
+        known = ", ".join(sorted(allowed | {"limit"}))
+        raise ValueError(f"dataset {name!r}: unknown parameter(s) {', '.join(sorted(extra))}; "
+                         f"accepted: {known}")
+
+
+def _int_param(params: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
+    v = params.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise ValueError(f"parameter {key!r} must be an integer in [{lo}, {hi}], got {v!r}")
+    return v
+
+
+def train_test_split(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed 80/20 split used by every built-in tabular dataset: a permutation from
+    `np.random.default_rng(0)`, first floor(0.8 n) indices train, the rest test."""
+    perm = np.random.default_rng(0).permutation(n)
+    n_train = (n * 4) // 5
+    return perm[:n_train], perm[n_train:]
+
+
+def _split(x: np.ndarray, y: np.ndarray) -> tuple[ArrayDataset, ArrayDataset]:
+    tr, te = train_test_split(len(y))
+    return (ArrayDataset(np.ascontiguousarray(x[tr]), np.ascontiguousarray(y[tr])),
+            ArrayDataset(np.ascontiguousarray(x[te]), np.ascontiguousarray(y[te])))
+
+
+# --------------------------------------------------------------------------------------------------
+# scikit-learn toy datasets (bundled with sklearn, no download)
+# --------------------------------------------------------------------------------------------------
+
+
+def _load_digits(params: dict[str, Any], data_dir: str | None) -> tuple[ArrayDataset, ArrayDataset]:
+    """8x8 handwritten digits, float32 [N, 64] with the original 0..16 values."""
+    from sklearn.datasets import load_digits
+
+    _check_params("digits", params, set())
+    x, y = load_digits(return_X_y=True)
+    return _split(x.astype(np.float32), y.astype(np.int64))
+
+
+def _standardized(loader: Callable[..., Any], name: str):
+    def load(params: dict[str, Any], data_dir: str | None) -> tuple[ArrayDataset, ArrayDataset]:
+        _check_params(name, params, set())
+        x, y = loader(return_X_y=True)
+        x = np.asarray(x, dtype=np.float64)
+        tr, _ = train_test_split(len(y))
+        mean = x[tr].mean(axis=0)
+        std = x[tr].std(axis=0)
+        std[std == 0] = 1.0
+        return _split(((x - mean) / std).astype(np.float32), np.asarray(y, dtype=np.int64))
+
+    load.__doc__ = f"sklearn {name}, float32, standardized with train-split mean/std."
+    return load
+
+
+def _sk(fn_name: str) -> Callable[..., Any]:
+    def call(**kw: Any) -> Any:
+        import sklearn.datasets
+
+        return getattr(sklearn.datasets, fn_name)(**kw)
+
+    return call
+
+
+# --------------------------------------------------------------------------------------------------
+# synthetic-cifar
+# --------------------------------------------------------------------------------------------------
+
+
+def _periodic_patterns(rng: np.random.Generator, m: int, k: int = 6, max_freq: int = 3,
+                       size: int = 32) -> np.ndarray:
+    """m smooth, 32-periodic colour patterns [m, size, size, 3], quantized to int16.
+
+    Each is a sum of k plane waves with integer frequencies <= max_freq, so a circular shift is a
+    plain index roll. Portability of the bytes (they are hashed into the proof and regenerated by
+    the verifier, maybe on another machine): every random draw in this generator is an exact
+    integer or uniform draw (no normal draws, whose ziggurat calls libm exp/log), and cos() is the
+    only transcendental; it runs in float64 and is quantized right away, so a last-ulp libm
+    difference has a ~1e-13 chance per value of changing anything. The remaining steps are integer
+    arithmetic or single IEEE float32 operations, which are exact and portable.
+    """
+    fx = rng.integers(-max_freq, max_freq + 1, size=(m, k))
+    fy = rng.integers(0, max_freq + 1, size=(m, k))
+    fy[(fx == 0) & (fy == 0)] = 1
+    phase = rng.uniform(0.0, 2 * np.pi, size=(m, k))
+    amp = rng.uniform(-1.0, 1.0, size=(m, k, 3)) * math.sqrt(3.0 / k)  # unit variance per wave
+    coords = np.arange(size, dtype=np.float64) * (2 * np.pi / size)
+    acc = np.zeros((m, size, size, 3), dtype=np.float64)
+    for j in range(k):  # fixed summation order (no einsum/BLAS whose order may vary)
+        arg = (fy[:, j, None, None] * coords[None, :, None]
+               + fx[:, j, None, None] * coords[None, None, :] + phase[:, j, None, None])
+        acc += np.cos(arg)[..., None] * amp[:, j, None, None, :]
+    return np.rint(50.0 * acc).astype(np.int16)
+
+
+def _load_synthetic_cifar(params: dict[str, Any],
+                          data_dir: str | None) -> tuple[ArrayDataset, ArrayDataset]:
+    """CIFAR-shaped (uint8 [N, 32, 32, 3]) data that needs no download.
+
+    Each class has a smooth random prototype; a sample is its prototype circularly shifted by up
+    to 5 pixels, plus a random distractor pattern (from a shared bank, shifted anywhere), a random
+    brightness/colour offset and pixel noise. A linear model on raw pixels gets well above chance
+    but a small CNN does clearly better after a few epochs, which is what the demos and benchmarks
+    need: training that visibly learns, in seconds.
+    """
+    _check_params("synthetic-cifar", params, {"seed", "n_train", "n_test", "num_classes"})
+    seed = _int_param(params, "seed", 0, 0, 2**63 - 1)
+    n_train = _int_param(params, "n_train", 2000, 1, _MAX_SYNTHETIC)
+    n_test = _int_param(params, "n_test", 500, 0, _MAX_SYNTHETIC)
+    num_classes = _int_param(params, "num_classes", 10, 2, 1000)
+    n = n_train + n_test
+    size, shift, bank_size = 32, 5, 64
+
+    rng = np.random.default_rng(seed)
+    protos = _periodic_patterns(rng, num_classes)
+    bank = _periodic_patterns(rng, bank_size)
+    y = rng.permutation(np.arange(n) % num_classes).astype(np.int64)  # balanced classes
+    d = rng.integers(-shift, shift + 1, size=(n, 2))
+    which = rng.integers(0, bank_size, size=n)
+    e = rng.integers(0, size, size=(n, 2))
+    bright = rng.uniform(0.7, 1.3, size=n).astype(np.float32)
+    offset = rng.uniform(-25.0, 25.0, size=(n, 3)).astype(np.float32)
+    # Pixel noise: sum of 4 uniform integers in [0, 42], centred (std ~25, near-Gaussian shape).
+    noise = np.full((n, size, size, 3), -84, dtype=np.int16)
+    for _ in range(4):
+        noise += rng.integers(0, 43, size=(n, size, size, 3), dtype=np.uint8)
+
+    r = np.arange(size)
+    rows = (r[None, :] + d[:, 0:1]) % size
+    cols = (r[None, :] + d[:, 1:2]) % size
+    # int16 arithmetic: every term stays within a few hundred, far from overflow.
+    img = protos[y[:, None, None], rows[:, :, None], cols[:, None, :]]
+    rows = (r[None, :] + e[:, 0:1]) % size
+    cols = (r[None, :] + e[:, 1:2]) % size
+    img += bank[which[:, None, None], rows[:, :, None], cols[:, None, :]]
+    img += 128
+    out = img.astype(np.float32)
+    out *= bright[:, None, None, None]
+    out += offset[:, None, None, :]
+    out += noise
+    np.rint(out, out=out)
+    np.clip(out, 0, 255, out=out)
+    x = out.astype(np.uint8)
+    return (ArrayDataset(np.ascontiguousarray(x[:n_train]), y[:n_train].copy()),
+            ArrayDataset(np.ascontiguousarray(x[n_train:]), y[n_train:].copy()))
+
+
+# --------------------------------------------------------------------------------------------------
+# CIFAR-10 / CIFAR-100 (binary version)
+# --------------------------------------------------------------------------------------------------
+
+_CIFAR_LAYOUT = {
+    # name: (folder inside the tarball, train files, test files, label bytes, label index, classes)
+    "cifar10": ("cifar-10-batches-bin", [f"data_batch_{i}.bin" for i in range(1, 6)],
+                ["test_batch.bin"], 1, 0, 10),
+    "cifar100": ("cifar-100-binary", ["train.bin"], ["test.bin"], 2, 1, 100),
+}
+_PIXELS = 3 * 32 * 32
+
+
+def _cifar_dir(name: str, data_dir: str | None) -> Path:
+    folder, train_files, test_files, *_ = _CIFAR_LAYOUT[name]
+    files = train_files + test_files
+    pretty = "CIFAR-10" if name == "cifar10" else "CIFAR-100"
+    if data_dir is None:
+        raise DatasetNotFound(
+            f"{pretty} needs data_dir: a folder holding {', '.join(files)} (or its parent holding "
+            f"{folder}/). Download the {pretty} binary version from {CIFAR_URL} and unpack it "
+            f"into that folder; pol never downloads."
+        )
+    base = Path(data_dir)
+    candidates = [base, base / folder]
+    for cand in candidates:
+        if all((cand / f).is_file() for f in files):
+            return cand
+    # Report against whichever candidate has more of the files (usually the intended one).
+    best = max(candidates, key=lambda c: sum((c / f).is_file() for f in files))
+    missing = [f for f in files if not (best / f).is_file()]
+    raise DatasetNotFound(
+        f"{pretty} binary files not found: expected {', '.join(files)} in {base} or in "
+        f"{base / folder} (missing in {best}: {', '.join(missing)}). Download the {pretty} binary "
+        f"version from {CIFAR_URL} and unpack it into {base}; pol never downloads."
+    )
+
+
+def _read_cifar_file(path: Path, label_bytes: int, label_index: int,
+                     num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    record = label_bytes + _PIXELS
+    nbytes = os.path.getsize(path)
+    if nbytes == 0 or nbytes % record:
+        raise ValueError(
+            f"{path}: size {nbytes} bytes is not a positive multiple of the {record}-byte record "
+            f"size; the file is truncated or not the binary version of the dataset"
+        )
+    raw = np.fromfile(path, dtype=np.uint8).reshape(-1, record)
+    labels = raw[:, label_index].astype(np.int64)
+    if labels.max() >= num_classes:
+        raise ValueError(f"{path}: label {int(labels.max())} out of range for {num_classes} "
+                         f"classes; wrong file?")
+    # Records store CHW planes (R, G, B); we return HWC like the other image datasets.
+    images = raw[:, label_bytes:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels
+
+
+def _cifar_loader(name: str):
+    def load(params: dict[str, Any], data_dir: str | None) -> tuple[ArrayDataset, ArrayDataset]:
+        _check_params(name, params, set())
+        _, train_files, test_files, lb, li, nc = _CIFAR_LAYOUT[name]
+        root = _cifar_dir(name, data_dir)
+
+        def read(files: list[str]) -> ArrayDataset:
+            parts = [_read_cifar_file(root / f, lb, li, nc) for f in files]
+            return ArrayDataset(np.concatenate([p[0] for p in parts]),
+                                np.concatenate([p[1] for p in parts]))
+
+        return read(train_files), read(test_files)
+
+    load.__doc__ = f"{name} from the binary distribution in data_dir, uint8 HWC."
+    return load
+
+
+# --------------------------------------------------------------------------------------------------
+# npz (user data)
+# --------------------------------------------------------------------------------------------------
+
+
+def _npz_array(f: Any, key: str, path: Path) -> np.ndarray:
+    try:
+        arr = f[key]
+    except ValueError as e:  # object arrays refuse to load with allow_pickle=False
+        raise ValueError(f"{path}: array {key!r} cannot be loaded without pickle ({e}); store "
+                         f"plain numeric arrays") from None
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{path}: array {key!r} has unsupported dtype {arr.dtype}; "
+                         f"expected a numeric array")
+    return arr
+
+
+def _labels(arr: np.ndarray, key: str, path: Path) -> np.ndarray:
+    if arr.ndim != 1:
+        raise ValueError(f"{path}: {key!r} must be 1-D, got shape {arr.shape}")
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"{path}: {key!r} must hold integer class labels, got dtype {arr.dtype}")
+    if arr.size and arr.min() < 0:
+        raise ValueError(f"{path}: {key!r} contains negative labels")
+    return arr.astype(np.int64)
+
+
+def _load_npz(params: dict[str, Any], data_dir: str | None) -> tuple[ArrayDataset, ArrayDataset]:
+    """User data: arrays x, y (and optionally x_test, y_test) from an .npz; without a test pair,
+    the same fixed 80/20 split as the built-in tabular datasets. A relative `path` is resolved
+    against data_dir when one is given (so a proof's params stay portable)."""
+    _check_params("npz", params, {"path"})
+    p = params.get("path")
+    if not isinstance(p, str) or not p:
+        raise ValueError("dataset 'npz' needs parameter 'path' (a .npz file with arrays x, y)")
+    path = Path(p)
+    if not path.is_absolute() and data_dir is not None:
+        path = Path(data_dir) / path
+    if not path.is_file():
+        raise DatasetNotFound(f"npz dataset file {path} not found (expected a .npz with arrays "
+                              f"x, y and optionally x_test, y_test)")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{path}: cannot read as .npz ({e})") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: not an .npz archive (use numpy.savez with arrays x, y)")
+    try:
+        with loaded as f:
+            keys = set(f.files)
+            missing = {"x", "y"} - keys
+            if missing:
+                raise ValueError(f"{path}: missing array(s) {', '.join(sorted(missing))}; found "
+                                 f"{', '.join(sorted(keys)) or 'none'}")
+            if ("x_test" in keys) != ("y_test" in keys):
+                raise ValueError(f"{path}: x_test and y_test must be given together")
+            x = _npz_array(f, "x", path)
+            y = _labels(_npz_array(f, "y", path), "y", path)
+            xt = yt = None
+            if "x_test" in keys:
+                xt = _npz_array(f, "x_test", path)
+                yt = _labels(_npz_array(f, "y_test", path), "y_test", path)
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ValueError(f"{path}: corrupt .npz archive ({e})") from None
+    if len(x) != len(y):
+        raise ValueError(f"{path}: x has {len(x)} samples but y has {len(y)}")
+    if xt is None:
+        return _split(x, y)
+    if len(xt) != len(yt):
+        raise ValueError(f"{path}: x_test has {len(xt)} samples but y_test has {len(yt)}")
+    if xt.shape[1:] != x.shape[1:]:
+        raise ValueError(f"{path}: x_test sample shape {xt.shape[1:]} differs from x {x.shape[1:]}")
+    return (ArrayDataset(np.ascontiguousarray(x), y), ArrayDataset(np.ascontiguousarray(xt), yt))
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------------
+
+Loader = Callable[[dict[str, Any], "str | None"], tuple[ArrayDataset, ArrayDataset]]
+
+DATASETS: dict[str, Loader] = {
+    "digits": _load_digits,
+    "iris": _standardized(_sk("load_iris"), "iris"),
+    "wine": _standardized(_sk("load_wine"), "wine"),
+    "breast-cancer": _standardized(_sk("load_breast_cancer"), "breast-cancer"),
+    "synthetic-cifar": _load_synthetic_cifar,
+    "cifar10": _cifar_loader("cifar10"),
+    "cifar100": _cifar_loader("cifar100"),
+    "npz": _load_npz,
+}
+
+# The PREPARE entry that fits each dataset's raw arrays.
+DEFAULT_PREPARE: dict[str, str] = {
+    "digits": "digits",
+    "iris": "float",
+    "wine": "float",
+    "breast-cancer": "float",
+    "synthetic-cifar": "image-hwc-uint8",
+    "cifar10": "image-hwc-uint8",
+    "cifar100": "image-hwc-uint8",
+    "npz": "float",
+}
+
+
+def load_dataset(name: str, params: dict | None = None,
+                 data_dir: str | None = None) -> tuple[ArrayDataset, ArrayDataset]:
+    """(train, test) raw arrays for a registered dataset.
+
+    Every dataset also accepts `limit` (int): keep only the first `limit` training samples (the
+    test split is unchanged), handy for quick runs on CIFAR.
+    """
+    try:
+        loader = DATASETS[name]
+    except (KeyError, TypeError):
+        known = ", ".join(sorted(DATASETS))
+        raise ValueError(f"unknown dataset {name!r}; known: {known}") from None
+    if params is not None and not isinstance(params, dict):
+        raise ValueError(f"dataset params must be a dict, got {type(params).__name__}")
+    params = dict(params or {})
+    limit = None
+    if "limit" in params:
+        limit = _int_param(params, "limit", 0, 1, 2**62)
+    train, test = loader(params, data_dir)
+    if limit is not None and limit < len(train):
+        train = ArrayDataset(np.ascontiguousarray(train.x[:limit]), train.y[:limit].copy())
+    return train, test
+
+
+# --------------------------------------------------------------------------------------------------
+# Deterministic preparation (no randomness)
+# --------------------------------------------------------------------------------------------------
+
+
+def _prepare_float(x: torch.Tensor) -> torch.Tensor:
+    return x.float()
+
+
+def _prepare_digits(x: torch.Tensor) -> torch.Tensor:
+    return x.float() / 16.0
+
+
+def _prepare_image_hwc_uint8(x: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC -> float32 NCHW in [0, 1], normalized with the CIFAR-10 channel statistics."""
+    if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-1] != 3:
+        raise ValueError(f"image-hwc-uint8 expects a uint8 [N, H, W, 3] batch, got "
+                         f"{x.dtype} {tuple(x.shape)}")
+    mean = torch.tensor(CIFAR_MEAN, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR_STD, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    out = x.permute(0, 3, 1, 2).float() / 255.0
+    return ((out - mean) / std).contiguous()
+
+
+PREPARE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "float": _prepare_float,
+    "digits": _prepare_digits,
+    "image-hwc-uint8": _prepare_image_hwc_uint8,
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Augmentation (all randomness from the given generator)
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_nchw(x: torch.Tensor, what: str) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"augmentation {what!r} expects a prepared [N, C, H, W] batch, got shape "
+                         f"{tuple(x.shape)}")
+
+
+def _coin_flips(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    # Drawn on the generator's device, then moved: the draw depends only on the generator.
+    return torch.randint(0, 2, (n,), generator=generator, device=generator.device).to(device) == 1
+
+
+def _augment_none(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return x
+
+
+def _augment_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Horizontal flip of each sample with probability 1/2."""
+    _check_nchw(x, "flip")
+    flip = _coin_flips(x.shape[0], generator, x.device)
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def _augment_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Standard CIFAR augmentation: zero-pad by 4, random crop back to HxW, random h-flip.
+
+    Offsets are drawn first ([N, 2], row then column offset in [0, 2*pad]), then the flips ([N]).
+    The crop is one advanced-indexing gather (pure data movement, so it is exact on any device).
+    """
+    _check_nchw(x, "crop-flip")
+    n, c, h, w = x.shape
+    offs = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator,
+                         device=generator.device).to(x.device)
+    flip = _coin_flips(n, generator, x.device)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    rows = offs[:, 0:1] + torch.arange(h, device=x.device)  # [n, h]
+    cols = offs[:, 1:2] + torch.arange(w, device=x.device)  # [n, w]
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    idx_n = torch.arange(n, device=x.device)[:, None, None, None]
+    idx_c = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[idx_n, idx_c, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+AUGMENT: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
+    "none": _augment_none,
+    "crop-flip": _augment_crop_flip,
+    "flip": _augment_flip,
+}

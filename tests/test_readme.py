@@ -1,0 +1,24 @@
+"""The README's library example must run as written and produce a valid proof."""
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_recorder_example_runs_and_verifies(tmp_path, monkeypatch, capsys):
+    block = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[0]
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    exec(compile(block, "README.md", "exec"), ns)
+    assert ns["report"].valid
+    assert all(s.exact for s in ns["report"].segments)
+    assert capsys.readouterr().out.strip().startswith("valid")
+
+
+def test_readme_quickstart_has_two_commands():
+    text = README.read_text()
+    quick = text.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    cmds = re.findall(r"```bash\n(.*?)```", quick, re.S)
+    assert len(cmds) == 2
+    assert "pol demo" in cmds[0] and "pytest" in cmds[1]
