@@ -1,0 +1,34 @@
+"""Golden proofs: a proof written by any released format version must verify forever."""
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pol.cli import main
+from pol.proof.reader import inspect_proof
+from pol.verifier import verify
+
+GOLDEN = Path(__file__).parent / "golden"
+CASES = [(v, name, info) for v in sorted(GOLDEN.glob("v*")) if v.is_dir()
+         for name, info in json.loads((v / "GOLDEN.json").read_text()).items()]
+
+
+def test_there_is_a_golden_proof_of_the_current_version():
+    from pol.proof.format import FORMAT_VERSION
+    assert (GOLDEN / f"v{FORMAT_VERSION}" / "GOLDEN.json").exists()
+
+
+@pytest.mark.parametrize("version,name,info", CASES, ids=[f"{v.name}-{n}" for v, n, _ in CASES])
+def test_golden_proof_verifies_in_all_segments(version, name, info):
+    path = version / name
+    assert inspect_proof(path)["root_digest"] == info["root_digest"]
+    report = verify(path, all_segments=True)
+    assert report.valid, report.render()
+
+
+@pytest.mark.parametrize("version,name,info", CASES, ids=[f"{v.name}-{n}" for v, n, _ in CASES])
+def test_golden_proof_verifies_from_the_cli(version, name, info):
+    res = CliRunner().invoke(main, ["verify", str(version / name)])
+    assert res.exit_code == 0, res.output
