@@ -47,19 +47,25 @@ def main() -> None:
     ap.add_argument("--deterministic", action="store_true")
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--n-train", type=int, default=None, help="synthetic-cifar training size")
+    ap.add_argument("--cross-device", default=None,
+                    help="also replay every segment on this device (e.g. cpu for a GPU proof)")
     args = ap.parse_args()
+    dp = {"n_train": args.n_train} if args.n_train else None
     tmp = Path(tempfile.mkdtemp(prefix="pol-bench-"))
     rows = []
     try:
         ref = train_task(args.task, tmp / "ref", epochs=args.epochs, seed=12345, k=10**9,
-                         device=args.device, deterministic=args.deterministic)
+                         device=args.device, deterministic=args.deterministic,
+                         dataset_params=dp)
         S = ref.total_steps // ref.spec.epochs
         w_ref = final_params(tmp / "ref")
         for kk in args.ks.split(","):
             k = S if kk == "S" else int(kk)
             d = tmp / f"k{k}"
             r = train_task(args.task, d, epochs=args.epochs, seed=1, k=k, device=args.device,
-                           deterministic=args.deterministic, precision=args.precision)
+                           deterministic=args.deterministic, precision=args.precision,
+                           dataset_params=dp)
             d_ref = all_distances(final_params(d), w_ref, METRICS)
             info = inspect_proof(d)
             times = {}
@@ -83,6 +89,16 @@ def main() -> None:
                 "verify_s": times, "verify_over_train": {x: v / r.train_seconds
                                                          for x, v in times.items()},
             }
+            if args.cross_device:
+                t0 = time.perf_counter()
+                xr = verify(d, device=args.cross_device, all_segments=True)
+                row["cross"] = {
+                    "device": args.cross_device, "valid_auto_delta": xr.valid,
+                    "seconds": time.perf_counter() - t0,
+                    "eps_over_dref": {m: max(s.error[m] for s in xr.segments) / d_ref[m]
+                                      for m in METRICS},
+                    "eps_over_dref_per_segment_l2": [s.error["l2"] / d_ref["l2"]
+                                                     for s in xr.segments]}
             rows.append(row)
             print(json.dumps(row))
     finally:

@@ -154,7 +154,7 @@ def parse_manifest(raw_bytes: bytes, limits: Limits) -> Manifest:
     E = _int(raw, "epochs", 1, 10**6)
     S = _int(raw, "steps_per_epoch", 1, limits.max_steps)
     T = _int(raw, "total_steps", 1, limits.max_steps)
-    k = _int(raw, "k", 1, limits.max_steps)
+    k = _int(raw, "k", 1, 2**40)
     _int(raw, "param_groups", 1, 1024)
     if T != E * S:
         raise ProofFormatError(f"manifest: total_steps {T} != epochs {E} x steps_per_epoch {S}")
