@@ -173,9 +173,6 @@ def test_verify_with_bad_option_values_exits_2(mlp_proof, args):
     assert "verdict" not in r.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="src/pol/cli.py _parse_deltas accepts any METRIC name in "
-                   "--delta METRIC=NUMBER; verify() ignores a δ for a metric it does not compare, "
-                   "so a typo silently falls back to the auto δ")
 @pytest.mark.parametrize("args", [["--delta", "l3=0"], ["--metric", "l2", "--delta", "linf=0"]],
                          ids=["unknown-metric", "metric-not-compared"])
 def test_delta_for_a_metric_that_is_not_compared_exits_2(mlp16_proof, args):
@@ -194,9 +191,6 @@ def test_proof_over_the_total_size_limit_says_how_to_raise_it(mlp_proof):
     assert_unusable(r, "limit", "--max-proof-gb")
 
 
-@pytest.mark.xfail(strict=True, reason="src/pol/proof/format.py:176-180 folds the per-file size "
-                   "limit into the 'malformed entry' check, so a file over --max-proof-gb is "
-                   "reported as a malformed manifest entry instead of naming the limit")
 def test_file_over_the_size_limit_names_the_limit(mlp_proof):
     r = run_cli("verify", mlp_proof, "--max-proof-gb", "1e-6")
     assert_unusable(r, "limit")
@@ -254,9 +248,6 @@ def test_demo_shows_an_honest_proof_accepted_and_a_tampered_one_rejected(tmp_pat
     assert (tmp_path / "demo" / "honest" / fmt.MANIFEST).is_file()
 
 
-@pytest.mark.xfail(strict=True, reason="src/pol/proof/reader.py:203 (incomplete proof) and "
-                   "src/pol/proof/writer.py:160 (non-empty --out) tell the user to run "
-                   "`pol train --resume DIR`, but `pol train` has no --resume option")
 def test_the_resume_option_that_error_messages_recommend_exists(mlp_proof, proof_copy):
     p = proof_copy(mlp_proof)
     (p / fmt.MANIFEST).unlink()

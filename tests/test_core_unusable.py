@@ -329,10 +329,6 @@ def test_malformed_format_version_exits_2(mlp_proof, proof_copy, version):
     assert_unusable(run_cli("verify", p), "version")
 
 
-@pytest.mark.xfail(strict=True, reason="src/pol/proof/format.py parse_manifest checks "
-                   "`version not in SUPPORTED_VERSIONS`; JSON true and 1.0 compare equal to 1 in "
-                   "Python, so they are accepted as version 1 (other integer fields reject bools "
-                   "via _int)")
 @pytest.mark.parametrize("version", [True, 1.0], ids=["true", "float"])
 def test_version_that_only_compares_equal_to_1_exits_2(mlp_proof, proof_copy, version):
     p = proof_copy(mlp_proof)
@@ -349,10 +345,6 @@ def test_manifest_that_is_a_directory_exits_2(mlp_proof, proof_copy):
     assert_unusable(run_cli("verify", p), "manifest.json")
 
 
-@pytest.mark.xfail(strict=True, reason="src/pol/verifier/core.py verify().load() checks entry "
-                   "names, shapes and finiteness but not dtypes: checkpoints of an fp32 proof "
-                   "stored as bfloat16 (rehashed) are accepted, the rounding hidden inside the "
-                   "auto δ (fmt.storage_dtype defines the dtype each entry must have)")
 def test_checkpoint_dtype_that_contradicts_the_spec_precision_is_refused(mlp_proof, proof_copy):
     p = proof_copy(mlp_proof)
     m = load_manifest(p)

@@ -74,7 +74,7 @@ def main(verbose: bool) -> None:
 @click.option("--task", default="digits-mlp", show_default=True, help="Built-in task (pol tasks).")
 @click.option("--epochs", type=click.IntRange(1), help="Epochs (default: the task's).")
 @click.option("--k", type=click.IntRange(1), help="Checkpoint interval in steps.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Proof directory.")
+@click.option("--out", type=click.Path(file_okay=False), help="Proof directory.")
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, 1000, min_open=True), help="Base learning rate.")
 @click.option("--batch-size", type=click.IntRange(1), help="Batch size.")
@@ -85,14 +85,21 @@ def main(verbose: bool) -> None:
               "replay on a GPU).")
 @click.option("--data", "data_dir", type=click.Path(), help="Local dataset directory (CIFAR).")
 @click.option("--force", is_flag=True, help="Overwrite an existing proof directory.")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
+              help="Continue an interrupted run in this directory from its last checkpoint.")
 @handle_errors
 def train(task, epochs, k, out, seed, lr, batch_size, precision, device, deterministic, data_dir,
-          force):
+          force, resume_dir):
     """Train a built-in task and write its proof-of-learning (Algorithm 1)."""
-    from pol.prover.trainer import train_task
-    r = train_task(task, out, epochs=epochs, k=k, seed=seed, lr=lr, batch_size=batch_size,
-                   precision=precision, device=device, deterministic=deterministic,
-                   data_dir=data_dir, overwrite=force, progress=sys.stderr.isatty())
+    from pol.prover.trainer import resume_task, train_task
+    if resume_dir:
+        r = resume_task(resume_dir, data_dir=data_dir, progress=sys.stderr.isatty())
+    elif not out:
+        raise click.UsageError("--out DIR is required (or --resume DIR)")
+    else:
+        r = train_task(task, out, epochs=epochs, k=k, seed=seed, lr=lr, batch_size=batch_size,
+                       precision=precision, device=device, deterministic=deterministic,
+                       data_dir=data_dir, overwrite=force, progress=sys.stderr.isatty())
     click.echo(f"trained {r.spec.task}: {r.total_steps} steps in {r.train_seconds:.1f}s, "
                f"final loss {r.final_loss:.4f}, test accuracy {r.test_accuracy:.2%}")
     click.echo(f"proof: {r.proof}  root digest {r.root_digest}")
@@ -120,6 +127,10 @@ def _parse_deltas(values: tuple[str, ...], metrics: list[str]):
             m, _, num = v.partition("=")
         else:
             m, num = metrics[0], v
+        if m not in metrics:
+            raise click.BadParameter(f"{v!r}: metric {m!r} is not compared (compared: "
+                                     f"{', '.join(metrics)}; add --metric {m})",
+                                     param_hint="--delta")
         try:
             x = float(num)
         except ValueError:

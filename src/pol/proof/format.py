@@ -140,7 +140,7 @@ def parse_manifest(raw_bytes: bytes, limits: Limits) -> Manifest:
     if raw.get("format") != FORMAT_NAME:
         raise ProofFormatError("manifest.json is not a pol proof manifest")
     version = raw.get("version")
-    if version not in SUPPORTED_VERSIONS:
+    if type(version) is not int or version not in SUPPORTED_VERSIONS:
         raise ProofFormatError(f"unsupported proof format version {version!r}; this pol reads "
                                f"version(s) {', '.join(map(str, SUPPORTED_VERSIONS))} — "
                                "upgrade pol to verify newer proofs")
@@ -173,6 +173,10 @@ def parse_manifest(raw_bytes: bytes, limits: Limits) -> Manifest:
     total = 0
     for name, entry in files_raw.items():
         check_name(name)
+        if (isinstance(entry, dict) and isinstance(entry.get("size"), int)
+                and entry["size"] > limits.max_file_bytes):
+            raise ProofFormatError(f"{name} is {entry['size']} bytes, over the reader's per-file "
+                                   f"limit of {limits.max_file_bytes} (raise it with --max-proof-gb)")
         if (not isinstance(entry, dict) or set(entry) != {"sha256", "size"}
                 or not isinstance(entry["sha256"], str) or not _HEX64.match(entry["sha256"])
                 or isinstance(entry["size"], bool) or not isinstance(entry["size"], int)

@@ -150,28 +150,36 @@ class ProofWriter:
     the per-step records of the steps since the previous one, then `finalize`."""
 
     def __init__(self, out_dir: str | os.PathLike, *, precision: str = "fp32",
-                 overwrite: bool = False, queue_size: int = 3, durable: bool = True) -> None:
+                 overwrite: bool = False, queue_size: int = 3, durable: bool = True,
+                 run_info: dict | None = None, resume: "ResumePoint | None" = None) -> None:
         self.dir = Path(out_dir)
         self.precision = precision
         self.durable = durable
-        if self.dir.exists() and any(self.dir.iterdir()):
-            if not overwrite:
-                raise ProofWriteError(f"{self.dir} exists and is not empty (use --force to "
-                                      "overwrite, or --resume to continue an interrupted run)")
-            shutil.rmtree(self.dir)
-        try:
-            (self.dir / fmt.CKPT_DIR).mkdir(parents=True, exist_ok=True)
-            (self.dir / WRITING_DIR).mkdir(exist_ok=True)
-            self._write_progress(-1, 0)
-        except OSError as e:
-            raise ProofWriteError(f"cannot write the proof to {self.dir}: {e.strerror or e}") from None
         self._files: dict[str, tuple[str, int]] = {}
+        self._last_t = -1
+        self._rows = 0
+        if resume is not None:
+            self.run_info = resume.run_info
+            self._files = dict(resume.files)
+            self._last_t, self._rows = resume.t, resume.rows
+        else:
+            self.run_info = dict(run_info or {})
+            if self.dir.exists() and any(self.dir.iterdir()):
+                if not overwrite:
+                    raise ProofWriteError(f"{self.dir} exists and is not empty (use --force to "
+                                          "overwrite, or --resume to continue an interrupted run)")
+                shutil.rmtree(self.dir)
+            try:
+                (self.dir / fmt.CKPT_DIR).mkdir(parents=True, exist_ok=True)
+                (self.dir / WRITING_DIR).mkdir(exist_ok=True)
+                self._write_progress(-1, 0)
+            except OSError as e:
+                raise ProofWriteError(f"cannot write the proof to {self.dir}: "
+                                      f"{e.strerror or e}") from None
         self._error: BaseException | None = None
         self._pool = _Pool()
         self._layout: _Layout | None = None
         self._q: queue.Queue[_Snapshot | None] = queue.Queue(maxsize=queue_size)
-        self._last_t = -1
-        self._rows = 0
         self._journals = {name: open(self.dir / WRITING_DIR / f"{name}.bin", "ab")
                           for name in ("indices", "lrs", "losses")}
         self.write_seconds = 0.0
@@ -282,8 +290,8 @@ class ProofWriter:
 
     def _write_progress(self, t: int, rows: int) -> None:
         atomic_write(self.dir / fmt.PROGRESS,
-                     json.dumps({"writing": True, "last_checkpoint": t, "rows": rows}).encode(),
-                     self.durable)
+                     json.dumps({"writing": True, "last_checkpoint": t, "rows": rows,
+                                 "run": self.run_info}).encode(), self.durable)
 
     def _run(self) -> None:
         while True:
@@ -339,6 +347,61 @@ class ProofWriter:
         self._files[name] = (h.hexdigest(), size)
         self._rows += n_rows
         self._write_progress(snap.t, self._rows)
+
+
+@dataclass
+class ResumePoint:
+    """Where an interrupted proof can continue: the last checkpoint fully on disk, with the per-step
+    records up to it (the journal is cut back to exactly those rows)."""
+
+    t: int
+    rows: int
+    run_info: dict
+    files: dict[str, tuple[str, int]]
+
+
+def prepare_resume(proof_dir: str | os.PathLike) -> ResumePoint:
+    """Inspect an interrupted proof and cut it back to its last complete checkpoint. Anything
+    written after that checkpoint (a half-written file, journal rows, a later checkpoint whose
+    progress entry never landed) is discarded; it will be recomputed exactly."""
+    d = Path(proof_dir)
+    if (d / fmt.MANIFEST).exists():
+        raise ProofWriteError(f"{d} is a finished proof; nothing to resume")
+    try:
+        prog = json.loads((d / fmt.PROGRESS).read_text())
+    except FileNotFoundError:
+        raise ProofWriteError(f"{d} has no progress.json: not an interrupted pol proof") from None
+    except (OSError, ValueError) as e:
+        raise ProofWriteError(f"{d}/progress.json is unreadable ({e}); cannot resume") from None
+    t, rows, run = prog.get("last_checkpoint"), prog.get("rows"), prog.get("run")
+    if (not isinstance(t, int) or not isinstance(rows, int) or not isinstance(run, dict)
+            or rows != max(t, 0) or "spec" not in run):
+        raise ProofWriteError(f"{d}/progress.json is inconsistent; cannot resume")
+    if t < 0:
+        raise ProofWriteError(f"{d} was interrupted before its first checkpoint was written: "
+                              "start the run again (--force)")
+    wd = d / WRITING_DIR
+    batch = run["spec"]["batch_size"]
+    groups = run.get("param_groups", 1)
+    for name, width in (("indices", 8 * batch), ("lrs", 8 * groups), ("losses", 4)):
+        path = wd / f"{name}.bin"
+        if not path.exists() or path.stat().st_size < rows * width:
+            raise ProofWriteError(f"{d}: the journal {path.name} is shorter than its progress "
+                                  "record; cannot resume")
+        with open(path, "r+b") as f:
+            f.truncate(rows * width)
+    files = {}
+    for step in fmt.checkpoint_steps(run["total_steps"], run["k"]):
+        name = fmt.checkpoint_name(step)
+        if step <= t:
+            if not (d / name).is_file():
+                raise ProofWriteError(f"{d}: checkpoint {name} is missing; cannot resume")
+            files[name] = file_sha256(d / name)
+        else:
+            (d / name).unlink(missing_ok=True)
+    for tmp in (d / fmt.CKPT_DIR).glob(".*.tmp*"):
+        tmp.unlink(missing_ok=True)
+    return ResumePoint(t=t, rows=rows, run_info=run, files=files)
 
 
 def rehash_manifest(proof_dir: str | os.PathLike) -> str:

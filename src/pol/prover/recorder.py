@@ -75,7 +75,8 @@ class Recorder:
                  precision: str = "fp32", schedule: ScheduleSpec | None = None,
                  data_name: str = "user", data_params: dict | None = None,
                  spec: TrainingSpec | None = None, overwrite: bool = False,
-                 durable: bool = True, init: dict | None = None) -> None:
+                 durable: bool = True, init: dict | None = None,
+                 resume: bool = False) -> None:
         self.model = model
         self.optimizer = optimizer
         self.dataset = _as_dataset(data)
@@ -116,10 +117,35 @@ class Recorder:
         self._closed = False
         self._check_model_spec()
         self.init = init or {"kind": "strategy", "strategy": spec.model.init}
-        self.writer = ProofWriter(out, precision=spec.precision, overwrite=overwrite,
-                                  durable=durable)
+        run_info = {"spec": spec.to_dict(), "total_steps": self.total_steps, "k": self.k,
+                    "steps_per_epoch": self.steps_per_epoch, "init": self.init,
+                    "param_groups": len(optimizer.param_groups)}
+        if resume:
+            self._resume(out, run_info, durable)
+        else:
+            self.writer = ProofWriter(out, precision=spec.precision, overwrite=overwrite,
+                                      durable=durable, run_info=run_info)
+            self.path = self.writer.dir
+            self.writer.put_checkpoint(0, state_tensors(model, optimizer))
+
+    def _resume(self, out, run_info: dict, durable: bool) -> None:
+        """Continue an interrupted proof from its last complete checkpoint: the model and
+        optimizer are loaded from it, and steps go on from there exactly as they would have."""
+        from pol.proof.reader import parse_safetensors
+        from pol.proof.writer import prepare_resume
+        from pol.step import load_state
+        rp = prepare_resume(out)
+        if rp.run_info.get("spec") != run_info["spec"] or rp.run_info.get("init") != self.init:
+            raise ConfigError(f"{out} was started with a different spec; it cannot be resumed "
+                              "with this one")
+        name = fmt.checkpoint_name(rp.t)
+        data = (Path(out) / name).read_bytes()
+        load_state(self.model, self.optimizer, self.spec.optimizer.name,
+                   parse_safetensors(data, name, fmt.Limits()))
+        self.t = rp.t
+        self.writer = ProofWriter(out, precision=self.spec.precision, durable=durable, resume=rp)
         self.path = self.writer.dir
-        self.writer.put_checkpoint(0, state_tensors(model, optimizer))
+        log.info("resuming %s at step %d of %d", out, rp.t, self.total_steps)
 
     def _check_model_spec(self) -> None:
         """Catch a model_spec that would not rebuild this model, before training starts."""
@@ -257,8 +283,12 @@ def run_loop(rec: Recorder, ctx, schedule_lr: Callable[[int], list[float]] | Non
     bar = tqdm(total=rec.total_steps, desc=desc, disable=not progress, unit="step", leave=False)
     t0 = time.perf_counter()
     try:
-        for epoch in range(rec.epochs):
-            for idx in rec.epoch_batches(epoch):
+        S = rec.steps_per_epoch
+        bar.update(rec.t)
+        for epoch in range(rec.t // S, rec.epochs):
+            for s, idx in enumerate(rec.epoch_batches(epoch)):
+                if epoch * S + s < rec.t:
+                    continue  # resumed run: these steps are in the proof already
                 if schedule_lr is not None:
                     for g, lr in zip(rec.optimizer.param_groups, schedule_lr(rec.t)):
                         g["lr"] = lr

@@ -44,7 +44,8 @@ def accuracy(ctx: StepContext, data: ArrayDataset, batch_size: int = 512) -> flo
 def train_spec(spec: TrainingSpec, train: ArrayDataset, test: ArrayDataset | None,
                out: str | os.PathLike, *, device: torch.device | None = None,
                overwrite: bool = False, progress: bool = False, durable: bool = True,
-               init: dict | None = None, initial_state: dict | None = None) -> TrainResult:
+               init: dict | None = None, initial_state: dict | None = None,
+               resume: bool = False) -> TrainResult:
     device = device or torch.device(spec.device)
     if spec.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -56,7 +57,7 @@ def train_spec(spec: TrainingSpec, train: ArrayDataset, test: ArrayDataset | Non
         ctx.model.load_state_dict({k[len(MODEL_PREFIX):]: v for k, v in initial_state.items()
                                    if k.startswith(MODEL_PREFIX)})
     rec = Recorder(out, model=ctx.model, optimizer=ctx.optimizer, data=train, spec=spec,
-                   overwrite=overwrite, durable=durable, init=init)
+                   overwrite=overwrite, durable=durable, init=init, resume=resume)
     base = spec.optimizer.lr
     T = rec.total_steps
 
@@ -87,3 +88,30 @@ def train_task(task: str, out: str | os.PathLike, *, epochs: int | None = None,
                                    deterministic=deterministic, data_dir=data_dir,
                                    dataset_params=dataset_params)
     return train_spec(spec, train, test, out, device=dev, overwrite=overwrite, progress=progress)
+
+
+def resume_task(out: str | os.PathLike, *, data_dir: str | None = None, device: str | None = None,
+                progress: bool = False) -> TrainResult:
+    """Continue an interrupted `train_task` run from its last complete checkpoint; the finished
+    proof is the one an uninterrupted run would have written."""
+    import json
+
+    from pol.datasets import load_dataset
+    from pol.errors import ConfigError, ProofWriteError
+    from pol.proof import format as fmt
+    from pol.registry import resolve_device
+    try:
+        info = json.loads((Path(out) / fmt.PROGRESS).read_text())["run"]
+        spec = TrainingSpec.from_dict(info["spec"])
+    except FileNotFoundError:
+        if (Path(out) / fmt.MANIFEST).exists():
+            raise ProofWriteError(f"{out} is a finished proof; nothing to resume") from None
+        raise ProofWriteError(f"{out} holds no interrupted pol run (no progress.json)") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ProofWriteError(f"{out}: cannot read the interrupted run's description ({e})") from None
+    if spec.data.name in ("user", "npz"):
+        raise ConfigError("this run trained on user data: resume it with the Recorder API "
+                          "(Recorder(..., resume=True))")
+    train, test = load_dataset(spec.data.name, dict(spec.data.params), data_dir)
+    dev = resolve_device(device or spec.device)
+    return train_spec(spec, train, test, out, device=dev, progress=progress, resume=True)

@@ -180,6 +180,12 @@ def verify(path: str | os.PathLike, options: VerifyOptions | None = None, **kw: 
                    f"model code differs from the prover's (proof {spec.model.source_sha256[:12]}…,"
                    f" installed {installed[:12]}…)", warn=True)
     names = _param_names(ctx.model)
+    ref_state = state_tensors(ctx.model, ctx.optimizer)
+    dtypes = {k: fmt.storage_dtype(k, v, spec.precision) for k, v in ref_state.items()}
+    for i in range(sum(len(g["params"]) for g in ctx.optimizer.param_groups)):
+        for key in ("momentum_buffer", "exp_avg", "exp_avg_sq"):
+            dtypes[f"optim.{i}.{key}"] = torch.float16 if spec.precision == "fp16" else torch.float32
+        dtypes[f"optim.{i}.step"] = torch.float32
 
     def load(t: int) -> dict[str, torch.Tensor]:
         tensors = proof.load_checkpoint(t)
@@ -189,6 +195,9 @@ def verify(path: str | os.PathLike, options: VerifyOptions | None = None, **kw: 
             want = model_shapes.get(k, opt_shapes.get(k))
             if want is None or tuple(v.shape) != want:
                 raise ProofFormatError(f"checkpoint at step {t}: entry {k} does not fit the model")
+            if v.dtype != dtypes.get(k, v.dtype):
+                raise ProofFormatError(f"checkpoint at step {t}: entry {k} is {v.dtype}, a "
+                                       f"{spec.precision} proof stores {dtypes[k]}")
         missing = [k for k in model_shapes if k not in tensors]
         if missing:
             raise ProofFormatError(f"checkpoint at step {t}: missing {missing[:3]}")
