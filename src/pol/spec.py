@@ -15,7 +15,7 @@ from typing import Any
 from pol.errors import ProofFormatError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "multistep", "cosine")
+SCHEDULES = ("constant", "multistep", "cosine", "recorded")  # recorded: no declared schedule
 LOSSES = ("cross_entropy", "mse")
 PRECISIONS = ("fp32", "fp16")
 
@@ -187,7 +187,7 @@ class ScheduleSpec:
             raise ValueError(f"unknown schedule {self.name!r}; known: {', '.join(SCHEDULES)}")
 
     def lr_at(self, base_lr: float, step: int, total_steps: int) -> float:
-        if self.name == "constant":
+        if self.name in ("constant", "recorded"):
             return base_lr
         if self.name == "multistep":
             n = sum(1 for m in self.milestones if step >= m)

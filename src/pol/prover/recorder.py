@@ -89,7 +89,8 @@ class Recorder:
             try:
                 opt_spec = optimizer_spec_of(optimizer)
                 spec = TrainingSpec(
-                    model=model_spec, optimizer=opt_spec, schedule=schedule or ScheduleSpec(),
+                    model=model_spec, optimizer=opt_spec,
+                    schedule=schedule or ScheduleSpec(name="recorded"),
                     data=DataSpec(name=data_name, params=dict(data_params or {}), size=n,
                                   root=merkle_root(self.leaves).hex(), prepare=prepare,
                                   augment=augment),
@@ -323,8 +324,8 @@ def fit(out: str | os.PathLike, *, model: nn.Module, optimizer: torch.optim.Opti
 
     rec = Recorder(out, model=model, optimizer=optimizer, data=data, model_spec=model_spec,
                    batch_size=batch_size, epochs=epochs, k=k, seed=seed, loss=loss,
-                   prepare=prepare, augment=augment, precision=precision, schedule=schedule,
-                   overwrite=overwrite)
+                   prepare=prepare, augment=augment, precision=precision,
+                   schedule=schedule or ScheduleSpec(), overwrite=overwrite)
     device = next(iter(model.parameters())).device
     ctx = StepContext(model=model, optimizer=optimizer, loss_fn=make_loss(loss),
                       prepare=PREPARE[prepare], augment=None if augment == "none" else AUGMENT[augment],

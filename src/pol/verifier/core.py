@@ -158,11 +158,16 @@ def verify(path: str | os.PathLike, options: VerifyOptions | None = None, **kw: 
     base = spec.optimizer.lr
     expected = np.array([spec.schedule.lr_at(base, t, T) for t in range(T)])
     bad = np.nonzero(~np.isclose(proof.lrs, expected[:, None], rtol=1e-6, atol=0))[0]
-    report.add("learning rates", bad.size == 0,
-               "every step's lr follows the declared schedule" if bad.size == 0 else
-               f"{len(np.unique(bad))} step(s) use an lr outside the declared "
-               f"{spec.schedule.name} schedule (first: step {int(bad[0])}); replay uses the "
-               "recorded values", warn=True)
+    if spec.schedule.name == "recorded":
+        report.add("learning rates", None, "no schedule declared: replay uses the lr recorded "
+                   "for every step")
+    else:
+        report.add("learning rates", bad.size == 0,
+                   "every step's lr follows the declared schedule" if bad.size == 0 else
+                   f"{len(np.unique(bad))} step(s) use an lr outside the declared "
+                   f"{spec.schedule.name} schedule with base lr {base} (first: step "
+                   f"{int(bad[0])}, recorded {proof.lrs[bad[0]].tolist()}, declared "
+                   f"{expected[bad[0]]:.6g})")
 
     # --- build the model the proof describes
     from pol.registry import build_context, resolve_device
@@ -307,8 +312,21 @@ def verify(path: str | os.PathLike, options: VerifyOptions | None = None, **kw: 
                     f"{next(s for s in report.segments if not s.passed).end})",
                value=worst_ratio, bound=1.0)
     n_exact = sum(s.exact for s in report.segments)
-    report.add("exact replay", None if n_exact < len(report.segments) else True,
-               f"{n_exact} of {len(report.segments)} segment(s) replayed bitwise exactly")
+    expect_exact = (spec.device == device.type and spec.precision == "fp32"
+                    and (device.type == "cpu" or spec.deterministic)
+                    and spec.torch_version == torch.__version__)
+    if n_exact == len(report.segments):
+        report.add("exact replay", True, f"all {n_exact} replayed segment(s) are bitwise equal "
+                   "to the claimed checkpoints")
+    elif expect_exact:
+        report.add("exact replay", False, f"only {n_exact} of {len(report.segments)} segment(s) "
+                   "replayed bitwise exactly, though the proof was made on this device type with "
+                   "this torch version: other hardware, or checkpoints altered within δ",
+                   warn=True)
+    else:
+        report.add("exact replay", None, f"{n_exact} of {len(report.segments)} segment(s) "
+                   "replayed bitwise exactly (not expected: different device, precision or "
+                   "torch version)")
     return _finish(report, proof, t_start, replayed)
 
 
