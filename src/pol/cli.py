@@ -51,6 +51,12 @@ def handle_errors(fn):
                 _fail(str(e), EXIT_UNUSABLE)
             if isinstance(e, PolError):
                 _fail(str(e), EXIT_UNUSABLE)
+            try:
+                from pol.crypto.errors import CryptoError
+            except ImportError:  # pragma: no cover
+                CryptoError = ()  # noqa: N806
+            if CryptoError and isinstance(e, CryptoError):
+                _fail(" ".join(str(e).split()) or type(e).__name__, e.exit_code)
             if isinstance(e, OSError):
                 _fail(f"{e.filename or ''}: {e.strerror or e}", EXIT_UNUSABLE)
             _fail(f"unexpected {type(e).__name__}: {e} (set POL_DEBUG=1 for a traceback)",
@@ -87,11 +93,23 @@ def main(verbose: bool) -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing proof directory.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
               help="Continue an interrupted run in this directory from its last checkpoint.")
+@click.option("--init-from", "init_from", type=click.Path(),
+              help="Warm start: W_0 = this parent proof's final weights (chain of trust).")
+@click.option("--ledger", "ledger_db", type=click.Path(dir_okay=False),
+              help="Commit (spec, salted seed, data root) to this ledger before training, and "
+                   "publish the proof there after.")
+@click.option("--sign-with", "sign_with", type=click.Path(dir_okay=False),
+              help="Signing key (signing.key) for --ledger.")
 @handle_errors
 def train(task, epochs, k, out, seed, lr, batch_size, precision, device, deterministic, data_dir,
-          force, resume_dir):
+          force, resume_dir, init_from, ledger_db, sign_with):
     """Train a built-in task and write its proof-of-learning (Algorithm 1)."""
     from pol.prover.trainer import resume_task, train_task
+    if (ledger_db is None) != (sign_with is None):
+        raise click.UsageError("--ledger and --sign-with go together")
+    if resume_dir and (init_from or ledger_db):
+        raise click.UsageError("--resume continues a run as it was started: no --init-from or "
+                               "--ledger")
     if resume_dir:
         r = resume_task(resume_dir, data_dir=data_dir, progress=sys.stderr.isatty())
     elif not out:
@@ -99,10 +117,16 @@ def train(task, epochs, k, out, seed, lr, batch_size, precision, device, determi
     else:
         r = train_task(task, out, epochs=epochs, k=k, seed=seed, lr=lr, batch_size=batch_size,
                        precision=precision, device=device, deterministic=deterministic,
-                       data_dir=data_dir, overwrite=force, progress=sys.stderr.isatty())
+                       data_dir=data_dir, overwrite=force, progress=sys.stderr.isatty(),
+                       init_from=init_from, ledger=ledger_db, signing_key=sign_with)
     click.echo(f"trained {r.spec.task}: {r.total_steps} steps in {r.train_seconds:.1f}s, "
                f"final loss {r.final_loss:.4f}, test accuracy {r.test_accuracy:.2%}")
     click.echo(f"proof: {r.proof}  root digest {r.root_digest}")
+    if init_from:
+        click.echo(f"warm start from parent proof {init_from}")
+    if ledger_db:
+        click.echo(f"committed before training and published on ledger {ledger_db} "
+                   f"(salt in {Path(r.proof) / 'commitment.json'})")
 
 
 @main.command()
@@ -164,9 +188,24 @@ def _parse_deltas(values: tuple[str, ...], metrics: list[str]):
 @click.option("--max-proof-gb", type=click.FloatRange(0, min_open=True), default=64,
               show_default=True, help="Refuse proofs larger than this.")
 @click.option("-V", "--verbose-segments", is_flag=True, help="List every replayed segment.")
+@click.option("--parent", "parents", multiple=True, type=click.Path(),
+              help="A directory that may hold a parent proof (warm start); repeatable.")
+@click.option("--registry", type=click.Path(dir_okay=False),
+              help="Ledger DB of previously verified proofs (verdict entries).")
+@click.option("--ledger", "ledger_db", type=click.Path(dir_okay=False),
+              help="Check the proof's commitment on this ledger.")
+@click.option("--record-to", "record_to", type=click.Path(dir_okay=False),
+              help="After a valid verification, append a signed verdict entry to this ledger.")
+@click.option("--sign-with", "sign_with", type=click.Path(dir_okay=False),
+              help="Signing key for --record-to.")
+@click.option("--request-data", "request_data", type=click.Path(dir_okay=False),
+              help="Lazy verification: stop after the checkpoint pass, write the samples needed.")
+@click.option("--reveal", type=click.Path(dir_okay=False),
+              help="Lazy verification: replay using only these revealed samples.")
 @handle_errors
 def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trust_module,
-           json_out, max_proof_gb, verbose_segments):
+           json_out, max_proof_gb, verbose_segments, parents, registry, ledger_db, record_to,
+           sign_with, request_data, reveal):
     """Verify a proof (Algorithm 2). Exit 0 valid, 1 invalid, 2 unusable input."""
     from pol.proof.format import Limits
     from pol.verifier import VerifyOptions
@@ -176,12 +215,79 @@ def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trus
     opts = VerifyOptions(q=q, all_segments=all_segments, delta=_parse_deltas(delta, metrics),
                          metrics=tuple(metrics), d1=d1, alpha=alpha, data=data, device=device,
                          trusted_modules=tuple(trust_module), progress=sys.stderr.isatty(),
-                         limits=Limits(max_total_bytes=limit, max_file_bytes=limit))
+                         limits=Limits(max_total_bytes=limit, max_file_bytes=limit),
+                         parents=tuple(parents), registry=registry, ledger=ledger_db,
+                         request_data=request_data, reveal=reveal)
+    if (record_to is None) != (sign_with is None):
+        raise click.UsageError("--record-to and --sign-with go together")
+    if record_to and request_data:
+        raise click.UsageError("--record-to needs a complete verification, not --request-data")
     report = run_verify(proof, opts)
     click.echo(report.render(verbose=verbose_segments))
     if json_out:
         Path(json_out).write_text(report.to_json())
+    if request_data and report.valid:
+        click.echo(f"data request written to {request_data}: verification pending until the "
+                   "prover reveals it (pol reveal), then pol verify --reveal")
+    if record_to and report.valid:
+        from pol.protocol.chain import record_verdict
+        e = record_verdict(record_to, sign_with, report, proof)
+        click.echo(f"verdict recorded in {record_to}: seq {e.seq} ({e.entry_hash})")
     sys.exit(EXIT_VALID if report.valid else EXIT_INVALID)
+
+
+@main.command()
+@click.option("--request", "request", required=True, type=click.Path(dir_okay=False),
+              help="The verifier's data request (pol verify --request-data).")
+@click.option("--proof", "proof", required=True, type=click.Path(), help="The proof directory.")
+@click.option("--data", "data", required=True, type=click.Path(dir_okay=False),
+              help="The private dataset: .npz with arrays x and y.")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
+              help="Reveal file to write (.npz).")
+@handle_errors
+def reveal(request, proof, data, out):
+    """Lazy verification, prover side: reveal only the requested samples, with Merkle paths."""
+    from pol.protocol.lazy import make_reveal, read_request
+    r = make_reveal(read_request(request), proof, data, out)
+    click.echo(f"revealed {r['samples']} sample(s) ({r['fraction']:.1%} of the dataset) "
+               f"with inclusion paths: {out}")
+
+
+@main.command()
+@click.argument("proofs", nargs=-1, required=True, type=click.Path())
+@click.option("--model", "model", required=True, type=click.Path(dir_okay=False),
+              help="The disputed model weights (.safetensors; model.* or bare names).")
+@click.option("--ledger", "ledger_db", type=click.Path(dir_okay=False),
+              help="Ledger holding the claimants' commitments (earliest valid one wins).")
+@click.option("--data", help="Dataset for the proofs (CIFAR directory or user .npz).")
+@click.option("--q", "q", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--parent", "parents", multiple=True, type=click.Path(),
+              help="A directory that may hold a parent proof of a warm-started claimant.")
+@click.option("--registry", type=click.Path(dir_okay=False),
+              help="Ledger DB of previously verified proofs (chain of trust).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@handle_errors
+def dispute(proofs, model, ledger_db, data, q, device, parents, registry, as_json):
+    """Settle an ownership dispute: which proof (if any) shows who trained MODEL first.
+    Exit 0 if there is a winner, 1 otherwise."""
+    from pol.protocol.dispute import dispute as run_dispute
+    from pol.verifier import VerifyOptions
+    res = run_dispute(model, list(proofs), VerifyOptions(q=q, data=data, device=device,
+                                                   parents=tuple(parents), registry=registry),
+                      ledger=ledger_db)
+    if as_json:
+        click.echo(json.dumps(res, indent=1))
+    else:
+        for c in res["claims"]:
+            ok = c["valid"] and c["ends_at_model"]
+            click.echo(f"{'ok  ' if ok else 'FAIL'} {c['proof']}: "
+                       + ("; ".join(c["reasons"]) or "valid, ends within δ of the model")
+                       + (f" [committed seq {c['commitment']['commitment_seq']}]"
+                          if c["commitment"] else ""))
+        click.echo(f"winner: {res['winner']} — {res['why']}" if res["winner"] else
+                   f"no winner: {res['why']}")
+    sys.exit(EXIT_VALID if res["winner"] else EXIT_INVALID)
 
 
 @main.command()

@@ -78,8 +78,14 @@ def train_task(task: str, out: str | os.PathLike, *, epochs: int | None = None,
                batch_size: int | None = None, precision: str = "fp32", device: str = "cpu",
                deterministic: bool = False, data_dir: str | None = None,
                dataset_params: dict | None = None, overwrite: bool = False,
-               progress: bool = False) -> TrainResult:
-    """Train a built-in task (see `pol.tasks.TASKS`) and write its proof to `out`."""
+               progress: bool = False, init_from: str | os.PathLike | None = None,
+               ledger: str | os.PathLike | None = None, signing_key=None) -> TrainResult:
+    """Train a built-in task (see `pol.tasks.TASKS`) and write its proof to `out`.
+
+    `init_from`: warm start from a parent proof (W_0 = its final model weights, fresh optimizer
+    state; the manifest's init names the parent's root digest: chain of trust, paper §V-D3).
+    `ledger` + `signing_key` (an Ed25519 private key or a key file path): append a signed
+    commitment before training and a proof entry after it (pol.protocol.commit)."""
     from pol.registry import resolve_device
     from pol.tasks import build_spec
     dev = resolve_device(device)
@@ -87,7 +93,33 @@ def train_task(task: str, out: str | os.PathLike, *, epochs: int | None = None,
                                    batch_size=batch_size, precision=precision, device=dev.type,
                                    deterministic=deterministic, data_dir=data_dir,
                                    dataset_params=dataset_params)
-    return train_spec(spec, train, test, out, device=dev, overwrite=overwrite, progress=progress)
+    init = initial_state = None
+    if init_from is not None:
+        from pol.errors import ConfigError
+        from pol.protocol.chain import load_parent_state
+        from pol.step import MODEL_PREFIX
+        parent_digest, initial_state = load_parent_state(str(init_from))
+        want = {MODEL_PREFIX + k: tuple(v.shape)
+                for k, v in build_context(spec, torch.device("cpu")).model.state_dict().items()}
+        got = {k: tuple(v.shape) for k, v in initial_state.items()}
+        if want != got:
+            raise ConfigError(f"--init-from {init_from}: the parent's model does not fit task "
+                              f"{task} (different parameters or shapes)")
+        init = {"kind": "parent", "root_digest": parent_digest}
+    if (ledger is None) != (signing_key is None):
+        from pol.errors import ConfigError
+        raise ConfigError("--ledger and --sign-with go together")
+    side = None
+    if ledger is not None:
+        from pol.protocol import commit as _commit
+        if isinstance(signing_key, (str, os.PathLike)):
+            signing_key = _commit.load_key(str(signing_key))
+        side = _commit.commit(str(ledger), signing_key, spec)
+    r = train_spec(spec, train, test, out, device=dev, overwrite=overwrite, progress=progress,
+                   init=init, initial_state=initial_state)
+    if side is not None:
+        _commit.publish(str(ledger), signing_key, r.root_digest, side, r.proof)
+    return r
 
 
 def resume_task(out: str | os.PathLike, *, data_dir: str | None = None, device: str | None = None,

@@ -56,6 +56,15 @@ class VerifyOptions:
     limits: fmt.Limits = field(default_factory=fmt.Limits)
     rho: float = 1.0
     fp16_floor_factor: float = 8.0
+    # protocol (pol.protocol): chain of trust, ledger commitment, lazy verification
+    parents: tuple[str, ...] = ()  # directories that may hold parent proofs (matched by digest)
+    registry: str | None = None  # ledger DB of "verdict" entries of previously verified proofs
+    max_chain_depth: int = 32
+    visited: tuple[str, ...] = ()  # root digests of the children being verified (cycle check)
+    ledger: str | None = None  # check the proof's commitment on this ledger DB
+    request_data: str | None = None  # lazy: stop after the checkpoint pass, write a data request
+    reveal: str | None = None  # lazy: replay with only these revealed samples (.npz)
+    nonce: str | None = None  # lazy: the verifier's nonce for the request (default: random)
 
 
 def load_verifier_data(spec, data: str | None):
@@ -139,19 +148,41 @@ def verify(path: str | os.PathLike, options: VerifyOptions | None = None, **kw: 
     spec = m.spec
     report.root_digest = m.root_digest
     report.add("integrity", True, "manifest root digest and per-step arrays match")
-    if proof.extra_files:
+    from pol.protocol import COMMITMENT_FILE
+    extra_files = [f for f in proof.extra_files if f != COMMITMENT_FILE]
+    if extra_files:
         report.add("extra files", False, f"files not covered by the manifest are ignored: "
-                   f"{', '.join(proof.extra_files[:5])}", warn=True)
+                   f"{', '.join(extra_files[:5])}", warn=True)
+    if o.request_data and o.reveal:
+        raise ConfigError("--request-data and --reveal exclude each other")
+
+    # --- commitment on a ledger (cheap, decisive)
+    if o.ledger:
+        from pol.protocol.commit import find_commitment, read_sidecar
+        ok, why, info = find_commitment(o.ledger, m.root_digest, spec, read_sidecar(path))
+        report.add("commitment", ok, why, value=info or None)
 
     # --- data commitment
-    data = load_verifier_data(spec, o.data)
-    leaves = sample_leaves(data.x, data.y)
-    root = merkle_root(leaves).hex()
-    ok = len(data) == spec.data.size and root == spec.data.root
-    report.add("dataset commitment", ok,
-               "the data hashes to the committed Merkle root" if ok else
-               f"the data given ({len(data)} samples, root {root[:16]}…) is not the committed "
-               f"dataset ({spec.data.size} samples, root {spec.data.root[:16]}…)")
+    revealed = None
+    if o.request_data:
+        data = leaves = None
+        report.add("dataset commitment", None, "lazy verification: data requested after the "
+                   "checkpoint pass")
+    elif o.reveal:
+        from pol.protocol.lazy import load_reveal
+        data, leaves, revealed, problems = load_reveal(o.reveal, m)
+        report.add("revealed data", not problems,
+                   f"{len(revealed)} revealed sample(s) verify against the committed dataset "
+                   "root" if not problems else "; ".join(problems))
+    else:
+        data = load_verifier_data(spec, o.data)
+        leaves = sample_leaves(data.x, data.y)
+        root = merkle_root(leaves).hex()
+        ok = len(data) == spec.data.size and root == spec.data.root
+        report.add("dataset commitment", ok,
+                   "the data hashes to the committed Merkle root" if ok else
+                   f"the data given ({len(data)} samples, root {root[:16]}…) is not the committed "
+                   f"dataset ({spec.data.size} samples, root {spec.data.root[:16]}…)")
 
     # --- recorded learning rates against the declared schedule
     T = m.total_steps
@@ -231,9 +262,8 @@ def verify(path: str | os.PathLike, options: VerifyOptions | None = None, **kw: 
 
     # --- initialization
     if m.init.get("kind") == "parent":
-        report.add("initialization", False, "warm start from a parent proof "
-                   f"{m.init['root_digest'][:16]}…: verifying the chain of trust needs the parent "
-                   "proof (pol verify --parent, protocol support)")
+        from pol.protocol.chain import check_parent
+        check_parent(report, m, w0, o, verify)
     else:
         from pol.verifier.initcheck import check_init
         try:
@@ -268,6 +298,26 @@ def verify(path: str | os.PathLike, options: VerifyOptions | None = None, **kw: 
     d1s = [u[o.d1] for u in updates]
     chosen = _segments_to_replay(proof, d1s, o.q, o.all_segments)
     S = m.steps_per_epoch
+    if o.request_data or o.reveal:
+        from pol.protocol.lazy import eq4_fraction, needed_indices, write_request
+        need = needed_indices(proof, chosen)
+        frac = len(need) / spec.data.size
+        eq4 = eq4_fraction(o.q, m.k, S, m.epochs) if not o.all_segments else 1.0
+        if o.request_data:
+            write_request(o.request_data, proof, chosen, need, o.q, o.nonce)
+            report.add("replay", None, f"deferred: {len(need)} sample(s) requested "
+                       f"({frac:.1%} of the dataset; Eq. (4) predicts {eq4:.1%}) in "
+                       f"{o.request_data}", value=frac, bound=eq4)
+            return _finish(report, proof, t_start, 0)
+        missing = np.setdiff1d(need, revealed)
+        rfrac = len(revealed) / spec.data.size
+        report.add("revealed fraction", not missing.size,
+                   f"{len(revealed)} of {spec.data.size} samples revealed ({rfrac:.1%}; "
+                   f"Eq. (4) predicts {eq4:.1%})" if not missing.size else
+                   f"{missing.size} sample(s) the replay needs were not revealed (first: "
+                   f"{int(missing[0])})", value=rfrac, bound=eq4)
+        if missing.size or not report.valid:
+            return _finish(report, proof, t_start, 0)
     replayed = 0
     data_ok = True
     bar = tqdm(total=sum(lengths[i] for i, _ in chosen), desc="replaying", unit="step",
