@@ -202,11 +202,36 @@ def _parse_deltas(values: tuple[str, ...], metrics: list[str]):
               help="Lazy verification: stop after the checkpoint pass, write the samples needed.")
 @click.option("--reveal", type=click.Path(dir_okay=False),
               help="Lazy verification: replay using only these revealed samples.")
+@click.option("--key", "open_key", type=click.Path(dir_okay=False),
+              help="For a sealed proof file: the verifier's encryption.key.")
+@click.option("--from", "open_from", type=click.Path(dir_okay=False),
+              help="For a sealed proof file: the prover's signing.pub it must be signed by.")
 @handle_errors
 def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trust_module,
            json_out, max_proof_gb, verbose_segments, parents, registry, ledger_db, record_to,
-           sign_with, request_data, reveal):
-    """Verify a proof (Algorithm 2). Exit 0 valid, 1 invalid, 2 unusable input."""
+           sign_with, request_data, reveal, open_key, open_from):
+    """Verify a proof (Algorithm 2): a proof directory, or a sealed proof file (with --key).
+    Exit 0 valid, 1 invalid, 2 unusable input."""
+    if os.path.isfile(proof):
+        from pol.crypto.seal import is_sealed
+        if not is_sealed(proof):
+            raise click.UsageError(f"{proof} is a file but not a sealed pol proof")
+        if not open_key:
+            raise click.UsageError(f"{proof} is a sealed proof: pass --key VERIFIER_KEY to open it")
+        from pol.crypto.keys import load_encryption_key, load_verify_key
+        from pol.crypto.seal import open_sealed
+        tmp = Path(tempfile.mkdtemp(prefix="pol-sealed-"))
+        try:
+            opened = open_sealed(proof, load_encryption_key(open_key), tmp / "proof",
+                                 load_verify_key(open_from) if open_from else None)
+            click.echo(f"opened sealed proof: signed by {opened.signer_key_id}"
+                       + ("" if open_from else " (signer NOT pinned: pass --from)"))
+            return verify.callback.__wrapped__(  # type: ignore[attr-defined]
+                str(tmp / "proof"), data, q, all_segments, delta, metrics, d1, alpha, device,
+                trust_module, json_out, max_proof_gb, verbose_segments, parents, registry,
+                ledger_db, record_to, sign_with, request_data, reveal, None, None)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     from pol.proof.format import Limits
     from pol.verifier import VerifyOptions
     from pol.verifier import verify as run_verify
