@@ -23,7 +23,6 @@ reasons); the property tests steer clear of those inputs so they keep testing ev
 from __future__ import annotations
 
 import copy
-import errno
 import hashlib
 import json
 import math
@@ -51,6 +50,8 @@ from pol.verifier import verify
 
 from conftest import run_cli
 
+# POL_FUZZ_SCALE=10 runs ten times as many property-based examples (a longer fuzzing campaign)
+SCALE = float(os.environ.get("POL_FUZZ_SCALE", "1"))
 TIME_LIMIT = 10.0  # seconds per verification (library or CLI); a tiny proof takes ~20 ms
 MIN_REJECTED = 200  # distinct malformed inputs that must end in exit 1/2 per full run of this file
 
@@ -64,6 +65,7 @@ FILE_KINDS = (fmt.MANIFEST, *NPY_FILES, fmt.checkpoint_name(0), fmt.checkpoint_n
 # distinct damaged proofs (keyed by a hash of the whole damaged tree) and how each ended
 CASES: dict[str, str] = {}
 KINDS: Counter = Counter()
+HONEST_KEY: list[str] = []  # the honest proof's tree digest: every case copies it, none may change it
 
 
 class WallClockExceeded(Exception):
@@ -151,7 +153,8 @@ def run_case(base: Path, proof: Path, *, must_reject: bool, cli: bool = True,
         assert time.perf_counter() - t0 < TIME_LIMIT
         out = r.stdout + r.stderr
         assert "Traceback" not in out, (label, out)
-        assert "unexpected" not in r.stderr, (label, r.stderr)  # pol's catch-all for a stray error
+        # pol's catch-all for an exception that is not one of its own
+        assert "for a traceback" not in r.stderr, (label, r.stderr)
         want = {"valid": 0, "invalid": 1, "integrity": 1, "unusable": 2}[kind]
         assert r.exit_code == want, (label, kind, detail, r.exit_code, out)
         if r.exit_code == 2 or kind == "integrity":
@@ -175,6 +178,7 @@ def honest(tmp_path_factory) -> Path:
     m = json.loads((out / fmt.MANIFEST).read_text())
     assert m["checkpoints"] == list(CKPTS)
     assert verify(out, all_segments=True).valid
+    HONEST_KEY.append(tree_key(out))
     return out
 
 
@@ -336,7 +340,7 @@ def _equivalent_manifest(original: bytes, mutated: bytes) -> bool:
         return False
 
 
-@settings(max_examples=260, deadline=None, database=None,
+@settings(max_examples=int(260 * SCALE), deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(m=byte_mutation())
 def test_byte_mutations(arena, honest, m):
@@ -436,13 +440,17 @@ scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-2**70, 2**70), st.sampled_from(SPECIAL_INTS),
     st.floats(allow_nan=False, allow_infinity=False), st.sampled_from([1e308, -1e308, 5e-324, -0.0]),
     st.text(max_size=12), st.sampled_from(SPECIAL_STRS))
-json_values = st.recursive(
-    scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(
-        st.sampled_from(["a", "kind", "size", "sha256", "", "__proto__", "dtype"]), c, max_size=3),
-    max_leaves=6)
 
 
-@settings(max_examples=200, deadline=None, database=None,
+def _containers(children):
+    keys = st.sampled_from(["a", "kind", "size", "sha256", "", "__proto__", "dtype"])
+    return st.lists(children, max_size=3) | st.dictionaries(keys, children, max_size=3)
+
+
+json_values = st.recursive(scalars, _containers, max_leaves=6)
+
+
+@settings(max_examples=int(200 * SCALE), deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_type_confused_manifest(arena, honest_manifest, data):
@@ -456,6 +464,9 @@ def test_type_confused_manifest(arena, honest_manifest, data):
     if op == "replace":
         new = data.draw(json_values, label="value")
         assume(fmt.canonical_json([new]) != fmt.canonical_json([old]))
+        # known bug (test_bug_checkpoint_list_compared_by_value): 16.0 / False == 16 / 0
+        assume(not (path[:1] == ("checkpoints",) and _is_num(new) and new == old))
+        assume(not (path == ("checkpoints",) and isinstance(new, list) and new == old))
         parent[key] = new
         must_reject = confusion_must_reject(path, old, new)
     elif op == "delete":
@@ -498,6 +509,8 @@ def test_huge_negative_and_confused_counts(arena, honest_manifest, path):
     for i, v in enumerate(BAD_COUNTS):
         if fmt.canonical_json([v]) == fmt.canonical_json([old]):
             continue
+        if path[0] == "checkpoints" and v == old:
+            continue  # 16.0 for 16: test_bug_checkpoint_list_compared_by_value
         harmless = path in {("spec", "seed"), ("spec", "schedule", "total_steps")} and \
             isinstance(v, int) and not isinstance(v, bool) and v >= 0
         arena.case(edit_manifest(lambda b: _set(b, path, v)), must_reject=not harmless,
@@ -608,10 +621,10 @@ def test_npy_header_length_and_version_fields(arena, major, hlen):
     def mutate(p):
         def fn(d):
             _, header, body = npy_parts(d)
-            return npy_build(header.rstrip(), body, major=major if major in (1, 2, 3) else 1,
-                             hlen=hlen)[:6] + bytes([major]) + \
-                npy_build(header.rstrip(), body, major=major if major in (1, 2, 3) else 1,
-                          hlen=hlen)[7:]
+            out = bytearray(npy_build(header.rstrip(), body, major=major if major in (1, 2, 3)
+                                      else 1, hlen=hlen))
+            out[6] = major
+            return bytes(out)
         rewrite(p, fmt.LOSSES, fn)
     arena.case(mutate, rehash=True, label=f"v{major} hlen={hlen}")
 
@@ -703,9 +716,13 @@ ST_HEADER_EDITS = {
 }
 
 
+HARMLESS_ST_EDITS = {"entry-extra-field"}  # an unknown field in an entry: ignored, data intact
+
+
 @pytest.mark.parametrize("which", sorted(ST_HEADER_EDITS))
 def test_safetensors_header_fields(arena, which):
-    arena.case(_st_edit(ST_HEADER_EDITS[which]), rehash=True, must_reject=True, label=which)
+    arena.case(_st_edit(ST_HEADER_EDITS[which]), rehash=True,
+               must_reject=which not in HARMLESS_ST_EDITS, label=which)
 
 
 @pytest.mark.parametrize("hlen", [0, 1, 7, 2**64 - 1, 2**63, 2**40, 16 * 2**20 + 1, "len+1",
@@ -944,7 +961,7 @@ def test_root_digest_not_recomputed(arena):
 # ============================================================================== 1 TB claims, bounded memory
 
 MEMORY_SCRIPT = textwrap.dedent(r'''
-    import json, os, resource, shutil, struct, sys, time
+    import ast, json, os, resource, shutil, struct, sys, time
     import torch
     torch.set_num_threads(1)
     from pol.errors import IntegrityError, ProofFormatError
@@ -961,6 +978,7 @@ MEMORY_SCRIPT = textwrap.dedent(r'''
                 return int(line.split()[1]) * 1024
     headroom = 1 << 30
     resource.setrlimit(resource.RLIMIT_AS, (vm_bytes() + headroom, resource.RLIM_INFINITY))
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     def fresh(name):
         p = os.path.join(work, name)
@@ -993,7 +1011,7 @@ MEMORY_SCRIPT = textwrap.dedent(r'''
         d = open(path, "rb").read()
         hl = struct.unpack("<H", d[8:10])[0]
         body = d[10 + hl:]
-        descr = eval(d[10:10 + hl])["descr"]
+        descr = ast.literal_eval(d[10:10 + hl].decode("latin1"))["descr"]
         h = ("{'descr': '%s', 'fortran_order': False, 'shape': %s, }" % (descr, shape)).encode()
         h += b" " * (-(10 + len(h) + 1) % 64) + b"\n"
         open(path, "wb").write(d[:8] + struct.pack("<H", len(h)) + h + body)
@@ -1041,7 +1059,8 @@ MEMORY_SCRIPT = textwrap.dedent(r'''
                 kind = "other:" + type(e).__name__
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
             print(json.dumps({"case": name, "limits": lim_name, "kind": kind,
-                              "seconds": time.perf_counter() - t0, "maxrss": rss}), flush=True)
+                              "seconds": time.perf_counter() - t0, "maxrss": rss,
+                              "baseline": baseline}), flush=True)
 ''')
 
 
@@ -1074,16 +1093,18 @@ def test_terabyte_claims_are_refused_quickly_with_bounded_memory(memory_results,
     r = memory_results[(case, limits)]
     assert r["kind"] == "ProofFormatError", r
     assert r["seconds"] < 2.0, r
+    assert r["maxrss"] - r["baseline"] < 256 * 2**20, r  # peak memory grew by less than 256 MiB
 
 
 # ============================================================================== the count
 
-def test_zz_at_least_200_distinct_malformed_inputs(request):
+def test_zz_at_least_200_distinct_malformed_inputs(request, honest):
     """Runs last (pytest keeps file order): every distinct damaged proof above was refused (or,
     where the oracle allowed it, accepted), and at least MIN_REJECTED distinct ones were refused."""
     mine = [i for i in request.session.items if i.module is request.module]
     if len(mine) < 100:  # a -k selection: the count is meaningless
         pytest.skip("only part of this file was selected")
+    assert tree_key(honest) == HONEST_KEY[0], "the honest proof that every case copies changed"
     rejected = sum(k != "valid" for k in CASES.values())
     print(f"\nfuzz: {len(CASES)} distinct damaged proofs verified ({sum(KINDS.values())} runs), "
           f"{rejected} refused; outcomes {dict(KINDS)}")
@@ -1105,8 +1126,6 @@ def _lib_kind(p: Path) -> str:
         return "other:" + type(e).__name__
 
 
-@pytest.mark.xfail(strict=True, reason="format.parse_manifest catches JSONDecodeError but not the "
-                   "ValueError json raises for an integer literal over 4300 digits")
 def test_bug_manifest_integer_over_python_digit_limit(arena):
     p = arena.fresh()
     text = (p / fmt.MANIFEST).read_text().replace('"dataset_size": 120',
@@ -1115,8 +1134,6 @@ def test_bug_manifest_integer_over_python_digit_limit(arena):
     assert _lib_kind(p) == "ProofFormatError"
 
 
-@pytest.mark.xfail(strict=True, reason="reader.parse_safetensors catches JSONDecodeError but not "
-                   "the ValueError json raises for an integer literal over 4300 digits")
 def test_bug_safetensors_header_integer_over_python_digit_limit(arena):
     p = arena.fresh()
     _st_edit(lambda h, b: st_build(json.dumps(h).replace("48]", "1" * 5000 + "]", 1).encode(), b))(p)
@@ -1124,8 +1141,6 @@ def test_bug_safetensors_header_integer_over_python_digit_limit(arena):
     assert _lib_kind(p) == "ProofFormatError"
 
 
-@pytest.mark.xfail(strict=True, reason="reader.parse_npy: ast.literal_eval raises TypeError "
-                   "(unhashable dict key / set member), which is not caught")
 @pytest.mark.parametrize("header", [b"{[1]: 2}", b"{[]}", b"{'descr': '<i8', {}: 1}"])
 def test_bug_npy_header_unhashable_literal(arena, header):
     p = arena.fresh()
@@ -1134,9 +1149,6 @@ def test_bug_npy_header_unhashable_literal(arena, header):
     assert _lib_kind(p) == "ProofFormatError"
 
 
-@pytest.mark.xfail(strict=True, reason="format.parse_manifest builds checkpoint_steps(T, k) (a "
-                   "Python list of up to 1e8 ints, ~3.6 GB) from the claimed T and k before "
-                   "comparing it with the manifest's short list: MemoryError under a 1 GiB cap")
 def test_bug_checkpoint_list_materialized_for_claimed_T(memory_results):
     r = memory_results[("bug-checkpoint-list-1e8", "default")]
     assert r["kind"] == "ProofFormatError" and r["seconds"] < 2.0, r
@@ -1159,6 +1171,7 @@ def test_bug_absurd_model_kwargs_raise_runtime_error(arena):
     assert _lib_kind(p) == "ProofFormatError"
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.xfail(strict=True, reason="verifier replays a spec whose loss / preparation / "
                    "augmentation cannot run on the data: update() raises RuntimeError/ValueError")
 @pytest.mark.parametrize("field,value", [("loss", "mse"), ("data.prepare", "image-hwc-uint8"),
@@ -1192,10 +1205,15 @@ def test_bug_unknown_dataset_in_proof_is_config_error(arena, data):
     assert r.exit_code == 2
 
 
-@pytest.mark.xfail(strict=True, reason="format.parse_manifest does not validate dataset_size, "
-                   "pol_version or init.strategy: any JSON value (here a nested object) verifies")
 @pytest.mark.parametrize("path", sorted(UNVALIDATED))
 def test_bug_unvalidated_manifest_fields(arena, path):
     p = arena.fresh()
     edit_manifest(lambda b: _set(b, path, {"nested": [None, {"x": -1}]}))(p)
     assert _lib_kind(p) != "report-valid"
+
+
+@pytest.mark.parametrize("index,value", [(4, 16.0), (0, 0.0), (1, 5.0), (0, False)])
+def test_bug_checkpoint_list_compared_by_value(arena, index, value):
+    p = arena.fresh()
+    edit_manifest(lambda b: b["checkpoints"].__setitem__(index, value))(p)
+    assert _lib_kind(p) == "ProofFormatError"

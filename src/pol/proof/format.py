@@ -133,7 +133,7 @@ def parse_manifest(raw_bytes: bytes, limits: Limits) -> Manifest:
     try:
         raw = json.loads(raw_bytes.decode("utf-8"), parse_constant=no_consts,
                          object_pairs_hook=no_dupes)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, huge int literals, bad UTF-8
         raise ProofFormatError(f"manifest.json is not valid JSON: {e}") from None
     if not isinstance(raw, dict):
         raise ProofFormatError("manifest.json is not a JSON object")
@@ -164,7 +164,9 @@ def parse_manifest(raw_bytes: bytes, limits: Limits) -> Manifest:
     if expected_n is not None and spec.data.size < expected_n:
         raise ProofFormatError("manifest: dataset too small for the claimed steps per epoch")
     ckpts = raw.get("checkpoints")
-    if not isinstance(ckpts, list) or ckpts != checkpoint_steps(T, k):
+    # length and types first: never build a list from the claimed T and k before that
+    if (not isinstance(ckpts, list) or len(ckpts) != -(-T // k) + 1
+            or any(type(c) is not int for c in ckpts) or ckpts != checkpoint_steps(T, k)):
         raise ProofFormatError("manifest.checkpoints: expected steps 0, k, 2k, ..., T")
     files_raw = raw.get("files")
     if not isinstance(files_raw, dict) or len(files_raw) > limits.max_files:
@@ -208,8 +210,13 @@ def parse_manifest(raw_bytes: bytes, limits: Limits) -> Manifest:
     if actual != rd:
         raise IntegrityError("manifest.json was modified: its root digest does not match")
     created = raw.get("created", "")
-    if not isinstance(created, str):
-        raise ProofFormatError("manifest.created: expected a string")
+    if not isinstance(created, str) or not isinstance(raw.get("pol_version", ""), str):
+        raise ProofFormatError("manifest.created / pol_version: expected strings")
+    if "dataset_size" in raw and (type(raw["dataset_size"]) is not int
+                                  or raw["dataset_size"] != spec.data.size):
+        raise ProofFormatError("manifest.dataset_size: expected the spec's dataset size")
+    if init["kind"] == "strategy" and not isinstance(init.get("strategy"), str):
+        raise ProofFormatError("manifest.init.strategy: expected a string")
     return Manifest(version=version, spec=spec, epochs=E, steps_per_epoch=S, total_steps=T, k=k,
                     checkpoints=tuple(ckpts), files=files, init=init, root_digest=rd,
                     created=created, raw=raw)

@@ -83,7 +83,7 @@ def parse_npy(data: bytes, name: str, dtype: str, shape: tuple[int | None, ...],
         raise ProofFormatError(f"{name}: .npy header length {hlen} is invalid")
     try:
         header = ast.literal_eval(data[start:start + hlen].decode("latin1"))
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         raise ProofFormatError(f"{name}: malformed .npy header") from None
     if (not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}
             or header["descr"] != dtype or header["fortran_order"] is not False
@@ -113,7 +113,7 @@ def parse_safetensors(data: bytes, name: str, limits: fmt.Limits) -> dict[str, t
     try:
         header = json.loads(data[8:8 + hlen].decode("utf-8"),
                             object_pairs_hook=_no_dupes(name))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # JSONDecodeError, huge int literals, bad UTF-8
         raise ProofFormatError(f"{name}: malformed safetensors header") from None
     if not isinstance(header, dict):
         raise ProofFormatError(f"{name}: malformed safetensors header")

@@ -41,12 +41,16 @@ WRITING_DIR = ".pol-writing"
 
 def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def fsync_dir(path: Path) -> None:
@@ -412,7 +416,7 @@ def prepare_resume(proof_dir: str | os.PathLike) -> ResumePoint:
             files[name] = file_sha256(d / name)
         else:
             (d / name).unlink(missing_ok=True)
-    for tmp in (d / fmt.CKPT_DIR).glob(".*.tmp*"):
+    for tmp in [*(d / fmt.CKPT_DIR).glob(".*.tmp*"), *d.glob(".*.tmp*")]:
         tmp.unlink(missing_ok=True)
     return ResumePoint(t=t, rows=rows, run_info=run, files=files)
 
