@@ -214,10 +214,12 @@ def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trus
     Exit 0 valid, 1 invalid, 2 unusable input."""
     if os.path.isfile(proof):
         from pol.crypto.seal import is_sealed
+        from pol.errors import ConfigError, ProofFormatError
         if not is_sealed(proof):
-            raise click.UsageError(f"{proof} is a file but not a sealed pol proof")
+            raise ProofFormatError(f"{proof} is a file, neither a proof directory nor a sealed "
+                                   "pol proof")
         if not open_key:
-            raise click.UsageError(f"{proof} is a sealed proof: pass --key VERIFIER_KEY to open it")
+            raise ConfigError(f"{proof} is a sealed proof: pass --key VERIFIER_KEY to open it")
         from pol.crypto.keys import load_encryption_key, load_verify_key
         from pol.crypto.seal import open_sealed
         tmp = Path(tempfile.mkdtemp(prefix="pol-sealed-"))
