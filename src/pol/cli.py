@@ -212,12 +212,9 @@ def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trus
            sign_with, request_data, reveal, open_key, open_from):
     """Verify a proof (Algorithm 2): a proof directory, or a sealed proof file (with --key).
     Exit 0 valid, 1 invalid, 2 unusable input."""
-    if os.path.isfile(proof):
-        from pol.crypto.seal import is_sealed
-        from pol.errors import ConfigError, ProofFormatError
-        if not is_sealed(proof):
-            raise ProofFormatError(f"{proof} is a file, neither a proof directory nor a sealed "
-                                   "pol proof")
+    from pol.crypto.seal import is_sealed
+    if os.path.isfile(proof) and is_sealed(proof):  # other files: the reader's own message
+        from pol.errors import ConfigError
         if not open_key:
             raise ConfigError(f"{proof} is a sealed proof: pass --key VERIFIER_KEY to open it")
         from pol.crypto.keys import load_encryption_key, load_verify_key
