@@ -100,7 +100,7 @@ def test_verify_verbose_lists_every_segment(mlp_proof):
 
 def test_json_report_has_the_documented_schema(mlp_proof, tmp_path):
     out = tmp_path / "report.json"
-    r = run_cli("verify", mlp_proof, "--q", "2", "--json", out)
+    r = run_cli("verify", mlp_proof, "--q", "2", "--policy", "paper", "--json", out)
     assert r.exit_code == 0, r.output
     rep = json.loads(out.read_text())
     assert rep["schema"] == "pol-report/1"

@@ -303,16 +303,17 @@ def test_each_metric_alone_rejects_a_perturbed_checkpoint(mlp_proof, proof_copy,
     assert "replay" in failed_checks(r), r.render()
 
 
-def test_rewritten_losses_do_not_affect_the_verdict(mlp_proof, proof_copy):
-    # losses.npy is informational: a forger can change it (with rehash) without invalidating
+def test_rewritten_losses_pass_the_paper_policy_but_not_the_hardened_one(mlp_proof, proof_copy):
+    # Algorithm 2 ignores the recorded losses; the hardened policy recomputes them
     p = proof_copy(mlp_proof)
     losses = _load_npy(p / fmt.LOSSES).copy()
     losses[:] = 0.0
     _save_npy(p / fmt.LOSSES, losses)
     rehash_manifest(p)
-    r = verify(p, all_segments=True)
+    r = verify(p, all_segments=True, policy="paper")
     assert r.valid, r.render()
     assert all(s.exact for s in r.segments)
+    assert "loss replay" in failed_checks(verify(p, all_segments=True))
 
 
 def test_files_not_covered_by_the_manifest_are_a_warning_only(mlp_proof, proof_copy):

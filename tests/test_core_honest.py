@@ -20,7 +20,7 @@ def _segments_by_epoch(report) -> dict[int, list]:
 
 
 def test_honest_mlp_fp32_top1_is_valid(mlp_proof):
-    r = verify(mlp_proof)
+    r = verify(mlp_proof, policy="paper")
     assert r.valid, r.render()
     assert failed_checks(r) == set()
     assert EXPECTED_CHECKS <= {c.name for c in r.checks}
@@ -31,7 +31,7 @@ def test_honest_mlp_fp32_top1_is_valid(mlp_proof):
 
 
 def test_top_q_replays_the_q_largest_updates_of_each_epoch(mlp_proof, mlp_report_all):
-    r = verify(mlp_proof, q=2)
+    r = verify(mlp_proof, q=2, policy="paper")
     assert r.valid, r.render()
     by_epoch = _segments_by_epoch(r)
     assert sorted(by_epoch) == list(range(EPOCHS))
@@ -107,3 +107,12 @@ def test_adam_checkpoints_carry_the_optimizer_state(cnn_proof):
     assert any(k.endswith(".exp_avg") for k in keys)
     assert any(k.endswith(".exp_avg_sq") for k in keys)
     assert any(k.endswith(".step") for k in keys)
+
+
+def test_hardened_default_adds_random_segments_and_exact_mode(mlp_proof):
+    r = verify(mlp_proof)
+    assert r.policy == "hardened" and r.valid, r.render()
+    assert {s.why for s in r.segments} == {"top-q", "random"}
+    assert all(v == 0.0 for v in r.deltas.values())  # exact mode on the prover's device type
+    for name in ("init regeneration", "loss replay", "relative error"):
+        assert check(r, name).status == "pass"

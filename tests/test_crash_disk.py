@@ -168,6 +168,7 @@ def _resume_and_compare(out: Path, reference: dict) -> None:
     assert run_cli("verify", "--all", out).exit_code == 0
     info = json.loads(run_cli("inspect", "--json", out).stdout)
     assert info["files"] == reference
+    assert not info["extra_files"], info["extra_files"]
 
 
 # bytes the writer may use before the disk is full: the first progress.json is ~1.3 kB, each

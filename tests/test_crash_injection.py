@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import subprocess
@@ -190,11 +189,10 @@ def _check(trial: Trial, ref: Reference) -> str:
         return "killed before the first checkpoint"
     assert res.exit_code == 0, (what, last, res.stdout, res.stderr)
     info = _assert_complete_and_equal(out, ref, what)
-    # a kill inside atomic_write leaves `.NAME.tmpPID` in the root, which the resume keeps: a known
-    # bug, pinned by the xfail test below; tolerated here so that this test is not flaky
-    leftovers = [f for f in info["extra_files"] if re.fullmatch(r"\.[a-z_.]+\.tmp\d+", f)]
-    assert info["extra_files"] == leftovers, f"{what}: resumed proof carries {info['extra_files']}"
-    return "resumed to an identical proof" + (" (+ atomic_write leftovers)" if leftovers else "")
+    # a kill inside atomic_write leaves `.NAME.tmpPID` in the root: the resume must remove it
+    # (deterministic version: test_resume_after_a_kill_inside_atomic_write_leaves_no_leftovers)
+    assert not info["extra_files"], f"{what}: resumed proof carries {info['extra_files']}"
+    return "resumed to an identical proof"
 
 
 def test_sigkill_at_random_moments_then_resume(reference, tmp_path):

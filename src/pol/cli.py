@@ -202,6 +202,11 @@ def _parse_deltas(values: tuple[str, ...], metrics: list[str]):
               help="Lazy verification: stop after the checkpoint pass, write the samples needed.")
 @click.option("--reveal", type=click.Path(dir_okay=False),
               help="Lazy verification: replay using only these revealed samples.")
+@click.option("--policy", type=click.Choice(["hardened", "paper"]), default="hardened",
+              show_default=True, help="paper: Algorithm 2 exactly as published; hardened adds "
+              "exact mode, relative error, random segments, init and loss checks.")
+@click.option("--random", "random_per_epoch", type=click.IntRange(0), default=1,
+              show_default=True, help="hardened: extra randomly chosen segments per epoch.")
 @click.option("--key", "open_key", type=click.Path(dir_okay=False),
               help="For a sealed proof file: the verifier's encryption.key.")
 @click.option("--from", "open_from", type=click.Path(dir_okay=False),
@@ -209,7 +214,7 @@ def _parse_deltas(values: tuple[str, ...], metrics: list[str]):
 @handle_errors
 def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trust_module,
            json_out, max_proof_gb, verbose_segments, parents, registry, ledger_db, record_to,
-           sign_with, request_data, reveal, open_key, open_from):
+           sign_with, request_data, reveal, policy, random_per_epoch, open_key, open_from):
     """Verify a proof (Algorithm 2): a proof directory, or a sealed proof file (with --key).
     Exit 0 valid, 1 invalid, 2 unusable input."""
     from pol.crypto.seal import is_sealed
@@ -228,7 +233,8 @@ def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trus
             return verify.callback.__wrapped__(  # type: ignore[attr-defined]
                 str(tmp / "proof"), data, q, all_segments, delta, metrics, d1, alpha, device,
                 trust_module, json_out, max_proof_gb, verbose_segments, parents, registry,
-                ledger_db, record_to, sign_with, request_data, reveal, None, None)
+                ledger_db, record_to, sign_with, request_data, reveal, policy,
+                random_per_epoch, None, None)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     from pol.proof.format import Limits
@@ -240,6 +246,7 @@ def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trus
                          metrics=tuple(metrics), d1=d1, alpha=alpha, data=data, device=device,
                          trusted_modules=tuple(trust_module), progress=sys.stderr.isatty(),
                          limits=Limits(max_total_bytes=limit, max_file_bytes=limit),
+                         policy=policy, random_per_epoch=random_per_epoch,
                          parents=tuple(parents), registry=registry, ledger=ledger_db,
                          request_data=request_data, reveal=reveal)
     if (record_to is None) != (sign_with is None):
@@ -386,6 +393,9 @@ def _register_optional() -> None:
         cmd = getattr(crypto_cli, name, None)
         if isinstance(cmd, click.Command) and cmd.name not in main.commands:
             main.add_command(cmd)
+    from pol.attacks import cli as attacks_cli  # noqa: E402 - `pol attack`
+    if attacks_cli.attack.name not in main.commands:
+        main.add_command(attacks_cli.attack)
 
 
 _register_optional()

@@ -56,6 +56,10 @@ class VerifyOptions:
     limits: fmt.Limits = field(default_factory=fmt.Limits)
     rho: float = 1.0
     fp16_floor_factor: float = 8.0
+    policy: str = "hardened"  # "paper": Algorithm 2 exactly as published
+    random_per_epoch: int = 1  # hardened: extra random segments per epoch beyond top-Q
+    relative_error_max: float = 0.5  # hardened: ‖W'−W‖ ≤ r·‖W_b − W_a‖ for non-exact replays
+    entropy: bytes | None = None  # hardened: verifier randomness (default os.urandom)
     # protocol (pol.protocol): chain of trust, ledger commitment, lazy verification
     parents: tuple[str, ...] = ()  # directories that may hold parent proofs (matched by digest)
     registry: str | None = None  # ledger DB of "verdict" entries of previously verified proofs
@@ -91,7 +95,7 @@ def load_verifier_data(spec, data: str | None):
     except ValueError as e:
         if isinstance(e, ConfigError):
             raise
-        raise ConfigError(f"cannot load the proof's dataset {name!r}: {e}") from None
+        raise ProofFormatError(f"cannot load the proof's dataset {name!r}: {e}") from None
 
 
 def _param_names(model: torch.nn.Module) -> list[str]:
@@ -112,7 +116,8 @@ def auto_deltas(updates: list[dict[str, float]], lengths: list[int], metrics: It
     return out
 
 
-def _segments_to_replay(proof: Proof, d1s: list[float], q: int, all_segments: bool
+def _segments_to_replay(proof: Proof, d1s: list[float], q: int, all_segments: bool,
+                        random_per_epoch: int = 0, entropy: bytes | None = None
                         ) -> list[tuple[int, str]]:
     ck = proof.manifest.checkpoints
     S = proof.manifest.steps_per_epoch
@@ -125,6 +130,11 @@ def _segments_to_replay(proof: Proof, d1s: list[float], q: int, all_segments: bo
     for e in sorted(by_epoch):
         segs = sorted(by_epoch[e], key=lambda i: (-d1s[i], i))
         chosen.extend((i, "top-q") for i in segs[:q])
+    if random_per_epoch:
+        from pol.verifier.hardened import random_segments
+        taken = {i for i, _ in chosen}
+        chosen.extend((i, "random") for i in random_segments(
+            proof.manifest.root_digest, by_epoch, random_per_epoch, taken, entropy))
     return sorted(chosen)
 
 
@@ -137,8 +147,12 @@ def verify(path: str | os.PathLike, options: VerifyOptions | None = None, **kw: 
             raise ConfigError(f"unknown metric {m!r}; known: {', '.join(METRICS)}")
     if o.q < 1:
         raise ConfigError("--q must be at least 1")
+    if o.policy not in ("hardened", "paper"):
+        raise ConfigError(f"unknown policy {o.policy!r}: hardened or paper")
+    hardened = o.policy == "hardened"
     t_start = time.perf_counter()
-    report = Report(proof=str(path), root_digest="", metrics=list(o.metrics), d1=o.d1)
+    report = Report(proof=str(path), root_digest="", metrics=list(o.metrics), d1=o.d1,
+                    policy=o.policy)
     try:
         proof = open_proof(path, o.limits)
     except IntegrityError as e:
@@ -183,6 +197,8 @@ def verify(path: str | os.PathLike, options: VerifyOptions | None = None, **kw: 
                    "the data hashes to the committed Merkle root" if ok else
                    f"the data given ({len(data)} samples, root {root[:16]}…) is not the committed "
                    f"dataset ({spec.data.size} samples, root {spec.data.root[:16]}…)")
+        if not ok:  # replaying on other data proves nothing (and indices may not even fit)
+            return report
 
     # --- recorded learning rates against the declared schedule
     T = m.total_steps
@@ -203,10 +219,13 @@ def verify(path: str | os.PathLike, options: VerifyOptions | None = None, **kw: 
     # --- build the model the proof describes
     from pol.registry import build_context, resolve_device
     device = resolve_device(o.device)
+    _check_model_size(spec, m, o.trusted_modules)
     try:
         ctx = build_context(spec, device, o.trusted_modules)
     except ConfigError as e:
         raise ProofFormatError(f"the proof's spec cannot be rebuilt: {e}") from None
+    except (RuntimeError, MemoryError, TypeError, ValueError) as e:
+        raise ProofFormatError(f"the proof's model cannot be built: {e}") from None
     if spec.model.source_sha256:
         from pol.registry import module_source_digest
         installed = module_source_digest(spec.model.arch.split(":")[0])
@@ -278,10 +297,35 @@ def verify(path: str | os.PathLike, options: VerifyOptions | None = None, **kw: 
                    f"W_0 is unlikely to come from {spec.model.init}: layer {worst.name} "
                    f"(KS p = {worst.pvalue:.2e})",
                    value=worst.pvalue if worst else None, bound=thr)
+        if hardened:
+            from pol.verifier import hardened as hd
+            regen = hd.regenerated_init_matches(spec, w0, names)
+            report.add("init regeneration", True if regen else None,
+                       "W_0 is bitwise the init pol derives from the proof's seed" if regen else
+                       "W_0 is not the init derived from the proof's seed (a custom init, or "
+                       "forged): judged by the statistical tests only")
+            if not regen:
+                final = load(ck[-1])
+                rhos = hd.rank_correlations(w0, final, names)
+                top = max(rhos, key=lambda r: r[1]) if rhos else None
+                ok = top is None or top[1] <= hd.SPEARMAN_MAX
+                report.add("init rank correlation", ok,
+                           "W_0's ranks are not copied from W_T" if ok else
+                           f"W_0 is rank-ordered like the final weights in layer {top[0]} "
+                           f"(Spearman ρ = {top[1]:.4f}): a rank-resampled forged init",
+                           value=top[1] if top else None, bound=hd.SPEARMAN_MAX)
 
     # --- δ
     lengths = [b - a for a, b in zip(ck, ck[1:])]
-    if o.delta == "auto":
+    expect_exact = (spec.device == device.type and spec.precision == "fp32"
+                    and (device.type == "cpu" or spec.deterministic)
+                    and spec.torch_version == torch.__version__)
+    if hardened and expect_exact and o.delta == "auto":
+        deltas = {mm: 0.0 for mm in o.metrics}
+        report.delta_rule = ("exact mode: the proof was made on this device type with this torch "
+                             "version (fp32, CPU or deterministic), so replay must be bitwise "
+                             "equal (δ = 0)")
+    elif o.delta == "auto":
         deltas = auto_deltas(updates, lengths, o.metrics, final_vec, spec.precision, o.rho,
                              o.fp16_floor_factor)
         report.delta_rule = DELTA_RULE
@@ -296,15 +340,27 @@ def verify(path: str | os.PathLike, options: VerifyOptions | None = None, **kw: 
 
     # --- replay
     d1s = [u[o.d1] for u in updates]
-    chosen = _segments_to_replay(proof, d1s, o.q, o.all_segments)
+    entropy = o.entropy
+    nonce = o.nonce
+    if o.request_data or o.reveal:  # both phases must draw the same random segments
+        import hashlib
+        import secrets
+        if o.reveal:
+            with np.load(o.reveal, allow_pickle=False) as z:
+                nonce = str(z["nonce"]) if "nonce" in z else ""
+        nonce = nonce or secrets.token_hex(16)
+        entropy = hashlib.sha256(b"pol.lazy.v1|" + nonce.encode()).digest()
+    chosen = _segments_to_replay(proof, d1s, o.q, o.all_segments,
+                                 o.random_per_epoch if hardened else 0, entropy)
     S = m.steps_per_epoch
     if o.request_data or o.reveal:
         from pol.protocol.lazy import eq4_fraction, needed_indices, write_request
         need = needed_indices(proof, chosen)
         frac = len(need) / spec.data.size
-        eq4 = eq4_fraction(o.q, m.k, S, m.epochs) if not o.all_segments else 1.0
+        q_eff = o.q + (o.random_per_epoch if hardened else 0)
+        eq4 = eq4_fraction(q_eff, m.k, S, m.epochs) if not o.all_segments else 1.0
         if o.request_data:
-            write_request(o.request_data, proof, chosen, need, o.q, o.nonce)
+            write_request(o.request_data, proof, chosen, need, q_eff, nonce)
             report.add("replay", None, f"deferred: {len(need)} sample(s) requested "
                        f"({frac:.1%} of the dataset; Eq. (4) predicts {eq4:.1%}) in "
                        f"{o.request_data}", value=frac, bound=eq4)
@@ -320,6 +376,8 @@ def verify(path: str | os.PathLike, options: VerifyOptions | None = None, **kw: 
             return _finish(report, proof, t_start, 0)
     replayed = 0
     data_ok = True
+    loss_bad: list[int] = []
+    rel_bad: list[tuple[int, int, float]] = []
     bar = tqdm(total=sum(lengths[i] for i, _ in chosen), desc="replaying", unit="step",
                disable=not o.progress, leave=False)
     for i, why in chosen:
@@ -330,8 +388,16 @@ def verify(path: str | os.PathLike, options: VerifyOptions | None = None, **kw: 
             idx = proof.batch(t)
             if merkle_root(leaves[idx]) != proof.batch_hashes[t].tobytes():
                 data_ok = False
-            update(ctx, torch.from_numpy(data.x[idx]), torch.from_numpy(data.y[idx]),
-                   proof.lrs[t].tolist(), t)
+            try:
+                loss = update(ctx, torch.from_numpy(data.x[idx]),
+                              torch.from_numpy(data.y[idx]), proof.lrs[t].tolist(), t)
+            except (RuntimeError, ValueError, IndexError, TypeError) as e:
+                raise ProofFormatError(f"the proof's spec does not run on its data (step {t}): "
+                                       f"{str(e).splitlines()[0][:200]}") from None
+            if hardened and np.isfinite(proof.losses[t]):  # NaN: the loop recorded no loss
+                rec_loss, my_loss = float(proof.losses[t]), float(loss)
+                if not (abs(rec_loss - my_loss) <= 5e-2 * max(abs(my_loss), 1e-6)):
+                    loss_bad.append(t)
             bar.update(1)
         replayed += b - a
         end = load(b)
@@ -343,9 +409,27 @@ def verify(path: str | os.PathLike, options: VerifyOptions | None = None, **kw: 
             mine[k].detach().to("cpu", fmt.storage_dtype(k, mine[k], spec.precision)),
             end[k]) for k in end) and len(end) == len(mine)
         passed = all(err[mm] <= deltas[mm] for mm in o.metrics)
+        if hardened and not exact and "l2" in err:
+            rel = err["l2"] / max(updates[i]["l2"], 1e-300)
+            if rel > o.relative_error_max:
+                rel_bad.append((a, b, rel))
+                passed = False
         report.segments.append(SegmentResult(a, b, a // S, d1s[i], updates[i], err, passed,
                                              exact, why))
     bar.close()
+    if hardened:
+        report.add("loss replay", not loss_bad,
+                   "the recomputed loss matches the recorded loss at every replayed step"
+                   if not loss_bad else f"{len(loss_bad)} replayed step(s) have a recorded loss "
+                   f"that the replay does not reproduce (first: step {loss_bad[0]})")
+        worst_rel = max((r for _, _, r in rel_bad), default=0.0)
+        report.add("relative error", not rel_bad,
+                   f"every non-exact replayed segment lands within {o.relative_error_max:g}× its "
+                   "own update" if not rel_bad else
+                   f"{len(rel_bad)} segment(s) replay farther from the claim than "
+                   f"{o.relative_error_max:g}× their own update (first: steps {rel_bad[0][0]}–"
+                   f"{rel_bad[0][1]}, {rel_bad[0][2]:.2f}×): the claimed steps do not follow the "
+                   "gradient", value=worst_rel, bound=o.relative_error_max)
     report.add("data hashes", data_ok,
                "every replayed batch matches its recorded hash" if data_ok else
                "a replayed batch's data does not match the hash recorded in the proof")
@@ -362,9 +446,6 @@ def verify(path: str | os.PathLike, options: VerifyOptions | None = None, **kw: 
                     f"{next(s for s in report.segments if not s.passed).end})",
                value=worst_ratio, bound=1.0)
     n_exact = sum(s.exact for s in report.segments)
-    expect_exact = (spec.device == device.type and spec.precision == "fp32"
-                    and (device.type == "cpu" or spec.deterministic)
-                    and spec.torch_version == torch.__version__)
     if n_exact == len(report.segments):
         report.add("exact replay", True, f"all {n_exact} replayed segment(s) are bitwise equal "
                    "to the claimed checkpoints")
@@ -378,6 +459,22 @@ def verify(path: str | os.PathLike, options: VerifyOptions | None = None, **kw: 
                    "replayed bitwise exactly (not expected: different device, precision or "
                    "torch version)")
     return _finish(report, proof, t_start, replayed)
+
+
+def _check_model_size(spec, m: fmt.Manifest, trusted: tuple[str, ...]) -> None:
+    """Build the spec's model on the meta device (no memory) and refuse one whose parameters need
+    far more bytes than the proof's first checkpoint holds, before allocating it for real."""
+    from pol.registry import build_model
+    try:
+        with torch.device("meta"):
+            model = build_model(spec.model, trusted)
+    except (RuntimeError, MemoryError, TypeError, ValueError) as e:
+        raise ProofFormatError(f"the proof's model cannot be built: {e}") from None
+    need = sum(p.numel() for p in model.parameters()) * (2 if spec.precision == "fp16" else 4)
+    have = m.files[fmt.checkpoint_name(0)][1]
+    if need > have:
+        raise ProofFormatError(f"the spec describes a model of {need} parameter bytes, but the "
+                               f"first checkpoint holds only {have} bytes")
 
 
 def _finish(report: Report, proof: Proof, t_start: float, replayed: int) -> Report:
