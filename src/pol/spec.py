@@ -255,6 +255,9 @@ class TrainingSpec:
     device: str = "cpu"  # device type the proof was made on
     deterministic: bool = False  # torch.use_deterministic_algorithms during training
     torch_version: str = ""
+    # CPU kernel family (torch.backends.cpu.get_cpu_capability()); exact replay on a CPU is only
+    # expected where it matches, since kernels differ between AVX2 and AVX-512 builds
+    cpu_capability: str = ""
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -294,6 +297,15 @@ class TrainingSpec:
                 device=_str(d, "device", where, choices=("cpu", "cuda", "mps", "xpu")),
                 deterministic=_bool(d, "deterministic", where, False),
                 torch_version=_str(d, "torch_version", where, optional=True, default=""),
+                cpu_capability=_str(d, "cpu_capability", where, optional=True, default=""),
             )
         except ValueError as e:
             raise ProofFormatError(f"{where}: {e}") from None
+
+
+def current_cpu_capability() -> str:
+    try:
+        import torch
+        return str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # noqa: BLE001 - older torch
+        return ""

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from pol.errors import ConfigError
-from pol.spec import DataSpec, ModelSpec, OptimizerSpec, ScheduleSpec, TrainingSpec
+from pol.spec import (DataSpec, ModelSpec, OptimizerSpec, ScheduleSpec, TrainingSpec,
+                      current_cpu_capability)
 
 DEFAULT_TASK = "digits-mlp"
 
@@ -128,5 +129,5 @@ def build_spec(task_name: str, *, epochs: int | None = None, k: int | None = Non
                       root=merkle_root(leaves).hex(), prepare=task.prepare, augment=task.augment),
         loss=task.loss, batch_size=bs, epochs=E, k=k or task.k, precision=precision, seed=seed,
         task=task.name, device=device, deterministic=deterministic,
-        torch_version=torch.__version__)
+        torch_version=torch.__version__, cpu_capability=current_cpu_capability())
     return spec, train, test

@@ -166,9 +166,7 @@ def attack_inverse_gradient(target_proof: str | os.PathLike, out: str | os.PathL
                     g = torch.cat([q.reshape(-1) for q in gs])
                     wt = torch.from_numpy(w)
                     beta = wt - lr * (g + wd * wt) - torch.from_numpy(w_next)
-                    hv = torch.autograd.grad(g, params, grad_outputs=[
-                        c.reshape(p.shape) for c, p in zip(beta.detach().split(
-                            [p.numel() for p in params]), params)])
+                    hv = torch.autograd.grad(g, params, grad_outputs=beta.detach())
                     hv = torch.cat([h.reshape(-1) for h in hv]).detach()
                     b = beta.detach()
                     jac = b - lr * (hv + wd * b)

@@ -38,7 +38,7 @@ from pol.errors import ConfigError, ProofWriteError
 from pol.proof import format as fmt
 from pol.proof.hashing import merkle_root, sample_leaves
 from pol.proof.writer import ProofWriter
-from pol.spec import DataSpec, ModelSpec, ScheduleSpec, TrainingSpec
+from pol.spec import DataSpec, ModelSpec, ScheduleSpec, TrainingSpec, current_cpu_capability
 from pol.step import derive_seed, optimizer_spec_of, seed_step, state_tensors
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,8 @@ class Recorder:
                     loss=loss, batch_size=batch_size, epochs=epochs, k=k, precision=precision,
                     seed=seed, device=device,
                     deterministic=torch.are_deterministic_algorithms_enabled(),
-                    torch_version=torch.__version__)
+                    torch_version=torch.__version__,
+                    cpu_capability=current_cpu_capability())
             except ValueError as e:
                 raise ConfigError(str(e)) from None
         elif spec.data.root != merkle_root(self.leaves).hex() or spec.data.size != n:

@@ -29,6 +29,7 @@ from pol.errors import ConfigError, IntegrityError, ProofFormatError
 from pol.proof import format as fmt
 from pol.proof.hashing import merkle_root, sample_leaves
 from pol.proof.reader import Proof, open_proof
+from pol.spec import current_cpu_capability
 from pol.step import expected_state_shapes, load_state, state_tensors, update
 from pol.verifier.distances import METRICS, all_distances, flat_params, fp16_rounding_floor
 from pol.verifier.report import Report, SegmentResult
@@ -319,7 +320,9 @@ def verify(path: str | os.PathLike, options: VerifyOptions | None = None, **kw: 
     lengths = [b - a for a, b in zip(ck, ck[1:])]
     expect_exact = (spec.device == device.type and spec.precision == "fp32"
                     and (device.type == "cpu" or spec.deterministic)
-                    and spec.torch_version == torch.__version__)
+                    and spec.torch_version == torch.__version__
+                    and (device.type != "cpu"
+                         or spec.cpu_capability == current_cpu_capability() != ""))
     if hardened and expect_exact and o.delta == "auto":
         deltas = {mm: 0.0 for mm in o.metrics}
         report.delta_rule = ("exact mode: the proof was made on this device type with this torch "
