@@ -76,7 +76,7 @@ class Recorder:
                  data_name: str = "user", data_params: dict | None = None,
                  spec: TrainingSpec | None = None, overwrite: bool = False,
                  durable: bool = True, init: dict | None = None,
-                 resume: bool = False) -> None:
+                 resume: bool = False, init_from_seed: bool = True) -> None:
         self.model = model
         self.optimizer = optimizer
         self.dataset = _as_dataset(data)
@@ -119,6 +119,8 @@ class Recorder:
         self._closed = False
         self._state_cache: tuple[int, dict[str, torch.Tensor]] | None = None
         self._check_model_spec()
+        if init is None and not resume and init_from_seed and spec.model.init != "none":
+            self._init_from_seed()
         self.init = init or {"kind": "strategy", "strategy": spec.model.init}
         run_info = {"spec": spec.to_dict(), "total_steps": self.total_steps, "k": self.k,
                     "steps_per_epoch": self.steps_per_epoch, "init": self.init,
@@ -149,6 +151,19 @@ class Recorder:
         self.writer = ProofWriter(out, precision=self.spec.precision, durable=durable, resume=rp)
         self.path = self.writer.dir
         log.info("resuming %s at step %d of %d", out, rp.t, self.total_steps)
+
+    def _init_from_seed(self) -> None:
+        """Draw W_0 from the run's seed with the declared strategy, as the verifier will redraw
+        it: a proof whose W_0 regenerates exactly leaves nothing to forge at the start (the
+        hardened verifier requires it). To start from other weights, warm-start from a parent
+        proof instead."""
+        from pol.init import apply_init
+        g = torch.Generator()
+        g.manual_seed(derive_seed(self.spec.seed, "init"))
+        try:
+            apply_init(self.model, self.spec.model.init, g)
+        except ValueError as e:
+            raise ConfigError(f"cannot initialize the model with {self.spec.model.init!r}: {e}")
 
     def _check_model_spec(self) -> None:
         """Catch a model_spec that would not rebuild this model, before training starts."""

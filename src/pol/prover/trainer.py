@@ -57,7 +57,8 @@ def train_spec(spec: TrainingSpec, train: ArrayDataset, test: ArrayDataset | Non
         ctx.model.load_state_dict({k[len(MODEL_PREFIX):]: v for k, v in initial_state.items()
                                    if k.startswith(MODEL_PREFIX)})
     rec = Recorder(out, model=ctx.model, optimizer=ctx.optimizer, data=train, spec=spec,
-                   overwrite=overwrite, durable=durable, init=init, resume=resume)
+                   overwrite=overwrite, durable=durable, init=init, resume=resume,
+                   init_from_seed=False)  # build_context drew W_0 from the seed already
     base = spec.optimizer.lr
     T = rec.total_steps
 

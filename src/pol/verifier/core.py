@@ -301,10 +301,11 @@ def verify(path: str | os.PathLike, options: VerifyOptions | None = None, **kw: 
         if hardened:
             from pol.verifier import hardened as hd
             regen = hd.regenerated_init_matches(spec, w0, names)
-            report.add("init regeneration", True if regen else None,
+            report.add("init regeneration", regen,
                        "W_0 is bitwise the init pol derives from the proof's seed" if regen else
-                       "W_0 is not the init derived from the proof's seed (a custom init, or "
-                       "forged): judged by the statistical tests only")
+                       "W_0 is not the init that the proof's seed and strategy give: pol always "
+                       "draws W_0 from the seed, so this start was forged or made elsewhere "
+                       "(start from other weights through a parent proof)")
             if not regen:
                 final = load(ck[-1])
                 rhos = hd.rank_correlations(w0, final, names)
