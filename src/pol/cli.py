@@ -100,13 +100,21 @@ def main(verbose: bool) -> None:
                    "publish the proof there after.")
 @click.option("--sign-with", "sign_with", type=click.Path(dir_okay=False),
               help="Signing key (signing.key) for --ledger.")
+@click.option("--commitment", "commitment", type=click.Path(dir_okay=False),
+              help="Use this existing commitment (pol commit --out) instead of committing now; "
+                   "needs --ledger and --sign-with.")
+@click.option("--passphrase-env", "passphrase_env", metavar="VAR",
+              help="Environment variable holding the --sign-with key's passphrase.")
 @handle_errors
 def train(task, epochs, k, out, seed, lr, batch_size, precision, device, deterministic, data_dir,
-          force, resume_dir, init_from, ledger_db, sign_with):
+          force, resume_dir, init_from, ledger_db, sign_with, commitment, passphrase_env):
     """Train a built-in task and write its proof-of-learning (Algorithm 1)."""
     from pol.prover.trainer import resume_task, train_task
     if (ledger_db is None) != (sign_with is None):
         raise click.UsageError("--ledger and --sign-with go together")
+    if commitment and not ledger_db:
+        from pol.errors import ConfigError
+        raise ConfigError("--commitment needs --ledger and --sign-with (to publish the proof)")
     if resume_dir and (init_from or ledger_db):
         raise click.UsageError("--resume continues a run as it was started: no --init-from or "
                                "--ledger")
@@ -118,15 +126,62 @@ def train(task, epochs, k, out, seed, lr, batch_size, precision, device, determi
         r = train_task(task, out, epochs=epochs, k=k, seed=seed, lr=lr, batch_size=batch_size,
                        precision=precision, device=device, deterministic=deterministic,
                        data_dir=data_dir, overwrite=force, progress=sys.stderr.isatty(),
-                       init_from=init_from, ledger=ledger_db, signing_key=sign_with)
+                       init_from=init_from, ledger=ledger_db, signing_key=sign_with,
+                       commitment=commitment, passphrase_env=passphrase_env)
     click.echo(f"trained {r.spec.task}: {r.total_steps} steps in {r.train_seconds:.1f}s, "
                f"final loss {r.final_loss:.4f}, test accuracy {r.test_accuracy:.2%}")
     click.echo(f"proof: {r.proof}  root digest {r.root_digest}")
     if init_from:
         click.echo(f"warm start from parent proof {init_from}")
     if ledger_db:
-        click.echo(f"committed before training and published on ledger {ledger_db} "
+        click.echo(("used the commitment in " + commitment if commitment else
+                    "committed before training")
+                   + f" and published on ledger {ledger_db} "
                    f"(salt in {Path(r.proof) / 'commitment.json'})")
+
+
+@main.command()
+@click.option("--task", default="digits-mlp", show_default=True, help="Built-in task (pol tasks).")
+@click.option("--epochs", type=click.IntRange(1), help="Epochs (default: the task's).")
+@click.option("--k", type=click.IntRange(1), help="Checkpoint interval in steps.")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, 1000, min_open=True), help="Base learning rate.")
+@click.option("--batch-size", type=click.IntRange(1), help="Batch size.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
+              show_default=True, help="Storage precision of checkpoints.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto (as for "
+              "pol train: part of the spec).")
+@click.option("--deterministic", is_flag=True, help="As for pol train (part of the spec).")
+@click.option("--data", "data_dir", type=click.Path(), help="Local dataset directory (CIFAR).")
+@click.option("--ledger", "ledger_db", required=True, type=click.Path(dir_okay=False),
+              help="Ledger to append the signed commitment to.")
+@click.option("--sign-with", "sign_with", required=True, type=click.Path(dir_okay=False),
+              help="Prover's signing key (signing.key).")
+@click.option("--passphrase-env", "passphrase_env", metavar="VAR",
+              help="Environment variable holding the key's passphrase.")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
+              help="Commitment file to write (salt; mode 0600): pass it to pol train --commitment.")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+@handle_errors
+def commit(task, epochs, k, seed, lr, batch_size, precision, device, deterministic, data_dir,
+           ledger_db, sign_with, passphrase_env, out, force):
+    """Commit to a training run before it starts: append the signed commitment (spec digest,
+    salted seed, data root) for the spec `pol train` builds with the same options."""
+    from pol.protocol import commit as _commit
+    from pol.registry import resolve_device
+    from pol.tasks import build_spec
+    from pol.errors import ConfigError
+    if Path(out).exists() and not force:
+        raise ConfigError(f"--out {out} exists (pass --force to overwrite)")
+    key = _commit.load_key(sign_with, passphrase_env)
+    spec, _, _ = build_spec(task, epochs=epochs, k=k, seed=seed, lr=lr, batch_size=batch_size,
+                            precision=precision, device=resolve_device(device).type,
+                            deterministic=deterministic, data_dir=data_dir)
+    side = _commit.commit(ledger_db, key, spec)
+    _commit.write_commitment_file(out, side, overwrite=force)
+    click.echo(f"committed {spec.task} (spec digest {side['spec_digest']}) on ledger {ledger_db}: "
+               f"seq {side['ledger_seq']} ({side['entry_hash']})")
+    click.echo(f"commitment file (keep it private until the proof is published): {out}")
 
 
 @main.command()
@@ -198,6 +253,8 @@ def _parse_deltas(values: tuple[str, ...], metrics: list[str]):
               help="After a valid verification, append a signed verdict entry to this ledger.")
 @click.option("--sign-with", "sign_with", type=click.Path(dir_okay=False),
               help="Signing key for --record-to.")
+@click.option("--passphrase-env", "passphrase_env", metavar="VAR",
+              help="Environment variable holding the --sign-with key's passphrase.")
 @click.option("--request-data", "request_data", type=click.Path(dir_okay=False),
               help="Lazy verification: stop after the checkpoint pass, write the samples needed.")
 @click.option("--reveal", type=click.Path(dir_okay=False),
@@ -211,10 +268,13 @@ def _parse_deltas(values: tuple[str, ...], metrics: list[str]):
               help="For a sealed proof file: the verifier's encryption.key.")
 @click.option("--from", "open_from", type=click.Path(dir_okay=False),
               help="For a sealed proof file: the prover's signing.pub it must be signed by.")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Replay segments in N processes (same result as 1; torch threads as set).")
 @handle_errors
 def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trust_module,
            json_out, max_proof_gb, verbose_segments, parents, registry, ledger_db, record_to,
-           sign_with, request_data, reveal, policy, random_per_epoch, open_key, open_from):
+           sign_with, request_data, reveal, policy, random_per_epoch, open_key, open_from,
+           passphrase_env=None, workers=1):
     """Verify a proof (Algorithm 2): a proof directory, or a sealed proof file (with --key).
     Exit 0 valid, 1 invalid, 2 unusable input."""
     from pol.crypto.seal import is_sealed
@@ -222,19 +282,18 @@ def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trus
         from pol.errors import ConfigError
         if not open_key:
             raise ConfigError(f"{proof} is a sealed proof: pass --key VERIFIER_KEY to open it")
-        from pol.crypto.keys import load_encryption_key, load_verify_key
-        from pol.crypto.seal import open_sealed
+        from pol.crypto import open_checked
         tmp = Path(tempfile.mkdtemp(prefix="pol-sealed-"))
         try:
-            opened = open_sealed(proof, load_encryption_key(open_key), tmp / "proof",
-                                 load_verify_key(open_from) if open_from else None)
+            # with --ledger: also refuses an old (superseded) or revoked sealed proof
+            opened = open_checked(proof, open_key, tmp / "proof", open_from, ledger=ledger_db)
             click.echo(f"opened sealed proof: signed by {opened.signer_key_id}"
                        + ("" if open_from else " (signer NOT pinned: pass --from)"))
             return verify.callback.__wrapped__(  # type: ignore[attr-defined]
                 str(tmp / "proof"), data, q, all_segments, delta, metrics, d1, alpha, device,
                 trust_module, json_out, max_proof_gb, verbose_segments, parents, registry,
                 ledger_db, record_to, sign_with, request_data, reveal, policy,
-                random_per_epoch, None, None)
+                random_per_epoch, None, None, passphrase_env, workers)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     from pol.proof.format import Limits
@@ -248,7 +307,7 @@ def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trus
                          limits=Limits(max_total_bytes=limit, max_file_bytes=limit),
                          policy=policy, random_per_epoch=random_per_epoch,
                          parents=tuple(parents), registry=registry, ledger=ledger_db,
-                         request_data=request_data, reveal=reveal)
+                         request_data=request_data, reveal=reveal, workers=workers)
     if (record_to is None) != (sign_with is None):
         raise click.UsageError("--record-to and --sign-with go together")
     if record_to and request_data:
@@ -262,7 +321,7 @@ def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trus
                    "prover reveals it (pol reveal), then pol verify --reveal")
     if record_to and report.valid:
         from pol.protocol.chain import record_verdict
-        e = record_verdict(record_to, sign_with, report, proof)
+        e = record_verdict(record_to, sign_with, report, proof, passphrase_env)
         click.echo(f"verdict recorded in {record_to}: seq {e.seq} ({e.entry_hash})")
     sys.exit(EXIT_VALID if report.valid else EXIT_INVALID)
 
@@ -381,6 +440,30 @@ def demo(task, out):
         if not keep:
             shutil.rmtree(base, ignore_errors=True)
     sys.exit(0 if ok else 1)
+
+
+# ------------------------------------------------------------------------------------ calibrate
+
+@main.command("calibrate")
+@click.argument("proof", type=click.Path())
+@click.option("--data", help="Dataset (as for pol verify).")
+@click.option("--device", default="cpu", show_default=True,
+              help="Device to measure replay noise on (the verifier's).")
+@click.option("--q", "q", type=click.IntRange(1), default=None,
+              help="Replay only the top-Q segments per epoch (default: all).")
+@click.option("--margin", type=click.FloatRange(1), default=3.0, show_default=True,
+              help="Recommended δ = margin × the largest replay error seen.")
+@click.option("--trust-module", multiple=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False))
+@handle_errors
+def calibrate(proof, data, device, q, margin, trust_module, json_out):
+    """Measure the replay noise of PROOF on this device and recommend δ, with the evidence."""
+    from pol.verifier.calibrate import calibrate as run
+    cal = run(proof, data=data, device=device, q=q, margin=margin,
+              progress=sys.stderr.isatty(), trusted_modules=tuple(trust_module))
+    click.echo(cal.render())
+    if json_out:
+        Path(json_out).write_text(json.dumps(cal.to_dict(), indent=1))
 
 
 def _register_optional() -> None:

@@ -258,6 +258,9 @@ class TrainingSpec:
     # CPU kernel family (torch.backends.cpu.get_cpu_capability()); exact replay on a CPU is only
     # expected where it matches, since kernels differ between AVX2 and AVX-512 builds
     cpu_capability: str = ""
+    # torch intra-op threads on a CPU: reductions split by thread, so replay is only bitwise equal
+    # with the same count (the verifier replays with it); 0 = unknown (older proofs)
+    cpu_threads: int = 0
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -298,6 +301,8 @@ class TrainingSpec:
                 deterministic=_bool(d, "deterministic", where, False),
                 torch_version=_str(d, "torch_version", where, optional=True, default=""),
                 cpu_capability=_str(d, "cpu_capability", where, optional=True, default=""),
+                cpu_threads=_num(d, "cpu_threads", where, lo=0, hi=4096, integer=True,
+                                 optional=True, default=0),
             )
         except ValueError as e:
             raise ProofFormatError(f"{where}: {e}") from None

@@ -129,5 +129,6 @@ def build_spec(task_name: str, *, epochs: int | None = None, k: int | None = Non
                       root=merkle_root(leaves).hex(), prepare=task.prepare, augment=task.augment),
         loss=task.loss, batch_size=bs, epochs=E, k=k or task.k, precision=precision, seed=seed,
         task=task.name, device=device, deterministic=deterministic,
-        torch_version=torch.__version__, cpu_capability=current_cpu_capability())
+        torch_version=torch.__version__, cpu_capability=current_cpu_capability(),
+        cpu_threads=torch.get_num_threads())
     return spec, train, test

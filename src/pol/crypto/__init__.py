@@ -35,10 +35,12 @@ from .ledger import Entry, Ledger, LedgerProblem, LedgerReport, LocalClock, Time
 # The function ``seal`` is deliberately not re-exported: it would shadow the submodule
 # ``pol.crypto.seal``.  Use ``from pol.crypto.seal import seal``.
 from .seal import OpenedProof, SealHeader, SealResult, is_sealed, open_sealed, read_header
+from .replay import CheckedProof, open_checked
 
 __all__ = [
     "ArchiveError",
     "BadSignature",
+    "CheckedProof",
     "CryptoError",
     "Entry",
     "KeyFileError",
@@ -66,6 +68,7 @@ __all__ = [
     "load_encryption_pub",
     "load_signing_key",
     "load_verify_key",
+    "open_checked",
     "open_sealed",
     "pack",
     "read_header",

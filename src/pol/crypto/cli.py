@@ -148,21 +148,35 @@ def seal_command(
 @click.option("--key", "key_file", required=True, metavar="VERIFIER_KEY", help="Verifier's encryption.key.")
 @click.option("--out", "out_dir", required=True, type=click.Path(), help="Directory to create with the proof.")
 @click.option("--from", "from_pub", default=None, metavar="SIGNER_PUB", help="Require this prover's signing.pub.")
+@click.option(
+    "--ledger",
+    "ledger_db",
+    default=None,
+    metavar="DB",
+    help="Require FILE to be the signer's latest, unrevoked publication on this ledger (rejects replays).",
+)
 @_passphrase_option
 @_handle_errors
-def open_command(sealed_file: str, key_file: str, out_dir: str, from_pub: str | None, passphrase_env: str | None) -> None:
+def open_command(
+    sealed_file: str, key_file: str, out_dir: str, from_pub: str | None, ledger_db: str | None, passphrase_env: str | None
+) -> None:
     """Verify and decrypt a sealed proof FILE into a new directory."""
-    from .seal import open_sealed
+    from .replay import open_checked
 
     if not Path(sealed_file).is_file():
         _die(f"sealed file not found: {sealed_file}", 2)
     expected = load_verify_key(from_pub) if from_pub else None
     key = load_encryption_key(key_file, _passphrase(passphrase_env))
-    opened = open_sealed(sealed_file, key, out_dir, expected_signer=expected)
+    opened = open_checked(sealed_file, key, out_dir, expected, ledger=ledger_db)
     click.echo(f"opened {opened.entries} files ({opened.data_bytes} bytes) -> {opened.path}")
     click.echo(f"root digest {opened.root_digest}")
     click.echo(f"signed by   {opened.signer_key_id}" + ("" if expected else " (NOT pinned)"))
     click.echo(f"created     {opened.created}")
+    if opened.publication is not None:
+        click.echo(
+            f"ledger      latest publication, seq {opened.publication.seq} ({opened.publication.timestamp}), "
+            "not revoked"
+        )
     if expected is None:
         click.echo(
             f"warning: signer not pinned; the signature is from key {opened.signer_key_id}, "
@@ -236,6 +250,23 @@ def ledger_head(db: str) -> None:
     with Ledger(db, create=False) as led:
         seq, digest = led.export_head()
     click.echo(f"{seq}:{digest}")
+
+
+@ledger_group.command("revoke")
+@click.argument("db", type=click.Path())
+@click.option("--root-digest", "root_digest", required=True, metavar="D", help="Root digest of the proof to revoke.")
+@click.option("--sign-with", "sign_key", required=True, metavar="KEY", help="The publishing prover's signing.key.")
+@click.option("--reason", default=None, help="Free text recorded in the entry.")
+@_passphrase_option
+@_handle_errors
+def ledger_revoke(db: str, root_digest: str, sign_key: str, reason: str | None, passphrase_env: str | None) -> None:
+    """Append a signed "revoke" entry: sealed publications of this proof by this key are no
+    longer accepted by `pol open --ledger` (nor by verification of sealed files with a ledger)."""
+    from .replay import revoke
+
+    signer = load_signing_key(sign_key, _passphrase(passphrase_env))
+    entry = revoke(db, root_digest.strip().lower(), signer, reason)
+    click.echo(f"revoked {root_digest} on {db}: appended seq {entry.seq} ({entry.entry_hash})")
 
 
 COMMANDS: list[click.Command] = [keygen_command, seal_command, open_command, ledger_group]

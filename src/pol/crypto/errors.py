@@ -44,6 +44,8 @@ __all__ = [
     "TamperedCiphertext",
     "SealedContentError",
     "RootDigestMismatch",
+    "ReplayedSeal",
+    "RevokedSeal",
     # hpke
     "HPKEError",
     # ledger
@@ -194,6 +196,19 @@ class RootDigestMismatch(SealError, VerificationError):
 # --------------------------------------------------------------------- hpke
 class HPKEError(CryptoError):
     """HPKE encapsulation/decryption failed (wrong key, bad ``enc``, or modified ciphertext)."""
+
+
+class ReplayedSeal(SealError, VerificationError):
+    """The sealed file is not the latest publication of its proof on the ledger (an old or
+    unpublished sealed proof replayed)."""
+
+    exit_code = 1
+
+
+class RevokedSeal(SealError, VerificationError):
+    """The ledger records that the signer revoked this proof."""
+
+    exit_code = 1
 
 
 # ------------------------------------------------------------------- ledger

@@ -37,6 +37,8 @@ __all__ = [
     "KeyPaths",
     "generate_keys",
     "load_signing_key",
+    "load_signing_key_env",
+    "passphrase_from_env",
     "load_verify_key",
     "load_encryption_key",
     "load_encryption_pub",
@@ -181,7 +183,9 @@ def _load_private(path: PathLike, passphrase: bytes | None) -> object:
         # cryptography: encrypted key without password, or password for a plain key
         if passphrase:
             raise PassphraseError(f"{path}: key is not encrypted but a passphrase was given") from exc
-        raise PassphraseRequired(f"{path}: key is encrypted; a passphrase is required") from exc
+        raise PassphraseRequired(
+            f"{path}: key is encrypted; a passphrase is required (pass --passphrase-env VAR)"
+        ) from exc
     except ValueError as exc:
         if b"ENCRYPTED PRIVATE KEY" in data:
             raise WrongPassphrase(f"{path}: wrong passphrase (or corrupt encrypted key)") from exc
@@ -206,6 +210,27 @@ def load_signing_key(path: PathLike, passphrase: bytes | None = None) -> Ed25519
     if not isinstance(key, Ed25519PrivateKey):
         raise WrongKeyType(f"{path}: expected an Ed25519 signing key, got {_kind(key)}")
     return key
+
+
+def passphrase_from_env(env_var: str | None) -> bytes | None:
+    """The passphrase held by the environment variable ``env_var`` (``--passphrase-env VAR``).
+
+    ``None`` when no variable is named; an unset or empty variable raises
+    :class:`PassphraseRequired` (exit 2).  Passphrases never come from the command line.
+    """
+    if not env_var:
+        return None
+    value = os.environ.get(env_var)
+    if value is None:
+        raise PassphraseRequired(f"environment variable {env_var} (from --passphrase-env) is not set")
+    if value == "":
+        raise PassphraseRequired(f"environment variable {env_var} (from --passphrase-env) is empty")
+    return value.encode("utf-8")
+
+
+def load_signing_key_env(path: PathLike, passphrase_env: str | None = None) -> Ed25519PrivateKey:
+    """:func:`load_signing_key` with the passphrase read from the variable ``passphrase_env``."""
+    return load_signing_key(path, passphrase_from_env(passphrase_env))
 
 
 def load_verify_key(path: PathLike) -> Ed25519PublicKey:

@@ -210,8 +210,10 @@ def load_parent_state(path: str, limits=None) -> tuple[str, dict[str, torch.Tens
     return proof.manifest.root_digest, final_model(proof)
 
 
-def record_verdict(db: str, key_path: str, report, proof_path: str) -> Any:
-    """Append a "verdict" entry for a valid report (what makes a ledger a registry)."""
+def record_verdict(db: str, key_path: str, report, proof_path: str,
+                   passphrase_env: str | None = None) -> Any:
+    """Append a "verdict" entry for a valid report (what makes a ledger a registry).
+    `passphrase_env`: environment variable holding the key file's passphrase."""
     from pol.crypto import CryptoError, Ledger, load_signing_key
     from pol.proof.reader import open_proof
     if not report.valid:
@@ -225,7 +227,8 @@ def record_verdict(db: str, key_path: str, report, proof_path: str) -> Any:
                "final_model_sha256": model_digest(final_model(proof)),
                "policy": report.policy}
     try:
-        key = load_signing_key(key_path)
+        from pol.crypto.keys import passphrase_from_env
+        key = load_signing_key(key_path, passphrase_from_env(passphrase_env))
         with Ledger(db) as led:
             return led.append("verdict", payload, key)
     except CryptoError as e:

@@ -45,12 +45,15 @@ def _open_ledger(db: str, create: bool):
         raise ConfigError(f"--ledger {db}: {e}") from None
 
 
-def load_key(path: str):
-    from pol.crypto import CryptoError, load_signing_key
+def load_key(path: str, passphrase_env: str | None = None):
+    """The Ed25519 signing key at `path`, decrypted with the passphrase held by the environment
+    variable `passphrase_env` (`--passphrase-env VAR`; never from the command line)."""
+    from pol.crypto import CryptoError
+    from pol.crypto.keys import load_signing_key_env
     try:
-        return load_signing_key(path)
+        return load_signing_key_env(path, passphrase_env)
     except CryptoError as e:
-        raise ConfigError(f"--sign-with {path}: {e}") from None
+        raise ConfigError(f"--sign-with: {e}") from None
 
 
 def commit(db: str, key, spec) -> dict[str, Any]:
@@ -151,3 +154,86 @@ def find_commitment(db: str, root_digest: str, spec, sidecar: dict | None = None
             return True, (f"committed at seq {c.seq} ({c.timestamp}) by {c.signer_key_id}, "
                           f"before the proof entry seq {p.seq}{note}"), info
         return False, "; ".join(problems), {}
+
+
+# ------------------------------------------------------------- standalone commitment (pol commit)
+
+SIDECAR_FORMAT = "pol-commitment/1"
+_SIDECAR_KEYS = {"format", "ledger_seq", "entry_hash", "timestamp", "seed", "salt", "spec_digest",
+                 "seed_commitment", "data_root", "prover"}
+
+
+def write_commitment_file(path: str | Path, side: dict, overwrite: bool = False) -> Path:
+    """Write the salt/commitment sidecar to `path`, mode 0600 (it holds the secret salt),
+    atomically; an existing file is kept unless `overwrite`."""
+    import os
+    import tempfile
+    p = Path(path)
+    if p.exists() and not overwrite:
+        raise ConfigError(f"--out {p} exists (pass --force to overwrite)")
+    if p.is_dir():
+        raise ConfigError(f"--out {p} is a directory")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigError(f"--out {p}: directory {parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(side, indent=1, sort_keys=True))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return p
+
+
+def read_commitment_file(path: str | Path) -> dict:
+    """The sidecar written by `pol commit --out` (ConfigError, exit 2, if unusable)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--commitment {p}: no such file")
+    try:
+        d = json.loads(p.read_text())
+    except (OSError, ValueError, UnicodeError) as e:
+        raise ConfigError(f"--commitment {p}: not a commitment file ({e})") from None
+    if not isinstance(d, dict) or d.get("format") != SIDECAR_FORMAT or not _SIDECAR_KEYS <= set(d):
+        raise ConfigError(f"--commitment {p}: not a pol commitment file (format {SIDECAR_FORMAT})")
+    if not isinstance(d["ledger_seq"], int) or not isinstance(d["salt"], str):
+        raise ConfigError(f"--commitment {p}: malformed (ledger_seq/salt)")
+    return d
+
+
+def check_commitment(db: str, key, spec, side: dict, where: str = "--commitment") -> dict:
+    """Check that the existing commitment `side` (from `pol commit`) is usable for training
+    `spec` with `key` and publishing on ledger `db`; returns `side`. Every failure is a
+    ConfigError (exit 2) with the reason."""
+    from pol.crypto import key_id
+    want = spec_digest(spec)
+    if side["spec_digest"] != want:
+        raise ConfigError(f"{where}: spec digest mismatch: committed {side['spec_digest'][:16]}…, "
+                          f"this training's spec is {want[:16]}… (different task/options than "
+                          "`pol commit` was given)")
+    if side["data_root"] != spec.data.root:
+        raise ConfigError(f"{where}: the committed data root differs from this dataset's")
+    if seed_commitment(spec.seed, side["salt"]) != side["seed_commitment"]:
+        raise ConfigError(f"{where}: the salt does not open the seed commitment to seed {spec.seed}")
+    kid = key_id(key.public_key())
+    if side["prover"] != kid:
+        raise ConfigError(f"{where}: committed by key {side['prover']}, but --sign-with is key {kid}")
+    with _open_ledger(db, False) as led:
+        e = led.get(side["ledger_seq"])
+        if e is None or e.kind != "commitment" or e.entry_hash != side["entry_hash"]:
+            raise ConfigError(f"{where}: ledger {db} has no such commitment entry at seq "
+                              f"{side['ledger_seq']} (another ledger?)")
+        payload = {k: side[k] for k in ("spec_digest", "seed_commitment", "data_root", "prover")}
+        if e.payload != payload or e.signer_key_id != kid:
+            raise ConfigError(f"{where}: the ledger's commitment seq {e.seq} differs from the file")
+        for p in led.entries("proof"):
+            if p.payload.get("commitment_seq") == e.seq:
+                raise ConfigError(f"{where}: commitment seq {e.seq} was already used by the proof "
+                                  f"published at seq {p.seq}; commit again for a new run")
+    return side

@@ -98,7 +98,8 @@ class Recorder:
                     seed=seed, device=device,
                     deterministic=torch.are_deterministic_algorithms_enabled(),
                     torch_version=torch.__version__,
-                    cpu_capability=current_cpu_capability())
+                    cpu_capability=current_cpu_capability(),
+                    cpu_threads=torch.get_num_threads())
             except ValueError as e:
                 raise ConfigError(str(e)) from None
         elif spec.data.root != merkle_root(self.leaves).hex() or spec.data.size != n:

@@ -80,13 +80,18 @@ def train_task(task: str, out: str | os.PathLike, *, epochs: int | None = None,
                deterministic: bool = False, data_dir: str | None = None,
                dataset_params: dict | None = None, overwrite: bool = False,
                progress: bool = False, init_from: str | os.PathLike | None = None,
-               ledger: str | os.PathLike | None = None, signing_key=None) -> TrainResult:
+               ledger: str | os.PathLike | None = None, signing_key=None,
+               commitment: str | os.PathLike | dict | None = None,
+               passphrase_env: str | None = None) -> TrainResult:
     """Train a built-in task (see `pol.tasks.TASKS`) and write its proof to `out`.
 
     `init_from`: warm start from a parent proof (W_0 = its final model weights, fresh optimizer
     state; the manifest's init names the parent's root digest: chain of trust, paper §V-D3).
     `ledger` + `signing_key` (an Ed25519 private key or a key file path): append a signed
-    commitment before training and a proof entry after it (pol.protocol.commit)."""
+    commitment before training and a proof entry after it (pol.protocol.commit).
+    `commitment`: an existing commitment (the file `pol commit --out` wrote, or its content) to
+    use instead of making a new one; the spec built here must be the committed one.
+    `passphrase_env`: environment variable holding the key file's passphrase."""
     from pol.registry import resolve_device
     from pol.tasks import build_spec
     dev = resolve_device(device)
@@ -110,12 +115,20 @@ def train_task(task: str, out: str | os.PathLike, *, epochs: int | None = None,
     if (ledger is None) != (signing_key is None):
         from pol.errors import ConfigError
         raise ConfigError("--ledger and --sign-with go together")
+    if commitment is not None and ledger is None:
+        from pol.errors import ConfigError
+        raise ConfigError("--commitment needs --ledger and --sign-with (to publish the proof)")
     side = None
     if ledger is not None:
         from pol.protocol import commit as _commit
         if isinstance(signing_key, (str, os.PathLike)):
-            signing_key = _commit.load_key(str(signing_key))
-        side = _commit.commit(str(ledger), signing_key, spec)
+            signing_key = _commit.load_key(str(signing_key), passphrase_env)
+        if commitment is not None:
+            existing = (dict(commitment) if isinstance(commitment, dict)
+                        else _commit.read_commitment_file(commitment))
+            side = _commit.check_commitment(str(ledger), signing_key, spec, existing)
+        else:
+            side = _commit.commit(str(ledger), signing_key, spec)
     r = train_spec(spec, train, test, out, device=dev, overwrite=overwrite, progress=progress,
                    init=init, initial_state=initial_state)
     if side is not None:

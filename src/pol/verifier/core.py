@@ -54,6 +54,7 @@ class VerifyOptions:
     device: str = "cpu"
     trusted_modules: tuple[str, ...] = ()
     progress: bool = False
+    workers: int = 1  # replay segments in this many processes (pol.verifier.parallel)
     limits: fmt.Limits = field(default_factory=fmt.Limits)
     rho: float = 1.0
     fp16_floor_factor: float = 8.0
@@ -141,8 +142,30 @@ def _segments_to_replay(proof: Proof, d1s: list[float], q: int, all_segments: bo
 
 def verify(path: str | os.PathLike, options: VerifyOptions | None = None, **kw: Any) -> Report:
     """Run Algorithm 2 on the proof at `path`. Raises ProofFormatError (or a subclass) for unusable
-    input; returns a Report (valid or invalid) otherwise."""
+    input; returns a Report (valid or invalid) otherwise.
+
+    A CPU replay is bitwise equal to the prover's only with the same number of intra-op threads
+    (reductions are split per thread), so replay runs with the prover's recorded thread count."""
     o = options or VerifyOptions(**kw)
+    threads = 0
+    try:
+        from pol.proof.reader import read_manifest
+        spec = read_manifest(path, o.limits).spec
+        if spec.device == "cpu" and o.device in ("cpu", None):
+            threads = spec.cpu_threads
+    except Exception:  # noqa: BLE001 - _verify reports it properly
+        pass
+    saved = torch.get_num_threads()
+    if threads and threads != saved:
+        torch.set_num_threads(threads)
+    try:
+        return _verify(path, o)
+    finally:
+        if threads and threads != saved:
+            torch.set_num_threads(saved)
+
+
+def _verify(path: str | os.PathLike, o: VerifyOptions) -> Report:
     for m in (*o.metrics, o.d1):
         if m not in METRICS:
             raise ConfigError(f"unknown metric {m!r}; known: {', '.join(METRICS)}")
@@ -323,7 +346,8 @@ def verify(path: str | os.PathLike, options: VerifyOptions | None = None, **kw: 
                     and (device.type == "cpu" or spec.deterministic)
                     and spec.torch_version == torch.__version__
                     and (device.type != "cpu"
-                         or spec.cpu_capability == current_cpu_capability() != ""))
+                         or (spec.cpu_capability == current_cpu_capability() != ""
+                             and spec.cpu_threads == torch.get_num_threads())))
     if hardened and expect_exact and o.delta == "auto":
         deltas = {mm: 0.0 for mm in o.metrics}
         report.delta_rule = ("exact mode: the proof was made on this device type with this torch "
@@ -384,34 +408,31 @@ def verify(path: str | os.PathLike, options: VerifyOptions | None = None, **kw: 
     rel_bad: list[tuple[int, int, float]] = []
     bar = tqdm(total=sum(lengths[i] for i, _ in chosen), desc="replaying", unit="step",
                disable=not o.progress, leave=False)
-    for i, why in chosen:
+    from pol.verifier.parallel import replay_segment
+    if o.workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    # lazy reveal (revealed samples only) always replays in this process
+    workers = 1 if o.reveal else min(o.workers, len(chosen))
+    outcomes = None
+    if workers > 1:  # independent segments in worker processes; same outcomes, same order
+        from pol.proof.hashing import content_digest
+        from pol.verifier.parallel import ReplayJob, replay_parallel, torch_settings
+        job = ReplayJob(proof=str(path), root_digest=m.root_digest, limits=o.limits, data=o.data,
+                        data_digest=content_digest(data.x, data.y), leaves=leaves,
+                        device=o.device, trusted_modules=tuple(o.trusted_modules),
+                        metrics=tuple(o.metrics), hardened=hardened,
+                        torch_settings=torch_settings())
+        outcomes = replay_parallel(job, [(ck[i], ck[i + 1]) for i, _ in chosen], workers,
+                                   lambda out: bar.update(out.end - out.start))
+    for j, (i, why) in enumerate(chosen):
         a, b = ck[i], ck[i + 1]
-        start = load(a)
-        load_state(ctx.model, ctx.optimizer, spec.optimizer.name, start)
-        for t in range(a, b):
-            idx = proof.batch(t)
-            if merkle_root(leaves[idx]) != proof.batch_hashes[t].tobytes():
-                data_ok = False
-            try:
-                loss = update(ctx, torch.from_numpy(data.x[idx]),
-                              torch.from_numpy(data.y[idx]), proof.lrs[t].tolist(), t)
-            except (RuntimeError, ValueError, IndexError, TypeError) as e:
-                raise ProofFormatError(f"the proof's spec does not run on its data (step {t}): "
-                                       f"{str(e).splitlines()[0][:200]}") from None
-            if hardened and np.isfinite(proof.losses[t]):  # NaN: the loop recorded no loss
-                rec_loss, my_loss = float(proof.losses[t]), float(loss)
-                if not (abs(rec_loss - my_loss) <= 5e-2 * max(abs(my_loss), 1e-6)):
-                    loss_bad.append(t)
-            bar.update(1)
+        out = outcomes[j] if outcomes is not None else replay_segment(
+            ctx, proof, data, leaves, names, a, b, o.metrics, hardened, load,
+            lambda: bar.update(1))
+        data_ok = data_ok and out.data_ok
+        loss_bad.extend(out.loss_bad)
         replayed += b - a
-        end = load(b)
-        mine = state_tensors(ctx.model, ctx.optimizer)
-        mine_vec = flat_params({n: mine[n].to(fmt.storage_dtype(n, mine[n], spec.precision))
-                                for n in names}, names)
-        err = all_distances(mine_vec, flat_params(end, names), o.metrics)
-        exact = all(k in mine and torch.equal(
-            mine[k].detach().to("cpu", fmt.storage_dtype(k, mine[k], spec.precision)),
-            end[k]) for k in end) and len(end) == len(mine)
+        err, exact = out.error, out.exact
         passed = all(err[mm] <= deltas[mm] for mm in o.metrics)
         if hardened and not exact and "l2" in err:
             rel = err["l2"] / max(updates[i]["l2"], 1e-300)
