@@ -223,7 +223,12 @@ def parse_manifest(raw_bytes: bytes, limits: Limits) -> Manifest:
 
 
 def storage_dtype(name: str, tensor: torch.Tensor, precision: str) -> torch.dtype:
-    """fp16 storage rounds float weights and moments, never integer counters or Adam's step."""
+    """fp16 storage rounds float weights and moments, never integer counters or Adam's step.
+    Adam's moments go to bfloat16 instead: the second moment (~grad², often < 1e-8) underflows in
+    fp16, and a zeroed moment changes the replayed update completely (measured: an Adam proof
+    stored in fp16 failed its own verification; in bf16 it passes)."""
     if precision == "fp16" and tensor.is_floating_point() and not name.endswith(".step"):
+        if name.endswith((".exp_avg", ".exp_avg_sq")):
+            return torch.bfloat16
         return torch.float16
     return tensor.dtype

@@ -263,7 +263,8 @@ def _verify(path: str | os.PathLike, o: VerifyOptions) -> Report:
     dtypes = {k: fmt.storage_dtype(k, v, spec.precision) for k, v in ref_state.items()}
     for i in range(sum(len(g["params"]) for g in ctx.optimizer.param_groups)):
         for key in ("momentum_buffer", "exp_avg", "exp_avg_sq"):
-            dtypes[f"optim.{i}.{key}"] = torch.float16 if spec.precision == "fp16" else torch.float32
+            name = f"optim.{i}.{key}"
+            dtypes[name] = fmt.storage_dtype(name, torch.empty(0), spec.precision)
         dtypes[f"optim.{i}.step"] = torch.float32
 
     def load(t: int) -> dict[str, torch.Tensor]:
