@@ -72,8 +72,8 @@ class ArrayDataset:
             raise ValueError("x must have a leading sample axis")
         if self.x.dtype.kind not in "biuf":
             raise ValueError(f"x must be a numeric array, got dtype {self.x.dtype}")
-        if self.y.ndim != 1:
-            raise ValueError(f"y must be 1-D, got shape {self.y.shape}")
+        if self.y.ndim < 1:  # 1-D labels, or per-sample target rows (next tokens of an LM)
+            raise ValueError(f"y must have a leading sample axis, got shape {self.y.shape}")
         if self.y.dtype != np.int64:
             raise ValueError(f"y must be int64, got {self.y.dtype}")
         if len(self.x) != len(self.y):
@@ -397,6 +397,32 @@ def _load_npz(params: dict[str, Any], data_dir: str | None) -> tuple[ArrayDatase
 
 Loader = Callable[[dict[str, Any], "str | None"], tuple[ArrayDataset, ArrayDataset]]
 
+def _load_synthetic_tokens(params: dict[str, Any],
+                           data_dir: str | None) -> tuple[ArrayDataset, ArrayDataset]:
+    """Token sequences from a seeded sparse Markov chain (each token has 4 likely successors):
+    learnable next-token prediction for language-model benchmarks. x: int64 [N, block],
+    y: the next tokens, int64 [N, block]."""
+    _check_params("synthetic-tokens", params,
+                  {"seed", "n_train", "n_test", "block_size", "vocab_size"})
+    seed = _int_param(params, "seed", 0, 0, 2**63 - 1)
+    n_train = _int_param(params, "n_train", 2048, 1, 1_000_000)
+    n_test = _int_param(params, "n_test", 256, 0, 1_000_000)
+    block = _int_param(params, "block_size", 128, 2, 65536)
+    vocab = _int_param(params, "vocab_size", 256, 2, 1_000_000)
+    rng = np.random.default_rng(seed)
+    succ = rng.integers(0, vocab, size=(vocab, 4))
+    n = n_train + n_test
+    seq = np.empty((n, block + 1), dtype=np.int64)
+    seq[:, 0] = rng.integers(0, vocab, size=n)
+    for t in range(block):
+        pick = rng.integers(0, 4, size=n)
+        noise = rng.random(n) < 0.1
+        nxt = succ[seq[:, t], pick]
+        seq[:, t + 1] = np.where(noise, rng.integers(0, vocab, size=n), nxt)
+    x, y = np.ascontiguousarray(seq[:, :-1]), np.ascontiguousarray(seq[:, 1:])
+    return ArrayDataset(x[:n_train], y[:n_train]), ArrayDataset(x[n_train:], y[n_train:])
+
+
 DATASETS: dict[str, Loader] = {
     "digits": _load_digits,
     "iris": _standardized(_sk("load_iris"), "iris"),
@@ -406,6 +432,7 @@ DATASETS: dict[str, Loader] = {
     "cifar10": _cifar_loader("cifar10"),
     "cifar100": _cifar_loader("cifar100"),
     "npz": _load_npz,
+    "synthetic-tokens": lambda params, data_dir: _load_synthetic_tokens(params, data_dir),
 }
 
 # The PREPARE entry that fits each dataset's raw arrays.
@@ -418,6 +445,7 @@ DEFAULT_PREPARE: dict[str, str] = {
     "cifar10": "image-hwc-uint8",
     "cifar100": "image-hwc-uint8",
     "npz": "float",
+    "synthetic-tokens": "tokens",
 }
 
 
@@ -473,6 +501,7 @@ PREPARE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "float": _prepare_float,
     "digits": _prepare_digits,
     "image-hwc-uint8": _prepare_image_hwc_uint8,
+    "tokens": lambda x: x.long(),
 }
 
 

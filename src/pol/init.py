@@ -18,7 +18,8 @@ from torch import nn
 __all__ = ["INIT_STRATEGIES", "InitDist", "apply_init", "expected_distributions"]
 
 INIT_STRATEGIES = ("torch-default", "kaiming-uniform", "kaiming-normal", "xavier-uniform",
-                   "xavier-normal")
+                   "xavier-normal", "gpt2-normal")
+GPT2_STD = 0.02  # GPT-2 / nanoGPT: every Linear and Embedding weight ~ N(0, 0.02), biases 0
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm)
@@ -95,6 +96,8 @@ def _weight_dist(weight: torch.Tensor, strategy: str) -> InitDist:
     # Bounds are computed with the very expressions torch.nn.init uses, so on CPU the draws are
     # bitwise identical to torch's own initializers fed the same generator.
     fan_in, fan_out = _fans(weight)
+    if strategy == "gpt2-normal":
+        return _normal(GPT2_STD)
     if strategy in ("torch-default", "kaiming-uniform"):
         # torch-default is kaiming_uniform_(a=sqrt(5)): gain sqrt(1/3), bound 1/sqrt(fan_in)
         gain = math.sqrt(2.0 / (1 + 5)) if strategy == "torch-default" else _RELU_GAIN
@@ -123,6 +126,8 @@ def _module_rules(module: nn.Module, strategy: str) -> dict[str, InitDist] | Non
         return {"weight": w_dist, "bias": b_dist}
     if isinstance(module, _NORM):
         return {"weight": InitDist("const", 1.0), "bias": InitDist("const", 0.0)}
+    if isinstance(module, nn.Embedding):  # torch's default is N(0, 1)
+        return {"weight": _normal(GPT2_STD if strategy == "gpt2-normal" else 1.0)}
     return None
 
 

@@ -227,12 +227,65 @@ def resnet50(num_classes: int = 100, in_channels: int = 3) -> nn.Module:
 # Registry
 # --------------------------------------------------------------------------------------------------
 
+class _Block(nn.Module):
+    def __init__(self, n_embd: int, n_head: int, dropout: float) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(n_embd)
+        self.qkv = nn.Linear(n_embd, 3 * n_embd)
+        self.proj = nn.Linear(n_embd, n_embd)
+        self.ln2 = nn.LayerNorm(n_embd)
+        self.fc = nn.Linear(n_embd, 4 * n_embd)
+        self.fc_proj = nn.Linear(4 * n_embd, n_embd)
+        self.drop = nn.Dropout(dropout)
+        self.n_head = n_head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))
+        return x + self.drop(self.fc_proj(nn.functional.gelu(self.fc(self.ln2(x)))))
+
+
+class GPT(nn.Module):
+    """A nanoGPT-style decoder-only transformer (no weight tying, so every parameter has one
+    name)."""
+
+    def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int,
+                 dropout: float) -> None:
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError("n_embd must be a multiple of n_head")
+        self.wte = nn.Embedding(vocab_size, n_embd)
+        self.wpe = nn.Embedding(block_size, n_embd)
+        self.blocks = nn.ModuleList(_Block(n_embd, n_head, dropout) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(n_embd)
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(idx.shape[1], device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))
+        for b in self.blocks:
+            x = b(x)
+        return self.lm_head(self.ln_f(x))
+
+
+def gpt(vocab_size: int = 256, block_size: int = 128, n_layer: int = 4, n_head: int = 4,
+        n_embd: int = 128, dropout: float = 0.0) -> nn.Module:
+    return GPT(_pos_int(vocab_size, "vocab_size"), _pos_int(block_size, "block_size"),
+               _pos_int(n_layer, "n_layer"), _pos_int(n_head, "n_head"),
+               _pos_int(n_embd, "n_embd"), _dropout(dropout))
+
+
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
     "lenet": lenet,
     "logreg": logreg,
     "resnet20": resnet20,
     "resnet50": resnet50,
+    "gpt": gpt,
 }
 
 

@@ -16,7 +16,7 @@ from pol.errors import ProofFormatError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "multistep", "cosine", "recorded")  # recorded: no declared schedule
-LOSSES = ("cross_entropy", "mse")
+LOSSES = ("cross_entropy", "mse", "lm_cross_entropy")
 PRECISIONS = ("fp32", "fp16")
 
 # JSON scalars that may appear in factory keyword arguments (nested lists/dicts of these too).

@@ -71,6 +71,9 @@ def make_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
         return nn.functional.cross_entropy
     if name == "mse":
         return nn.functional.mse_loss
+    if name == "lm_cross_entropy":  # next-token loss: logits [B, T, V], targets [B, T]
+        return lambda logits, y: nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
     raise ValueError(f"unknown loss {name!r}")
 
 

@@ -78,6 +78,15 @@ register_task(Task("cifar100-resnet50",
                    augment="crop-flip", schedule="multistep", needs_data_dir=True))
 
 
+register_task(Task("synthetic-gpt",
+                   "nanoGPT-style transformer (AdamW) on seeded Markov-chain token sequences",
+                   "gpt", {"vocab_size": 256, "block_size": 128, "n_layer": 4, "n_head": 4,
+                           "n_embd": 128}, "gpt2-normal", "synthetic-tokens", "tokens",
+                   OptimizerSpec(name="adamw", lr=1e-3, weight_decay=0.1), batch_size=32,
+                   epochs=1, k=100, dataset_params={"seed": 0, "n_train": 2048, "n_test": 256},
+                   schedule="cosine", loss="lm_cross_entropy"))
+
+
 def get_task(name: str) -> Task:
     try:
         return TASKS[name]

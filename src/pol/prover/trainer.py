@@ -35,10 +35,10 @@ def accuracy(ctx: StepContext, data: ArrayDataset, batch_size: int = 512) -> flo
     correct = 0
     for i in range(0, len(data), batch_size):
         x = ctx.prepare(torch.from_numpy(data.x[i:i + batch_size]).to(ctx.device))
-        pred = ctx.model(x).argmax(1).cpu().numpy()
+        pred = ctx.model(x).argmax(-1).cpu().numpy()  # classes, or next tokens for an LM
         correct += int((pred == data.y[i:i + batch_size]).sum())
     ctx.model.train()
-    return correct / len(data)
+    return correct / data.y.size
 
 
 def train_spec(spec: TrainingSpec, train: ArrayDataset, test: ArrayDataset | None,
