@@ -33,8 +33,10 @@ def test_array_dataset_validation():
         ArrayDataset(np.zeros((3, 2)), np.array([0, 1], np.int64))
     with pytest.raises(ValueError):
         ArrayDataset(np.zeros((3, 2)), np.array([0, 1, 2], np.int32))
-    with pytest.raises(ValueError):
-        ArrayDataset(np.zeros((3, 2)), np.zeros((3, 1), np.int64))
+    with pytest.raises(ValueError):  # labels need a sample axis
+        ArrayDataset(np.zeros((3, 2)), np.array(1, np.int64))
+    # per-sample target rows (a language model's next tokens) are allowed
+    assert len(ArrayDataset(np.zeros((3, 2)), np.zeros((3, 4), np.int64))) == 3
     with pytest.raises(ValueError):
         ArrayDataset(np.array([None, None], dtype=object), np.array([0, 1], np.int64))
     fortran = ArrayDataset(np.asfortranarray(np.ones((4, 3))), np.zeros(4, np.int64))

@@ -119,6 +119,7 @@ def test_rules_per_strategy(strategy):
         "kaiming-normal": InitDist("normal", 0.0, math.sqrt(2 / 144)),
         "xavier-uniform": InitDist("uniform", -math.sqrt(6 / 171), math.sqrt(6 / 171)),
         "xavier-normal": InitDist("normal", 0.0, math.sqrt(2 / 171)),
+        "gpt2-normal": InitDist("normal", 0.0, 0.02),
     }[strategy]
     assert conv.kind == expected.kind
     assert conv.a == pytest.approx(expected.a) and conv.b == pytest.approx(expected.b)
@@ -154,11 +155,11 @@ def test_unknown_strategy():
 
 
 def test_uncovered_module_rejected_before_any_change():
-    model = nn.Sequential(nn.Linear(4, 4), nn.Embedding(10, 4))
+    model = nn.Sequential(nn.Linear(4, 4), nn.GRU(4, 4))
     before = _state(model)
-    with pytest.raises(ValueError, match="Embedding"):
+    with pytest.raises(ValueError, match="GRU"):
         apply_init(model, "torch-default", _gen(0))
-    with pytest.raises(ValueError, match="Embedding"):
+    with pytest.raises(ValueError, match="GRU"):
         expected_distributions(model, "torch-default")
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])  # nothing half-initialized
@@ -202,3 +203,9 @@ def test_dtype_preserved_and_deterministic_float64():
 def test_requires_generator():
     with pytest.raises(TypeError):
         apply_init(build_model("lenet"), "torch-default", 0)  # type: ignore[arg-type]
+
+
+def test_embedding_rules():
+    model = nn.Sequential(nn.Embedding(10, 4))
+    assert expected_distributions(model, "torch-default")["0.weight"] == InitDist("normal", 0.0, 1.0)
+    assert expected_distributions(model, "gpt2-normal")["0.weight"] == InitDist("normal", 0.0, 0.02)

@@ -99,3 +99,13 @@ def test_no_custom_init_in_constructors():
     b = build_model("lenet")
     for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters()):
         assert na == nb and torch.equal(pa, pb)
+
+
+def test_gpt_task_trains_and_verifies_exactly(tmp_path):
+    from pol.prover.trainer import train_task
+    from pol.verifier import verify
+    r = train_task("synthetic-gpt", tmp_path / "p", k=8, batch_size=16,
+                   dataset_params={"n_train": 64, "n_test": 16, "block_size": 16})
+    assert r.total_steps == 4
+    rep = verify(tmp_path / "p", all_segments=True)
+    assert rep.valid and all(s.exact for s in rep.segments), rep.render()

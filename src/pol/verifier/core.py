@@ -30,7 +30,7 @@ from pol.proof import format as fmt
 from pol.proof.hashing import merkle_root, sample_leaves
 from pol.proof.reader import Proof, open_proof
 from pol.spec import current_cpu_capability
-from pol.step import expected_state_shapes, load_state, state_tensors, update
+from pol.step import expected_state_shapes, state_tensors
 from pol.verifier.distances import METRICS, all_distances, flat_params, fp16_rounding_floor
 from pol.verifier.report import Report, SegmentResult
 
