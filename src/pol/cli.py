@@ -221,6 +221,11 @@ def _parse_deltas(values: tuple[str, ...], metrics: list[str]):
     return out
 
 
+def _is_sealed(path: str) -> bool:
+    from pol.crypto.seal import is_sealed  # needs `cryptography`; only for files
+    return is_sealed(path)
+
+
 @main.command()
 @click.argument("proof", type=click.Path())
 @click.option("--data", help="Dataset: a directory (CIFAR) or an .npz with x, y (user data).")
@@ -277,8 +282,7 @@ def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trus
            passphrase_env=None, workers=1):
     """Verify a proof (Algorithm 2): a proof directory, or a sealed proof file (with --key).
     Exit 0 valid, 1 invalid, 2 unusable input."""
-    from pol.crypto.seal import is_sealed
-    if os.path.isfile(proof) and is_sealed(proof):  # other files: the reader's own message
+    if os.path.isfile(proof) and _is_sealed(proof):  # other files: the reader's own message
         from pol.errors import ConfigError
         if not open_key:
             raise ConfigError(f"{proof} is a sealed proof: pass --key VERIFIER_KEY to open it")

@@ -206,6 +206,11 @@ class ProofWriter:
 
     # ----- trainer side -----
 
+    def _side_stream(self) -> "torch.cuda.Stream":
+        if getattr(self, "_stream", None) is None:
+            self._stream = torch.cuda.Stream()
+        return self._stream
+
     def _raise_if_failed(self) -> None:
         if self._error is not None:
             err = self._error
@@ -229,24 +234,43 @@ class ProofWriter:
         layout = self._layout
         on_gpu = any(dev.type == "cuda" for _, dev, _, _ in layout.groups)
         bufs = self._pool.get(layout, pin=on_gpu)
+        # On a GPU: one device-side copy of the state (torch.cat, on the training stream, so it
+        # sees the weights of step t), then the device→host copy on a side stream, so that the
+        # training stream (and the next batch's host→device copy) never waits for it.
+        side = self._side_stream() if on_gpu else None
+        gpu_tmps: list[torch.Tensor] = []
         with torch.no_grad():
             for buf, (st, dev, views, _) in zip(bufs, layout.groups):
                 if dev.type == "cpu" and all(v.dtype == st for v in views):
                     torch.cat(views, out=buf)
+                elif dev.type == "cuda":
+                    gpu_tmps.append(torch.cat(views).to(st))
                 else:
-                    buf.copy_(torch.cat(views).to(st), non_blocking=dev.type == "cuda")
+                    buf.copy_(torch.cat(views).to(st))
         recs: dict[str, np.ndarray | torch.Tensor] = dict(records or {})
         losses = recs.get("losses")
+        host_losses = None
         if isinstance(losses, torch.Tensor):
-            # into a pooled pinned buffer: no device stall, and no pinned allocation (which
-            # synchronizes the device) per checkpoint
-            host = self._pool.get_flat(losses.numel(), torch.float32, pin=on_gpu)
-            host.copy_(losses.detach().reshape(-1), non_blocking=on_gpu)
-            recs["losses"] = host
+            # into a pooled pinned buffer: no pinned allocation (which synchronizes the device)
+            host_losses = self._pool.get_flat(losses.numel(), torch.float32, pin=on_gpu)
+            if losses.device.type == "cuda":
+                gpu_tmps.append(losses.detach().reshape(-1).float())
+            else:
+                host_losses.copy_(losses.detach().reshape(-1))
+            recs["losses"] = host_losses
         event = None
         if on_gpu:
-            event = torch.cuda.Event()
-            event.record()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                dsts = [b for b, g in zip(bufs, layout.groups) if g[1].type == "cuda"]
+                if host_losses is not None and isinstance(losses, torch.Tensor) \
+                        and losses.device.type == "cuda":
+                    dsts.append(host_losses)
+                for dst, src in zip(dsts, gpu_tmps):
+                    dst.copy_(src, non_blocking=True)
+                    src.record_stream(side)  # keep the temporary alive until copied
+                event = torch.cuda.Event()
+                event.record(side)
         self._last_t = t
         while True:  # block on a full queue, but notice a dead writer
             try:

@@ -133,6 +133,24 @@ class Recorder:
                                       durable=durable, run_info=run_info)
             self.path = self.writer.dir
             self.writer.put_checkpoint(0, state_tensors(model, optimizer))
+            self._prewarm_pinned()
+
+    def _prewarm_pinned(self) -> None:
+        """On a GPU, the first snapshot that includes the optimizer's state needs a pinned host
+        buffer as large as weights + moments (1 GB for a 100M-parameter AdamW model), and pinning
+        that much memory stalls training. Allocate it once now, before the first step, and free it:
+        torch's caching host allocator hands the same block to the snapshot later."""
+        params = [p for p in self.model.parameters()]
+        if not params or params[0].device.type != "cuda" or self.spec.precision != "fp32":
+            return
+        moments = {"sgd": 1 if self.spec.optimizer.momentum > 0 else 0, "adam": 2,
+                   "adamw": 2}[self.spec.optimizer.name]
+        n = sum(v.numel() for v in self.model.state_dict().values() if v.is_floating_point())
+        n += moments * sum(p.numel() for p in params)
+        try:
+            torch.empty(n, dtype=torch.float32, pin_memory=True)
+        except RuntimeError:  # out of pinned memory: the snapshot will try again, lazily
+            pass
 
     def _resume(self, out, run_info: dict, durable: bool) -> None:
         """Continue an interrupted proof from its last complete checkpoint: the model and

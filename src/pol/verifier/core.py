@@ -148,21 +148,29 @@ def verify(path: str | os.PathLike, options: VerifyOptions | None = None, **kw: 
     (reductions are split per thread), so replay runs with the prover's recorded thread count."""
     o = options or VerifyOptions(**kw)
     threads = 0
+    deterministic = False
     try:
         from pol.proof.reader import read_manifest
         spec = read_manifest(path, o.limits).spec
         if spec.device == "cpu" and o.device in ("cpu", None):
             threads = spec.cpu_threads
+        deterministic = spec.deterministic
     except Exception:  # noqa: BLE001 - _verify reports it properly
         pass
     saved = torch.get_num_threads()
+    saved_det = torch.are_deterministic_algorithms_enabled()
     if threads and threads != saved:
         torch.set_num_threads(threads)
+    if deterministic and not saved_det:  # replay as the prover trained: exact on a GPU too
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
     try:
         return _verify(path, o)
     finally:
         if threads and threads != saved:
             torch.set_num_threads(saved)
+        if deterministic and not saved_det:
+            torch.use_deterministic_algorithms(False)
 
 
 def _verify(path: str | os.PathLike, o: VerifyOptions) -> Report:
