@@ -74,6 +74,19 @@ def canonical_json(obj: Any) -> bytes:
                       allow_nan=False).encode()
 
 
+def no_duplicate_keys(name: str):
+    """`json.loads` hook that refuses duplicate keys (json keeps the last one silently, so two
+    readers of the same file could disagree on its content)."""
+    def hook(pairs: list) -> dict:
+        d: dict = {}
+        for k, v in pairs:
+            if k in d:
+                raise ProofFormatError(f"{name}: duplicate key {k!r}")
+            d[k] = v
+        return d
+    return hook
+
+
 def root_digest(manifest: dict) -> str:
     body = {k: v for k, v in manifest.items() if k != "root_digest"}
     return hashlib.sha256(b"pol.manifest.v1\x00" + canonical_json(body)).hexdigest()
@@ -122,17 +135,9 @@ def parse_manifest(raw_bytes: bytes, limits: Limits) -> Manifest:
     def no_consts(c: str) -> Any:
         raise ProofFormatError(f"manifest.json contains {c}, which JSON does not allow")
 
-    def no_dupes(pairs: list) -> dict:
-        d = {}
-        for k, v in pairs:
-            if k in d:
-                raise ProofFormatError(f"manifest.json has a duplicate key {k!r}")
-            d[k] = v
-        return d
-
     try:
         raw = json.loads(raw_bytes.decode("utf-8"), parse_constant=no_consts,
-                         object_pairs_hook=no_dupes)
+                         object_pairs_hook=no_duplicate_keys(MANIFEST))
     except (ValueError, RecursionError) as e:  # JSONDecodeError, huge int literals, bad UTF-8
         raise ProofFormatError(f"manifest.json is not valid JSON: {e}") from None
     if not isinstance(raw, dict):

@@ -112,7 +112,7 @@ def parse_safetensors(data: bytes, name: str, limits: fmt.Limits) -> dict[str, t
         raise ProofFormatError(f"{name}: safetensors header length {hlen} is invalid")
     try:
         header = json.loads(data[8:8 + hlen].decode("utf-8"),
-                            object_pairs_hook=_no_dupes(name))
+                            object_pairs_hook=fmt.no_duplicate_keys(name))
     except (ValueError, RecursionError):  # JSONDecodeError, huge int literals, bad UTF-8
         raise ProofFormatError(f"{name}: malformed safetensors header") from None
     if not isinstance(header, dict):
@@ -144,17 +144,6 @@ def parse_safetensors(data: bytes, name: str, limits: fmt.Limits) -> dict[str, t
         return st_load(data)
     except Exception as e:  # noqa: BLE001 - the parser's own error, reported as unusable input
         raise ProofFormatError(f"{name}: unreadable safetensors ({e})") from None
-
-
-def _no_dupes(name: str):
-    def hook(pairs: list) -> dict:
-        d: dict = {}
-        for k, v in pairs:
-            if k in d:
-                raise ProofFormatError(f"{name}: duplicate key {k!r}")
-            d[k] = v
-        return d
-    return hook
 
 
 @dataclass

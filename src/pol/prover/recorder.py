@@ -210,7 +210,7 @@ class Recorder:
 
     def record_batch(self, indices: Sequence[int] | np.ndarray | torch.Tensor,
                      inputs: torch.Tensor | None = None,
-                     targets: torch.Tensor | None = None) -> None:
+                     targets: torch.Tensor | None = None, *, seed_rng: bool = True) -> None:
         """Record the batch of the coming step. Call before the forward pass: it also seeds the
         global RNG for this step, so dropout masks are the ones the verifier will draw."""
         if self._closed:
@@ -236,7 +236,8 @@ class Recorder:
         self._pending_idx = idx.astype(np.int64)
         lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
         self._rows_lr.append(lrs)
-        seed_step(self.spec.seed, self.t)
+        if seed_rng:  # pol's own loop leaves this to update(), which seeds the same value
+            seed_step(self.spec.seed, self.t)
 
     def step(self, loss: torch.Tensor | float | None = None) -> None:
         """Mark the end of a step (after optimizer.step()); checkpoints every k steps."""
@@ -341,7 +342,7 @@ def run_loop(rec: Recorder, ctx, schedule_lr: Callable[[int], list[float]] | Non
                 x = torch.from_numpy(ds.x[idx])
                 y = torch.from_numpy(ds.y[idx])
                 t = rec.t
-                rec.record_batch(idx)
+                rec.record_batch(idx, seed_rng=False)
                 loss = update(ctx, x, y, [g["lr"] for g in rec.optimizer.param_groups], t)
                 rec.step(loss)
                 bar.update(1)
