@@ -1,4 +1,4 @@
-"""Proof format v1: names, limits, the manifest schema and the root digest.
+"""Proof format v1 and v2: names, limits, the manifest schema and the root digest.
 
 Layout of a proof directory::
 
@@ -9,6 +9,18 @@ Layout of a proof directory::
     lrs.npy                          float64 [T, G] learning rate of every parameter group per step
     losses.npy                       float32 [T]   training loss per step (informational)
     checkpoints/step_<t:09d>.safetensors   model + optimizer state at step t (t = 0, k, 2k, ..., T)
+
+Format v2 (written only with the lossless checkpoint codec, `pol train --compress`) is v1 with
+each checkpoint stored as `checkpoints/step_<t:09d>.polz` (see `pol.proof.codec`) instead of
+`.safetensors`. Its manifest adds::
+
+    codec     {"name": "xor-shuffle-zstd", "version": 1, "keyframe_interval": N}
+    decoded   {"checkpoints/step_<t:09d>.safetensors": {"sha256", "size"}}  the decoded checkpoint
+
+`files` lists the stored files (the `.polz` digests cover the compressed bytes); `decoded` binds
+the bytes each checkpoint decodes to. `Manifest.files` is the logical view that readers use: the
+arrays, and each checkpoint under its v1 name with its decoded digest and size, so a v2 checkpoint
+is the same object as the v1 one; `Manifest.stored` lists what is on disk.
 
 `progress.json` exists only while a proof is being written; a directory with it and without
 manifest.json is an incomplete proof. manifest.json is written last, atomically.
@@ -28,8 +40,10 @@ from pol.errors import IntegrityError, ProofFormatError
 from pol.spec import TrainingSpec
 
 FORMAT_NAME = "pol-proof"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 1  # what the writer writes by default (no codec): unchanged, byte for byte
+CODEC_FORMAT_VERSION = 2  # written with the lossless checkpoint codec
+SUPPORTED_VERSIONS = (1, 2)
+STORED_EXT = ".polz"
 
 MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
@@ -45,6 +59,13 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 def checkpoint_name(t: int) -> str:
     return f"{CKPT_DIR}/step_{t:09d}.safetensors"
+
+
+def stored_checkpoint_name(t: int, version: int) -> str:
+    """The file a checkpoint is stored in: v1 safetensors, v2 compressed."""
+    if version >= CODEC_FORMAT_VERSION:
+        return f"{CKPT_DIR}/step_{t:09d}{STORED_EXT}"
+    return checkpoint_name(t)
 
 
 def checkpoint_steps(T: int, k: int) -> list[int]:
@@ -108,11 +129,20 @@ class Manifest:
     total_steps: int
     k: int
     checkpoints: tuple[int, ...]
-    files: dict[str, tuple[str, int]]  # name -> (sha256 hex, size)
+    files: dict[str, tuple[str, int]]  # logical name -> (sha256 hex, size); v2: decoded checkpoints
     init: dict
     root_digest: str
     created: str
     raw: dict
+    stored: dict[str, tuple[str, int]] | None = None  # files on disk (v2); None: same as files
+    codec: dict | None = None  # v2: {"name", "version", "keyframe_interval"}
+
+    @property
+    def stored_files(self) -> dict[str, tuple[str, int]]:
+        return self.files if self.stored is None else self.stored
+
+    def stored_name(self, t: int) -> str:
+        return stored_checkpoint_name(t, self.version)
 
     @property
     def num_groups(self) -> int:
@@ -152,6 +182,8 @@ def parse_manifest(raw_bytes: bytes, limits: Limits) -> Manifest:
     allowed = {"format", "version", "created", "pol_version", "spec", "epochs", "steps_per_epoch",
                "total_steps", "k", "checkpoints", "files", "init", "param_groups", "root_digest",
                "dataset_size"}
+    if version >= CODEC_FORMAT_VERSION:
+        allowed |= {"codec", "decoded"}
     extra = set(raw) - allowed
     if extra:
         raise ProofFormatError(f"manifest.json has unknown field(s): {', '.join(sorted(extra))}")
@@ -176,29 +208,28 @@ def parse_manifest(raw_bytes: bytes, limits: Limits) -> Manifest:
     files_raw = raw.get("files")
     if not isinstance(files_raw, dict) or len(files_raw) > limits.max_files:
         raise ProofFormatError("manifest.files: expected an object of file entries")
-    files: dict[str, tuple[str, int]] = {}
-    total = 0
-    for name, entry in files_raw.items():
-        check_name(name)
-        if (isinstance(entry, dict) and isinstance(entry.get("size"), int)
-                and entry["size"] > limits.max_file_bytes):
-            raise ProofFormatError(f"{name} is {entry['size']} bytes, over the reader's per-file "
-                                   f"limit of {limits.max_file_bytes} (raise it with --max-proof-gb)")
-        if (not isinstance(entry, dict) or set(entry) != {"sha256", "size"}
-                or not isinstance(entry["sha256"], str) or not _HEX64.match(entry["sha256"])
-                or isinstance(entry["size"], bool) or not isinstance(entry["size"], int)
-                or not 0 <= entry["size"] <= limits.max_file_bytes):
-            raise ProofFormatError(f"manifest.files[{name!r}]: malformed entry")
-        total += entry["size"]
-        files[name] = (entry["sha256"], entry["size"])
+    codec = _parse_codec(raw.get("codec"), version) if version >= CODEC_FORMAT_VERSION else None
+    files, total = _file_entries(files_raw, "files", limits)
     if total > limits.max_total_bytes:
         raise ProofFormatError(f"proof is {total} bytes, over the reader's limit of "
                                f"{limits.max_total_bytes} (raise it with --max-proof-gb)")
-    required = {INDICES, BATCH_HASHES, LRS, LOSSES} | {checkpoint_name(t) for t in ckpts}
+    required = ({INDICES, BATCH_HASHES, LRS, LOSSES}
+                | {stored_checkpoint_name(t, version) for t in ckpts})
     if set(files) != required:
         missing = sorted(required - set(files))[:3]
         extra_f = sorted(set(files) - required)[:3]
         raise ProofFormatError(f"manifest.files: missing {missing}, unexpected {extra_f}")
+    stored = None
+    if version >= CODEC_FORMAT_VERSION:
+        dec_raw = raw.get("decoded")
+        if not isinstance(dec_raw, dict) or len(dec_raw) != len(ckpts):
+            raise ProofFormatError("manifest.decoded: expected one entry per checkpoint")
+        decoded, _ = _file_entries(dec_raw, "decoded", limits)
+        if set(decoded) != {checkpoint_name(t) for t in ckpts}:
+            raise ProofFormatError("manifest.decoded: expected the checkpoints' names")
+        stored = files
+        files = {n: v for n, v in files.items() if not n.startswith(CKPT_DIR + "/")}
+        files.update(decoded)
     init = raw.get("init")
     if not isinstance(init, dict) or init.get("kind") not in ("strategy", "parent"):
         raise ProofFormatError("manifest.init: expected {kind: strategy|parent, ...}")
@@ -224,7 +255,44 @@ def parse_manifest(raw_bytes: bytes, limits: Limits) -> Manifest:
         raise ProofFormatError("manifest.init.strategy: expected a string")
     return Manifest(version=version, spec=spec, epochs=E, steps_per_epoch=S, total_steps=T, k=k,
                     checkpoints=tuple(ckpts), files=files, init=init, root_digest=rd,
-                    created=created, raw=raw)
+                    created=created, raw=raw, stored=stored, codec=codec)
+
+
+def _file_entries(files_raw: Any, field: str, limits: Limits
+                  ) -> tuple[dict[str, tuple[str, int]], int]:
+    if not isinstance(files_raw, dict) or len(files_raw) > limits.max_files:
+        raise ProofFormatError(f"manifest.{field}: expected an object of file entries")
+    files: dict[str, tuple[str, int]] = {}
+    total = 0
+    for name, entry in files_raw.items():
+        check_name(name)
+        if (isinstance(entry, dict) and isinstance(entry.get("size"), int)
+                and entry["size"] > limits.max_file_bytes):
+            raise ProofFormatError(f"{name} is {entry['size']} bytes, over the reader's per-file "
+                                   f"limit of {limits.max_file_bytes} (raise it with --max-proof-gb)")
+        if (not isinstance(entry, dict) or set(entry) != {"sha256", "size"}
+                or not isinstance(entry["sha256"], str) or not _HEX64.match(entry["sha256"])
+                or isinstance(entry["size"], bool) or not isinstance(entry["size"], int)
+                or not 0 <= entry["size"] <= limits.max_file_bytes):
+            raise ProofFormatError(f"manifest.{field}[{name!r}]: malformed entry")
+        total += entry["size"]
+        files[name] = (entry["sha256"], entry["size"])
+    return files, total
+
+
+def _parse_codec(c: Any, version: int) -> dict:
+    from pol.proof import codec as _codec
+    if c is None:
+        raise ProofFormatError(f"manifest.codec: missing; a format version {version} proof "
+                               "describes its checkpoint codec")
+    if (not isinstance(c, dict) or set(c) != {"name", "version", "keyframe_interval"}
+            or c["name"] != _codec.CODEC_NAME or type(c["version"]) is not int
+            or c["version"] != _codec.CODEC_VERSION or type(c["keyframe_interval"]) is not int
+            or not 1 <= c["keyframe_interval"] <= _codec.MAX_KEYFRAME_INTERVAL):
+        raise ProofFormatError(f"manifest.codec: expected {{name: {_codec.CODEC_NAME}, version: "
+                               f"{_codec.CODEC_VERSION}, keyframe_interval: 1..."
+                               f"{_codec.MAX_KEYFRAME_INTERVAL}}}")
+    return dict(c)
 
 
 def storage_dtype(name: str, tensor: torch.Tensor, precision: str) -> torch.dtype:

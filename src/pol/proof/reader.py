@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +159,9 @@ class Proof:
     losses: np.ndarray
     limits: fmt.Limits
     extra_files: list[str]
+    # v2: the last decoded checkpoints (step -> (raw bytes, segments)), so that a streaming pass
+    # decodes each checkpoint once and a random read decodes at most keyframe_interval - 1 others
+    _decoded: dict[int, tuple[np.ndarray, tuple]] = field(default_factory=dict, repr=False)
 
     @property
     def spec(self):
@@ -168,9 +171,58 @@ class Proof:
         name = fmt.checkpoint_name(t)
         if name not in self.manifest.files:
             raise ProofFormatError(f"no checkpoint at step {t}")
-        sha, size = self.manifest.files[name]
-        tensors = parse_safetensors(_read_file(self.path, name, size, sha), name, self.limits)
-        return tensors
+        return parse_safetensors(self.checkpoint_bytes(t), name, self.limits)
+
+    def checkpoint_bytes(self, t: int) -> bytes:
+        """The checkpoint's safetensors bytes (v2: decoded; digest checked either way)."""
+        name = fmt.checkpoint_name(t)
+        if name not in self.manifest.files:
+            raise ProofFormatError(f"no checkpoint at step {t}")
+        if self.manifest.version < fmt.CODEC_FORMAT_VERSION:
+            sha, size = self.manifest.files[name]
+            return _read_file(self.path, name, size, sha)
+        return self._decode(t)[0].tobytes()
+
+    def _decode(self, t: int) -> tuple[np.ndarray, tuple]:
+        from pol.proof import codec
+        hit = self._decoded.get(t)
+        if hit is not None:
+            return hit
+        m = self.manifest
+        steps = m.checkpoints
+        i = -(-t // m.k)
+        if steps[i] != t:
+            raise ProofFormatError(f"no checkpoint at step {t}")
+        interval = m.codec["keyframe_interval"]
+        # nearest decodable start: a cached predecessor or the keyframe slot at or before i
+        start = i - i % interval
+        for j in range(i - 1, start - 1, -1):
+            if steps[j] in self._decoded:
+                start = j
+                break
+        base = self._decoded.get(steps[start]) if start < i and steps[start] in self._decoded \
+            else None
+        first = start + 1 if base is not None else start
+        for j in range(first, i + 1):
+            s = steps[j]
+            name, sname = fmt.checkpoint_name(s), m.stored_name(s)
+            sha, size = m.stored[sname]
+            raw_sha, raw_size = m.files[name]
+            frame = codec.parse_frame(_read_file(self.path, sname, size, sha), sname, raw_size)
+            if j % interval == 0 and frame.kind != codec.KEYFRAME:
+                raise ProofFormatError(f"{sname}: checkpoint {j} must be a keyframe "
+                                       f"(keyframe interval {interval})")
+            if frame.kind == codec.DELTA and base is None:
+                raise ProofFormatError(f"{sname}: delta frame without a base checkpoint")
+            raw = codec.decode(frame, sname, *(base if base is not None else (None, None)))
+            if hashlib.sha256(raw).hexdigest() != raw_sha:
+                raise IntegrityError(f"{name}: the decoded checkpoint {sname} does not match its "
+                                     "SHA-256 in the manifest")
+            base = (raw, frame.segments)
+            self._decoded[s] = base
+            while len(self._decoded) > 2:  # the newest two: enough for streaming and segments
+                self._decoded.pop(next(iter(self._decoded)))
+        return base
 
     def batch(self, t: int) -> np.ndarray:
         row = self.indices[t]
@@ -237,7 +289,7 @@ def open_proof(path: str | os.PathLike, limits: fmt.Limits | None = None) -> Pro
             continue
         for fn in filenames:
             name = (rel / fn).as_posix() if rel.parts else fn
-            if name not in m.files and name != fmt.MANIFEST:
+            if name not in m.stored_files and name != fmt.MANIFEST:
                 extra.append(name)
     return Proof(path=root, manifest=m, indices=indices, batch_hashes=hashes, lrs=lrs,
                  losses=losses, limits=limits, extra_files=sorted(extra))
@@ -247,7 +299,7 @@ def inspect_proof(path: str | os.PathLike) -> dict[str, Any]:
     """What a proof holds, from its manifest and arrays (checkpoint files are not opened)."""
     p = open_proof(path)
     m = p.manifest
-    ck_sizes = [m.files[fmt.checkpoint_name(t)][1] for t in m.checkpoints]
+    ck_sizes = [m.stored_files[m.stored_name(t)][1] for t in m.checkpoints]
     return {
         "path": str(p.path), "format_version": m.version, "root_digest": m.root_digest,
         "created": m.created, "pol_version": m.raw.get("pol_version", ""),
@@ -255,8 +307,12 @@ def inspect_proof(path: str | os.PathLike) -> dict[str, Any]:
         "epochs": m.epochs, "steps_per_epoch": m.steps_per_epoch, "total_steps": m.total_steps,
         "k": m.k, "num_checkpoints": len(m.checkpoints),
         "checkpoint_bytes_mean": int(sum(ck_sizes) / len(ck_sizes)),
-        "total_bytes": sum(s for _, s in m.files.values()),
-        "files": {n: {"sha256": d, "size": s} for n, (d, s) in sorted(m.files.items())},
+        "total_bytes": sum(s for _, s in m.stored_files.values()),
+        "files": {n: {"sha256": d, "size": s} for n, (d, s) in sorted(m.stored_files.items())},
+        **({"codec": m.codec, "checkpoint_decoded_bytes_mean": int(sum(
+            m.files[fmt.checkpoint_name(t)][1] for t in m.checkpoints) / len(m.checkpoints)),
+            "decoded": {n: {"sha256": d, "size": s} for n, (d, s) in sorted(m.files.items())
+                        if n.startswith(fmt.CKPT_DIR + "/")}} if m.codec else {}),
         "final_loss": float(p.losses[-1]) if len(p.losses) else None,
         "extra_files": p.extra_files,
     }

@@ -11,6 +11,11 @@ losses) and `progress.json` names the last checkpoint that is fully on disk with
 crash at any moment leaves a directory without `manifest.json`, which every reader reports as an
 incomplete proof; `finalize()` writes the final arrays, then the manifest atomically, then removes
 the journal.
+
+With `compress=True` the writer emits format v2: each checkpoint goes through the lossless codec
+(`pol.proof.codec`: XOR with the previous checkpoint, byte shuffle, zstd) in the background thread
+(zstd releases the GIL), which keeps the previous checkpoint's raw bytes as the XOR base. A resumed
+v2 proof decodes its checkpoints on disk again; the last one is the base of the next delta.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import numpy as np
 import torch
 
 from pol.errors import ProofWriteError
+from pol.proof import codec as _codec
 from pol.proof import format as fmt
 from pol.proof.hashing import batch_hashes
 
@@ -168,19 +174,39 @@ class ProofWriter:
 
     def __init__(self, out_dir: str | os.PathLike, *, precision: str = "fp32",
                  overwrite: bool = False, queue_size: int = 3, durable: bool = True,
-                 run_info: dict | None = None, resume: "ResumePoint | None" = None) -> None:
+                 run_info: dict | None = None, resume: "ResumePoint | None" = None,
+                 compress: bool = False,
+                 keyframe_interval: int = _codec.DEFAULT_KEYFRAME_INTERVAL,
+                 level: int = _codec.DEFAULT_LEVEL) -> None:
+        """`compress`: write format v2 with the lossless checkpoint codec (a keyframe every
+        `keyframe_interval` checkpoints, zstd `level`). A resumed proof keeps the codec it was
+        started with (from its progress record)."""
         self.dir = Path(out_dir)
         self.precision = precision
         self.durable = durable
         self._files: dict[str, tuple[str, int]] = {}
+        self._decoded: dict[str, tuple[str, int]] = {}  # v2: logical name -> decoded sha, size
         self._last_t = -1
         self._rows = 0
+        self._index = 0  # number of checkpoints written
+        self._encoder: _codec.Encoder | None = None
         if resume is not None:
             self.run_info = resume.run_info
             self._files = dict(resume.files)
+            self._decoded = dict(resume.decoded)
             self._last_t, self._rows = resume.t, resume.rows
+            self._index = resume.count
+            codec = self.run_info.get("codec")
+            if codec is not None:
+                self._encoder = _codec.Encoder(codec["keyframe_interval"], level)
+                self._encoder.set_base(resume.base, resume.base_segments)
         else:
             self.run_info = dict(run_info or {})
+            if compress:
+                self._encoder = _codec.Encoder(keyframe_interval, level)
+                self.run_info["codec"] = {"name": _codec.CODEC_NAME,
+                                          "version": _codec.CODEC_VERSION,
+                                          "keyframe_interval": keyframe_interval}
             if self.dir.exists() and any(self.dir.iterdir()):
                 if not overwrite:
                     raise ProofWriteError(f"{self.dir} exists and is not empty (use --force to "
@@ -304,6 +330,11 @@ class ProofWriter:
                 self._save_npy(name, arr)
             body = dict(manifest_body)
             body["files"] = {n: {"sha256": d, "size": s} for n, (d, s) in sorted(self._files.items())}
+            if self._encoder is not None:
+                body["version"] = fmt.CODEC_FORMAT_VERSION
+                body["codec"] = dict(self.run_info["codec"])
+                body["decoded"] = {n: {"sha256": d, "size": s}
+                                   for n, (d, s) in sorted(self._decoded.items())}
             body["root_digest"] = fmt.root_digest(body)
             atomic_write(self.dir / fmt.MANIFEST, json.dumps(body, indent=1, sort_keys=True).encode(),
                          self.durable)
@@ -377,13 +408,28 @@ class ProofWriter:
                 if self.durable:
                     os.fsync(f.fileno())
         name = fmt.checkpoint_name(snap.t)
+        chunks = [snap.layout.header_bytes(snap.t)] + [
+            memoryview(b.view(torch.uint8).numpy()) for b in snap.bufs]
+        if self._encoder is not None:
+            # v2: the raw safetensors bytes (digest bound in the manifest), then the codec
+            segments = [(len(chunks[0]), 1)] + [(b.numel() * b.element_size(), b.element_size())
+                                               for b in snap.bufs]
+            raw = np.empty(sum(n for n, _ in segments), dtype=np.uint8)
+            off = 0
+            for c in chunks:
+                raw[off:off + len(c)] = np.frombuffer(c, dtype=np.uint8)
+                off += len(c)
+            self._pool.put(snap.bufs)
+            self._decoded[name] = (hashlib.sha256(raw).hexdigest(), raw.size)
+            data, _ = self._encoder.encode(raw, segments, self._index)
+            chunks = [data]
+            name = fmt.stored_checkpoint_name(snap.t, fmt.CODEC_FORMAT_VERSION)
         path = self.dir / name
         tmp = path.with_name(f".{path.name}.tmp")
         h = hashlib.sha256()
         size = 0
         with open(tmp, "wb") as f:  # safetensors, written raw from the flat buffers
-            for chunk in [snap.layout.header_bytes(snap.t)] + [
-                    memoryview(b.view(torch.uint8).numpy()) for b in snap.bufs]:
+            for chunk in chunks:
                 h.update(chunk)
                 f.write(chunk)
                 size += len(chunk)
@@ -391,8 +437,10 @@ class ProofWriter:
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-        self._pool.put(snap.bufs)
+        if self._encoder is None:
+            self._pool.put(snap.bufs)
         self._files[name] = (h.hexdigest(), size)
+        self._index += 1
         self._rows += n_rows
         self._write_progress(snap.t, self._rows)
 
@@ -406,6 +454,18 @@ class ResumePoint:
     rows: int
     run_info: dict
     files: dict[str, tuple[str, int]]
+    count: int = 0  # checkpoints on disk
+    decoded: dict[str, tuple[str, int]] = field(default_factory=dict)  # v2
+    base: np.ndarray | None = None  # v2: raw bytes of the last checkpoint (the next XOR base)
+    base_segments: tuple | None = None
+
+    dir: Path = Path(".")
+
+    def checkpoint_bytes(self) -> bytes:
+        """The safetensors bytes of the last checkpoint on disk (decoded for v2)."""
+        if self.base is not None:
+            return self.base.tobytes()
+        return (self.dir / fmt.checkpoint_name(self.t)).read_bytes()
 
 
 def prepare_resume(proof_dir: str | os.PathLike) -> ResumePoint:
@@ -438,18 +498,43 @@ def prepare_resume(proof_dir: str | os.PathLike) -> ResumePoint:
                                   "record; cannot resume")
         with open(path, "r+b") as f:
             f.truncate(rows * width)
-    files = {}
+    codec = run.get("codec")
+    version = fmt.CODEC_FORMAT_VERSION if codec is not None else fmt.FORMAT_VERSION
+    files, decoded = {}, {}
+    count = 0
+    base = segs = None
     for step in fmt.checkpoint_steps(run["total_steps"], run["k"]):
-        name = fmt.checkpoint_name(step)
+        name = fmt.stored_checkpoint_name(step, version)
         if step <= t:
             if not (d / name).is_file():
                 raise ProofWriteError(f"{d}: checkpoint {name} is missing; cannot resume")
             files[name] = file_sha256(d / name)
+            if codec is not None:  # decode again: digests of the decoded bytes, the XOR base
+                try:
+                    frame = _codec.parse_frame((d / name).read_bytes(), name,
+                                               _frame_raw_size(d / name))
+                    base = _codec.decode(frame, name, base, segs)
+                except Exception as e:  # noqa: BLE001 - ProofFormatError, or a broken header
+                    raise ProofWriteError(f"{d}: checkpoint {name} cannot be decoded ({e}); "
+                                          "cannot resume") from None
+                segs = frame.segments
+                decoded[fmt.checkpoint_name(step)] = (hashlib.sha256(base).hexdigest(), base.size)
+            count += 1
         else:
             (d / name).unlink(missing_ok=True)
     for tmp in [*(d / fmt.CKPT_DIR).glob(".*.tmp*"), *d.glob(".*.tmp*")]:
         tmp.unlink(missing_ok=True)
-    return ResumePoint(t=t, rows=rows, run_info=run, files=files)
+    return ResumePoint(t=t, rows=rows, run_info=run, files=files, count=count, decoded=decoded,
+                       base=base, base_segments=segs, dir=d)
+
+
+def _frame_raw_size(path: Path) -> int:
+    """A v2 checkpoint's decoded size, from its own header (the prover's own file, on resume)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if len(head) < 16:
+        raise ProofWriteError(f"{path.name} is truncated")
+    return int.from_bytes(head[8:16], "little")
 
 
 def rehash_manifest(proof_dir: str | os.PathLike) -> str:

@@ -76,7 +76,12 @@ class Recorder:
                  data_name: str = "user", data_params: dict | None = None,
                  spec: TrainingSpec | None = None, overwrite: bool = False,
                  durable: bool = True, init: dict | None = None,
-                 resume: bool = False, init_from_seed: bool = True) -> None:
+                 resume: bool = False, init_from_seed: bool = True,
+                 compress: bool = False, keyframe_interval: int | None = None) -> None:
+        """`compress`: store checkpoints with the lossless codec (proof format v2: XOR with the
+        previous checkpoint, byte shuffle, zstd; a keyframe every `keyframe_interval`
+        checkpoints). Exact-mode verification is unaffected. A resumed run keeps the codec it was
+        started with."""
         self.model = model
         self.optimizer = optimizer
         self.dataset = _as_dataset(data)
@@ -129,8 +134,11 @@ class Recorder:
         if resume:
             self._resume(out, run_info, durable)
         else:
+            from pol.proof.codec import DEFAULT_KEYFRAME_INTERVAL
             self.writer = ProofWriter(out, precision=spec.precision, overwrite=overwrite,
-                                      durable=durable, run_info=run_info)
+                                      durable=durable, run_info=run_info, compress=compress,
+                                      keyframe_interval=keyframe_interval
+                                      or DEFAULT_KEYFRAME_INTERVAL)
             self.path = self.writer.dir
             self.writer.put_checkpoint(0, state_tensors(model, optimizer))
             self._prewarm_pinned()
@@ -163,7 +171,7 @@ class Recorder:
             raise ConfigError(f"{out} was started with a different spec; it cannot be resumed "
                               "with this one")
         name = fmt.checkpoint_name(rp.t)
-        data = (Path(out) / name).read_bytes()
+        data = rp.checkpoint_bytes()  # decoded for a compressed (v2) proof
         load_state(self.model, self.optimizer, self.spec.optimizer.name,
                    parse_safetensors(data, name, fmt.Limits()))
         self.t = rp.t

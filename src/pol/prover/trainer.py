@@ -45,7 +45,7 @@ def train_spec(spec: TrainingSpec, train: ArrayDataset, test: ArrayDataset | Non
                out: str | os.PathLike, *, device: torch.device | None = None,
                overwrite: bool = False, progress: bool = False, durable: bool = True,
                init: dict | None = None, initial_state: dict | None = None,
-               resume: bool = False) -> TrainResult:
+               resume: bool = False, compress: bool = False) -> TrainResult:
     device = device or torch.device(spec.device)
     if spec.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -58,7 +58,7 @@ def train_spec(spec: TrainingSpec, train: ArrayDataset, test: ArrayDataset | Non
                                    if k.startswith(MODEL_PREFIX)})
     rec = Recorder(out, model=ctx.model, optimizer=ctx.optimizer, data=train, spec=spec,
                    overwrite=overwrite, durable=durable, init=init, resume=resume,
-                   init_from_seed=False)  # build_context drew W_0 from the seed already
+                   init_from_seed=False, compress=compress)  # build_context drew W_0 from the seed already
     base = spec.optimizer.lr
     T = rec.total_steps
 
@@ -82,7 +82,7 @@ def train_task(task: str, out: str | os.PathLike, *, epochs: int | None = None,
                progress: bool = False, init_from: str | os.PathLike | None = None,
                ledger: str | os.PathLike | None = None, signing_key=None,
                commitment: str | os.PathLike | dict | None = None,
-               passphrase_env: str | None = None) -> TrainResult:
+               passphrase_env: str | None = None, compress: bool = False) -> TrainResult:
     """Train a built-in task (see `pol.tasks.TASKS`) and write its proof to `out`.
 
     `init_from`: warm start from a parent proof (W_0 = its final model weights, fresh optimizer
@@ -91,7 +91,8 @@ def train_task(task: str, out: str | os.PathLike, *, epochs: int | None = None,
     commitment before training and a proof entry after it (pol.protocol.commit).
     `commitment`: an existing commitment (the file `pol commit --out` wrote, or its content) to
     use instead of making a new one; the spec built here must be the committed one.
-    `passphrase_env`: environment variable holding the key file's passphrase."""
+    `passphrase_env`: environment variable holding the key file's passphrase.
+    `compress`: store checkpoints with the lossless codec (proof format v2)."""
     from pol.registry import resolve_device
     from pol.tasks import build_spec
     dev = resolve_device(device)
@@ -130,7 +131,7 @@ def train_task(task: str, out: str | os.PathLike, *, epochs: int | None = None,
         else:
             side = _commit.commit(str(ledger), signing_key, spec)
     r = train_spec(spec, train, test, out, device=dev, overwrite=overwrite, progress=progress,
-                   init=init, initial_state=initial_state)
+                   init=init, initial_state=initial_state, compress=compress)
     if side is not None:
         _commit.publish(str(ledger), signing_key, r.root_digest, side, r.proof)
     return r
