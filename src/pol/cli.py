@@ -105,9 +105,12 @@ def main(verbose: bool) -> None:
                    "needs --ledger and --sign-with.")
 @click.option("--passphrase-env", "passphrase_env", metavar="VAR",
               help="Environment variable holding the --sign-with key's passphrase.")
+@click.option("--compress", is_flag=True, help="Lossless checkpoint codec (XOR with the previous "
+              "checkpoint, byte shuffle, zstd): proof format v2, exact mode unaffected.")
 @handle_errors
 def train(task, epochs, k, out, seed, lr, batch_size, precision, device, deterministic, data_dir,
-          force, resume_dir, init_from, ledger_db, sign_with, commitment, passphrase_env):
+          force, resume_dir, init_from, ledger_db, sign_with, commitment, passphrase_env,
+          compress):
     """Train a built-in task and write its proof-of-learning (Algorithm 1)."""
     from pol.prover.trainer import resume_task, train_task
     if (ledger_db is None) != (sign_with is None):
@@ -127,7 +130,7 @@ def train(task, epochs, k, out, seed, lr, batch_size, precision, device, determi
                        precision=precision, device=device, deterministic=deterministic,
                        data_dir=data_dir, overwrite=force, progress=sys.stderr.isatty(),
                        init_from=init_from, ledger=ledger_db, signing_key=sign_with,
-                       commitment=commitment, passphrase_env=passphrase_env)
+                       commitment=commitment, passphrase_env=passphrase_env, compress=compress)
     click.echo(f"trained {r.spec.task}: {r.total_steps} steps in {r.train_seconds:.1f}s, "
                f"final loss {r.final_loss:.4f}, test accuracy {r.test_accuracy:.2%}")
     click.echo(f"proof: {r.proof}  root digest {r.root_digest}")
