@@ -278,11 +278,14 @@ def _is_sealed(path: str) -> bool:
               help="For a sealed proof file: the prover's signing.pub it must be signed by.")
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
               help="Replay segments in N processes (same result as 1; torch threads as set).")
+@click.option("--min-update", "min_update", type=click.FloatRange(0), default=1.25,
+              show_default=True, help="hardened: at least one non-exact replayed segment must "
+              "claim an ℓ2 update ≥ this many δ (else every step hides in the tolerance).")
 @handle_errors
 def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trust_module,
            json_out, max_proof_gb, verbose_segments, parents, registry, ledger_db, record_to,
            sign_with, request_data, reveal, policy, random_per_epoch, open_key, open_from,
-           passphrase_env=None, workers=1):
+           passphrase_env=None, workers=1, min_update=1.25):
     """Verify a proof (Algorithm 2): a proof directory, or a sealed proof file (with --key).
     Exit 0 valid, 1 invalid, 2 unusable input."""
     if os.path.isfile(proof) and _is_sealed(proof):  # other files: the reader's own message
@@ -300,7 +303,7 @@ def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trus
                 str(tmp / "proof"), data, q, all_segments, delta, metrics, d1, alpha, device,
                 trust_module, json_out, max_proof_gb, verbose_segments, parents, registry,
                 ledger_db, record_to, sign_with, request_data, reveal, policy,
-                random_per_epoch, None, None, passphrase_env, workers)
+                random_per_epoch, None, None, passphrase_env, workers, min_update)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     from pol.proof.format import Limits
@@ -314,7 +317,8 @@ def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trus
                          limits=Limits(max_total_bytes=limit, max_file_bytes=limit),
                          policy=policy, random_per_epoch=random_per_epoch,
                          parents=tuple(parents), registry=registry, ledger=ledger_db,
-                         request_data=request_data, reveal=reveal, workers=workers)
+                         request_data=request_data, reveal=reveal, workers=workers,
+                         update_size_min=min_update)
     if (record_to is None) != (sign_with is None):
         raise click.UsageError("--record-to and --sign-with go together")
     if record_to and request_data:

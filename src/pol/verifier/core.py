@@ -61,6 +61,12 @@ class VerifyOptions:
     policy: str = "hardened"  # "paper": Algorithm 2 exactly as published
     random_per_epoch: int = 1  # hardened: extra random segments per epoch beyond top-Q
     relative_error_max: float = 0.5  # hardened: ‖W'−W‖ ≤ r·‖W_b − W_a‖ for non-exact replays
+    # hardened: a replayed segment whose claimed ℓ2 update is below c·δ proves nothing by δ alone;
+    # the proof fails if no non-exact replayed segment clears it (steps all absorbed in δ). The
+    # auto δ is the mean single-step update, so a uniform interpolation sits at exactly 1·δ, while
+    # the largest honest segment measured 1.57–46·δ (3 tasks × k ∈ {1, 5, 10} × 3 seeds, fp16)
+    # and c·δ-sized steps that are not gradient steps still fail the relative-error check
+    update_size_min: float = 1.25
     entropy: bytes | None = None  # hardened: verifier randomness (default os.urandom)
     # protocol (pol.protocol): chain of trust, ledger commitment, lazy verification
     parents: tuple[str, ...] = ()  # directories that may hold parent proofs (matched by digest)
@@ -415,6 +421,7 @@ def _verify(path: str | os.PathLike, o: VerifyOptions) -> Report:
     data_ok = True
     loss_bad: list[int] = []
     rel_bad: list[tuple[int, int, float]] = []
+    sizes: list[float] = []  # claimed ℓ2 update ÷ δ of each non-exact replayed segment
     bar = tqdm(total=sum(lengths[i] for i, _ in chosen), desc="replaying", unit="step",
                disable=not o.progress, leave=False)
     from pol.verifier.parallel import replay_segment
@@ -448,6 +455,8 @@ def _verify(path: str | os.PathLike, o: VerifyOptions) -> Report:
             if rel > o.relative_error_max:
                 rel_bad.append((a, b, rel))
                 passed = False
+            if deltas["l2"] > 0:
+                sizes.append(updates[i]["l2"] / deltas["l2"])
         report.segments.append(SegmentResult(a, b, a // S, d1s[i], updates[i], err, passed,
                                              exact, why))
     bar.close()
@@ -464,6 +473,21 @@ def _verify(path: str | os.PathLike, o: VerifyOptions) -> Report:
                    f"{o.relative_error_max:g}× their own update (first: steps {rel_bad[0][0]}–"
                    f"{rel_bad[0][1]}, {rel_bad[0][2]:.2f}×): the claimed steps do not follow the "
                    "gradient", value=worst_rel, bound=o.relative_error_max)
+        c = o.update_size_min
+        if sizes:
+            small = sum(r < c for r in sizes)
+            big = max(sizes)
+            report.add("update size", big >= c,
+                       f"{len(sizes) - small} of {len(sizes)} non-exact replayed segment(s) claim "
+                       f"an update of at least {c:g}·δ (largest {big:.3g}·δ); the "
+                       f"{small} smaller one(s) rest on the relative-error check" if big >= c else
+                       f"every non-exact replayed segment claims an update below {c:g}·δ "
+                       f"(largest {big:.3g}·δ): each step is absorbed in the tolerance, so "
+                       "replay proves nothing (a tiny-step spoof, Fang et al.)",
+                       value=big, bound=c)
+        elif report.segments:
+            report.add("update size", True, "δ = 0 (exact mode) or every replayed segment "
+                       "bitwise exact: no tolerance to hide steps in")
     report.add("data hashes", data_ok,
                "every replayed batch matches its recorded hash" if data_ok else
                "a replayed batch's data does not match the hash recorded in the proof")

@@ -10,6 +10,9 @@ named check in the report:
 - **relative error**: a replayed segment must also land close *relative to its own claimed update*
   (‖W′_b − W_b‖ ≤ r·‖W_b − W_a‖): a spoof whose steps are each below δ (tiny lr, interpolated
   checkpoints) moves in the interpolation's direction, not the gradient's, and fails this.
+- **update size**: a segment whose claimed update is below c·δ proves nothing by δ alone; at
+  least one non-exact replayed segment must claim ≥ c·δ (default 1.25), else every step hides in
+  the tolerance (Fang et al.'s uniform tiny steps sit at exactly 1·δ under the auto δ).
 - **random segments**: besides top-Q, segments drawn at random per epoch from a seed the prover
   cannot predict (the verifier's own randomness mixed with the proof's root digest).
 - **init regeneration**: W_0 regenerated from the proof's seed must be bitwise W_0 (true for every
