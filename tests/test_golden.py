@@ -20,6 +20,14 @@ def test_there_is_a_golden_proof_of_the_current_version():
     assert (GOLDEN / f"v{FORMAT_VERSION}" / "GOLDEN.json").exists()
 
 
+def test_there_is_a_golden_proof_of_every_readable_version():
+    from pol.proof.format import SUPPORTED_VERSIONS
+    for v in SUPPORTED_VERSIONS:
+        assert (GOLDEN / f"v{v}" / "GOLDEN.json").exists(), f"no golden proof of format v{v}"
+    for v, name, _ in CASES:
+        assert inspect_proof(v / name)["format_version"] == int(v.name[1:])
+
+
 @pytest.mark.parametrize("version,name,info", CASES, ids=[f"{v.name}-{n}" for v, n, _ in CASES])
 def test_golden_proof_verifies_in_all_segments(version, name, info):
     path = version / name

@@ -1,30 +1,47 @@
-"""Make the golden proofs of the current format version (run once per new format version, commit
-the output, never regenerate an existing version's proofs):
+"""Make the golden proofs of one format version (run once per new format version, commit the
+output, never regenerate an existing version's proofs):
 
-    python tests/golden/make_golden.py
+    python tests/golden/make_golden.py            # the version the writer writes by default (v1)
+    python tests/golden/make_golden.py --version 2  # v2: the lossless checkpoint codec
 """
 
+import argparse
 import json
 from pathlib import Path
 
-from pol.proof.format import FORMAT_VERSION
+from pol.proof.format import CODEC_FORMAT_VERSION, FORMAT_VERSION
 from pol.prover.trainer import train_task
 
 HERE = Path(__file__).parent
 CASES = {
-    "iris-logreg-fp32": dict(task="iris-logreg", epochs=3, k=5, seed=11),
-    "digits-mlp-fp16": dict(task="digits-mlp", epochs=1, k=15, seed=3, precision="fp16"),
+    1: {
+        "iris-logreg-fp32": dict(task="iris-logreg", epochs=3, k=5, seed=11),
+        "digits-mlp-fp16": dict(task="digits-mlp", epochs=1, k=15, seed=3, precision="fp16"),
+    },
+    # v2: keyframes (the first checkpoint, a layout change when momentum appears, every 16th)
+    # and delta frames, in fp32 (exact mode) and fp16
+    CODEC_FORMAT_VERSION: {
+        "iris-logreg-fp32-z": dict(task="iris-logreg", epochs=3, k=1, seed=11, compress=True),
+        "digits-mlp-fp32-z": dict(task="digits-mlp", epochs=1, k=15, seed=3, compress=True),
+        "digits-mlp-fp16-z": dict(task="digits-mlp", epochs=1, k=9, seed=5, precision="fp16",
+                                  compress=True),
+    },
 }
 
 
 def main() -> None:
-    out = HERE / f"v{FORMAT_VERSION}"
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--version", type=int, default=FORMAT_VERSION, choices=sorted(CASES))
+    version = ap.parse_args().version
+    out = HERE / f"v{version}"
     if out.exists():
         raise SystemExit(f"{out} exists: golden proofs of a released version are never rewritten")
     index = {}
-    for name, kw in CASES.items():
+    for name, kw in CASES[version].items():
         kw = dict(kw)
         r = train_task(kw.pop("task"), out / name, **kw)
+        manifest = json.loads((out / name / "manifest.json").read_text())
+        assert manifest["version"] == version, (name, manifest["version"])
         index[name] = {"root_digest": r.root_digest, "task": r.spec.task}
     (out / "GOLDEN.json").write_text(json.dumps(index, indent=1) + "\n")
 
