@@ -105,12 +105,14 @@ def main(verbose: bool) -> None:
                    "needs --ledger and --sign-with.")
 @click.option("--passphrase-env", "passphrase_env", metavar="VAR",
               help="Environment variable holding the --sign-with key's passphrase.")
+@click.option("--tf32", is_flag=True, help="GPU: allow TF32 (faster convolutions and matmuls; "
+              "recorded in the spec, but replays on other hardware drift further).")
 @click.option("--compress", is_flag=True, help="Lossless checkpoint codec (XOR with the previous "
               "checkpoint, byte shuffle, zstd): proof format v2, exact mode unaffected.")
 @handle_errors
 def train(task, epochs, k, out, seed, lr, batch_size, precision, device, deterministic, data_dir,
           force, resume_dir, init_from, ledger_db, sign_with, commitment, passphrase_env,
-          compress):
+          compress, tf32=False):
     """Train a built-in task and write its proof-of-learning (Algorithm 1)."""
     from pol.prover.trainer import resume_task, train_task
     if (ledger_db is None) != (sign_with is None):
@@ -130,7 +132,8 @@ def train(task, epochs, k, out, seed, lr, batch_size, precision, device, determi
                        precision=precision, device=device, deterministic=deterministic,
                        data_dir=data_dir, overwrite=force, progress=sys.stderr.isatty(),
                        init_from=init_from, ledger=ledger_db, signing_key=sign_with,
-                       commitment=commitment, passphrase_env=passphrase_env, compress=compress)
+                       commitment=commitment, passphrase_env=passphrase_env, compress=compress,
+                       tf32=tf32)
     click.echo(f"trained {r.spec.task}: {r.total_steps} steps in {r.train_seconds:.1f}s, "
                f"final loss {r.final_loss:.4f}, test accuracy {r.test_accuracy:.2%}")
     click.echo(f"proof: {r.proof}  root digest {r.root_digest}")
@@ -155,6 +158,7 @@ def train(task, epochs, k, out, seed, lr, batch_size, precision, device, determi
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto (as for "
               "pol train: part of the spec).")
 @click.option("--deterministic", is_flag=True, help="As for pol train (part of the spec).")
+@click.option("--tf32", is_flag=True, help="As for pol train (part of the spec).")
 @click.option("--data", "data_dir", type=click.Path(), help="Local dataset directory (CIFAR).")
 @click.option("--ledger", "ledger_db", required=True, type=click.Path(dir_okay=False),
               help="Ledger to append the signed commitment to.")
@@ -167,7 +171,7 @@ def train(task, epochs, k, out, seed, lr, batch_size, precision, device, determi
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @handle_errors
 def commit(task, epochs, k, seed, lr, batch_size, precision, device, deterministic, data_dir,
-           ledger_db, sign_with, passphrase_env, out, force):
+           ledger_db, sign_with, passphrase_env, out, force, tf32=False):
     """Commit to a training run before it starts: append the signed commitment (spec digest,
     salted seed, data root) for the spec `pol train` builds with the same options."""
     from pol.protocol import commit as _commit
@@ -179,7 +183,7 @@ def commit(task, epochs, k, seed, lr, batch_size, precision, device, determinist
     key = _commit.load_key(sign_with, passphrase_env)
     spec, _, _ = build_spec(task, epochs=epochs, k=k, seed=seed, lr=lr, batch_size=batch_size,
                             precision=precision, device=resolve_device(device).type,
-                            deterministic=deterministic, data_dir=data_dir)
+                            deterministic=deterministic, data_dir=data_dir, tf32=tf32)
     side = _commit.commit(ledger_db, key, spec)
     _commit.write_commitment_file(out, side, overwrite=force)
     click.echo(f"committed {spec.task} (spec digest {side['spec_digest']}) on ledger {ledger_db}: "

@@ -15,6 +15,7 @@ from typing import Any
 from pol.errors import ProofFormatError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+TF32_MODES = ("", "off", "conv", "matmul", "on")
 SCHEDULES = ("constant", "multistep", "cosine", "recorded")  # recorded: no declared schedule
 LOSSES = ("cross_entropy", "mse", "lm_cross_entropy")
 PRECISIONS = ("fp32", "fp16")
@@ -261,6 +262,10 @@ class TrainingSpec:
     # torch intra-op threads on a CPU: reductions split by thread, so replay is only bitwise equal
     # with the same count (the verifier replays with it); 0 = unknown (older proofs)
     cpu_threads: int = 0
+    # TF32 on a GPU (cudnn convolutions / matmuls): "off", "conv", "matmul" or "on"; "" = not
+    # recorded (a CPU proof, or an older proof: torch's defaults). TF32 rounds inputs to 10
+    # mantissa bits, which dominates the GPU-vs-CPU replay error, so pol trains fp32 with it off
+    tf32: str = ""
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -269,9 +274,13 @@ class TrainingSpec:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
         if self.batch_size < 1 or self.epochs < 1 or self.k < 1:
             raise ValueError("batch size, epochs and k must be positive")
+        if self.tf32 not in TF32_MODES:
+            raise ValueError(f"tf32 must be one of {', '.join(m for m in TF32_MODES if m)}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        if not self.tf32:  # absent in proofs made before the field existed: same bytes, digests
+            del d["tf32"]
         d["optimizer"]["betas"] = list(self.optimizer.betas)
         d["schedule"]["milestones"] = list(self.schedule.milestones)
         return d
@@ -303,9 +312,30 @@ class TrainingSpec:
                 cpu_capability=_str(d, "cpu_capability", where, optional=True, default=""),
                 cpu_threads=_num(d, "cpu_threads", where, lo=0, hi=4096, integer=True,
                                  optional=True, default=0),
+                tf32=_str(d, "tf32", where, optional=True, default="",
+                          choices=TF32_MODES),
             )
         except ValueError as e:
             raise ProofFormatError(f"{where}: {e}") from None
+
+
+def current_tf32() -> str:
+    """This process's TF32 settings, as the spec's `tf32` field names them."""
+    import torch
+    conv, mm = bool(torch.backends.cudnn.allow_tf32), bool(torch.backends.cuda.matmul.allow_tf32)
+    return {(False, False): "off", (True, False): "conv", (False, True): "matmul",
+            (True, True): "on"}[(conv, mm)]
+
+
+def set_tf32(mode: str) -> str:
+    """Switch TF32 as `mode` says ("" leaves torch's settings alone); returns the previous mode
+    so that the caller can restore it."""
+    import torch
+    prev = current_tf32()
+    if mode:
+        torch.backends.cudnn.allow_tf32 = mode in ("conv", "on")
+        torch.backends.cuda.matmul.allow_tf32 = mode in ("matmul", "on")
+    return prev
 
 
 def current_cpu_capability() -> str:

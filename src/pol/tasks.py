@@ -110,8 +110,9 @@ def make_schedule(kind: str, total_steps: int) -> ScheduleSpec:
 def build_spec(task_name: str, *, epochs: int | None = None, k: int | None = None, seed: int = 0,
                lr: float | None = None, batch_size: int | None = None, precision: str = "fp32",
                device: str = "cpu", deterministic: bool = False, data_dir: str | None = None,
-               dataset_params: dict | None = None):
-    """(spec, train set, test set) for a built-in task, with overrides applied."""
+               dataset_params: dict | None = None, tf32: bool = False):
+    """(spec, train set, test set) for a built-in task, with overrides applied. On a GPU the
+    spec records TF32 off unless `tf32` (full fp32: what a CPU verifier can reproduce)."""
     from pol.datasets import load_dataset
     from pol.proof.hashing import merkle_root, sample_leaves
 
@@ -139,5 +140,6 @@ def build_spec(task_name: str, *, epochs: int | None = None, k: int | None = Non
         loss=task.loss, batch_size=bs, epochs=E, k=k or task.k, precision=precision, seed=seed,
         task=task.name, device=device, deterministic=deterministic,
         torch_version=torch.__version__, cpu_capability=current_cpu_capability(),
-        cpu_threads=torch.get_num_threads())
+        cpu_threads=torch.get_num_threads(),
+        tf32=("on" if tf32 else "off") if device == "cuda" else "")
     return spec, train, test

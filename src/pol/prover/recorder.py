@@ -38,7 +38,8 @@ from pol.errors import ConfigError, ProofWriteError
 from pol.proof import format as fmt
 from pol.proof.hashing import merkle_root, sample_leaves
 from pol.proof.writer import ProofWriter
-from pol.spec import DataSpec, ModelSpec, ScheduleSpec, TrainingSpec, current_cpu_capability
+from pol.spec import (DataSpec, ModelSpec, ScheduleSpec, TrainingSpec, current_cpu_capability,
+                      current_tf32)
 from pol.step import derive_seed, optimizer_spec_of, seed_step, state_tensors
 
 log = logging.getLogger(__name__)
@@ -104,11 +105,14 @@ class Recorder:
                     deterministic=torch.are_deterministic_algorithms_enabled(),
                     torch_version=torch.__version__,
                     cpu_capability=current_cpu_capability(),
-                    cpu_threads=torch.get_num_threads())
+                    cpu_threads=torch.get_num_threads(),
+                    tf32=current_tf32() if device == "cuda" else "")
             except ValueError as e:
                 raise ConfigError(str(e)) from None
         elif spec.data.root != merkle_root(self.leaves).hex() or spec.data.size != n:
             raise ConfigError("the data given does not match the spec's dataset commitment")
+        if device == "cuda" and not spec.tf32:  # record the numerics actually in force
+            spec = spec.with_(tf32=current_tf32())
         self.spec = spec
         self.epochs = spec.epochs
         self.steps_per_epoch = (n // spec.batch_size if spec.drop_last

@@ -11,8 +11,8 @@ import torch
 
 from pol.datasets import ArrayDataset
 from pol.prover.recorder import Recorder, run_loop
-from pol.spec import TrainingSpec
 from pol.registry import build_context
+from pol.spec import TrainingSpec, set_tf32
 from pol.step import StepContext
 
 
@@ -51,6 +51,8 @@ def train_spec(spec: TrainingSpec, train: ArrayDataset, test: ArrayDataset | Non
         torch.use_deterministic_algorithms(True)
         if device.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if device.type == "cuda":
+        set_tf32(spec.tf32)  # the numerics the spec records (pol's tasks: TF32 off)
     ctx = build_context(spec, device)
     if initial_state is not None:
         from pol.step import MODEL_PREFIX
@@ -78,7 +80,7 @@ def train_task(task: str, out: str | os.PathLike, *, epochs: int | None = None,
                k: int | None = None, seed: int = 0, lr: float | None = None,
                batch_size: int | None = None, precision: str = "fp32", device: str = "cpu",
                deterministic: bool = False, data_dir: str | None = None,
-               dataset_params: dict | None = None, overwrite: bool = False,
+               dataset_params: dict | None = None, overwrite: bool = False, tf32: bool = False,
                progress: bool = False, init_from: str | os.PathLike | None = None,
                ledger: str | os.PathLike | None = None, signing_key=None,
                commitment: str | os.PathLike | dict | None = None,
@@ -99,7 +101,7 @@ def train_task(task: str, out: str | os.PathLike, *, epochs: int | None = None,
     spec, train, test = build_spec(task, epochs=epochs, k=k, seed=seed, lr=lr,
                                    batch_size=batch_size, precision=precision, device=dev.type,
                                    deterministic=deterministic, data_dir=data_dir,
-                                   dataset_params=dataset_params)
+                                   dataset_params=dataset_params, tf32=tf32)
     init = initial_state = None
     if init_from is not None:
         from pol.errors import ConfigError

@@ -29,7 +29,7 @@ from pol.errors import ConfigError, IntegrityError, ProofFormatError
 from pol.proof import format as fmt
 from pol.proof.hashing import merkle_root, sample_leaves
 from pol.proof.reader import Proof, open_proof
-from pol.spec import current_cpu_capability
+from pol.spec import current_cpu_capability, set_tf32
 from pol.step import expected_state_shapes, state_tensors
 from pol.verifier.distances import METRICS, all_distances, flat_params, fp16_rounding_floor
 from pol.verifier.report import Report, SegmentResult
@@ -155,14 +155,17 @@ def verify(path: str | os.PathLike, options: VerifyOptions | None = None, **kw: 
     o = options or VerifyOptions(**kw)
     threads = 0
     deterministic = False
+    tf32 = ""
     try:
         from pol.proof.reader import read_manifest
         spec = read_manifest(path, o.limits).spec
         if spec.device == "cpu" and o.device in ("cpu", None):
             threads = spec.cpu_threads
         deterministic = spec.deterministic
+        tf32 = spec.tf32  # matters only where the replay runs on a GPU
     except Exception:  # noqa: BLE001 - _verify reports it properly
         pass
+    prev_tf32 = set_tf32(tf32)
     saved = torch.get_num_threads()
     saved_det = torch.are_deterministic_algorithms_enabled()
     if threads and threads != saved:
@@ -173,6 +176,7 @@ def verify(path: str | os.PathLike, options: VerifyOptions | None = None, **kw: 
     try:
         return _verify(path, o)
     finally:
+        set_tf32(prev_tf32 if tf32 else "")
         if threads and threads != saved:
             torch.set_num_threads(saved)
         if deterministic and not saved_det:

@@ -1,0 +1,215 @@
+"""Where does the prover's per-step cost go? Ablations of pol's Recorder measured in one run, plus a
+torch.profiler table and a cProfile of the training thread (issue 5: profile before optimizing).
+
+Modes, each over the same loop as bench_overhead.py (pol's `update()` on the same batches):
+  none        no proof
+  pol         the Recorder as shipped (snapshot → pinned buffer → background writer)
+  no-write    the Recorder, but the writer thread only waits for the copy and recycles the buffers
+              (what is left is the training thread's own cost: records, snapshot, queue)
+  no-snap     records only: step() never checkpoints (the per-step bookkeeping alone)
+Also: time spent inside Recorder calls on the training thread, and whether the writer's queue
+was ever full (back-pressure: the writer cannot keep up).
+
+    python benchmarks/profile_prover.py --device cuda --k 1 --steps 300 --out prof/
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import pstats
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pol.proof import writer as wmod
+from pol.prover.recorder import Recorder, epoch_order
+from pol.registry import build_context, resolve_device
+from pol.step import update
+from pol.tasks import build_spec
+
+
+class Clock:
+    def __init__(self):
+        self.rec = 0.0
+        self.put = 0.0
+        self.full = 0
+
+
+def run(mode, spec, train, device, steps, k, out, warmup, clock=None, profile=None,
+        compress=False):
+    ctx = build_context(spec, device)
+    B = spec.batch_size
+    n = len(train)
+    spec_k = spec.with_(k=k if mode != "no-snap" else 10 ** 9,
+                        epochs=max(1, -(-(steps + warmup) * B // n)))
+    rec = None
+    if mode != "none":
+        kw = {"compress": True} if compress else {}
+        rec = Recorder(out, model=ctx.model, optimizer=ctx.optimizer, data=train, spec=spec_k,
+                       overwrite=True, durable=False, **kw)
+    order = np.concatenate([epoch_order(spec.seed, e, n) for e in range(spec_k.epochs)])
+    lrs = [spec.optimizer.lr]
+    t0 = 0.0
+    for t in range(steps + warmup):
+        if t == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if profile is not None:
+                profile.__enter__()
+            t0 = time.perf_counter()
+        idx = order[(t * B) % (len(order) - B):][:B]
+        x, y = torch.from_numpy(train.x[idx]), torch.from_numpy(train.y[idx])
+        if rec is not None:
+            a = time.perf_counter()
+            rec.record_batch(idx)
+            if clock is not None and t >= warmup:
+                clock.rec += time.perf_counter() - a
+        loss = update(ctx, x, y, lrs, t)
+        if rec is not None:
+            a = time.perf_counter()
+            rec.step(loss)
+            if clock is not None and t >= warmup:
+                clock.rec += time.perf_counter() - a
+    if rec is not None:
+        rec.abort()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    if profile is not None:
+        profile.__exit__(None, None, None)
+    return dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--task", default="synthetic-resnet20")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--k", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compress", action="store_true")
+    ap.add_argument("--out", default="prof")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(args.device)
+    spec, train, _ = build_spec(args.task, device=device.type)
+    tmp = Path(tempfile.mkdtemp(prefix="pol-prof-"))
+    orig_write = wmod.ProofWriter._write
+    orig_put = wmod.ProofWriter.put_checkpoint
+
+    def no_write(self, snap):
+        if snap.event is not None:
+            snap.event.synchronize()
+        self._pool.put(snap.bufs)
+        losses = (snap.records or {}).get("losses")
+        if isinstance(losses, torch.Tensor):
+            self._pool.put([losses])
+
+    clock = Clock()
+
+    def timed_put(self, *a, **kw):
+        s = time.perf_counter()
+        full_before = self._q.full()
+        orig_put(self, *a, **kw)
+        clock.put += time.perf_counter() - s
+        clock.full += int(full_before)
+
+    modes = ["none", "pol", "no-write", "no-snap"]
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    inside: dict[str, list[float]] = {m: [] for m in modes}
+    puts: dict[str, list[float]] = {m: [] for m in modes}
+    fulls: dict[str, list[int]] = {m: [] for m in modes}
+    writer_s: list[float] = []
+    try:
+        for rep in range(args.repeats):
+            for mode in modes[rep % len(modes):] + modes[:rep % len(modes)]:
+                clock.__init__()
+                wmod.ProofWriter._write = no_write if mode == "no-write" else orig_write
+                wmod.ProofWriter.put_checkpoint = timed_put
+                dt = run(mode, spec, train, device, args.steps, args.k, tmp / mode,
+                         args.warmup, clock, compress=args.compress)
+                times[mode].append(dt)
+                inside[mode].append(clock.rec)
+                puts[mode].append(clock.put)
+                fulls[mode].append(clock.full)
+                shutil.rmtree(tmp / mode, ignore_errors=True)
+        wmod.ProofWriter._write = orig_write
+        wmod.ProofWriter.put_checkpoint = orig_put
+        # the writer's own time per checkpoint (its thread), from one more pol run
+        holder = {}
+        orig_init = wmod.ProofWriter.__init__
+
+        def grab(self, *a, **kw):
+            orig_init(self, *a, **kw)
+            holder["w"] = self
+        wmod.ProofWriter.__init__ = grab
+        run("pol", spec, train, device, args.steps, args.k, tmp / "w", args.warmup,
+            compress=args.compress)
+        wmod.ProofWriter.__init__ = orig_init
+        w = holder["w"]
+        n_ck = args.steps // args.k + 2
+        writer_s.append(w.write_seconds / max(n_ck, 1))
+        shutil.rmtree(tmp / "w", ignore_errors=True)
+        # torch.profiler over the pol mode
+        acts = [torch.profiler.ProfilerActivity.CPU]
+        if device.type == "cuda":
+            acts.append(torch.profiler.ProfilerActivity.CUDA)
+        prof = torch.profiler.profile(activities=acts)
+        run("pol", spec, train, device, min(args.steps, 60), args.k, tmp / "p", args.warmup,
+            profile=prof, compress=args.compress)
+        shutil.rmtree(tmp / "p", ignore_errors=True)
+        ka = prof.key_averages()
+        (out / "torch_profile_cpu.txt").write_text(
+            ka.table(sort_by="self_cpu_time_total", row_limit=35))
+        if device.type == "cuda":
+            (out / "torch_profile_cuda.txt").write_text(
+                ka.table(sort_by="self_cuda_time_total", row_limit=25))
+        # cProfile of the training thread
+        pr = cProfile.Profile()
+        pr.enable()
+        run("pol", spec, train, device, args.steps, args.k, tmp / "c", args.warmup,
+            compress=args.compress)
+        pr.disable()
+        shutil.rmtree(tmp / "c", ignore_errors=True)
+        s = io.StringIO()
+        pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(35)
+        (out / "cprofile_tottime.txt").write_text(s.getvalue())
+        s = io.StringIO()
+        pstats.Stats(pr, stream=s).sort_stats("cumulative").print_stats(45)
+        (out / "cprofile_cumulative.txt").write_text(s.getvalue())
+    finally:
+        wmod.ProofWriter._write = orig_write
+        wmod.ProofWriter.put_checkpoint = orig_put
+        shutil.rmtree(tmp, ignore_errors=True)
+    med = {m: statistics.median(v) for m, v in times.items()}
+    step_ms = {m: 1e3 * v / args.steps for m, v in med.items()}
+    res = {
+        "task": args.task, "device": (torch.cuda.get_device_name() if device.type == "cuda"
+                                      else f"CPU, {torch.get_num_threads()} threads"),
+        "k": args.k, "steps": args.steps, "repeats": args.repeats, "compress": args.compress,
+        "step_ms": step_ms,
+        "ratio_over_none": {m: med[m] / med["none"] for m in modes},
+        "recorder_calls_ms_per_step": {m: 1e3 * statistics.median(inside[m]) / args.steps
+                                       for m in modes},
+        "put_checkpoint_ms_per_step": {m: 1e3 * statistics.median(puts[m]) / args.steps
+                                       for m in modes},
+        "queue_full_at_put": {m: statistics.median(fulls[m]) for m in modes},
+        "writer_ms_per_checkpoint": 1e3 * writer_s[0],
+        "all_s": times,
+    }
+    (out / "profile.json").write_text(json.dumps(res, indent=1))
+    print(json.dumps({x: y for x, y in res.items() if x != "all_s"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

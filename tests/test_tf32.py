@@ -1,0 +1,51 @@
+"""TF32 is part of the spec: pol's GPU tasks record it off, the Recorder records what is in force,
+and the verifier replays with the recorded setting and restores the caller's afterwards."""
+
+import pytest
+import torch
+
+from pol.errors import ProofFormatError
+from pol.prover.trainer import train_task
+from pol.spec import TrainingSpec, current_tf32, set_tf32
+from pol.tasks import build_spec
+from pol.verifier import verify
+
+
+@pytest.fixture(autouse=True)
+def _restore_tf32():
+    prev = current_tf32()
+    yield
+    set_tf32(prev)
+
+
+def test_set_and_read_back():
+    for mode in ("off", "conv", "matmul", "on"):
+        set_tf32(mode)
+        assert current_tf32() == mode
+    before = current_tf32()
+    assert set_tf32("") == before and current_tf32() == before  # "" leaves torch alone
+
+
+def test_build_spec_records_tf32_on_cuda_only():
+    cpu, _, _ = build_spec("iris-logreg")
+    assert cpu.tf32 == "" and "tf32" not in cpu.to_dict()  # old proofs' bytes unchanged
+    gpu, _, _ = build_spec("iris-logreg", device="cuda")
+    assert gpu.tf32 == "off"
+    assert build_spec("iris-logreg", device="cuda", tf32=True)[0].tf32 == "on"
+    assert TrainingSpec.from_dict(gpu.to_dict()) == gpu
+
+
+def test_bad_tf32_value_is_a_format_error():
+    d = build_spec("iris-logreg", device="cuda")[0].to_dict()
+    d["tf32"] = "sometimes"
+    with pytest.raises(ProofFormatError, match="tf32"):
+        TrainingSpec.from_dict(d)
+
+
+def test_verifier_restores_callers_setting(tmp_path):
+    p = tmp_path / "iris"
+    train_task("iris-logreg", p, epochs=1, k=5)
+    set_tf32("conv")
+    assert verify(p).valid
+    assert current_tf32() == "conv"
+    assert torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
