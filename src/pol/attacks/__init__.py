@@ -11,6 +11,7 @@ from __future__ import annotations
 from pol.attacks.common import AttackResult, claim_device, load_public
 from pol.attacks.later import attack_fang, attack_zhang_init
 from pol.attacks.zhang_data import attack_zhang_data
+from pol.attacks.zhang_zero import attack_zhang_zero
 from pol.attacks.paper import (attack_concatenate, attack_directed_retrain, attack_fineprune,
                                attack_finetune, attack_inverse_gradient, attack_retrain)
 
@@ -23,6 +24,7 @@ ATTACKS = {
     "fineprune": attack_fineprune,
     "zhang-init": attack_zhang_init,
     "zhang-data": attack_zhang_data,
+    "zhang-zero": attack_zhang_zero,
     "fang": attack_fang,
 }
 

@@ -10,7 +10,7 @@ import click
 
 # the names of pol.attacks.ATTACKS, here so that `pol --help` does not import torch
 NAMES = ("retrain", "inverse-gradient", "concatenate", "directed-retrain", "finetune",
-         "fineprune", "zhang-init", "zhang-data", "fang")
+         "fineprune", "zhang-init", "zhang-data", "zhang-zero", "fang")
 
 
 @click.command("attack")
