@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--deterministic", action="store_true")
+    ap.add_argument("--tf32", action="store_true", help="GPU: allow TF32 (pol trains with it off)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--margin", type=float, default=3.0)
     ap.add_argument("--attacks", default="retrain,zhang-init,fang")
@@ -42,7 +43,7 @@ def main() -> None:
     try:
         target = tmp / "target"
         r = train_task(args.task, target, epochs=args.epochs, k=args.k, seed=1, device=args.device,
-                       deterministic=args.deterministic,
+                       deterministic=args.deterministic, tf32=args.tf32,
                        dataset_params={"n_train": args.n_train} if args.n_train else None)
         out["train_s"] = r.train_seconds
         out["test_accuracy"] = r.test_accuracy

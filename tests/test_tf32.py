@@ -49,3 +49,24 @@ def test_verifier_restores_callers_setting(tmp_path):
     assert verify(p).valid
     assert current_tf32() == "conv"
     assert torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+
+
+def test_augmentation_draws_on_the_cpu_for_new_proofs():
+    """CUDA's and the CPU's generators give different numbers for one seed: new proofs draw
+    augmentation on the CPU so a GPU proof replays with the same crops and flips on a CPU."""
+    from pol.registry import build_context
+    spec, _, _ = build_spec("synthetic-resnet20", dataset_params={"n_train": 64, "n_test": 16})
+    assert spec.augment_rng == "cpu"
+    d = spec.to_dict()
+    assert TrainingSpec.from_dict(d).augment_rng == "cpu"
+    del d["augment_rng"]  # a proof made before the field existed: drawn on the training device
+    legacy = TrainingSpec.from_dict(d)
+    assert legacy.augment_rng == "" and "augment_rng" not in legacy.to_dict()
+    ctx = build_context(spec, torch.device("cpu"))
+    assert ctx.rng_device == torch.device("cpu") and ctx.generator(3).device.type == "cpu"
+    assert build_context(legacy, torch.device("cpu")).rng_device is None
+    x = torch.rand(4, 3, 32, 32)
+    a = ctx.augment(x, ctx.generator(5))
+    b = ctx.augment(x, ctx.generator(5))
+    c = ctx.augment(x, ctx.generator(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)

@@ -115,4 +115,5 @@ def build_context(spec: TrainingSpec, device: torch.device, trusted_modules=()) 
     return StepContext(model=model, optimizer=make_optimizer(spec.optimizer, model.parameters()),
                        loss_fn=make_loss(spec.loss), prepare=PREPARE[spec.data.prepare],
                        augment=None if spec.data.augment == "none" else AUGMENT[spec.data.augment],
-                       seed=spec.seed, device=device)
+                       seed=spec.seed, device=device,
+                       rng_device=torch.device("cpu") if spec.augment_rng == "cpu" else None)

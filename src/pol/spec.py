@@ -266,6 +266,9 @@ class TrainingSpec:
     # recorded (a CPU proof, or an older proof: torch's defaults). TF32 rounds inputs to 10
     # mantissa bits, which dominates the GPU-vs-CPU replay error, so pol trains fp32 with it off
     tf32: str = ""
+    # where augmentation's random numbers are drawn: "cpu" (pol's proofs: identical on every
+    # device) or "" = on the training device (proofs made before this field existed)
+    augment_rng: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -281,6 +284,8 @@ class TrainingSpec:
         d = asdict(self)
         if not self.tf32:  # absent in proofs made before the field existed: same bytes, digests
             del d["tf32"]
+        if not self.augment_rng:
+            del d["augment_rng"]
         d["optimizer"]["betas"] = list(self.optimizer.betas)
         d["schedule"]["milestones"] = list(self.schedule.milestones)
         return d
@@ -314,6 +319,8 @@ class TrainingSpec:
                                  optional=True, default=0),
                 tf32=_str(d, "tf32", where, optional=True, default="",
                           choices=TF32_MODES),
+                augment_rng=_str(d, "augment_rng", where, optional=True, default="",
+                                 choices=("", "cpu")),
             )
         except ValueError as e:
             raise ProofFormatError(f"{where}: {e}") from None

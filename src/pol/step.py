@@ -88,9 +88,14 @@ class StepContext:
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None
     seed: int
     device: torch.device
+    # where augmentation draws its random numbers: CUDA's Philox and the CPU's Mersenne Twister
+    # give different numbers for one seed, so a GPU proof replayed on a CPU would augment
+    # differently. New proofs draw on the CPU everywhere (a few integers a step); None = on
+    # `device` (proofs made before spec.augment_rng existed)
+    rng_device: torch.device | None = None
 
     def generator(self, t: int) -> torch.Generator:
-        g = torch.Generator(device=self.device)
+        g = torch.Generator(device=self.rng_device or self.device)
         g.manual_seed(derive_seed(self.seed, "augment", t))
         return g
 
