@@ -37,9 +37,9 @@ def run(mode: str, spec, train, device, steps: int, k: int, out: Path, warmup: i
     n = len(train)
     spec_k = spec.with_(k=k, epochs=max(1, -(-(steps + warmup) * B // n)))
     rec = None
-    if mode == "pol":  # ("none2" is an A/A control: no proof, measures the noise floor)
+    if mode in ("pol", "pol-z"):  # ("none2" is an A/A control: no proof, the noise floor)
         rec = Recorder(out, model=ctx.model, optimizer=ctx.optimizer, data=train, spec=spec_k,
-                       overwrite=True, durable=False)
+                       overwrite=True, durable=False, compress=mode == "pol-z")
     elif mode == "reference":
         out.mkdir(parents=True, exist_ok=True)
         hashlib.sha256(str(train.x).encode()).hexdigest()  # the reference's dataset "hash"
@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--compress", action="store_true",
+                    help="also measure pol-z: the lossless checkpoint codec (format v2)")
     args = ap.parse_args()
     device = resolve_device(args.device)
     spec, train, _ = build_spec(args.task, device=device.type, batch_size=args.batch_size)
@@ -87,6 +89,8 @@ def main() -> None:
         for k in [int(x) for x in args.ks.split(",")]:
             times: dict[str, list[float]] = {"none": [], "pol": [], "reference": [],
                                              "none2": []}
+            if args.compress:
+                times["pol-z"] = []
             modes = list(times)
             for rep in range(args.repeats):
                 for mode in modes[rep % len(modes):] + modes[:rep % len(modes)]:  # rotate order
@@ -97,16 +101,20 @@ def main() -> None:
             results[k] = {"median_s": med, "pol_over_none": med["pol"] / med["none"],
                           "none2_over_none": med["none2"] / med["none"],
                           "reference_over_none": med["reference"] / med["none"],
+                          **({"polz_over_none": med["pol-z"] / med["none"]}
+                             if "pol-z" in med else {}),
                           "step_ms_none": 1e3 * med["none"] / args.steps, "all": times}
             print(json.dumps({"k": k, **{x: y for x, y in results[k].items() if x != "all"}}))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     dev = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"\n{args.task}, batch {spec.batch_size}, {args.steps} steps, {dev}, torch {torch.__version__}")
-    print("| k | step ms (no proof) | pol / none | reference / none | A/A control none2 / none |")
-    print("|---|---|---|---|---|")
+    print("| k | step ms (no proof) | pol / none | pol-z / none | reference / none "
+          "| A/A control none2 / none |")
+    print("|---|---|---|---|---|---|")
     for k, r in results.items():
-        print(f"| {k} | {r['step_ms_none']:.2f} | {r['pol_over_none']:.4f} | "
+        z = f"{r['polz_over_none']:.4f}" if "polz_over_none" in r else "—"
+        print(f"| {k} | {r['step_ms_none']:.2f} | {r['pol_over_none']:.4f} | {z} | "
               f"{r['reference_over_none']:.4f} | {r['none2_over_none']:.4f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": dev, "results": results}, indent=1))
