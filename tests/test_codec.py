@@ -321,6 +321,17 @@ def test_decoded_size_over_the_limits_is_refused_from_the_manifest(v2_copy):
         open_proof(v2_copy, fmt.Limits(max_file_bytes=2**20))
 
 
+def test_decoded_total_over_the_limits_is_refused(v2_copy):
+    """Each checkpoint under the per-file limit, all of them together over the total: the reader
+    would decompress that much from small files."""
+    body = load_manifest(v2_copy)
+    for entry in body["decoded"].values():
+        entry["size"] = 15 * 2**30
+    write_manifest(v2_copy, body, rehash_root=True)
+    with pytest.raises(ProofFormatError, match="decodes to"):
+        open_proof(v2_copy)
+
+
 # ------------------------------------------------------------------------------- manifest
 
 @pytest.mark.parametrize("edit,fragment", [

@@ -224,7 +224,11 @@ def parse_manifest(raw_bytes: bytes, limits: Limits) -> Manifest:
         dec_raw = raw.get("decoded")
         if not isinstance(dec_raw, dict) or len(dec_raw) != len(ckpts):
             raise ProofFormatError("manifest.decoded: expected one entry per checkpoint")
-        decoded, _ = _file_entries(dec_raw, "decoded", limits)
+        decoded, dec_total = _file_entries(dec_raw, "decoded", limits)
+        if dec_total > limits.max_total_bytes:  # decoding does that much work, however small
+            raise ProofFormatError(f"proof decodes to {dec_total} bytes of checkpoints, over "
+                                   f"the reader's limit of {limits.max_total_bytes} (raise it "
+                                   "with --max-proof-gb)")
         if set(decoded) != {checkpoint_name(t) for t in ckpts}:
             raise ProofFormatError("manifest.decoded: expected the checkpoints' names")
         stored = files
