@@ -351,3 +351,31 @@ def test_malformed_v2_manifest_is_unusable(v2_copy, edit, fragment):
     write_manifest(v2_copy, body, rehash_root=True)
     with pytest.raises(ProofFormatError, match=fragment):
         open_proof(v2_copy)
+
+
+def test_pol_train_resume_continues_a_compressed_run(tmp_path, monkeypatch):
+    """`pol train --compress` interrupted, then `pol train --resume` (which takes the codec from
+    the interrupted run): the same files as the uninterrupted run, valid in exact mode."""
+    args = ["train", "--task", "digits-mlp", "--epochs", "1", "--k", "3", "--compress"]
+    assert run_cli(*args, "--out", tmp_path / "full").exit_code == 0
+    real_step = Recorder.step
+
+    def step(self, loss=None):
+        if self.t == 20:
+            raise KeyboardInterrupt  # the run dies between checkpoints 18 and 21
+        real_step(self, loss)
+    monkeypatch.setattr(Recorder, "step", step)
+    try:
+        assert run_cli(*args, "--out", tmp_path / "cut").exit_code != 0
+    except AssertionError as e:  # the interrupt escaped the command: what a crash looks like
+        assert "KeyboardInterrupt" in str(e)
+    monkeypatch.setattr(Recorder, "step", real_step)
+    assert json.loads((tmp_path / "cut" / fmt.PROGRESS).read_text())["last_checkpoint"] == 18
+    assert_unusable(run_cli("verify", tmp_path / "cut"), "incomplete")
+    r = run_cli("train", "--resume", tmp_path / "cut")
+    assert r.exit_code == 0, r.output
+    full, cut = inspect_proof(tmp_path / "full"), inspect_proof(tmp_path / "cut")
+    assert cut["format_version"] == 2 and cut["files"] == full["files"]
+    assert cut["decoded"] == full["decoded"]
+    v = run_cli("verify", "--all", tmp_path / "cut")
+    assert v.exit_code == 0 and "bitwise" in v.output, v.output
