@@ -4,7 +4,6 @@ decompressing, a resumed compressed run equals the uninterrupted one, exact mode
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
