@@ -54,7 +54,7 @@ def run(mode: str, spec, train, device, steps: int, k: int, out: Path, warmup: i
         idx = order[(t * B) % (len(order) - B):][:B]
         x, y = torch.from_numpy(train.x[idx]), torch.from_numpy(train.y[idx])
         if rec is not None:
-            rec.record_batch(idx)
+            rec.record_batch(idx, seed_rng=False)  # update() seeds this step itself
         loss = update(ctx, x, y, lrs, t)
         if rec is not None:
             rec.step(loss)
