@@ -112,8 +112,8 @@ def attack_zhang_init(target_proof: str | os.PathLike, out: str | os.PathLike, *
     notes = [f"rank-matched init, ‖W_0 − W_T‖₂ = {_gap(w0, pub.w_final):.4g}; straight line to "
              f"W_T in T' = {T} steps with k = {kk} ({len(states) - 1} segments)",
              "simplified: no data perturbation (Zhang's Attacks I/II optimize per-step noise on "
-             "the samples so that the gradient reproduces each interpolation step); zhang-data "
-             "is not implemented",
+             "the samples so that the gradient reproduces each interpolation step: zhang-data; "
+             "Attack III's zero-gradient data: zhang-zero)",
              "no optimizer state in the checkpoints"]
     return _result("zhang-init", settings, out, tm, 0, pub, measure_honest, notes, fwd)
 
