@@ -423,11 +423,12 @@ def inspect(proof, as_json):
                f"T={info['total_steps']} k={info['k']}; {info['num_checkpoints']} checkpoints")
     click.echo(f"made on      {spec['device']}, deterministic={spec['deterministic']}, "
                f"torch {spec['torch_version']}, seed {spec['seed']}, "
-               f"precision {spec['precision']}")
+               f"precision {spec['precision']}"
+               + (f", tf32 {spec['tf32']}" if spec.get("tf32") else ""))
     click.echo(f"size         {info['total_bytes'] / 1e6:.2f} MB total, "
                f"{info['checkpoint_bytes_mean'] / 1e3:.1f} kB per checkpoint")
     for name, f in info["files"].items():
-        if not name.startswith("checkpoints/") or name.endswith("step_000000000.safetensors"):
+        if not name.startswith("checkpoints/") or "/step_000000000." in name:  # v1 and v2
             click.echo(f"  {f['sha256'][:16]}…  {f['size']:>10}  {name}")
     n_more = info["num_checkpoints"] - 1
     if n_more:
