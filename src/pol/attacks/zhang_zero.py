@@ -2,6 +2,9 @@
 the gap between consecutive interpolated checkpoints is absorbed by δ. For small models trained
 with plain SGD (no momentum), e.g. iris-logreg.
 
+(SGD momentum is allowed: with ≈ 0 gradients the buffer stays ≈ 0, and the forged checkpoints carry
+no optimizer state, so every replayed segment starts from a fresh buffer; weight decay is not.)
+
 The forger starts from a rank-matched forged init (as zhang-init) and claims one epoch of T'
 steps over its own ("user") data. The checkpoints W_1 … W_T' lie on a straight line to the
 target's W_T. For each step the forger ships a batch whose gradient at the step's weights is ≈ 0
@@ -60,6 +63,7 @@ class _Done(Exception):
 def _grad_norm(model, names, w, x, y, prepare, loss_fn) -> float:
     """‖∇_W L(W; x, y)‖₂ at weights w (float64): one gradient evaluation."""
     from torch.func import functional_call
+    model.eval()  # dropout off: a deterministic objective (the replay's masks only thin it)
     p = {n: w[MODEL_PREFIX + n].detach().double().requires_grad_(True) for n in names}
     inp = prepare(torch.from_numpy(np.asarray(x))).double()
     loss = loss_fn(functional_call(model, p, (inp,)), torch.from_numpy(np.asarray(y)).long())
@@ -77,6 +81,7 @@ def _solve_zero(model, names, w, x0, y, d0, prepare, loss_fn, penalty, maxiter, 
     from scipy.optimize import minimize
     from torch.func import functional_call
 
+    model.eval()  # dropout off: a deterministic objective (the replay's masks only thin it)
     p = {n: w[MODEL_PREFIX + n].detach().double().requires_grad_(True) for n in names}
     xt0 = torch.from_numpy(np.asarray(x0, dtype=np.float64))
     yt = torch.from_numpy(np.asarray(y)).long()
@@ -133,9 +138,11 @@ def attack_zhang_zero(target_proof: str | os.PathLike, out: str | os.PathLike, *
     with Timer() as tm:
         pub = load_public(target_proof, data_dir)
         ospec = pub.spec.optimizer
-        if ospec.name != "sgd" or ospec.momentum or ospec.weight_decay:
-            raise ConfigError("zhang-zero needs a target trained with plain SGD (no momentum, "
-                              "no weight decay)")
+        if ospec.name != "sgd" or ospec.weight_decay:
+            # a zero gradient makes any SGD momentum irrelevant (the buffer stays ≈ 0, and the
+            # checkpoints carry no optimizer state); weight decay or Adam's normalization would
+            # still move the weights
+            raise ConfigError("zhang-zero needs a target trained with SGD without weight decay")
         if pub.spec.data.augment != "none":
             raise ConfigError("zhang-zero needs a target without data augmentation")
         B = pub.spec.batch_size
@@ -156,6 +163,7 @@ def attack_zhang_zero(target_proof: str | os.PathLike, out: str | os.PathLike, *
 
         def sgd_step(w, x, y, lr, t):
             load_model_weights(ctx, w)
+            ctx.optimizer.state.clear()  # a replayed segment starts from a fresh buffer
             update(ctx, torch.from_numpy(x), torch.from_numpy(y), [lr] * optim_groups(ctx), t)
             return {MODEL_PREFIX + k_: v.detach().clone()
                     for k_, v in ctx.model.state_dict().items()}
