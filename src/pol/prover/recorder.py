@@ -262,15 +262,24 @@ class Recorder:
             loss = float("nan")
         if not isinstance(loss, torch.Tensor):
             loss = torch.tensor(float(loss))
-        self._rows_loss.append(loss.detach().reshape(()).float())
+        # each torch call costs a few µs of dispatch on the training thread: skip the no-ops
+        if loss.requires_grad:
+            loss = loss.detach()
+        if loss.dim():
+            loss = loss.reshape(())
+        if loss.dtype != torch.float32:
+            loss = loss.float()
+        self._rows_loss.append(loss)
         self._pending_idx = None
         self.t += 1
         if self.t % self.k == 0 or self.t == self.total_steps:
             self._checkpoint()
 
     def _checkpoint(self) -> None:
+        losses = (self._rows_loss[0].reshape(1) if len(self._rows_loss) == 1  # k = 1: a view
+                  else torch.stack(self._rows_loss))
         records = {"indices": np.stack(self._rows_idx), "lrs": np.asarray(self._rows_lr),
-                   "losses": torch.stack(self._rows_loss)}
+                   "losses": losses}
         self._rows_idx, self._rows_lr, self._rows_loss = [], [], []
         self.writer.put_checkpoint(self.t, self._state(), records)
 
