@@ -7,7 +7,7 @@ set -u
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src
-pip install -q --no-index wheels/*.whl 2>&1 | tail -2
+python -m pip install -q --no-index --root-user-action=ignore wheels/*.whl 2>&1 | tail -2
 run() { echo "== $*" | tee -a "$OUT/log.txt"; timeout "${T:-300}" "$@" 2>&1 | grep -v "^\s*$" | tail -n 30 | tee -a "$OUT/log.txt"; }
 T=330 run python benchmarks/bench_overhead.py --task synthetic-resnet20 --device cuda --steps 400 \
     --ks 1,10 --repeats 4 --compress --json "$OUT/overhead_cuda.json"
