@@ -1,9 +1,11 @@
 """Verifier cost: parallel replay speedup, wall time against its lower bound, peak memory.
 
 (a) `verify --all` with N = 1, 2, 4, 8 worker processes (up to the machine's cores): wall time,
-    speedup over N = 1, and whether the report's segments are identical to N = 1's.
-(b) the N = 1 verification's wall time ÷ (one read of the whole proof + the replayed steps at the
-    training throughput of the same `update()` loop): how close verification is to its floor.
+    speedup over N = 1, and whether the report's segments are identical to N = 1's; the same for a
+    top-Q verification (the default: top-1 + 1 random segment per epoch, fixed verifier entropy).
+(b) the N = 1 verification's wall time ÷ its floor = (one read of the whole proof + the replayed
+    steps at the training throughput of the same `update()` loop), for top-Q and for --all: how
+    close verification is to its floor. Also `pol verify` in a fresh process (imports included).
 (c) peak RSS (VmHWM) of the verifier and of the prover, each in a fresh subprocess, for a proof of
     T steps and one of 4T steps of the same model (k = 1, so the longer proof has 4× the
     checkpoints): memory must not grow with the proof's length.
@@ -11,8 +13,12 @@
 Every process runs torch with --threads intra-op threads (default 1), so the prover's and the
 verifier's kernels split their reductions the same way (exact replay) and N workers use N cores.
 
+Every wall time is the median of --repeats runs in one process (after one untimed warm-up run);
+the output is a markdown table per part and one line of compact JSON (also --json FILE).
+
     python benchmarks/bench_verify.py                      # synthetic-resnet20, small
-    python benchmarks/bench_verify.py --task digits-cnn --epochs 5 --k 10
+    python benchmarks/bench_verify.py --task digits-cnn --epochs 10 --k 10 --workers 1,2
+    python benchmarks/bench_verify.py --task digits-cnn --epochs 20 --k 5 --no-memory
 """
 
 from __future__ import annotations
@@ -68,6 +74,25 @@ def step_time(task: str, overrides: dict, steps: int) -> float:
     return float(np.median(times[2:]))
 
 
+def _median_time(fn, repeats: int):
+    """(median seconds over `repeats` calls, the last result)."""
+    times, out = [], None
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), out
+
+
+def cold_cli_time(path: Path, threads: int) -> float:
+    """`pol verify PROOF` in a fresh interpreter: imports, data, model, everything."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pol.cli", "verify", str(path)], check=True,
+                   capture_output=True, env=env)
+    return time.perf_counter() - t0
+
+
 def read_time(path: Path) -> float:
     """One read of the whole proof: manifest, per-step arrays, every checkpoint (digests checked)."""
     from pol.proof.reader import open_proof
@@ -88,6 +113,8 @@ def main() -> None:
     ap.add_argument("--mem-epochs", type=int, default=1, help="T for (c), in epochs (k = 1)")
     ap.add_argument("--workers", default="1,2,4,8")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads everywhere")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per configuration")
+    ap.add_argument("--no-memory", action="store_true", help="skip (c)")
     ap.add_argument("--out", type=Path, help="keep proofs here (default: a temp dir)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
@@ -109,34 +136,43 @@ def main() -> None:
     train_s = time.perf_counter() - t0
     m = json.loads((run.proof / "manifest.json").read_text())
     T = m["total_steps"]
-    rows, ref = [], None
-    for n in ns:
-        t0 = time.perf_counter()
-        rep = verify(run.proof, all_segments=True, workers=n)
-        wall = time.perf_counter() - t0
-        if ref is None:
-            ref = rep
-        rows.append({"workers": n, "seconds": wall, "speedup": rows[0]["seconds"] / wall
-                     if rows else 1.0, "valid": rep.valid,
-                     "identical": rep.segments == ref.segments,
-                     "exact": sum(s.exact for s in rep.segments), "segments": len(rep.segments)})
+    entropy = b"bench_verify"  # the same random segments in every top-Q run
+    verify(run.proof, all_segments=True)  # warm-up: first-call costs (allocator, lazy imports)
+    modes = {"all": {"all_segments": True}, "top-q": {"entropy": entropy}}
+    tables: dict = {}
+    for mode, kw in modes.items():
+        rows, ref = [], None
+        for n in ns:
+            wall, rep = _median_time(lambda: verify(run.proof, workers=n, **kw), args.repeats)
+            if ref is None:
+                ref = rep
+            rows.append({"workers": n, "seconds": wall, "speedup": rows[0]["seconds"] / wall
+                         if rows else 1.0, "valid": rep.valid,
+                         "identical": rep.segments == ref.segments,
+                         "exact": sum(s.exact for s in rep.segments),
+                         "segments": len(rep.segments),
+                         "replayed_steps": rep.stats["replayed_steps"]})
+        tables[mode] = rows
     res["speedup"] = {"steps": T, "checkpoints": len(m["checkpoints"]), "train_seconds": train_s,
-                      "rows": rows}
+                      "rows": tables["all"], "top_q_rows": tables["top-q"]}
 
     # ---- (b) against the floor
     over = {"dataset_params": {"seed": 0, "n_train": args.n_train, "n_test": 100}} \
         if args.n_train else {}
-    st = step_time(args.task, over, steps=5)
-    rd = read_time(run.proof)
-    replayed = ref.stats["replayed_steps"]
-    floor = rd + replayed * st
-    res["floor"] = {"verify_seconds": rows[0]["seconds"], "read_seconds": rd,
-                    "step_seconds": st, "replayed_steps": replayed, "floor_seconds": floor,
-                    "ratio": rows[0]["seconds"] / floor}
+    st = step_time(args.task, over, steps=max(5, 3 * args.repeats))
+    rd = float(np.median([read_time(run.proof) for _ in range(max(1, args.repeats))]))
+    res["floor"] = {}
+    for mode in modes:
+        row = tables[mode][0]
+        floor = rd + row["replayed_steps"] * st
+        res["floor"][mode] = {"verify_seconds": row["seconds"], "read_seconds": rd,
+                              "step_seconds": st, "replayed_steps": row["replayed_steps"],
+                              "floor_seconds": floor, "ratio": row["seconds"] / floor}
+    res["cold_cli_seconds"] = cold_cli_time(run.proof, args.threads)
 
     # ---- (c) memory: T and 4T steps, k = 1
     mem = []
-    for mult in (1, 4):
+    for mult in (() if args.no_memory else (1, 4)):
         out = base / f"mem{mult}"
         kw = _train_kwargs(args, args.mem_epochs * mult, 1)
         prover = _peak_rss_mib(f"from pol.prover.trainer import train_task\n"
@@ -152,34 +188,41 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
     _print(res)
+    print("\nJSON: " + json.dumps(res, separators=(",", ":")))
 
 
 def _print(r: dict) -> None:
     s = r["speedup"]
     print(f"### pol verify: {r['task']}, {r['cores']} cores, torch {r['torch']}, "
           f"{r['threads']} intra-op thread(s) per process\n")
-    print(f"(a) `verify --all`, {s['steps']} steps, {s['checkpoints']} checkpoints "
-          f"(training took {s['train_seconds']:.1f} s)\n")
-    print("| workers | wall (s) | speedup | segments identical to N=1 | exact segments | verdict |")
-    print("|---:|---:|---:|:---:|---:|:---|")
-    for row in s["rows"]:
-        print(f"| {row['workers']} | {row['seconds']:.2f} | {row['speedup']:.2f}× | "
-              f"{'yes' if row['identical'] else 'NO'} | {row['exact']}/{row['segments']} | "
-              f"{'valid' if row['valid'] else 'invalid'} |")
-    f = r["floor"]
-    print("\n(b) verification (N=1) against its floor\n")
-    print("| verify wall (s) | read proof once (s) | replayed steps | step at training "
+    for title, key in (("`verify --all`", "rows"), ("`verify` (top-Q)", "top_q_rows")):
+        print(f"(a) {title}, {s['steps']} steps, {s['checkpoints']} checkpoints "
+              f"(training took {s['train_seconds']:.1f} s), median wall time\n")
+        print("| workers | wall (s) | speedup | segments identical to N=1 | exact segments "
+              "| verdict |")
+        print("|---:|---:|---:|:---:|---:|:---|")
+        for row in s[key]:
+            print(f"| {row['workers']} | {row['seconds']:.2f} | {row['speedup']:.2f}× | "
+                  f"{'yes' if row['identical'] else 'NO'} | {row['exact']}/{row['segments']} | "
+                  f"{'valid' if row['valid'] else 'invalid'} |")
+        print()
+    print("(b) verification (N=1) against its floor\n")
+    print("| mode | verify wall (s) | read proof once (s) | replayed steps | step at training "
           "throughput (ms) | floor (s) | ratio |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    print(f"| {f['verify_seconds']:.2f} | {f['read_seconds']:.3f} | {f['replayed_steps']} | "
-          f"{1e3 * f['step_seconds']:.1f} | {f['floor_seconds']:.2f} | "
-          f"{f['ratio']:.2f}× |")
-    print("\n(c) peak RSS (VmHWM), each in a fresh process (k = 1; verifier: default top-Q)\n")
-    print("| steps | checkpoints | proof size (MiB) | prover peak (MiB) | verifier peak (MiB) |")
-    print("|---:|---:|---:|---:|---:|")
-    for row in r["memory"]:
-        print(f"| {row['steps']} | {row['checkpoints']} | {row['proof_mib']:.1f} | "
-              f"{row['prover_mib']:.0f} | {row['verifier_mib']:.0f} |")
+    print("|:---|---:|---:|---:|---:|---:|---:|")
+    for mode, f in r["floor"].items():
+        print(f"| {mode} | {f['verify_seconds']:.3f} | {f['read_seconds']:.3f} | "
+              f"{f['replayed_steps']} | {1e3 * f['step_seconds']:.2f} | "
+              f"{f['floor_seconds']:.3f} | {f['ratio']:.2f}× |")
+    print(f"\n`pol verify` in a fresh process (imports included): "
+          f"{r['cold_cli_seconds']:.2f} s")
+    if r["memory"]:
+        print("\n(c) peak RSS (VmHWM), each in a fresh process (k = 1; verifier: default top-Q)\n")
+        print("| steps | checkpoints | proof size (MiB) | prover peak (MiB) | verifier peak (MiB) |")
+        print("|---:|---:|---:|---:|---:|")
+        for row in r["memory"]:
+            print(f"| {row['steps']} | {row['checkpoints']} | {row['proof_mib']:.1f} | "
+                  f"{row['prover_mib']:.0f} | {row['verifier_mib']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -48,3 +48,48 @@ def test_workers_must_be_positive(mlp_proof):
         verify(mlp_proof, workers=0)
     r = run_cli("verify", mlp_proof, "--workers", "0")
     assert r.exit_code == 2
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_workers_start_methods_same_report(mlp_proof, proof_copy, monkeypatch, method):
+    """Forked workers (the parent's own state) and forkserver workers (state rebuilt from the job,
+    data shared through it) replay exactly as the parent does, top-Q and --all."""
+    import pol.verifier.parallel as par
+    proof = proof_copy(mlp_proof)
+    perturb_checkpoint(proof, 50, norm=0.5)
+    monkeypatch.setattr(par, "FORCE_START_METHOD", method)
+    for kw in ({"all_segments": True}, {"entropy": b"fixed", "q": 2}):
+        one = verify(proof, **kw)
+        two = verify(proof, workers=2, **kw)
+        assert two.segments == one.segments and len(one.segments) > 2
+        assert _checks(two) == _checks(one)
+
+
+def test_workers_reload_large_data(mlp_proof, mlp_report_all, monkeypatch):
+    """Above SHARE_DATA_MAX_BYTES a non-forked worker reloads the data and checks its digest."""
+    import pol.verifier.parallel as par
+    monkeypatch.setattr(par, "FORCE_START_METHOD", "forkserver")
+    monkeypatch.setattr(par, "SHARE_DATA_MAX_BYTES", 0)
+    two = verify(mlp_proof, all_segments=True, workers=2)
+    assert two.segments == mlp_report_all.segments
+    assert _checks(two) == _checks(mlp_report_all)
+
+
+def test_workers_integrity_failure_closes_pool(mlp_proof, proof_copy):
+    """--all starts replays before the streaming pass: a checkpoint that fails its digest still
+    gives the integrity report (no replay results), and the pool is closed."""
+    import multiprocessing
+
+    from pol.proof import format as fmt
+    proof = proof_copy(mlp_proof)
+    m = json.loads((proof / "manifest.json").read_text())
+    last = m["checkpoints"][-1]
+    f = proof / fmt.checkpoint_name(last)
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 1
+    f.write_bytes(bytes(data))
+    one = verify(proof, all_segments=True)
+    two = verify(proof, all_segments=True, workers=2)
+    assert not two.valid and _checks(two) == _checks(one) and not two.segments
+    assert any(c.name == "checkpoint digests" and c.status == "fail" for c in two.checks)
+    assert not multiprocessing.active_children()

@@ -449,6 +449,41 @@ DEFAULT_PREPARE: dict[str, str] = {
 }
 
 
+# In-process cache of the built-in datasets that are pure functions of (name, params): generated
+# (synthetic-*) or bundled with scikit-learn, never files on disk (which may change). A prover and a
+# verifier in one process (benchmarks, tests, `pol train` then `pol verify`) build them once; every
+# caller gets fresh copies, so nothing can alter a cached array.
+_PURE_DATASETS = frozenset({"digits", "iris", "wine", "breast-cancer", "synthetic-cifar",
+                            "synthetic-tokens"})
+_CACHE_MAX_BYTES = 256 * 2**20
+_CACHE_MAX_ENTRIES = 4
+_load_cache: dict[tuple, tuple[Any, ArrayDataset, ArrayDataset]] = {}
+
+
+def _copy(d: ArrayDataset) -> ArrayDataset:
+    return ArrayDataset(d.x.copy(), d.y.copy())
+
+
+def _cached_load(name: str, loader: Loader, params: dict[str, Any],
+                 data_dir: str | None) -> tuple[ArrayDataset, ArrayDataset]:
+    import json
+    key = None
+    if name in _PURE_DATASETS:
+        try:
+            key = (name, json.dumps(params, sort_keys=True, allow_nan=False))
+        except (TypeError, ValueError):
+            key = None
+    hit = _load_cache.get(key) if key is not None else None
+    if hit is not None and hit[0] is loader:  # the same (built-in) loader, not a replaced one
+        return _copy(hit[1]), _copy(hit[2])
+    train, test = loader(params, data_dir)
+    if key is not None and train.x.nbytes + test.x.nbytes <= _CACHE_MAX_BYTES:
+        while len(_load_cache) >= _CACHE_MAX_ENTRIES:
+            _load_cache.pop(next(iter(_load_cache)))
+        _load_cache[key] = (loader, _copy(train), _copy(test))
+    return train, test
+
+
 def load_dataset(name: str, params: dict | None = None,
                  data_dir: str | None = None) -> tuple[ArrayDataset, ArrayDataset]:
     """(train, test) raw arrays for a registered dataset.
@@ -467,7 +502,7 @@ def load_dataset(name: str, params: dict | None = None,
     limit = None
     if "limit" in params:
         limit = _int_param(params, "limit", 0, 1, 2**62)
-    train, test = loader(params, data_dir)
+    train, test = _cached_load(name, loader, params, data_dir)
     if limit is not None and limit < len(train):
         train = ArrayDataset(np.ascontiguousarray(train.x[:limit]), train.y[:limit].copy())
     return train, test

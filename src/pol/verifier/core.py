@@ -31,7 +31,7 @@ from pol.proof.hashing import merkle_root, sample_leaves
 from pol.proof.reader import Proof, open_proof
 from pol.spec import current_cpu_capability, set_tf32
 from pol.step import expected_state_shapes, state_tensors
-from pol.verifier.distances import METRICS, all_distances, flat_params, fp16_rounding_floor
+from pol.verifier.distances import METRICS, flat_params, fp16_rounding_floor
 from pol.verifier.report import Report, SegmentResult
 
 log = logging.getLogger(__name__)
@@ -184,6 +184,27 @@ def verify(path: str | os.PathLike, options: VerifyOptions | None = None, **kw: 
 
 
 def _verify(path: str | os.PathLike, o: VerifyOptions) -> Report:
+    pools: list = []  # a replay worker pool started early (closed whatever happens)
+    try:
+        return _verify_pass(path, o, pools)
+    finally:
+        for pool in pools:
+            pool.close()
+
+
+def _n_segments(proof: Proof, q: int, all_segments: bool, random_per_epoch: int) -> int:
+    """How many segments `_segments_to_replay` will choose (known before the d1 pass)."""
+    ck = proof.manifest.checkpoints
+    if all_segments:
+        return len(ck) - 1
+    S = proof.manifest.steps_per_epoch
+    counts: dict[int, int] = {}
+    for i in range(len(ck) - 1):
+        counts[ck[i] // S] = counts.get(ck[i] // S, 0) + 1
+    return sum(min(n, q) + min(n - min(n, q), random_per_epoch) for n in counts.values())
+
+
+def _verify_pass(path: str | os.PathLike, o: VerifyOptions, pools: list) -> Report:
     for m in (*o.metrics, o.d1):
         if m not in METRICS:
             raise ConfigError(f"unknown metric {m!r}; known: {', '.join(METRICS)}")
@@ -285,10 +306,25 @@ def _verify(path: str | os.PathLike, o: VerifyOptions) -> Report:
             dtypes[name] = fmt.storage_dtype(name, torch.empty(0), spec.precision)
         dtypes[f"optim.{i}.step"] = torch.float32
 
+    model_shapes, opt_shapes = expected_state_shapes(ctx.model, ctx.optimizer,
+                                                     spec.optimizer.name)
+    recent: dict[int, dict[str, torch.Tensor]] = {}  # the last two checked checkpoints
+
     def load(t: int) -> dict[str, torch.Tensor]:
+        """Checkpoint t, digest, shapes, dtypes and values checked. The last two stay in memory
+        (never altered: load_state copies them), so a replay of consecutive segments, or of the
+        last one after the streaming pass, does not read and check the same file again."""
+        hit = recent.get(t)
+        if hit is not None:
+            return hit
+        tensors = _load_checked(t)
+        recent[t] = tensors
+        while len(recent) > 2:
+            recent.pop(next(iter(recent)))
+        return tensors
+
+    def _load_checked(t: int) -> dict[str, torch.Tensor]:
         tensors = proof.load_checkpoint(t)
-        model_shapes, opt_shapes = expected_state_shapes(ctx.model, ctx.optimizer,
-                                                         spec.optimizer.name)
         for k, v in tensors.items():
             want = model_shapes.get(k, opt_shapes.get(k))
             if want is None or tuple(v.shape) != want:
@@ -304,18 +340,43 @@ def _verify(path: str | os.PathLike, o: VerifyOptions) -> Report:
                 raise ProofFormatError(f"checkpoint at step {t}: {n} has NaN/Inf values")
         return tensors
 
-    # --- streaming pass: every checkpoint read once (digest checked), d1 of each segment
+    # --- replay workers start now, so that their start overlaps with the streaming pass (and with
+    # --all, whose segments are known already, their replays too)
     ck = m.checkpoints
+    pool = None
+    if o.workers > 1 and not o.reveal and not o.request_data:
+        n_workers = min(o.workers, _n_segments(proof, o.q, o.all_segments,
+                                               o.random_per_epoch if hardened else 0))
+        if n_workers > 1:
+            from pol.proof.hashing import content_digest
+            from pol.verifier.parallel import ReplayJob, ReplayPool, start_method, torch_settings
+            method = start_method(device)
+            job = ReplayJob(proof=str(path), root_digest=m.root_digest, limits=o.limits,
+                            data=o.data, data_digest="" if method == "fork" else
+                            content_digest(data.x, data.y), leaves=leaves, device=o.device,
+                            trusted_modules=tuple(o.trusted_modules), metrics=tuple(o.metrics),
+                            hardened=hardened, torch_settings=torch_settings())
+            pool = ReplayPool(job, n_workers, method,
+                              {"job": job, "proof": proof, "data": data, "ctx": ctx,
+                               "leaves": leaves, "names": names, "load": load})
+            pools.append(pool)
+            if o.all_segments:
+                pool.submit([(ck[i], ck[i + 1]) for i in range(len(ck) - 1)])
+
+    # --- streaming pass: every checkpoint read once (digest checked), d1 of each segment
+    from pol.verifier.parallel import distances
     updates: list[dict[str, float]] = []
     try:
         prev = load(0)
         w0 = prev
         prev_vec = flat_params(prev, names)
+        prev_norm = torch.linalg.vector_norm(prev_vec)
         for t in tqdm(ck[1:], desc="reading checkpoints", disable=not o.progress, leave=False):
             cur = load(t)
             vec = flat_params(cur, names)
-            updates.append(all_distances(prev_vec, vec, METRICS))
-            prev_vec = vec
+            norm = torch.linalg.vector_norm(vec)
+            updates.append(distances(prev_vec, vec, METRICS, prev_norm, norm))
+            prev_vec, prev_norm = vec, norm
         final_vec = prev_vec
     except IntegrityError as e:
         report.add("checkpoint digests", False, str(e))
@@ -342,7 +403,14 @@ def _verify(path: str | os.PathLike, o: VerifyOptions) -> Report:
                    value=worst.pvalue if worst else None, bound=thr)
         if hardened:
             from pol.verifier import hardened as hd
-            regen = hd.regenerated_init_matches(spec, w0, names)
+            if device.type == "cpu" and not o.trusted_modules:
+                # the model built above is untouched so far: it is the init that pol derives
+                # from the proof's seed, built exactly as regenerated_init_matches would build it
+                mine = {"model." + k: v for k, v in ctx.model.state_dict().items()}
+                regen = all(n in mine and torch.equal(mine[n].to(w0[n].dtype), w0[n].cpu())
+                            for n in names)
+            else:
+                regen = hd.regenerated_init_matches(spec, w0, names)
             report.add("init regeneration", regen,
                        "W_0 is bitwise the init pol derives from the proof's seed" if regen else
                        "W_0 is not the init that the proof's seed and strategy give: pol always "
@@ -432,18 +500,11 @@ def _verify(path: str | os.PathLike, o: VerifyOptions) -> Report:
     if o.workers < 1:
         raise ConfigError("--workers must be at least 1")
     # lazy reveal (revealed samples only) always replays in this process
-    workers = 1 if o.reveal else min(o.workers, len(chosen))
     outcomes = None
-    if workers > 1:  # independent segments in worker processes; same outcomes, same order
-        from pol.proof.hashing import content_digest
-        from pol.verifier.parallel import ReplayJob, replay_parallel, torch_settings
-        job = ReplayJob(proof=str(path), root_digest=m.root_digest, limits=o.limits, data=o.data,
-                        data_digest=content_digest(data.x, data.y), leaves=leaves,
-                        device=o.device, trusted_modules=tuple(o.trusted_modules),
-                        metrics=tuple(o.metrics), hardened=hardened,
-                        torch_settings=torch_settings())
-        outcomes = replay_parallel(job, [(ck[i], ck[i + 1]) for i, _ in chosen], workers,
-                                   lambda out: bar.update(out.end - out.start))
+    if pool is not None:  # independent segments in worker processes; same outcomes, same order
+        if not o.all_segments:
+            pool.submit([(ck[i], ck[i + 1]) for i, _ in chosen])
+        outcomes = pool.results(lambda out: bar.update(out.end - out.start))
     for j, (i, why) in enumerate(chosen):
         a, b = ck[i], ck[i + 1]
         out = outcomes[j] if outcomes is not None else replay_segment(

@@ -6,10 +6,11 @@ different segments at once, and the verifier combines their outcomes exactly as 
 them itself, in the same order (`verify()` does all the bookkeeping: δ, relative error, verdict).
 
 What makes a parallel replay give the same bits as an in-process one:
-- every worker runs the same `replay_segment` on the same inputs: it opens the proof itself
-  (`open_proof`, digests checked again, root digest must be the one the parent verified), rebuilds
-  the verifier's data the same way and checks that its bytes are the ones the parent checked
-  against the dataset commitment (content digest), and builds the step context once;
+- every worker runs the same `replay_segment` on the same inputs: a forked worker has the parent's
+  own (checked) proof, data and context; another one opens the proof itself (`open_proof`, digests
+  checked again, root digest must be the one the parent verified), takes the parent's checked data
+  from its job (or, for a large set, rebuilds it and checks that its bytes are the ones the parent
+  checked against the dataset commitment: content digest), and builds the step context once;
 - every worker runs torch with the parent's settings: the same number of intra-op threads (CPU
   kernels split their reductions by thread count, so 1 thread and 2 threads give different bits,
   which exact mode — δ = 0 — would reject), deterministic algorithms, TF32 and cuDNN flags.
@@ -17,8 +18,9 @@ What makes a parallel replay give the same bits as an in-process one:
   verifier with T = cores / N threads, matching the prover's thread count (`torch.set_num_threads`,
   or OMP_NUM_THREADS for the CLI).
 
-Nothing heavy crosses process boundaries: a job of plain values (paths, options, the dataset's
-32-byte leaf hashes) once per worker, two step numbers per segment, and a few floats back.
+Little crosses process boundaries: nothing for a forked worker; otherwise a job of plain values
+(paths, options, the dataset's 32-byte leaf hashes and, up to SHARE_DATA_MAX_BYTES, the data)
+once per worker. Then two step numbers per segment, and a few floats back.
 """
 
 from __future__ import annotations
@@ -35,7 +37,41 @@ from pol.errors import IntegrityError, ProofFormatError
 from pol.proof import format as fmt
 from pol.proof.hashing import merkle_root
 from pol.step import load_state, state_tensors, update
-from pol.verifier.distances import all_distances, flat_params
+from pol.verifier.distances import METRICS, flat_params
+
+
+def distances(a: torch.Tensor, b: torch.Tensor, metrics: Sequence[str] = METRICS,
+              norm_a: torch.Tensor | None = None, norm_b: torch.Tensor | None = None
+              ) -> dict[str, float]:
+    """`distances.all_distances(a, b, metrics)`, bit for bit, with fewer passes over the vectors:
+    the same torch operations on the same tensors, but a − b and |a − b| computed once for all
+    metrics, and the norms of a and b (cos) optionally passed in by a caller that has them already
+    (the streaming pass: each checkpoint's norm serves two segments)."""
+    out: dict[str, float] = {}
+    need = set(metrics)
+    unknown = need - set(METRICS)
+    if unknown:
+        raise ValueError(f"unknown metric {sorted(unknown)[0]!r}; known: {', '.join(METRICS)}")
+    d = a - b if need & {"l1", "l2", "linf"} else None
+    ad = d.abs() if need & {"l1", "linf"} else None
+    for m in metrics:
+        if m == "l1":
+            out[m] = float(ad.sum())
+        elif m == "l2":
+            out[m] = float(torch.linalg.vector_norm(d))
+        elif m == "linf":
+            out[m] = float(ad.max()) if a.numel() else 0.0
+        else:  # cos
+            if torch.equal(a, b):
+                out[m] = 0.0
+                continue
+            na = norm_a if norm_a is not None else torch.linalg.vector_norm(a)
+            nb = norm_b if norm_b is not None else torch.linalg.vector_norm(b)
+            if na == 0 or nb == 0:
+                out[m] = 0.0 if na == nb else 1.0
+            else:
+                out[m] = float(1.0 - torch.dot(a, b) / (na * nb))
+    return out
 
 
 @dataclass
@@ -82,7 +118,7 @@ def replay_segment(ctx, proof, data, leaves: np.ndarray, names: list[str], a: in
     mine = state_tensors(ctx.model, ctx.optimizer)
     mine_vec = flat_params({n: mine[n].to(fmt.storage_dtype(n, mine[n], spec.precision))
                             for n in names}, names)
-    err = all_distances(mine_vec, flat_params(end, names), metrics)
+    err = distances(mine_vec, flat_params(end, names), metrics)
     exact = all(k in mine and torch.equal(
         mine[k].detach().to("cpu", fmt.storage_dtype(k, mine[k], spec.precision)),
         end[k]) for k in end) and len(end) == len(mine)
@@ -90,6 +126,23 @@ def replay_segment(ctx, proof, data, leaves: np.ndarray, names: list[str], a: in
 
 
 # ----------------------------------------------------------------------------- worker processes
+#
+# How workers start (`start_method`):
+# - "fork" (Linux, CPU replay, one intra-op thread, CUDA not initialized, no other Python thread):
+#   the verifier forks its workers right after it has built the model and checked the data, so each
+#   worker starts in milliseconds with the parent's own proof, data, leaves and context, already
+#   checked. Not with more threads: libgomp's thread pool does not survive a fork, and a child that
+#   runs an OpenMP region with two or more threads after its parent ran one hangs.
+# - otherwise "forkserver" (else "spawn"): a clean server process that has imported torch and pol
+#   forks the workers; each one gets the parent's data in its job (no reload, unless it is large)
+#   and builds its context in the pool initializer. The verifier starts the pool before its
+#   streaming pass over the checkpoints, so this overlaps with the pass.
+
+FORCE_START_METHOD: str | None = None  # tests: force "fork", "forkserver" or "spawn"
+SHARE_DATA_MAX_BYTES = 256 * 2**20  # above this, non-fork workers reload the data themselves
+_PRELOAD = ["torch", "torch._dynamo", "numpy", "pol.step", "pol.registry", "pol.datasets",
+            "pol.proof.reader", "pol.verifier.core", "pol.verifier.parallel"]
+
 
 @dataclass(frozen=True)
 class ReplayJob:
@@ -106,6 +159,8 @@ class ReplayJob:
     metrics: tuple[str, ...]
     hardened: bool
     torch_settings: dict[str, Any]
+    x: np.ndarray | None = None  # the parent's checked data itself (else the worker reloads it)
+    y: np.ndarray | None = None
 
 
 def torch_settings() -> dict[str, Any]:
@@ -132,62 +187,119 @@ def _apply_torch_settings(s: dict[str, Any]) -> None:
     torch.set_float32_matmul_precision(s["float32_matmul_precision"])
 
 
+def start_method(device: torch.device | str, threads: int | None = None) -> str:
+    """The cheapest safe way to start replay workers in this process (see above)."""
+    import sys
+    import threading
+    if FORCE_START_METHOD:
+        return FORCE_START_METHOD
+    methods = multiprocessing.get_all_start_methods()
+    threads = torch.get_num_threads() if threads is None else threads
+    if ("fork" in methods and sys.platform.startswith("linux") and threads == 1
+            and torch.device(device).type == "cpu" and not torch.cuda.is_initialized()
+            and threading.active_count() == 1):
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
 _JOB: ReplayJob | None = None
 _STATE: dict[str, Any] | None = None
+_STATE_ERROR: BaseException | None = None
 
 
-def _init_worker(job: ReplayJob) -> None:
-    """Pool initializer: only store the job and apply the settings (nothing that can fail on the
-    proof; errors there would break the pool instead of reaching the parent as themselves)."""
-    global _JOB, _STATE
-    _JOB, _STATE = job, None
-    _apply_torch_settings(job.torch_settings)
+def _init_worker(job: ReplayJob | None, state: dict[str, Any] | None = None) -> None:
+    """Pool initializer. A forked worker gets the parent's state as is; another one builds it here
+    (so that it overlaps with the parent's streaming pass). An error is kept and raised by the
+    worker's tasks: in the initializer it would break the pool instead of reaching the parent."""
+    global _JOB, _STATE, _STATE_ERROR
+    _JOB, _STATE, _STATE_ERROR = job, state, None
+    try:
+        _apply_torch_settings((job or state["job"]).torch_settings)
+        if _STATE is None:
+            _STATE = _build_state(job)
+    except BaseException as e:  # noqa: BLE001 - re-raised by every task of this worker
+        _STATE_ERROR = e
 
 
-def _worker_state() -> dict[str, Any]:
-    """Open the proof, load and check the data, build the context: once per worker."""
-    global _STATE
-    if _STATE is None:
-        from pol.proof.hashing import content_digest
-        from pol.proof.reader import open_proof
-        from pol.registry import build_context, resolve_device
-        from pol.verifier.core import _param_names, load_verifier_data
+def _build_state(job: ReplayJob) -> dict[str, Any]:
+    """Open the proof, take or reload the data, build the context: once per worker."""
+    from pol.datasets import ArrayDataset
+    from pol.proof.hashing import content_digest
+    from pol.proof.reader import open_proof
+    from pol.registry import build_context, resolve_device
+    from pol.verifier.core import _param_names, load_verifier_data
 
-        job = _JOB
-        assert job is not None, "worker used without _init_worker"
-        proof = open_proof(job.proof, job.limits)
-        if proof.manifest.root_digest != job.root_digest:
-            raise IntegrityError(f"{job.proof}: the proof changed on disk during verification "
-                                 "(its manifest's root digest is not the one verified)")
-        spec = proof.manifest.spec
+    proof = open_proof(job.proof, job.limits)
+    if proof.manifest.root_digest != job.root_digest:
+        raise IntegrityError(f"{job.proof}: the proof changed on disk during verification "
+                             "(its manifest's root digest is not the one verified)")
+    spec = proof.manifest.spec
+    if job.x is not None:  # the very bytes the parent checked against the commitment
+        data = ArrayDataset(job.x, job.y)
+    else:
         data = load_verifier_data(spec, job.data)
         if content_digest(data.x, data.y) != job.data_digest:
             raise ProofFormatError("the verifier's data changed on disk during verification")
-        ctx = build_context(spec, resolve_device(job.device), job.trusted_modules)
-        # Checkpoints are read through the reader (digest checked): the bytes are those that the
-        # parent's streaming pass already validated (shapes, dtypes, finite values).
-        _STATE = {"proof": proof, "data": data, "ctx": ctx, "names": _param_names(ctx.model)}
-    return _STATE
+    ctx = build_context(spec, resolve_device(job.device), job.trusted_modules)
+    # Checkpoints are read through the reader (digest checked): the bytes are those that the
+    # parent's streaming pass validated (shapes, dtypes, finite values).
+    return {"job": job, "proof": proof, "data": data, "ctx": ctx, "leaves": job.leaves,
+            "names": _param_names(ctx.model), "load": proof.load_checkpoint}
+
+
+def _ready() -> int:
+    """Warm-up task: makes the pool start a worker (and build its state) now."""
+    import os
+    return os.getpid()
 
 
 def _replay_task(a: int, b: int) -> SegmentOutcome:
-    st = _worker_state()
-    job = _JOB
-    return replay_segment(st["ctx"], st["proof"], st["data"], job.leaves, st["names"], a, b,
-                          job.metrics, job.hardened, st["proof"].load_checkpoint)
+    if _STATE_ERROR is not None:
+        raise _STATE_ERROR
+    st = _STATE
+    assert st is not None, "worker used without _init_worker"
+    job = st["job"]
+    return replay_segment(st["ctx"], st["proof"], st["data"], st["leaves"], st["names"], a, b,
+                          job.metrics, job.hardened, st["load"])
 
 
-def replay_parallel(job: ReplayJob, segments: Sequence[tuple[int, int]], workers: int,
-                    segment_done: Callable[[SegmentOutcome], Any] | None = None
-                    ) -> list[SegmentOutcome]:
-    """Replay `segments` [(a, b), ...] in `workers` spawned processes; outcomes in the order given.
-    If segments fail (raise), the exception of the first failing one in that order is raised, as
-    the in-process loop would: later segments are cancelled, earlier ones run to the end."""
-    mp = multiprocessing.get_context("spawn")
-    ex = ProcessPoolExecutor(max_workers=max(1, min(workers, len(segments))), mp_context=mp,
-                             initializer=_init_worker, initargs=(job,))
-    try:
-        futs = [ex.submit(_replay_task, a, b) for a, b in segments]
+class ReplayPool:
+    """`workers` replay processes, started at construction; `submit` segments as soon as they are
+    known, `results` collects the outcomes in submission order, `close` always.
+
+    `local` (fork only): the parent's checked state {"job", "proof", "data", "ctx", "leaves",
+    "names", "load"}, inherited by the forked workers without any copy or pickling."""
+
+    def __init__(self, job: ReplayJob, workers: int, method: str,
+                 local: dict[str, Any] | None = None):
+        self.method = method
+        if method == "fork":
+            assert local is not None
+            initargs: tuple = (None, local)
+        else:
+            if (job.x is None and local is not None
+                    and local["data"].x.nbytes + local["data"].y.nbytes <= SHARE_DATA_MAX_BYTES):
+                job = _with_data(job, local["data"])
+            initargs = (job, None)
+        mp = multiprocessing.get_context(method)
+        if method == "forkserver":
+            mp.set_forkserver_preload(_PRELOAD)
+        self.ex = ProcessPoolExecutor(max_workers=max(1, workers), mp_context=mp,
+                                      initializer=_init_worker, initargs=initargs)
+        self.futs: list = []
+        # start every worker now (fork: all at the first submit, from this thread, before the
+        # executor starts its own; others: one per submit while none is idle)
+        self._warm = [self.ex.submit(_ready) for _ in range(max(1, workers))]
+
+    def submit(self, segments: Sequence[tuple[int, int]]) -> None:
+        self.futs.extend(self.ex.submit(_replay_task, a, b) for a, b in segments)
+
+    def results(self, segment_done: Callable[[SegmentOutcome], Any] | None = None
+                ) -> list[SegmentOutcome]:
+        """Outcomes in submission order. If segments fail (raise), the exception of the first
+        failing one in that order is raised, as the in-process loop would: later segments are
+        cancelled, earlier ones run to the end."""
+        futs = self.futs
         first_bad = len(futs)
         pending = set(futs)
         order = {f: j for j, f in enumerate(futs)}
@@ -208,6 +320,27 @@ def replay_parallel(job: ReplayJob, segments: Sequence[tuple[int, int]], workers
         if first_bad < len(futs):
             raise futs[first_bad].exception()
         return [f.result() for f in futs]
-    finally:
-        ex.shutdown(wait=True, cancel_futures=True)
 
+    def close(self) -> None:
+        self.ex.shutdown(wait=True, cancel_futures=True)
+
+
+def _with_data(job: ReplayJob, data) -> ReplayJob:
+    import dataclasses
+    return dataclasses.replace(job, x=data.x, y=data.y)
+
+
+def replay_parallel(job: ReplayJob, segments: Sequence[tuple[int, int]], workers: int,
+                    segment_done: Callable[[SegmentOutcome], Any] | None = None,
+                    method: str | None = None) -> list[SegmentOutcome]:
+    """Replay `segments` [(a, b), ...] in `workers` processes (a fresh state per worker, built
+    from `job`); outcomes in the order given, errors as in `ReplayPool.results`."""
+    method = method or (FORCE_START_METHOD if FORCE_START_METHOD not in (None, "fork")
+                        else ("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
+                              else "spawn"))
+    pool = ReplayPool(job, max(1, min(workers, len(segments))), method)
+    try:
+        pool.submit(segments)
+        return pool.results(segment_done)
+    finally:
+        pool.close()
