@@ -1,8 +1,9 @@
 """Verifier cost: parallel replay speedup, wall time against its lower bound, peak memory.
 
 (a) `verify --all` with N = 1, 2, 4, 8 worker processes (up to the machine's cores): wall time,
-    speedup over N = 1, and whether the report's segments are identical to N = 1's; the same for a
-    top-Q verification (the default: top-1 + 1 random segment per epoch, fixed verifier entropy).
+    speedup over N = 1, the machine's capacity (the speedup that N one-thread processes of a
+    fixed torch workload reach at the same time: other jobs on a shared machine lower it), and
+    whether the report's segments are identical to N = 1's; the same for a top-Q verification (the default: top-1 + 1 random segment per epoch, fixed verifier entropy).
 (b) the N = 1 verification's wall time ÷ its floor = (one read of the whole proof + the replayed
     steps at the training throughput of the same `update()` loop), for top-Q and for --all: how
     close verification is to its floor. Also `pol verify` in a fresh process (imports included).
@@ -74,6 +75,33 @@ def step_time(task: str, overrides: dict, steps: int) -> float:
     return float(np.median(times[2:]))
 
 
+def _burn(barrier, q, steps: int) -> None:
+    torch.set_num_threads(1)
+    a = torch.randn(192, 192, generator=torch.Generator().manual_seed(0))
+    barrier.wait()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        a = torch.tanh(a @ a * 1e-2)
+    q.put(time.perf_counter() - t0)
+
+
+def parallel_capacity(n: int, steps: int = 1500) -> float:
+    """The speedup that n one-thread processes can reach on this machine now (others' jobs
+    included): n · t(1) / t(n) for a fixed torch workload, run at once behind a barrier."""
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    times = {}
+    for k in (1, n):
+        barrier, q = ctx.Barrier(k), ctx.Queue()
+        ps = [ctx.Process(target=_burn, args=(barrier, q, steps)) for _ in range(k)]
+        for p in ps:
+            p.start()
+        times[k] = max(q.get() for _ in ps)
+        for p in ps:
+            p.join()
+    return n * times[1] / times[n]
+
+
 def _median_time(fn, repeats: int):
     """(median seconds over `repeats` calls, the last result)."""
     times, out = [], None
@@ -139,6 +167,7 @@ def main() -> None:
     entropy = b"bench_verify"  # the same random segments in every top-Q run
     verify(run.proof, all_segments=True)  # warm-up: first-call costs (allocator, lazy imports)
     modes = {"all": {"all_segments": True}, "top-q": {"entropy": entropy}}
+    capacity = {n: parallel_capacity(n) if n > 1 else 1.0 for n in ns}
     tables: dict = {}
     for mode, kw in modes.items():
         rows, ref = [], None
@@ -147,7 +176,7 @@ def main() -> None:
             if ref is None:
                 ref = rep
             rows.append({"workers": n, "seconds": wall, "speedup": rows[0]["seconds"] / wall
-                         if rows else 1.0, "valid": rep.valid,
+                         if rows else 1.0, "capacity": capacity[n], "valid": rep.valid,
                          "identical": rep.segments == ref.segments,
                          "exact": sum(s.exact for s in rep.segments),
                          "segments": len(rep.segments),
@@ -198,11 +227,12 @@ def _print(r: dict) -> None:
     for title, key in (("`verify --all`", "rows"), ("`verify` (top-Q)", "top_q_rows")):
         print(f"(a) {title}, {s['steps']} steps, {s['checkpoints']} checkpoints "
               f"(training took {s['train_seconds']:.1f} s), median wall time\n")
-        print("| workers | wall (s) | speedup | segments identical to N=1 | exact segments "
-              "| verdict |")
-        print("|---:|---:|---:|:---:|---:|:---|")
+        print("| workers | wall (s) | speedup | machine's capacity | segments identical to N=1 "
+              "| exact segments | verdict |")
+        print("|---:|---:|---:|---:|:---:|---:|:---|")
         for row in s[key]:
             print(f"| {row['workers']} | {row['seconds']:.2f} | {row['speedup']:.2f}× | "
+                  f"{row['capacity']:.2f}× | "
                   f"{'yes' if row['identical'] else 'NO'} | {row['exact']}/{row['segments']} | "
                   f"{'valid' if row['valid'] else 'invalid'} |")
         print()

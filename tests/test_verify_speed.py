@@ -97,10 +97,35 @@ def test_checkpoints_read_once_where_possible(mlp_proof, monkeypatch):
     r = verify(mlp_proof, all_segments=True)
     assert r.valid
     n = len(open_proof(mlp_proof).manifest.checkpoints)
-    # the pass reads each once; a replay of consecutive segments reads each start once more
-    # (the end of one segment is the start of the next)
-    assert len(reads) <= 2 * n  # was 3n - 2: every segment read its start and its end again
+    # --all in one process: each segment is replayed while the pass holds its two checkpoints
+    assert len(reads) == n  # was 3n - 2: every segment read its start and its end again
     assert sorted(set(reads)) == sorted(open_proof(mlp_proof).manifest.checkpoints)
+    reads.clear()
+    top = verify(mlp_proof, entropy=b"e", random_per_epoch=0)
+    assert top.valid and len(top.segments) >= 2 and len(reads) == n  # top-Q: kept in the pass
+    reads.clear()
+    verify(mlp_proof, entropy=b"e")  # the random segments are read again
+    assert n < len(reads) <= n + 2 * len(verify(mlp_proof, entropy=b"e").segments)
+
+
+def test_early_replay_error_order(mlp_proof, proof_copy, monkeypatch):
+    """A replay that fails during the pass raises at the replay step, and the first failing
+    segment in order is the one raised (as the replay loop after the pass would)."""
+    import pol.verifier.parallel as par
+    from pol.errors import ProofFormatError
+    orig = par.replay_segment
+    failing = set()
+
+    def flaky(ctx, proof, data, leaves, names, a, b, *rest, **kw):
+        if a in failing:
+            raise ProofFormatError(f"boom at {a}")
+        return orig(ctx, proof, data, leaves, names, a, b, *rest, **kw)
+
+    monkeypatch.setattr(par, "replay_segment", flaky)
+    ck = open_proof(mlp_proof).manifest.checkpoints
+    failing.update({ck[3], ck[5]})
+    with pytest.raises(ProofFormatError, match=f"boom at {ck[3]}$"):
+        verify(mlp_proof, all_segments=True)
 
 
 def test_init_regeneration_same_answer(mlp_proof, proof_copy):

@@ -363,21 +363,70 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions, pools: list) -> Repo
             if o.all_segments:
                 pool.submit([(ck[i], ck[i + 1]) for i in range(len(ck) - 1)])
 
-    # --- streaming pass: every checkpoint read once (digest checked), d1 of each segment
-    from pol.verifier.parallel import distances
+    # --- streaming pass: every checkpoint read once (digest checked), d1 of each segment.
+    # Replays start during the pass, while the segment's two checkpoints are in memory: --all
+    # replays every segment as soon as its end is read; top-Q keeps the Q largest segments of the
+    # epoch being read (2·Q checkpoints) and replays them when the epoch ends (workers: submits
+    # them). Only an optimization: the replay step below takes the segments that
+    # `_segments_to_replay` chooses, in its order, and raises the first failure in that order as
+    # the in-process loop would; an early outcome is used only for a segment it chose (any other
+    # is replayed there); the early replays' errors wait until then.
+    from pol.verifier.parallel import distances, replay_segment
+    S = m.steps_per_epoch
+    early: dict[int, Any] = {}  # segment index -> SegmentOutcome, or the exception it raised
+    early_ok = not o.reveal and not o.request_data
+    cand: list[tuple[float, int, Any, Any]] = []  # (-d1, i, start, end): this epoch's top-Q
+
+    def replay_early(i: int, start: dict, end: dict) -> None:
+        if pool is not None:
+            pool.submit([(ck[i], ck[i + 1])])
+            return
+        if any(isinstance(v, BaseException) for v in early.values()):
+            return  # the replay step stops at the first failure: nothing after it is needed
+        src = {ck[i]: start, ck[i + 1]: end}
+        try:
+            early[i] = replay_segment(ctx, proof, data, leaves, names, ck[i], ck[i + 1],
+                                      o.metrics, hardened, lambda t: src[t] if t in src else load(t))
+        except Exception as e:  # noqa: BLE001 - raised at the replay step, in order
+            early[i] = e
+
+    def flush_epoch() -> None:
+        for _, i, start, end in sorted(cand, key=lambda c: c[1]):
+            replay_early(i, start, end)
+        cand.clear()
+
     updates: list[dict[str, float]] = []
+    regen_pre = None
     try:
         prev = load(0)
         w0 = prev
+        if (hardened and m.init.get("kind") != "parent" and device.type == "cpu"
+                and not o.trusted_modules):
+            # the model built above is still untouched (replays below change it): it is the
+            # init that pol derives from the proof's seed, built as regenerated_init_matches does
+            mine = {"model." + k: v for k, v in ctx.model.state_dict().items()}
+            regen_pre = all(n in mine and torch.equal(mine[n].to(w0[n].dtype), w0[n].cpu())
+                            for n in names)
         prev_vec = flat_params(prev, names)
         prev_norm = torch.linalg.vector_norm(prev_vec)
-        for t in tqdm(ck[1:], desc="reading checkpoints", disable=not o.progress, leave=False):
+        for i, t in enumerate(tqdm(ck[1:], desc="reading checkpoints", leave=False)
+                              if o.progress else ck[1:]):
             cur = load(t)
             vec = flat_params(cur, names)
             norm = torch.linalg.vector_norm(vec)
             updates.append(distances(prev_vec, vec, METRICS, prev_norm, norm))
-            prev_vec, prev_norm = vec, norm
+            if early_ok and o.all_segments:
+                if pool is None:
+                    replay_early(i, prev, cur)
+            elif early_ok:
+                if cand and ck[cand[0][1]] // S != ck[i] // S:
+                    flush_epoch()
+                cand.append((-updates[-1][o.d1], i, prev, cur))
+                cand.sort(key=lambda c: (c[0], c[1]))
+                del cand[o.q:]
+            prev, prev_vec, prev_norm = cur, vec, norm
         final_vec = prev_vec
+        flush_epoch()
     except IntegrityError as e:
         report.add("checkpoint digests", False, str(e))
         return _finish(report, proof, t_start, 0)
@@ -403,14 +452,8 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions, pools: list) -> Repo
                    value=worst.pvalue if worst else None, bound=thr)
         if hardened:
             from pol.verifier import hardened as hd
-            if device.type == "cpu" and not o.trusted_modules:
-                # the model built above is untouched so far: it is the init that pol derives
-                # from the proof's seed, built exactly as regenerated_init_matches would build it
-                mine = {"model." + k: v for k, v in ctx.model.state_dict().items()}
-                regen = all(n in mine and torch.equal(mine[n].to(w0[n].dtype), w0[n].cpu())
-                            for n in names)
-            else:
-                regen = hd.regenerated_init_matches(spec, w0, names)
+            regen = regen_pre if regen_pre is not None else \
+                hd.regenerated_init_matches(spec, w0, names)
             report.add("init regeneration", regen,
                        "W_0 is bitwise the init pol derives from the proof's seed" if regen else
                        "W_0 is not the init that the proof's seed and strategy give: pol always "
@@ -495,21 +538,26 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions, pools: list) -> Repo
     rel_bad: list[tuple[int, int, float]] = []
     sizes: list[float] = []  # claimed ℓ2 update ÷ δ of each non-exact replayed segment
     bar = tqdm(total=sum(lengths[i] for i, _ in chosen), desc="replaying", unit="step",
-               disable=not o.progress, leave=False)
-    from pol.verifier.parallel import replay_segment
+               leave=False) if o.progress else _NoBar()
     if o.workers < 1:
         raise ConfigError("--workers must be at least 1")
     # lazy reveal (revealed samples only) always replays in this process
     outcomes = None
     if pool is not None:  # independent segments in worker processes; same outcomes, same order
-        if not o.all_segments:
-            pool.submit([(ck[i], ck[i + 1]) for i, _ in chosen])
-        outcomes = pool.results(lambda out: bar.update(out.end - out.start))
+        outcomes = pool.results(lambda out: bar.update(out.end - out.start),
+                                [(ck[i], ck[i + 1]) for i, _ in chosen])
     for j, (i, why) in enumerate(chosen):
         a, b = ck[i], ck[i + 1]
-        out = outcomes[j] if outcomes is not None else replay_segment(
-            ctx, proof, data, leaves, names, a, b, o.metrics, hardened, load,
-            lambda: bar.update(1))
+        if outcomes is not None:
+            out = outcomes[j]
+        elif i in early:
+            out = early[i]
+            if isinstance(out, BaseException):
+                raise out
+            bar.update(b - a)
+        else:
+            out = replay_segment(ctx, proof, data, leaves, names, a, b, o.metrics, hardened,
+                                 load, lambda: bar.update(1))
         data_ok = data_ok and out.data_ok
         loss_bad.extend(out.loss_bad)
         replayed += b - a
@@ -582,6 +630,16 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions, pools: list) -> Repo
                    "replayed bitwise exactly (not expected: different device, precision or "
                    "torch version)")
     return _finish(report, proof, t_start, replayed)
+
+
+class _NoBar:
+    """No progress bar (a disabled tqdm still starts tqdm's monitor thread)."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _check_model_size(spec, m: fmt.Manifest, trusted: tuple[str, ...]) -> None:

@@ -195,9 +195,13 @@ def start_method(device: torch.device | str, threads: int | None = None) -> str:
         return FORCE_START_METHOD
     methods = multiprocessing.get_all_start_methods()
     threads = torch.get_num_threads() if threads is None else threads
+    # other threads could hold a lock at the fork that the child then needs; tqdm's monitor (a
+    # daemon that only wakes to check progress bars, which workers never use) is harmless
+    others = [t for t in threading.enumerate()
+              if t is not threading.main_thread() and type(t).__name__ != "TMonitor"]
     if ("fork" in methods and sys.platform.startswith("linux") and threads == 1
             and torch.device(device).type == "cpu" and not torch.cuda.is_initialized()
-            and threading.active_count() == 1):
+            and not others and threading.current_thread() is threading.main_thread()):
         return "fork"
     return "forkserver" if "forkserver" in methods else "spawn"
 
@@ -287,19 +291,46 @@ class ReplayPool:
         self.ex = ProcessPoolExecutor(max_workers=max(1, workers), mp_context=mp,
                                       initializer=_init_worker, initargs=initargs)
         self.futs: list = []
-        # start every worker now (fork: all at the first submit, from this thread, before the
-        # executor starts its own; others: one per submit while none is idle)
-        self._warm = [self.ex.submit(_ready) for _ in range(max(1, workers))]
+        self._by_segment: dict[tuple[int, int], Any] = {}
+        self._starter = None
+        n = max(1, workers)
+        if method == "fork":  # all processes fork at the first submit, from this thread
+            self._warm = [self.ex.submit(_ready)]
+        else:
+            # one process per submit while none is idle; a submit blocks until the (forkserver)
+            # server has read the job, so ask from a thread: the caller's pass goes on meanwhile
+            import threading
+            self._warm = []
+            self._starter = threading.Thread(
+                target=lambda: self._warm.extend(self.ex.submit(_ready) for _ in range(n)),
+                name="pol-replay-pool-start", daemon=True)
+            self._starter.start()
 
     def submit(self, segments: Sequence[tuple[int, int]]) -> None:
-        self.futs.extend(self.ex.submit(_replay_task, a, b) for a, b in segments)
+        """Start replaying these segments (one already submitted is not submitted again)."""
+        if self._starter is not None:
+            self._starter.join()
+        for a, b in segments:
+            if (a, b) not in self._by_segment:
+                f = self.ex.submit(_replay_task, a, b)
+                self.futs.append(f)
+                self._by_segment[(a, b)] = f
 
-    def results(self, segment_done: Callable[[SegmentOutcome], Any] | None = None
-                ) -> list[SegmentOutcome]:
-        """Outcomes in submission order. If segments fail (raise), the exception of the first
-        failing one in that order is raised, as the in-process loop would: later segments are
-        cancelled, earlier ones run to the end."""
-        futs = self.futs
+    def results(self, segment_done: Callable[[SegmentOutcome], Any] | None = None,
+                segments: Sequence[tuple[int, int]] | None = None) -> list[SegmentOutcome]:
+        """Outcomes of `segments` (default: all submitted), in that order; any of them not yet
+        submitted is submitted now, any other submitted one is cancelled. If segments fail
+        (raise), the exception of the first failing one in that order is raised, as the
+        in-process loop would: later segments are cancelled, earlier ones run to the end."""
+        if segments is None:
+            futs = list(self.futs)
+        else:
+            self.submit(segments)
+            futs = [self._by_segment[s] for s in segments]
+            keep = set(futs)
+            for f in self.futs:
+                if f not in keep:
+                    f.cancel()
         first_bad = len(futs)
         pending = set(futs)
         order = {f: j for j, f in enumerate(futs)}
@@ -322,6 +353,8 @@ class ReplayPool:
         return [f.result() for f in futs]
 
     def close(self) -> None:
+        if self._starter is not None:
+            self._starter.join()
         self.ex.shutdown(wait=True, cancel_futures=True)
 
 
