@@ -361,7 +361,7 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions, pools: list) -> Repo
                                "leaves": leaves, "names": names, "load": load})
             pools.append(pool)
             if o.all_segments:
-                pool.submit([(ck[i], ck[i + 1]) for i in range(len(ck) - 1)])
+                pool.submit([(ck[i], ck[i + 1]) for i in range(len(ck) - 1)], background=True)
 
     # --- streaming pass: every checkpoint read once (digest checked), d1 of each segment.
     # Replays start during the pass, while the segment's two checkpoints are in memory: --all
@@ -379,7 +379,7 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions, pools: list) -> Repo
 
     def replay_early(i: int, start: dict, end: dict) -> None:
         if pool is not None:
-            pool.submit([(ck[i], ck[i + 1])])
+            pool.submit([(ck[i], ck[i + 1])], background=True)
             return
         if any(isinstance(v, BaseException) for v in early.values()):
             return  # the replay step stops at the first failure: nothing after it is needed

@@ -306,10 +306,26 @@ class ReplayPool:
                 name="pol-replay-pool-start", daemon=True)
             self._starter.start()
 
-    def submit(self, segments: Sequence[tuple[int, int]]) -> None:
-        """Start replaying these segments (one already submitted is not submitted again)."""
+    def submit(self, segments: Sequence[tuple[int, int]], background: bool = False) -> None:
+        """Start replaying these segments (one already submitted is not submitted again).
+        `background`: while workers are still starting, submit from a thread (no wait here)."""
+        if background and self._starter is not None and self._starter.is_alive():
+            import threading
+            before, segs = self._starter, list(segments)
+
+            def later() -> None:
+                before.join()
+                self._submit(segs)
+
+            self._starter = threading.Thread(target=later, name="pol-replay-pool-submit",
+                                             daemon=True)
+            self._starter.start()
+            return
         if self._starter is not None:
             self._starter.join()
+        self._submit(segments)
+
+    def _submit(self, segments: Sequence[tuple[int, int]]) -> None:
         for a, b in segments:
             if (a, b) not in self._by_segment:
                 f = self.ex.submit(_replay_task, a, b)
