@@ -93,3 +93,14 @@ def test_workers_integrity_failure_closes_pool(mlp_proof, proof_copy):
     assert not two.valid and _checks(two) == _checks(one) and not two.segments
     assert any(c.name == "checkpoint digests" and c.status == "fail" for c in two.checks)
     assert not multiprocessing.active_children()
+
+
+def test_no_fork_on_a_gpu_build_of_torch(monkeypatch):
+    """A CUDA build's autograd starts device threads at the first backward; a forked child then
+    refuses autograd, so such builds start workers through the forkserver."""
+    import torch
+
+    from pol.verifier import parallel
+    monkeypatch.setattr(parallel, "FORCE_START_METHOD", None)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    assert parallel.start_method("cpu", threads=1) != "fork"

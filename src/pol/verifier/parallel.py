@@ -128,7 +128,7 @@ def replay_segment(ctx, proof, data, leaves: np.ndarray, names: list[str], a: in
 # ----------------------------------------------------------------------------- worker processes
 #
 # How workers start (`start_method`):
-# - "fork" (Linux, CPU replay, one intra-op thread, CUDA not initialized, no other Python thread):
+# - "fork" (Linux, a CPU-only torch build, CPU replay, one intra-op thread, no other Python thread):
 #   the verifier forks its workers right after it has built the model and checked the data, so each
 #   worker starts in milliseconds with the parent's own proof, data, leaves and context, already
 #   checked. Not with more threads: libgomp's thread pool does not survive a fork, and a child that
@@ -199,7 +199,12 @@ def start_method(device: torch.device | str, threads: int | None = None) -> str:
     # daemon that only wakes to check progress bars, which workers never use) is harmless
     others = [t for t in threading.enumerate()
               if t is not threading.main_thread() and type(t).__name__ != "TMonitor"]
+    # a torch built with a GPU backend starts autograd device threads at the first backward,
+    # after which a forked child refuses autograd ("autograd's threading in combination with
+    # fork-based multiprocessing", measured on the H100 host); CPU-only builds have none
+    gpu_build = torch.version.cuda is not None or getattr(torch.version, "hip", None) is not None
     if ("fork" in methods and sys.platform.startswith("linux") and threads == 1
+            and not gpu_build
             and torch.device(device).type == "cpu" and not torch.cuda.is_initialized()
             and not others and threading.current_thread() is threading.main_thread()):
         return "fork"
