@@ -327,7 +327,19 @@ def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trus
         raise click.UsageError("--record-to and --sign-with go together")
     if record_to and request_data:
         raise click.UsageError("--record-to needs a complete verification, not --request-data")
-    report = run_verify(proof, opts)
+    from pol.verifier import distributed as _dist
+    if _dist.init_from_env():  # under torchrun: the ranks share the replays, rank 0 reports
+        import dataclasses
+        opts = dataclasses.replace(opts, distributed=True, progress=False)
+        try:
+            report = run_verify(proof, opts)
+            lead = _dist.rank() == 0
+        finally:
+            _dist.finish()
+        if not lead:
+            sys.exit(EXIT_VALID if report.valid else EXIT_INVALID)
+    else:
+        report = run_verify(proof, opts)
     click.echo(report.render(verbose=verbose_segments))
     if json_out:
         Path(json_out).write_text(report.to_json())

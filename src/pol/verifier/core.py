@@ -55,6 +55,9 @@ class VerifyOptions:
     trusted_modules: tuple[str, ...] = ()
     progress: bool = False
     workers: int = 1  # replay segments in this many processes (pol.verifier.parallel)
+    # split the replays over the ranks of an initialized torch.distributed process group
+    # (pol.verifier.distributed; `pol verify` under torchrun sets it)
+    distributed: bool = False
     limits: fmt.Limits = field(default_factory=fmt.Limits)
     rho: float = 1.0
     fp16_floor_factor: float = 8.0
@@ -153,6 +156,17 @@ def verify(path: str | os.PathLike, options: VerifyOptions | None = None, **kw: 
     A CPU replay is bitwise equal to the prover's only with the same number of intra-op threads
     (reductions are split per thread), so replay runs with the prover's recorded thread count."""
     o = options or VerifyOptions(**kw)
+    if o.distributed:
+        from dataclasses import replace as _replace
+
+        from pol.verifier import distributed as _dist
+        if not _dist.active():
+            raise ConfigError("distributed verification needs an initialized torch.distributed "
+                              "process group of more than one process (launch with torchrun)")
+        if o.request_data or o.reveal:
+            raise ConfigError("lazy verification (--request-data/--reveal) runs in one process")
+        # every rank must choose the same random segments: rank 0's randomness for all
+        o = _replace(o, entropy=_dist.shared_entropy(o.entropy), workers=1)
     threads = 0
     deterministic = False
     tf32 = ""
@@ -344,7 +358,7 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions, pools: list) -> Repo
     # --all, whose segments are known already, their replays too)
     ck = m.checkpoints
     pool = None
-    if o.workers > 1 and not o.reveal and not o.request_data:
+    if o.workers > 1 and not o.reveal and not o.request_data and not o.distributed:
         n_workers = min(o.workers, _n_segments(proof, o.q, o.all_segments,
                                                o.random_per_epoch if hardened else 0))
         if n_workers > 1:
@@ -374,7 +388,7 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions, pools: list) -> Repo
     from pol.verifier.parallel import distances, replay_segment
     S = m.steps_per_epoch
     early: dict[int, Any] = {}  # segment index -> SegmentOutcome, or the exception it raised
-    early_ok = not o.reveal and not o.request_data
+    early_ok = not o.reveal and not o.request_data and not o.distributed
     cand: list[tuple[float, int, Any, Any]] = []  # (-d1, i, start, end): this epoch's top-Q
 
     def replay_early(i: int, start: dict, end: dict) -> None:
@@ -543,6 +557,14 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions, pools: list) -> Repo
         raise ConfigError("--workers must be at least 1")
     # lazy reveal (revealed samples only) always replays in this process
     outcomes = None
+    if o.distributed:  # this rank replays its share; all ranks get every outcome
+        from pol.verifier.distributed import replay_shared
+
+        def _one(a: int, b: int):
+            out = replay_segment(ctx, proof, data, leaves, names, a, b, o.metrics, hardened, load)
+            bar.update(b - a)
+            return out
+        outcomes = replay_shared([(ck[i], ck[i + 1]) for i, _ in chosen], _one, o.metrics)
     if pool is not None:  # independent segments in worker processes; same outcomes, same order
         outcomes = pool.results(lambda out: bar.update(out.end - out.start),
                                 [(ck[i], ck[i + 1]) for i, _ in chosen])
