@@ -70,3 +70,22 @@ def test_augmentation_draws_on_the_cpu_for_new_proofs():
     b = ctx.augment(x, ctx.generator(5))
     c = ctx.augment(x, ctx.generator(6))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_deterministic_is_the_default_on_a_gpu_only():
+    from pol.prover.trainer import default_deterministic
+    assert default_deterministic(None, "cuda") is True
+    assert default_deterministic(None, "cpu") is False
+    assert default_deterministic(False, "cuda") is False  # --no-deterministic
+    assert default_deterministic(True, "cpu") is True
+
+
+def test_cli_train_on_cpu_records_not_deterministic(tmp_path):
+    from click.testing import CliRunner
+
+    from pol.cli import main
+    from pol.proof.reader import read_manifest
+    r = CliRunner().invoke(main, ["train", "--task", "iris-logreg", "--epochs", "1", "--out",
+                                  str(tmp_path / "p")])
+    assert r.exit_code == 0, r.output
+    assert read_manifest(tmp_path / "p").spec.deterministic is False

@@ -87,8 +87,10 @@ def main(verbose: bool) -> None:
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
               show_default=True, help="Storage precision of checkpoints.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
-@click.option("--deterministic", is_flag=True, help="torch.use_deterministic_algorithms (exact "
-              "replay on a GPU).")
+@click.option("--deterministic/--no-deterministic", default=None,
+              help="torch.use_deterministic_algorithms: bitwise replay on the same kind of GPU "
+              "(exact mode). Default: on for a GPU (about 12% slower on an H100), off on a CPU "
+              "(already deterministic).")
 @click.option("--data", "data_dir", type=click.Path(), help="Local dataset directory (CIFAR).")
 @click.option("--force", is_flag=True, help="Overwrite an existing proof directory.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
@@ -157,7 +159,8 @@ def train(task, epochs, k, out, seed, lr, batch_size, precision, device, determi
               show_default=True, help="Storage precision of checkpoints.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto (as for "
               "pol train: part of the spec).")
-@click.option("--deterministic", is_flag=True, help="As for pol train (part of the spec).")
+@click.option("--deterministic/--no-deterministic", default=None,
+              help="As for pol train (part of the spec; default: on for a GPU).")
 @click.option("--tf32", is_flag=True, help="As for pol train (part of the spec).")
 @click.option("--data", "data_dir", type=click.Path(), help="Local dataset directory (CIFAR).")
 @click.option("--ledger", "ledger_db", required=True, type=click.Path(dir_okay=False),
@@ -176,6 +179,7 @@ def commit(task, epochs, k, seed, lr, batch_size, precision, device, determinist
     salted seed, data root) for the spec `pol train` builds with the same options."""
     from pol.protocol import commit as _commit
     from pol.registry import resolve_device
+    from pol.prover.trainer import default_deterministic
     from pol.tasks import build_spec
     from pol.errors import ConfigError
     if Path(out).exists() and not force:
@@ -183,7 +187,9 @@ def commit(task, epochs, k, seed, lr, batch_size, precision, device, determinist
     key = _commit.load_key(sign_with, passphrase_env)
     spec, _, _ = build_spec(task, epochs=epochs, k=k, seed=seed, lr=lr, batch_size=batch_size,
                             precision=precision, device=resolve_device(device).type,
-                            deterministic=deterministic, data_dir=data_dir, tf32=tf32)
+                            deterministic=default_deterministic(deterministic,
+                                                                resolve_device(device).type),
+                            data_dir=data_dir, tf32=tf32)
     side = _commit.commit(ledger_db, key, spec)
     _commit.write_commitment_file(out, side, overwrite=force)
     click.echo(f"committed {spec.task} (spec digest {side['spec_digest']}) on ledger {ledger_db}: "
