@@ -16,7 +16,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 
 from bench_overhead import LAST, run  # noqa: E402  (same folder)
 from pol.proof.reader import inspect_proof

@@ -77,7 +77,6 @@ def test_wrong_salt(world, proof_copy):
 
 
 def _copy_ledger(db, tmp_path):
-    import shutil
     out = tmp_path / "copy.db"
     src = sqlite3.connect(db)
     dst = sqlite3.connect(out)

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import assert_unusable, check, failed_checks, run_cli
 from pol.datasets import load_dataset
-from pol.proof.hashing import merkle_path, merkle_root, sample_leaves
+from pol.proof.hashing import merkle_path
 from pol.proof.reader import read_manifest
 from pol.protocol.lazy import eq4_fraction, path_shape
 from pol.prover.trainer import train_task

@@ -12,13 +12,16 @@ import hashlib
 import importlib
 import importlib.util
 import re
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 from torch import nn
 
 from pol.errors import ConfigError, ProofFormatError, UntrustedFactoryError
 from pol.spec import ModelSpec, TrainingSpec
+
+if TYPE_CHECKING:  # pol.step imports this module's neighbours at run time: annotation only
+    from pol.step import StepContext
 
 _FACTORY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 
