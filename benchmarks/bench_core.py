@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--deterministic", action="store_true")
     ap.add_argument("--tf32", action="store_true", help="GPU: allow TF32 (pol trains with it off)")
+    ap.add_argument("--warmup", type=int, default=0, help="linear lr warm-up steps")
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--json", default=None)
     ap.add_argument("--n-train", type=int, default=None, help="synthetic-cifar training size")
@@ -57,7 +58,7 @@ def main() -> None:
     rows = []
     try:
         ref = train_task(args.task, tmp / "ref", epochs=args.epochs, seed=12345, k=10**9,
-                         device=args.device, deterministic=args.deterministic, tf32=args.tf32,
+                         device=args.device, deterministic=args.deterministic, tf32=args.tf32, warmup=args.warmup,
                          dataset_params=dp)
         S = ref.total_steps // ref.spec.epochs
         w_ref = final_params(tmp / "ref")
@@ -65,7 +66,7 @@ def main() -> None:
             k = S if kk == "S" else int(kk)
             d = tmp / f"k{k}"
             r = train_task(args.task, d, epochs=args.epochs, seed=1, k=k, device=args.device,
-                           deterministic=args.deterministic, tf32=args.tf32, precision=args.precision,
+                           deterministic=args.deterministic, tf32=args.tf32, warmup=args.warmup, precision=args.precision,
                            dataset_params=dp)
             d_ref = all_distances(final_params(d), w_ref, METRICS)
             info = inspect_proof(d)

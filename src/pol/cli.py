@@ -109,12 +109,15 @@ def main(verbose: bool) -> None:
               help="Environment variable holding the --sign-with key's passphrase.")
 @click.option("--tf32", is_flag=True, help="GPU: allow TF32 (faster convolutions and matmuls; "
               "recorded in the spec, but replays on other hardware drift further).")
+@click.option("--warmup", type=click.IntRange(0), default=0, show_default=True,
+              help="Linear lr warm-up over this many steps (part of the schedule; damps the "
+              "early growth that dominates cross-hardware replay error).")
 @click.option("--compress", is_flag=True, help="Lossless checkpoint codec (XOR with the previous "
               "checkpoint, byte shuffle, zstd): proof format v2, exact mode unaffected.")
 @handle_errors
 def train(task, epochs, k, out, seed, lr, batch_size, precision, device, deterministic, data_dir,
           force, resume_dir, init_from, ledger_db, sign_with, commitment, passphrase_env,
-          compress, tf32=False):
+          compress, tf32=False, warmup=0):
     """Train a built-in task and write its proof-of-learning (Algorithm 1)."""
     from pol.prover.trainer import resume_task, train_task
     if (ledger_db is None) != (sign_with is None):
@@ -135,7 +138,7 @@ def train(task, epochs, k, out, seed, lr, batch_size, precision, device, determi
                        data_dir=data_dir, overwrite=force, progress=sys.stderr.isatty(),
                        init_from=init_from, ledger=ledger_db, signing_key=sign_with,
                        commitment=commitment, passphrase_env=passphrase_env, compress=compress,
-                       tf32=tf32)
+                       tf32=tf32, warmup=warmup)
     click.echo(f"trained {r.spec.task}: {r.total_steps} steps in {r.train_seconds:.1f}s, "
                f"final loss {r.final_loss:.4f}, test accuracy {r.test_accuracy:.2%}")
     click.echo(f"proof: {r.proof}  root digest {r.root_digest}")
@@ -162,6 +165,7 @@ def train(task, epochs, k, out, seed, lr, batch_size, precision, device, determi
 @click.option("--deterministic/--no-deterministic", default=None,
               help="As for pol train (part of the spec; default: on for a GPU).")
 @click.option("--tf32", is_flag=True, help="As for pol train (part of the spec).")
+@click.option("--warmup", type=click.IntRange(0), default=0, help="As for pol train.")
 @click.option("--data", "data_dir", type=click.Path(), help="Local dataset directory (CIFAR).")
 @click.option("--ledger", "ledger_db", required=True, type=click.Path(dir_okay=False),
               help="Ledger to append the signed commitment to.")
@@ -174,7 +178,7 @@ def train(task, epochs, k, out, seed, lr, batch_size, precision, device, determi
 @click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
 @handle_errors
 def commit(task, epochs, k, seed, lr, batch_size, precision, device, deterministic, data_dir,
-           ledger_db, sign_with, passphrase_env, out, force, tf32=False):
+           ledger_db, sign_with, passphrase_env, out, force, tf32=False, warmup=0):
     """Commit to a training run before it starts: append the signed commitment (spec digest,
     salted seed, data root) for the spec `pol train` builds with the same options."""
     from pol.protocol import commit as _commit
@@ -189,7 +193,7 @@ def commit(task, epochs, k, seed, lr, batch_size, precision, device, determinist
                             precision=precision, device=resolve_device(device).type,
                             deterministic=default_deterministic(deterministic,
                                                                 resolve_device(device).type),
-                            data_dir=data_dir, tf32=tf32)
+                            data_dir=data_dir, tf32=tf32, warmup=warmup)
     side = _commit.commit(ledger_db, key, spec)
     _commit.write_commitment_file(out, side, overwrite=force)
     click.echo(f"committed {spec.task} (spec digest {side['spec_digest']}) on ledger {ledger_db}: "

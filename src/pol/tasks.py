@@ -98,19 +98,19 @@ def steps_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last else math.ceil(n / batch_size)
 
 
-def make_schedule(kind: str, total_steps: int) -> ScheduleSpec:
+def make_schedule(kind: str, total_steps: int, warmup: int = 0) -> ScheduleSpec:
     if kind == "multistep":
         return ScheduleSpec(name="multistep", milestones=(total_steps // 2, (3 * total_steps) // 4),
-                            gamma=0.1)
+                            gamma=0.1, warmup_steps=warmup)
     if kind == "cosine":
-        return ScheduleSpec(name="cosine", total_steps=total_steps)
-    return ScheduleSpec(name="constant")
+        return ScheduleSpec(name="cosine", total_steps=total_steps, warmup_steps=warmup)
+    return ScheduleSpec(name="constant", warmup_steps=warmup)
 
 
 def build_spec(task_name: str, *, epochs: int | None = None, k: int | None = None, seed: int = 0,
                lr: float | None = None, batch_size: int | None = None, precision: str = "fp32",
                device: str = "cpu", deterministic: bool = False, data_dir: str | None = None,
-               dataset_params: dict | None = None, tf32: bool = False):
+               dataset_params: dict | None = None, tf32: bool = False, warmup: int = 0):
     """(spec, train set, test set) for a built-in task, with overrides applied. On a GPU the
     spec records TF32 off unless `tf32` (full fp32: what a CPU verifier can reproduce)."""
     from pol.datasets import load_dataset
@@ -134,7 +134,7 @@ def build_spec(task_name: str, *, epochs: int | None = None, k: int | None = Non
     leaves = sample_leaves(train.x, train.y)
     spec = TrainingSpec(
         model=ModelSpec(arch=task.arch, kwargs=dict(task.model_kwargs), init=task.init),
-        optimizer=opt, schedule=make_schedule(task.schedule, E * S),
+        optimizer=opt, schedule=make_schedule(task.schedule, E * S, warmup),
         data=DataSpec(name=task.dataset, params=params, size=len(train),
                       root=merkle_root(leaves).hex(), prepare=task.prepare, augment=task.augment),
         loss=task.loss, batch_size=bs, epochs=E, k=k or task.k, precision=precision, seed=seed,

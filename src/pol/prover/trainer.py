@@ -89,6 +89,7 @@ def train_task(task: str, out: str | os.PathLike, *, epochs: int | None = None,
                batch_size: int | None = None, precision: str = "fp32", device: str = "cpu",
                deterministic: bool | None = None, data_dir: str | None = None,
                dataset_params: dict | None = None, overwrite: bool = False, tf32: bool = False,
+               warmup: int = 0,
                progress: bool = False, init_from: str | os.PathLike | None = None,
                ledger: str | os.PathLike | None = None, signing_key=None,
                commitment: str | os.PathLike | dict | None = None,
@@ -110,7 +111,7 @@ def train_task(task: str, out: str | os.PathLike, *, epochs: int | None = None,
                                    batch_size=batch_size, precision=precision, device=dev.type,
                                    deterministic=default_deterministic(deterministic, dev.type),
                                    data_dir=data_dir,
-                                   dataset_params=dataset_params, tf32=tf32)
+                                   dataset_params=dataset_params, tf32=tf32, warmup=warmup)
     init = initial_state = None
     if init_from is not None:
         from pol.errors import ConfigError
