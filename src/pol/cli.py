@@ -338,16 +338,19 @@ def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trus
     if record_to and request_data:
         raise click.UsageError("--record-to needs a complete verification, not --request-data")
     from pol.verifier import distributed as _dist
-    if _dist.init_from_env():  # under torchrun: the ranks share the replays, rank 0 reports
+    distributed = _dist.init_from_env()
+    if distributed:  # under torchrun: the ranks share the replays, rank 0 reports
         import dataclasses
         opts = dataclasses.replace(opts, distributed=True, progress=False)
+        ok = False
         try:
             report = run_verify(proof, opts)
             lead = _dist.rank() == 0
+            ok = True
         finally:
-            _dist.finish()
+            _dist.finish(ok)
         if not lead:
-            sys.exit(EXIT_VALID if report.valid else EXIT_INVALID)
+            _dist.leave(EXIT_VALID if report.valid else EXIT_INVALID)
     else:
         report = run_verify(proof, opts)
     click.echo(report.render(verbose=verbose_segments))
@@ -360,6 +363,8 @@ def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trus
         from pol.protocol.chain import record_verdict
         e = record_verdict(record_to, sign_with, report, proof, passphrase_env)
         click.echo(f"verdict recorded in {record_to}: seq {e.seq} ({e.entry_hash})")
+    if distributed:
+        _dist.leave(EXIT_VALID if report.valid else EXIT_INVALID)
     sys.exit(EXIT_VALID if report.valid else EXIT_INVALID)
 
 

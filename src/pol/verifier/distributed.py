@@ -122,7 +122,22 @@ def replay_shared(segments: Sequence[tuple[int, int]], replay_one: Callable[[int
     return outs
 
 
-def finish() -> None:
+def finish(ok: bool = True) -> None:
+    """Leave the process group. After a successful run, all ranks meet at a barrier first, so
+    none tears the group down while another still uses it (after a failure there is no barrier:
+    the other ranks may be inside a collective, and torchrun stops them when this one exits)."""
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
+        if ok:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+def leave(code: int) -> None:
+    """Exit a rank without running C++ static destructors: at interpreter shutdown gloo's
+    threads can still be joinable and std::terminate aborts the process (seen in CI, 1 run in a
+    few), turning a finished verification into a failed rank."""
+    import sys
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
