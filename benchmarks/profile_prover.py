@@ -26,66 +26,61 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from bench_overhead import run as overhead_run  # noqa: E402  (same folder)
 from pol.proof import writer as wmod
-from pol.prover.recorder import Recorder, epoch_order
-from pol.registry import build_context, resolve_device
-from pol.step import update
+from pol.prover.recorder import Recorder
+from pol.registry import resolve_device
 from pol.tasks import build_spec
 
 
+def no_write(self, snap) -> None:
+    """A ProofWriter._write that only waits for the snapshot's copy and recycles its buffers:
+    what is left is the training thread's own cost."""
+    if snap.event is not None:
+        snap.event.synchronize()
+    self._pool.put(snap.bufs)
+    losses = (snap.records or {}).get("losses")
+    if isinstance(losses, torch.Tensor):
+        self._pool.put([losses])
+
+
 class Clock:
+    """Time spent in Recorder calls and in put_checkpoint on the training thread, and how often
+    the writer's queue was full at a put."""
+
     def __init__(self):
         self.rec = 0.0
         self.put = 0.0
         self.full = 0
 
 
-def run(mode, spec, train, device, steps, k, out, warmup, clock=None, profile=None,
-        compress=False):
-    ctx = build_context(spec, device)
-    B = spec.batch_size
-    n = len(train)
-    spec_k = spec.with_(k=k if mode != "no-snap" else 10 ** 9,
-                        epochs=max(1, -(-(steps + warmup) * B // n)))
-    rec = None
-    if mode != "none":
-        kw = {"compress": True} if compress else {}
-        rec = Recorder(out, model=ctx.model, optimizer=ctx.optimizer, data=train, spec=spec_k,
-                       overwrite=True, durable=False, **kw)
-    order = np.concatenate([epoch_order(spec.seed, e, n) for e in range(spec_k.epochs)])
-    lrs = [spec.optimizer.lr]
-    t0 = 0.0
-    for t in range(steps + warmup):
-        if t == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if profile is not None:
-                profile.__enter__()
-            t0 = time.perf_counter()
-        idx = order[(t * B) % (len(order) - B):][:B]
-        x, y = torch.from_numpy(train.x[idx]), torch.from_numpy(train.y[idx])
-        if rec is not None:
-            a = time.perf_counter()
-            rec.record_batch(idx, seed_rng=False)  # update() seeds this step itself
-            if clock is not None and t >= warmup:
-                clock.rec += time.perf_counter() - a
-        loss = update(ctx, x, y, lrs, t)
-        if rec is not None:
-            a = time.perf_counter()
-            rec.step(loss)
-            if clock is not None and t >= warmup:
-                clock.rec += time.perf_counter() - a
-    if rec is not None:
-        rec.abort()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
-    if profile is not None:
-        profile.__exit__(None, None, None)
-    return dt
+def _timed(fn, clock: Clock, attr: str):
+    def wrapper(self, *a, **kw):
+        s = time.perf_counter()
+        if attr == "put":
+            clock.full += int(self._q.full())
+        try:
+            return fn(self, *a, **kw)
+        finally:
+            setattr(clock, attr, getattr(clock, attr) + time.perf_counter() - s)
+    return wrapper
+
+
+def run(mode, spec, train, device, steps, k, out, warmup, compress=False) -> float:
+    """One timed run of bench_overhead's loop: none, pol (pol-z when compressing), no-write (pol
+    with `no_write`) or no-snap (pol, never checkpointing before the last step)."""
+    if mode == "none":
+        return overhead_run("none", spec, train, device, steps, k, out, warmup)
+    orig = wmod.ProofWriter._write
+    if mode == "no-write":
+        wmod.ProofWriter._write = no_write
+    try:
+        return overhead_run("pol-z" if compress else "pol", spec, train, device, steps,
+                            10 ** 9 if mode == "no-snap" else k, out, warmup)
+    finally:
+        wmod.ProofWriter._write = orig
 
 
 def main() -> None:
@@ -104,25 +99,12 @@ def main() -> None:
     device = resolve_device(args.device)
     spec, train, _ = build_spec(args.task, device=device.type)
     tmp = Path(tempfile.mkdtemp(prefix="pol-prof-"))
-    orig_write = wmod.ProofWriter._write
-    orig_put = wmod.ProofWriter.put_checkpoint
-
-    def no_write(self, snap):
-        if snap.event is not None:
-            snap.event.synchronize()
-        self._pool.put(snap.bufs)
-        losses = (snap.records or {}).get("losses")
-        if isinstance(losses, torch.Tensor):
-            self._pool.put([losses])
-
+    orig = {"put": wmod.ProofWriter.put_checkpoint, "record_batch": Recorder.record_batch,
+            "step": Recorder.step}
     clock = Clock()
-
-    def timed_put(self, *a, **kw):
-        s = time.perf_counter()
-        full_before = self._q.full()
-        orig_put(self, *a, **kw)
-        clock.put += time.perf_counter() - s
-        clock.full += int(full_before)
+    wmod.ProofWriter.put_checkpoint = _timed(orig["put"], clock, "put")
+    Recorder.record_batch = _timed(orig["record_batch"], clock, "rec")
+    Recorder.step = _timed(orig["step"], clock, "rec")
 
     modes = ["none", "pol", "no-write", "no-snap"]
     times: dict[str, list[float]] = {m: [] for m in modes}
@@ -134,17 +116,13 @@ def main() -> None:
         for rep in range(args.repeats):
             for mode in modes[rep % len(modes):] + modes[:rep % len(modes)]:
                 clock.__init__()
-                wmod.ProofWriter._write = no_write if mode == "no-write" else orig_write
-                wmod.ProofWriter.put_checkpoint = timed_put
                 dt = run(mode, spec, train, device, args.steps, args.k, tmp / mode,
-                         args.warmup, clock, compress=args.compress)
+                         args.warmup, compress=args.compress)
                 times[mode].append(dt)
                 inside[mode].append(clock.rec)
                 puts[mode].append(clock.put)
                 fulls[mode].append(clock.full)
                 shutil.rmtree(tmp / mode, ignore_errors=True)
-        wmod.ProofWriter._write = orig_write
-        wmod.ProofWriter.put_checkpoint = orig_put
         # the writer's own time per checkpoint (its thread), from one more pol run
         holder = {}
         orig_init = wmod.ProofWriter.__init__
@@ -164,9 +142,9 @@ def main() -> None:
         acts = [torch.profiler.ProfilerActivity.CPU]
         if device.type == "cuda":
             acts.append(torch.profiler.ProfilerActivity.CUDA)
-        prof = torch.profiler.profile(activities=acts)
-        run("pol", spec, train, device, min(args.steps, 60), args.k, tmp / "p", args.warmup,
-            profile=prof, compress=args.compress)
+        with torch.profiler.profile(activities=acts) as prof:  # warm-up steps included
+            run("pol", spec, train, device, min(args.steps, 60), args.k, tmp / "p", args.warmup,
+                compress=args.compress)
         shutil.rmtree(tmp / "p", ignore_errors=True)
         ka = prof.key_averages()
         (out / "torch_profile_cpu.txt").write_text(
@@ -188,20 +166,22 @@ def main() -> None:
         pstats.Stats(pr, stream=s).sort_stats("cumulative").print_stats(45)
         (out / "cprofile_cumulative.txt").write_text(s.getvalue())
     finally:
-        wmod.ProofWriter._write = orig_write
-        wmod.ProofWriter.put_checkpoint = orig_put
+        wmod.ProofWriter.put_checkpoint = orig["put"]
+        Recorder.record_batch, Recorder.step = orig["record_batch"], orig["step"]
         shutil.rmtree(tmp, ignore_errors=True)
     med = {m: statistics.median(v) for m, v in times.items()}
     step_ms = {m: 1e3 * v / args.steps for m, v in med.items()}
+    n_all = args.steps + args.warmup
     res = {
         "task": args.task, "device": (torch.cuda.get_device_name() if device.type == "cuda"
                                       else f"CPU, {torch.get_num_threads()} threads"),
         "k": args.k, "steps": args.steps, "repeats": args.repeats, "compress": args.compress,
         "step_ms": step_ms,
         "ratio_over_none": {m: med[m] / med["none"] for m in modes},
-        "recorder_calls_ms_per_step": {m: 1e3 * statistics.median(inside[m]) / args.steps
+        # Recorder and put_checkpoint times are summed over warm-up and timed steps alike
+        "recorder_calls_ms_per_step": {m: 1e3 * statistics.median(inside[m]) / n_all
                                        for m in modes},
-        "put_checkpoint_ms_per_step": {m: 1e3 * statistics.median(puts[m]) / args.steps
+        "put_checkpoint_ms_per_step": {m: 1e3 * statistics.median(puts[m]) / n_all
                                        for m in modes},
         "queue_full_at_put": {m: statistics.median(fulls[m]) for m in modes},
         "writer_ms_per_checkpoint": 1e3 * writer_s[0],

@@ -225,3 +225,25 @@ def user_proof(proofs_dir) -> UserProof:
     digest = rec.close()
     npz = save_npz(proofs_dir / "user-data.npz", x, y)
     return UserProof(out, npz, x, y, digest)
+
+
+def record_until(rec, model: nn.Module, opt, x: np.ndarray, y: np.ndarray,
+                 stop_after: int | None = None):
+    """A user's own training loop around a Recorder, resumable: steps already in the proof are
+    skipped; with `stop_after`, the writer is aborted at that step (what a crash leaves: no
+    manifest) and None is returned; else the proof's root digest."""
+    for epoch in range(rec.epochs):
+        for s, idx in enumerate(rec.epoch_batches(epoch)):
+            if epoch * rec.steps_per_epoch + s < rec.t:
+                continue  # already in the proof
+            if stop_after is not None and rec.t == stop_after:
+                rec.writer.abort()
+                return None
+            xb, yb = torch.from_numpy(x[idx]), torch.from_numpy(y[idx])
+            rec.record_batch(idx, xb, yb)
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(xb), yb)
+            loss.backward()
+            opt.step()
+            rec.step(loss)
+    return rec.close()

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import zstandard
-from torch import nn
 
 from pol import ModelSpec, Recorder
 from pol.errors import IntegrityError, ProofFormatError
@@ -23,7 +22,8 @@ from pol.proof.reader import inspect_proof, open_proof
 from pol.proof.writer import rehash_manifest
 from pol.verifier import verify
 
-from conftest import assert_unusable, load_manifest, run_cli, write_manifest
+from conftest import (assert_unusable, load_manifest, record_until, run_cli,
+                      write_manifest)
 
 ARCH = {"in_features": 8, "num_classes": 2, "hidden": [16], "dropout": 0.0}
 KF = 3  # keyframe interval of the Recorder runs: keyframes and deltas in a 13-checkpoint proof
@@ -44,21 +44,7 @@ def run(out, *, compress=True, precision="fp32", optim="sgd", stop_after=None, r
     rec = Recorder(out, model=model, optimizer=opt, data=(x, y), model_spec=ModelSpec("mlp", ARCH),
                    batch_size=16, epochs=4, k=k, seed=3, precision=precision, resume=resume,
                    compress=compress, keyframe_interval=keyframe_interval)
-    for epoch in range(rec.epochs):
-        for s, idx in enumerate(rec.epoch_batches(epoch)):
-            if epoch * rec.steps_per_epoch + s < rec.t:
-                continue
-            if stop_after is not None and rec.t == stop_after:
-                rec.writer.abort()  # a crash: no manifest
-                return None
-            xb, yb = torch.from_numpy(x[idx]), torch.from_numpy(y[idx])
-            rec.record_batch(idx, xb, yb)
-            opt.zero_grad()
-            loss = nn.functional.cross_entropy(model(xb), yb)
-            loss.backward()
-            opt.step()
-            rec.step(loss)
-    return rec.close()
+    return record_until(rec, model, opt, x, y, stop_after)
 
 
 def npz(tmp_path: Path) -> str:

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
+from conftest import record_until
 from pol import ModelSpec, Recorder
 from pol.errors import IncompleteProofError
 from pol.models import mlp
@@ -25,21 +25,7 @@ def run(out, stop_after=None, resume=False):
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     rec = Recorder(out, model=model, optimizer=opt, data=(x, y), model_spec=ModelSpec("mlp", ARCH),
                    batch_size=16, epochs=2, k=4, seed=3, resume=resume)
-    for epoch in range(rec.epochs):
-        for s, idx in enumerate(rec.epoch_batches(epoch)):
-            if epoch * rec.steps_per_epoch + s < rec.t:
-                continue  # already in the proof
-            if stop_after is not None and rec.t == stop_after:
-                rec.writer.abort()  # what a crash leaves: no manifest
-                return None
-            xb, yb = torch.from_numpy(x[idx]), torch.from_numpy(y[idx])
-            rec.record_batch(idx, xb, yb)
-            opt.zero_grad()
-            loss = nn.functional.cross_entropy(model(xb), yb)
-            loss.backward()
-            opt.step()
-            rec.step(loss)
-    return rec.close()
+    return record_until(rec, model, opt, x, y, stop_after)
 
 
 def test_recorder_resume_gives_the_uninterrupted_proof(tmp_path):

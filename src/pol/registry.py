@@ -20,7 +20,7 @@ from torch import nn
 from pol.errors import ConfigError, ProofFormatError, UntrustedFactoryError
 from pol.spec import ModelSpec, TrainingSpec
 
-if TYPE_CHECKING:  # pol.step imports this module's neighbours at run time: annotation only
+if TYPE_CHECKING:  # build_context imports pol.step lazily (an import cycle): annotation only
     from pol.step import StepContext
 
 _FACTORY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")

@@ -64,31 +64,30 @@ def _zstd():
     return zstandard
 
 
-def shuffle(data: np.ndarray, segments, out: np.ndarray | None = None) -> np.ndarray:
-    """Byte planes per segment: element i's byte j goes to j * n + i."""
+def _byte_planes(data: np.ndarray, segments, out: np.ndarray | None, inverse: bool) -> np.ndarray:
+    """Per segment of n-byte elements, view the bytes as [elements, n] and transpose them to
+    [n, elements] (the byte planes) or, `inverse`, back."""
     out = np.empty_like(data) if out is None else out
     off = 0
     for length, size in segments:
-        src = data[off:off + length]
+        src, dst = data[off:off + length], out[off:off + length]
         if size == 1:
-            out[off:off + length] = src
+            dst[:] = src
+        elif inverse:
+            dst.reshape(-1, size)[...] = src.reshape(size, length // size).T
         else:
-            out[off:off + length].reshape(size, length // size)[...] = src.reshape(-1, size).T
+            dst.reshape(size, length // size)[...] = src.reshape(-1, size).T
         off += length
     return out
+
+
+def shuffle(data: np.ndarray, segments, out: np.ndarray | None = None) -> np.ndarray:
+    """Byte planes per segment: element i's byte j goes to j * n + i."""
+    return _byte_planes(data, segments, out, inverse=False)
 
 
 def unshuffle(data: np.ndarray, segments, out: np.ndarray | None = None) -> np.ndarray:
-    out = np.empty_like(data) if out is None else out
-    off = 0
-    for length, size in segments:
-        src = data[off:off + length]
-        if size == 1:
-            out[off:off + length] = src
-        else:
-            out[off:off + length].reshape(-1, size)[...] = src.reshape(size, length // size).T
-        off += length
-    return out
+    return _byte_planes(data, segments, out, inverse=True)
 
 
 class Encoder:

@@ -105,13 +105,12 @@ class Recorder:
                     deterministic=torch.are_deterministic_algorithms_enabled(),
                     torch_version=torch.__version__,
                     cpu_capability=current_cpu_capability(),
-                    cpu_threads=torch.get_num_threads(),
-                    tf32=current_tf32() if device == "cuda" else "")
+                    cpu_threads=torch.get_num_threads())
             except ValueError as e:
                 raise ConfigError(str(e)) from None
         elif spec.data.root != merkle_root(self.leaves).hex() or spec.data.size != n:
             raise ConfigError("the data given does not match the spec's dataset commitment")
-        if device == "cuda" and not spec.tf32:  # record the numerics actually in force
+        if device == "cuda" and not spec.tf32:  # record the TF32 settings actually in force
             spec = spec.with_(tf32=current_tf32())
         self.spec = spec
         self.epochs = spec.epochs
