@@ -27,6 +27,21 @@ EPOCHS = 2
 # Proofs are trained and verified in this same process, so replays stay bitwise exact.
 torch.set_num_threads(int(os.environ.get("POL_TEST_THREADS", "1")))
 
+# Property-based tests are deterministic: the same examples on every run and in CI, so a failure
+# never appears at random (derandomize draws the examples from each test's own source, not from a
+# fresh seed). POL_FUZZ_RANDOM=1 explores new examples instead (a fuzzing campaign; with
+# POL_FUZZ_SCALE=N for N times as many); a failure then prints the example to reproduce it.
+try:
+    from hypothesis import settings as _hyp_settings
+except ImportError:  # pragma: no cover - hypothesis is a dev dependency
+    _hyp_settings = None
+if _hyp_settings is not None:
+    _hyp_settings.register_profile("pol-deterministic", derandomize=True, database=None,
+                                   print_blob=True)
+    _hyp_settings.register_profile("pol-random", derandomize=False, print_blob=True)
+    _hyp_settings.load_profile("pol-random" if os.environ.get("POL_FUZZ_RANDOM") == "1"
+                               else "pol-deterministic")
+
 
 # ------------------------------------------------------------------------------- proof helpers
 
