@@ -20,8 +20,10 @@ from pol.crypto.archive import MAGIC as ARCHIVE_MAGIC
 from pol.crypto.archive import ArchiveStats
 from pol.crypto.keys import key_id
 from pol.crypto.seal import MAGIC, is_sealed, open_sealed, read_header, seal
+from pol.proof import format as _proof_format
 
-ROOT = "5e" * 32
+# the root digest of the manifest make_proof writes: pol open recomputes it from the content
+ROOT = _proof_format.root_digest({"version": 1})
 
 
 def make_proof(root: Path, big: int = 5000, root_digest: str = ROOT) -> dict[str, bytes]:
@@ -129,7 +131,7 @@ def test_empty_and_exact_chunk_multiple(tmp_path, parties):
     # a proof whose archive is an exact multiple of the chunk size must still round-trip
     proof = tmp_path / "proof"
     proof.mkdir()
-    (proof / "manifest.json").write_text(json.dumps({"root_digest": ROOT}))
+    (proof / "manifest.json").write_text(json.dumps({"version": 1, "root_digest": ROOT}))
     buf = io.BytesIO()
     from pol.crypto.archive import pack
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any, Callable, NoReturn, TypeVar
 
@@ -63,6 +64,8 @@ def _handle_errors(fn: F) -> F:
         except OSError as exc:
             where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
             _die(f"{where}{exc.strerror or exc}", 2)
+        except sqlite3.Error as exc:  # a damaged ledger file (the Ledger checks what it can)
+            _die(f"the ledger database is not usable: {exc}", 2)
 
     return wrapper  # type: ignore[return-value]
 
@@ -201,15 +204,30 @@ def ledger_show(db: str, as_json: bool, kind: str | None) -> None:
 
     with Ledger(db, create=False) as led:
         if as_json:
-            click.echo("[", nl=False)
-            first = True
-            for e in led.entries(kind):
-                click.echo(("\n" if first else ",\n") + json.dumps(e.to_dict(), sort_keys=True), nl=False)
-                first = False
-            click.echo("\n]" if not first else "]")
+            # collected first: a damaged entry must not leave half a JSON array on stdout
+            items = [json.dumps(_entry_json(e), sort_keys=True) for e in led.entries(kind)]
+            click.echo("[" + ("\n" + ",\n".join(items) + "\n" if items else "") + "]")
         else:
             for e in led.entries(kind):
-                click.echo(f"{e.seq:>6}  {e.timestamp}  {e.kind:<12} {e.signer_key_id}  {e.payload_json}")
+                click.echo(f"{e.seq!s:>6}  {e.timestamp!s}  {e.kind!s:<12} {e.signer_key_id!s}  {e.payload_json!s}")
+
+
+def _entry_json(e: Any) -> dict[str, Any]:
+    """An entry as JSON; a payload or token that does not decode (a damaged or tampered ledger,
+    which `ledger verify` reports) is shown raw, with the reason, instead of stopping the listing."""
+    out = {f: getattr(e, f) for f in ("seq", "kind", "timestamp", "signer_key_id", "signer_public_key",
+                                      "prev_hash", "entry_hash", "signature", "ts_authority")}
+    out = {k: v if isinstance(v, (str, int, float, type(None))) else repr(v) for k, v in out.items()}
+    try:
+        out["payload"] = e.payload
+    except (ValueError, UnicodeError) as exc:
+        out["payload"] = None
+        out["payload_raw"] = e.payload_json if isinstance(e.payload_json, str) else repr(e.payload_json)
+        out["payload_error"] = f"not JSON: {exc}"
+    tok = e.ts_token
+    out["ts_token"] = tok.hex() if isinstance(tok, (bytes, bytearray, memoryview)) else (
+        None if tok is None else repr(tok))
+    return out
 
 
 def _parse_anchor(text: str) -> tuple[int, str]:

@@ -39,7 +39,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ._canon import HEX64, canonical_json, parse_json_strict, parse_utc_timestamp, utc_timestamp
-from .errors import LedgerError
+from .errors import LedgerError, LedgerInvalid
 from .keys import key_id, raw_public_bytes
 
 __all__ = [
@@ -152,6 +152,9 @@ class Entry:
 
     @property
     def payload(self) -> dict[str, Any]:
+        """The parsed payload; ValueError if the stored text is not JSON (a damaged ledger)."""
+        if not isinstance(self.payload_json, str):
+            raise ValueError(f"payload is stored as {type(self.payload_json).__name__}, not text")
         return parse_json_strict(self.payload_json.encode("utf-8"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -285,6 +288,16 @@ class Ledger:
             raise LedgerError(f"{self.path} is not a pol ledger")
         if rows.get("version") != FORMAT_VERSION:
             raise LedgerError(f"unsupported ledger version {rows.get('version')!r}")
+        # a pol ledger whose entries table is gone or lacks columns lost its entries: tampering or
+        # damage, reported as an invalid ledger (exit 1), never as a database error
+        have = {r[1] for r in self._conn.execute("PRAGMA table_info(entries)").fetchall()}
+        want = {c.strip() for c in _COLUMNS.split(",")}
+        if not have:
+            raise LedgerInvalid(f"{self.path}: the ledger's entries table is missing (dropped: "
+                                "every entry is gone)")
+        if not want <= have:
+            raise LedgerInvalid(f"{self.path}: the ledger's entries table lacks column(s) "
+                                f"{', '.join(sorted(want - have))} (altered)")
 
     @contextmanager
     def _write_txn(self) -> Iterator[None]:

@@ -224,7 +224,10 @@ class OpenedProof:
 
 # ------------------------------------------------------------------ helpers
 def manifest_root_digest(proof_dir: PathLike) -> str:
-    """The ``root_digest`` field of ``proof_dir/manifest.json`` (validated as 64 lowercase hex)."""
+    """The root digest of ``proof_dir/manifest.json``, recomputed from the manifest's content
+    (``pol.proof.format.root_digest``); the manifest's own ``root_digest`` field must be 64
+    lowercase hex and equal to it (a field that does not match the content is refused, so a
+    sealed proof is never reported under a digest its manifest does not have)."""
     path = Path(proof_dir) / "manifest.json"
     try:
         with open(path, "rb") as fh:
@@ -251,7 +254,17 @@ def manifest_root_digest(proof_dir: PathLike) -> str:
     digest = obj.get("root_digest") if isinstance(obj, dict) else None
     if not isinstance(digest, str) or HEX64.fullmatch(digest) is None:
         raise InvalidProofError(f"{path} has no valid root_digest (64 lowercase hex chars)")
-    return digest
+    from pol.proof.format import root_digest as _recompute  # the one definition of the digest
+
+    try:
+        actual = _recompute(obj)
+    except (TypeError, ValueError) as exc:
+        raise InvalidProofError(f"{path}: cannot compute its root digest: {exc}") from exc
+    if not hmac.compare_digest(actual.encode(), digest.encode()):
+        raise InvalidProofError(
+            f"{path} was modified: its content hashes to root digest {actual}, not to its root_digest field {digest}"
+        )
+    return actual
 
 
 def _stream_keys(data_key: bytes, signed_prefix: bytes) -> tuple[AESGCM, bytes]:
