@@ -97,8 +97,14 @@ def read_sidecar(proof_dir: str | Path) -> dict | None:
 
 
 def find_commitment(db: str, root_digest: str, spec, sidecar: dict | None = None
-                    ) -> tuple[bool, str, dict]:
-    """(ok, reason, info) for the "commitment" check. info has seq, timestamp, key id."""
+                    ) -> tuple[bool | None, str, dict]:
+    """(ok, reason, info) for the "commitment" check. info has seq, timestamp, key id.
+
+    ok is None (the check is skipped, with the reason) for a proof that is published on the ledger
+    (`pol seal --ledger`) but whose training made no commitment there and that claims none (no
+    sidecar): nothing was committed, so there is nothing to check, and the report says so instead
+    of failing a proof for a commitment its prover never made. Such a proof has no place in time
+    on the ledger (a dispute does not rank it)."""
     with _open_ledger(db, False) as led:
         rep = led.verify()
         if not rep.ok:
@@ -107,7 +113,21 @@ def find_commitment(db: str, root_digest: str, spec, sidecar: dict | None = None
         proofs = [e for e in led.find("proof", root_digest=root_digest)
                   if isinstance(e.payload.get("commitment_seq"), int)]
         if not proofs:
-            return False, "no proof entry for this root digest in the ledger", {}
+            published = [e for e in led.find("proof", root_digest=root_digest)
+                         if "commitment_seq" not in e.payload]
+            if published and sidecar is None:
+                p = published[-1]
+                return None, (f"no training commitment: the proof is published on the ledger (seq "
+                              f"{p.seq}, {p.timestamp}, by {p.signer_key_id}) but its training "
+                              "made no commitment there (pol train --ledger or pol commit), so "
+                              "nothing orders its training in time"), {}
+            if published:
+                return False, (f"{COMMITMENT_FILE} claims a commitment (seq "
+                               f"{sidecar.get('ledger_seq')}), but the ledger has no proof entry "
+                               "naming a commitment for this root digest"), {}
+            return False, ("this proof is not on the ledger: no proof entry for its root digest "
+                           "(neither published after a commitment by pol train --ledger nor by "
+                           "pol seal --ledger)"), {}
         sd = spec_digest(spec)
         first_by_sc: dict[str, Any] = {}
         for c in led.entries("commitment"):

@@ -87,6 +87,14 @@ def dispute(model_path: str, proofs: list[str], options, ledger: str | None = No
     if not ok:
         why = "no proof is valid and ends at the disputed model"
     elif ledger:
+        for c in ok:
+            if not c["commitment"]:
+                c["reasons"].append("no training commitment on the ledger: not ranked in time")
+        ok = [c for c in ok if c["commitment"]]
+        if not ok:
+            why = ("no valid proof that ends at the disputed model has a training commitment on "
+                   "the ledger")
+    if ok and ledger:
         ok.sort(key=lambda c: c["commitment"]["commitment_seq"])
         winner = ok[0]
         why = (f"valid, ends within δ of the model, and committed first (ledger seq "
@@ -94,6 +102,8 @@ def dispute(model_path: str, proofs: list[str], options, ledger: str | None = No
                f"key {winner['commitment']['prover']})")
         for c in ok[1:]:
             c["reasons"].append(f"committed later (seq {c['commitment']['commitment_seq']})")
+    elif ledger:
+        pass  # why: set above
     elif len(ok) == 1:
         winner = ok[0]
         why = "the only valid proof that ends within δ of the model (no ledger: time not checked)"
