@@ -71,6 +71,8 @@ class VerifyOptions:
     # and c·δ-sized steps that are not gradient steps still fail the relative-error check
     update_size_min: float = 1.25
     entropy: bytes | None = None  # hardened: verifier randomness (default os.urandom)
+    # hardened: fail unless replay runs in exact mode (δ = 0): no tolerance for a spoof to use
+    require_exact: bool = False
     # protocol (pol.protocol): chain of trust, ledger commitment, lazy verification
     parents: tuple[str, ...] = ()  # directories that may hold parent proofs (matched by digest)
     registry: str | None = None  # ledger DB of "verdict" entries of previously verified proofs
@@ -293,6 +295,18 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions, pools: list) -> Repo
                    f"{int(bad[0])}, recorded {proof.lrs[bad[0]].tolist()}, declared "
                    f"{expected[bad[0]]:.6g})")
 
+    if hardened:
+        from pol.verifier import soundness
+        probs = soundness.hyperparameter_problems(spec)
+        report.add("hyperparameters", not probs,
+                   "optimizer hyperparameters within the policy bounds" if not probs else
+                   "; ".join(probs) + ": a step this small or this damped can hide any "
+                   "trajectory", bound=str(soundness.BOUNDS))
+        prob = soundness.epoch_structure_problem(proof)
+        report.add("epoch structure", prob is None,
+                   f"{m.epochs} epoch(s) of {m.steps_per_epoch} steps, each a permutation of the "
+                   f"{spec.data.size} samples" if prob is None else prob)
+
     # --- build the model the proof describes
     from pol.registry import build_context, resolve_device
     device = resolve_device(o.device)
@@ -411,8 +425,23 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions, pools: list) -> Repo
 
     updates: list[dict[str, float]] = []
     regen_pre = None
+    state_probs: list[str] = []  # hardened: implausible optimizer state, first per checkpoint
+
+    def plausible(t: int, tensors: dict) -> None:
+        if hardened and t > 0 and not state_probs:
+            from pol.verifier.soundness import state_problem
+            prob = state_problem(t, tensors, spec)
+            if prob:
+                state_probs.append(prob)
+
     try:
         prev = load(0)
+        if hardened:
+            from pol.verifier.soundness import state_problem
+            prob0 = state_problem(0, prev, spec)
+            report.add("initial optimizer state", prob0 is None,
+                       "checkpoint 0 holds no optimizer state (a fresh optimizer)" if prob0 is None
+                       else prob0)
         w0 = prev
         if (hardened and m.init.get("kind") != "parent" and device.type == "cpu"
                 and not o.trusted_modules):
@@ -426,6 +455,7 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions, pools: list) -> Repo
         for i, t in enumerate(tqdm(ck[1:], desc="reading checkpoints", leave=False)
                               if o.progress else ck[1:]):
             cur = load(t)
+            plausible(t, cur)
             vec = flat_params(cur, names)
             norm = torch.linalg.vector_norm(vec)
             updates.append(distances(prev_vec, vec, METRICS, prev_norm, norm))
@@ -445,6 +475,11 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions, pools: list) -> Repo
         report.add("checkpoint digests", False, str(e))
         return _finish(report, proof, t_start, 0)
     report.add("checkpoint digests", True, f"all {len(ck)} checkpoints match the manifest")
+    if hardened:
+        report.add("optimizer state", not state_probs,
+                   f"every checkpoint's optimizer state is plausible (step counters, finite, "
+                   f"moments within what gradients can produce)" if not state_probs
+                   else state_probs[0])
 
     # --- initialization
     if m.init.get("kind") == "parent":
@@ -509,6 +544,21 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions, pools: list) -> Repo
             deltas.setdefault(mm, auto[mm])
         report.delta_rule = "given on the command line (auto for metrics not given)"
     report.deltas = deltas
+    exact_mode = hardened and all(deltas[mm] == 0 for mm in o.metrics)
+    if hardened:
+        if exact_mode:
+            report.add("tolerance", True, "exact mode: every replayed segment must land bitwise "
+                       "(δ = 0)")
+        else:
+            why = (f"the proof claims device {spec.device!r}, precision {spec.precision}, torch "
+                   f"{spec.torch_version or '?'}" + (", deterministic" if spec.deterministic
+                                                     else "") +
+                   f"; this verifier replays on {device.type} with torch {torch.__version__}")
+            shown = ", ".join(f"{mm}={deltas[mm]:.3g}" for mm in o.metrics)
+            report.add("tolerance", False, warn=not o.require_exact, reason=
+                       f"tolerant mode ({why}): replay may land up to δ away ({shown}); "
+                       + ("exact mode was required (--require-exact)" if o.require_exact else
+                          "pass --require-exact to refuse any tolerance"))
 
     # --- replay
     d1s = [u[o.d1] for u in updates]
@@ -551,6 +601,9 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions, pools: list) -> Repo
     loss_bad: list[int] = []
     rel_bad: list[tuple[int, int, float]] = []
     sizes: list[float] = []  # claimed ℓ2 update ÷ δ of each non-exact replayed segment
+    state_bad: list[tuple[int, int, str]] = []  # hardened: optimizer state replays elsewhere
+    flip_bad: list[tuple[int, int, float]] = []  # hardened: a step that ignores its gradient
+    from pol.verifier.soundness import BOUNDS
     bar = tqdm(total=sum(lengths[i] for i, _ in chosen), desc="replaying", unit="step",
                leave=False) if o.progress else _NoBar()
     if o.workers < 1:
@@ -585,6 +638,20 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions, pools: list) -> Repo
         replayed += b - a
         err, exact = out.error, out.exact
         passed = all(err[mm] <= deltas[mm] for mm in o.metrics)
+        if hardened:
+            srel = out.state_error / out.state_change if out.state_change > 0 else (
+                0.0 if out.state_error == 0 else float("inf"))
+            if not out.steps_ok:
+                state_bad.append((a, b, "the step counters differ"))
+            elif exact_mode and not exact and out.state_error > 0:
+                state_bad.append((a, b, "not bitwise equal in exact mode"))
+            elif not exact_mode and srel > o.relative_error_max:
+                state_bad.append((a, b, f"{srel:.2f}× its own change"))
+            if state_bad and state_bad[-1][:2] == (a, b):
+                passed = False
+            if not (out.flip >= BOUNDS.flip_min):  # NaN (not measured) fails too
+                flip_bad.append((a, b, out.flip))
+                passed = False
         if hardened and not exact and "l2" in err:
             rel = err["l2"] / max(updates[i]["l2"], 1e-300)
             if rel > o.relative_error_max:
@@ -596,10 +663,29 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions, pools: list) -> Repo
                                              exact, why))
     bar.close()
     if hardened:
+        nonfinite = [t for t in loss_bad if not np.isfinite(proof.losses[t])]
         report.add("loss replay", not loss_bad,
                    "the recomputed loss matches the recorded loss at every replayed step"
                    if not loss_bad else f"{len(loss_bad)} replayed step(s) have a recorded loss "
-                   f"that the replay does not reproduce (first: step {loss_bad[0]})")
+                   f"that the replay does not reproduce (first: step {loss_bad[0]})" +
+                   (f"; {len(nonfinite)} recorded loss(es) are NaN or infinite (first: step "
+                    f"{nonfinite[0]}): the hardened policy needs every step's loss"
+                    if nonfinite else ""))
+        report.add("optimizer replay", not state_bad,
+                   "the optimizer state replays onto the claimed state at the end of every "
+                   "replayed segment" if not state_bad else
+                   f"{len(state_bad)} segment(s) end with optimizer state other than the claim "
+                   f"(first: steps {state_bad[0][0]}–{state_bad[0][1]}, {state_bad[0][2]})")
+        worst_flip = min((r for _, _, r in flip_bad if r == r), default=None)
+        report.add("data dependence", not flip_bad,
+                   f"each replayed segment's first step moves with its gradient (a sign-flipped "
+                   f"gradient lands ≥ {BOUNDS.flip_min:g}× the step's update away)"
+                   if not flip_bad else
+                   f"{len(flip_bad)} replayed segment(s) land on the same weights whatever their "
+                   f"gradient (first: steps {flip_bad[0][0]}–{flip_bad[0][1]}, a sign-flipped "
+                   f"gradient moves the step by {flip_bad[0][2]:.3g}× its update): the claimed "
+                   "training does not depend on the data", value=worst_flip,
+                   bound=BOUNDS.flip_min)
         worst_rel = max((r for _, _, r in rel_bad), default=0.0)
         report.add("relative error", not rel_bad,
                    f"every non-exact replayed segment lands within {o.relative_error_max:g}× its "

@@ -84,8 +84,9 @@ def replay_shared(segments: Sequence[tuple[int, int]], replay_one: Callable[[int
     from pol.verifier.parallel import SegmentOutcome
     r, world = dist.get_rank(), dist.get_world_size()
     M = len(metrics)
-    # per segment: M errors, exact, data_ok, number of loss mismatches, first mismatch, failed
-    table = torch.zeros(len(segments), M + 5, dtype=torch.float64)
+    # per segment: M errors, exact, data_ok, number of loss mismatches, first mismatch, failed,
+    # optimizer-state error, its claimed change, step counters equal, data-dependence ratio
+    table = torch.zeros(len(segments), M + 9, dtype=torch.float64)
     mine: dict[int, BaseException] = {}
     for j, (a, b) in enumerate(segments):
         if j % world != r or mine:
@@ -102,6 +103,10 @@ def replay_shared(segments: Sequence[tuple[int, int]], replay_one: Callable[[int
         table[j, M + 1] = float(out.data_ok)
         table[j, M + 2] = len(out.loss_bad)
         table[j, M + 3] = out.loss_bad[0] if out.loss_bad else -1
+        table[j, M + 5] = out.state_error
+        table[j, M + 6] = out.state_change
+        table[j, M + 7] = float(out.steps_ok)
+        table[j, M + 8] = out.flip
     dist.all_reduce(table)  # each row is filled by exactly one rank
     failed = torch.nonzero(table[:, M + 4]).flatten().tolist()
     if failed:
@@ -118,7 +123,9 @@ def replay_shared(segments: Sequence[tuple[int, int]], replay_one: Callable[[int
         # the report uses the number of mismatching steps and the first one
         outs.append(SegmentOutcome(start=a, end=b, error={m: row[i] for i, m in enumerate(metrics)},
                                    exact=bool(row[M]), loss_bad=[first] * n_bad,
-                                   data_ok=bool(row[M + 1])))
+                                   data_ok=bool(row[M + 1]), state_error=row[M + 5],
+                                   state_change=row[M + 6], steps_ok=bool(row[M + 7]),
+                                   flip=row[M + 8]))
     return outs
 
 

@@ -85,6 +85,14 @@ class SegmentOutcome:
     exact: bool  # the replayed state (model + optimizer) is bitwise the claimed one
     loss_bad: list[int] = field(default_factory=list)  # hardened: steps whose loss differs
     data_ok: bool = True  # every replayed batch matches its recorded hash
+    # optimizer state (moments, momentum buffers): ℓ2 of replayed − claimed at the end, and the
+    # claimed change over the segment ‖S_b − S_a‖ (0, 0 for a stateless optimizer)
+    state_error: float = 0.0
+    state_change: float = 0.0
+    steps_ok: bool = True  # the replayed step counters equal the claimed ones
+    # hardened: ‖W(g) − W(−g)‖ ÷ ‖W(g) − W_a‖ after the segment's first step, replayed with the
+    # gradient and with its sign flipped (NaN: not measured)
+    flip: float = float("nan")
 
 
 def replay_segment(ctx, proof, data, leaves: np.ndarray, names: list[str], a: int, b: int,
@@ -98,17 +106,24 @@ def replay_segment(ctx, proof, data, leaves: np.ndarray, names: list[str], a: in
     loss_bad: list[int] = []
     start = load(a)
     load_state(ctx.model, ctx.optimizer, spec.optimizer.name, start)
+    flipped = None
     for t in range(a, b):
         idx = proof.batch(t)
         if merkle_root(leaves[idx]) != proof.batch_hashes[t].tobytes():
             data_ok = False
+        x, y, lrs = torch.from_numpy(data.x[idx]), torch.from_numpy(data.y[idx]), \
+            proof.lrs[t].tolist()
         try:
-            loss = update(ctx, torch.from_numpy(data.x[idx]),
-                          torch.from_numpy(data.y[idx]), proof.lrs[t].tolist(), t)
+            if hardened and t == a:  # data dependence: the same step with the gradient flipped
+                flipped = _flipped_step(ctx, x, y, lrs, t, names)
+                load_state(ctx.model, ctx.optimizer, spec.optimizer.name, start)
+            loss = update(ctx, x, y, lrs, t)
         except (RuntimeError, ValueError, IndexError, TypeError) as e:
             raise ProofFormatError(f"the proof's spec does not run on its data (step {t}): "
                                    f"{str(e).splitlines()[0][:200]}") from None
-        if hardened and np.isfinite(proof.losses[t]):  # NaN: the loop recorded no loss
+        if flipped is not None and t == a:
+            flip = _flip_ratio(ctx, flipped, start, names)
+        if hardened:  # a recorded loss that is NaN or infinite matches nothing
             rec_loss, my_loss = float(proof.losses[t]), float(loss)
             if not (abs(rec_loss - my_loss) <= 5e-2 * max(abs(my_loss), 1e-6)):
                 loss_bad.append(t)
@@ -122,7 +137,50 @@ def replay_segment(ctx, proof, data, leaves: np.ndarray, names: list[str], a: in
     exact = all(k in mine and torch.equal(
         mine[k].detach().to("cpu", fmt.storage_dtype(k, mine[k], spec.precision)),
         end[k]) for k in end) and len(end) == len(mine)
-    return SegmentOutcome(a, b, err, bool(exact), loss_bad, data_ok)
+    from pol.verifier import soundness
+    keys = soundness.float_state_keys(end)
+    mine_keys = soundness.float_state_keys(mine)
+    state_error = state_change = 0.0
+    steps_ok = True
+    if keys or mine_keys:
+        if keys != mine_keys:
+            state_error, steps_ok = float("inf"), False
+        else:
+            mine_state = soundness.flat_optimizer(
+                {k: mine[k].to(fmt.storage_dtype(k, mine[k], spec.precision)) for k in keys}, keys)
+            claimed = soundness.flat_optimizer(end, keys)
+            state_error = float(torch.linalg.vector_norm(mine_state - claimed))
+            before = (soundness.flat_optimizer(start, keys) if all(k in start for k in keys)
+                      else torch.zeros_like(claimed))
+            state_change = float(torch.linalg.vector_norm(claimed - before))
+            steps_ok = all(torch.equal(mine[k].detach().double().cpu(), end[k].double())
+                           for k in end if k.endswith(".step") and k in mine)
+    return SegmentOutcome(a, b, err, bool(exact), loss_bad, data_ok, state_error, state_change,
+                          bool(steps_ok), flip if flipped is not None else float("nan"))
+
+
+def _flipped_step(ctx, x: torch.Tensor, y: torch.Tensor, lrs, t: int,
+                  names: list[str]) -> torch.Tensor:
+    """The parameters after step t run with the loss negated (every gradient's sign flipped), as
+    one float64 vector. Same randomness (dropout, augmentation) as the real step."""
+    import dataclasses
+    f = ctx.loss_fn
+    update(dataclasses.replace(ctx, loss_fn=lambda out, yy: -f(out, yy)), x, y, lrs, t)
+    return torch.cat([p.detach().to("cpu", torch.float64).reshape(-1)
+                      for p in ctx.model.parameters()])
+
+
+def _flip_ratio(ctx, flipped: torch.Tensor, start: dict[str, torch.Tensor],
+                names: list[str]) -> float:
+    """‖W(g) − W(−g)‖ ÷ ‖W(g) − W_a‖ after one step (0 when the gradient changed nothing)."""
+    real = torch.cat([p.detach().to("cpu", torch.float64).reshape(-1)
+                      for p in ctx.model.parameters()])
+    w_a = torch.cat([start[n].detach().to("cpu", torch.float64).reshape(-1) for n in names])
+    diff = float(torch.linalg.vector_norm(real - flipped))
+    step = float(torch.linalg.vector_norm(real - w_a))
+    if diff == 0.0:
+        return 0.0
+    return diff / step if step > 0 else float("inf")
 
 
 # ----------------------------------------------------------------------------- worker processes

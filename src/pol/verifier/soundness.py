@@ -1,0 +1,163 @@
+"""Checks that make a replay mean something (hardened policy).
+
+Replay proves a claimed step only if the step could have gone elsewhere: a segment that lands
+bitwise on its claimed checkpoint whatever its data says nothing about the data. An outside review
+found exactly such a forgery: the displacement toward someone else's final weights rides in Adam's
+moments at checkpoint 0, with moments so large that every real gradient is absorbed below half an
+ulp; the verifier's honest replay, with real data, lands bitwise on every forged checkpoint. The
+checks here close the channels that forgery (and its variants) used, each a named check:
+
+- **initial optimizer state**: checkpoint 0 holds no optimizer state. pol never writes any there
+  (a fresh optimizer has none; a warm start from a parent proof starts a fresh optimizer too).
+- **optimizer state**: every checkpoint's optimizer state is plausible: finite, step counters equal
+  to the checkpoint's step, second moments non-negative, first moments within the bound that any
+  sequence of gradients obeys: |m| ≤ C·√v with C = (1−β₁)/√((1−β₂)(1−β₁²/β₂)) (Cauchy–Schwarz on
+  the two exponential averages), and the hyperparameters within `Bounds`.
+- **optimizer replay**: after each replayed segment the optimizer state must match the claim like
+  the parameters do (bitwise in exact mode; within the relative-error bound otherwise).
+- **data dependence**: the first step of each replayed segment is run a second time with the loss
+  negated (the gradient's sign flipped); the parameters must move by at least τ times the step's own
+  update. A step whose gradient is absorbed (huge moments, a learning rate below the float
+  resolution) lands on the same bits either way, and fails.
+- **epoch structure**: steps per epoch is ⌈N/B⌉ (⌊N/B⌋ with drop_last), only an epoch's last batch
+  may be short, and every epoch's indices are a permutation of the dataset (no sample twice, none
+  left out unless drop_last).
+- **recorded losses**: a replayed step whose recorded loss is NaN or infinite fails loss replay
+  (no silent skip).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pol.step import MODEL_PREFIX, OPTIM_PREFIX
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Policy bounds on hyperparameters and state (frozen data, documented in docs/SECURITY.md)."""
+
+    lr_min: float = 1e-8  # the spec's base learning rate
+    momentum_max: float = 0.999
+    beta1_max: float = 0.999
+    beta2_max: float = 0.99999
+    # data dependence: a sign-flipped gradient must move the step's result by ≥ τ·(its update).
+    # Honest steps measure ≥ 2(1−β₁)-ish for Adam and ≥ 2(1−μ) for SGD with momentum μ, both
+    # ≥ 2e-3 within the bounds above; a step whose gradient is absorbed measures 0
+    flip_min: float = 1e-3
+    # slack on the moment bound for float rounding
+    moment_slack: float = 1e-3
+
+
+BOUNDS = Bounds()
+
+
+def hyperparameter_problems(spec, bounds: Bounds = BOUNDS) -> list[str]:
+    """Hyperparameters outside the policy bounds (an empty list when all are plausible)."""
+    o = spec.optimizer
+    out = []
+    if o.lr < bounds.lr_min:
+        out.append(f"base learning rate {o.lr:g} below the policy floor {bounds.lr_min:g}")
+    if o.name == "sgd":
+        if o.momentum > bounds.momentum_max:
+            out.append(f"momentum {o.momentum:g} above the policy bound {bounds.momentum_max:g}")
+    else:
+        b1, b2 = o.betas
+        for name, b, hi in (("beta1", b1, bounds.beta1_max), ("beta2", b2, bounds.beta2_max)):
+            if b > hi or float(np.float32(b)) >= 1.0:
+                out.append(f"{name} {b!r} above the policy bound {hi:g} (or 1 in float32)")
+    return out
+
+
+def moment_bound(beta1: float, beta2: float) -> float | None:
+    """C with |m| ≤ C·√v for Adam's moments after any gradient sequence (None: no finite bound)."""
+    if beta2 <= 0 or beta1 * beta1 >= beta2:
+        return None
+    return (1 - beta1) / math.sqrt((1 - beta2) * (1 - beta1 * beta1 / beta2))
+
+
+def optimizer_entries(tensors: dict[str, torch.Tensor]) -> list[str]:
+    return [k for k in tensors if k.startswith(OPTIM_PREFIX)]
+
+
+def state_problem(t: int, tensors: dict[str, torch.Tensor], spec) -> str | None:
+    """The first implausibility in checkpoint t's optimizer state, or None."""
+    keys = optimizer_entries(tensors)
+    if t == 0:
+        if keys:
+            return ("checkpoint 0 holds optimizer state: a fresh optimizer has none (pol never "
+                    "writes any there), so this state was put there by hand")
+        return None
+    opt = spec.optimizer
+    C = moment_bound(*opt.betas) if opt.name in ("adam", "adamw") else None
+    for k in keys:
+        v = tensors[k]
+        if not torch.isfinite(v.float()).all():
+            return f"checkpoint {t}: {k} has NaN/Inf values"
+        if k.endswith(".step") and not bool((v.double() == t).all()):
+            return (f"checkpoint {t}: Adam's step counter {k} is {float(v.reshape(-1)[0]):g}, "
+                    f"not {t}")
+    if C is not None:
+        groups = sorted({k[len(OPTIM_PREFIX):].split(".")[0] for k in keys}, key=int)
+        for i in groups:
+            m = tensors.get(f"{OPTIM_PREFIX}{i}.exp_avg")
+            sq = tensors.get(f"{OPTIM_PREFIX}{i}.exp_avg_sq")
+            if m is None or sq is None:
+                continue
+            sq = sq.double()
+            if bool((sq < 0).any()):
+                return f"checkpoint {t}: {OPTIM_PREFIX}{i}.exp_avg_sq has negative entries"
+            # rounding slack: relative, plus the square root of the storage type's smallest step
+            tiny = math.sqrt(torch.finfo(tensors[f"{OPTIM_PREFIX}{i}.exp_avg_sq"].dtype).smallest_normal)
+            bound = C * (1 + BOUNDS.moment_slack) * (sq.sqrt() + 2 * tiny)
+            over = m.double().abs() > bound
+            if bool(over.any()):
+                j = int(torch.nonzero(over.reshape(-1))[0])
+                return (f"checkpoint {t}: {OPTIM_PREFIX}{i}.exp_avg[{j}] = "
+                        f"{float(m.reshape(-1)[j]):.3g} exceeds what any gradients can produce "
+                        f"with its exp_avg_sq ({C:.3g}·√v = {float(bound.reshape(-1)[j]):.3g})")
+    return None
+
+
+def flat_optimizer(tensors: dict[str, torch.Tensor], keys: list[str]) -> torch.Tensor:
+    """The float optimizer state (moments, momentum buffers) as one float64 vector."""
+    if not keys:
+        return torch.zeros(0, dtype=torch.float64)
+    return torch.cat([tensors[k].detach().to("cpu", torch.float64).reshape(-1) for k in keys])
+
+
+def float_state_keys(tensors: dict[str, torch.Tensor]) -> list[str]:
+    return sorted(k for k in optimizer_entries(tensors) if not k.endswith(".step"))
+
+
+def epoch_structure_problem(proof) -> str | None:
+    """The first violation of the epoch structure, or None (see the module docstring)."""
+    m = proof.manifest
+    spec = m.spec
+    N, B, S = spec.data.size, spec.batch_size, m.steps_per_epoch
+    want = N // B if spec.drop_last else -(-N // B)
+    if S != want:
+        return (f"steps_per_epoch is {S}, but {N} samples in batches of {B} make {want}"
+                f"{' (drop_last)' if spec.drop_last else ''}")
+    idx = proof.indices
+    if idx.shape[0] != m.epochs * S:
+        return f"{idx.shape[0]} recorded steps, expected {m.epochs} × {S}"
+    last = N - (S - 1) * B if not spec.drop_last else B
+    counts = (idx >= 0).sum(axis=1).reshape(m.epochs, S)
+    for e in range(m.epochs):
+        full = counts[e, :-1]
+        if (full != B).any():
+            s = int(np.nonzero(full != B)[0][0])
+            return (f"epoch {e}, step {e * S + s}: a batch of {int(full[s])} samples before the "
+                    f"epoch's last batch (batch size {B})")
+        if counts[e, -1] != last:
+            return (f"epoch {e}: the last batch has {int(counts[e, -1])} samples, expected {last}")
+        rows = idx[e * S:(e + 1) * S]
+        flat = rows[rows >= 0]
+        if np.unique(flat).size != flat.size:
+            return f"epoch {e}: a sample is used twice (indices are not a permutation)"
+    return None

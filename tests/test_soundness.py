@@ -1,0 +1,206 @@
+"""Each channel of the zero-gradient forgery (issue 10 §1) is closed by a named check.
+
+The forged proofs here change one thing each and recompute every digest, as a forger would, so
+that only the semantic check under test can catch them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from pol.proof import format as fmt
+from pol.proof.writer import rehash_manifest
+from pol.verifier import verify
+from pol.verifier import soundness
+
+from conftest import check, checkpoint_path, failed_checks, load_manifest
+
+
+def _edit_checkpoint(proof, t, fn) -> None:
+    path = checkpoint_path(proof, t)
+    tensors = load_file(str(path))
+    fn(tensors)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    rehash_manifest(proof)
+
+
+def _edit_manifest(proof, fn) -> None:
+    body = load_manifest(proof)
+    fn(body)
+    body["root_digest"] = fmt.root_digest(body)
+    (proof / fmt.MANIFEST).write_text(json.dumps(body, indent=1, sort_keys=True))
+
+
+def _edit_npy(proof, name, fn) -> None:
+    arr = np.load(proof / name, allow_pickle=False).copy()
+    arr = fn(arr)
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    (proof / name).write_bytes(buf.getvalue())
+    rehash_manifest(proof)
+
+
+# --------------------------------------------------------------------- optimizer state channel
+
+def test_optimizer_state_in_checkpoint0_fails(mlp_proof, proof_copy):
+    # a zero momentum buffer replays exactly like none (buf = 0.9·0 + g = g), so only the check
+    # of checkpoint 0 itself can see that state was put there
+    p = proof_copy(mlp_proof)
+    ref = load_file(str(checkpoint_path(p, load_manifest(p)["checkpoints"][1])))
+    bufs = {k: torch.zeros_like(v) for k, v in ref.items() if k.endswith("momentum_buffer")}
+    assert bufs
+    _edit_checkpoint(p, 0, lambda t: t.update(bufs))
+    r = verify(p, all_segments=True)
+    assert "initial optimizer state" in failed_checks(r)
+    assert check(r, "integrity").status == "pass"
+
+
+def test_adam_step_counter_not_t_fails(cnn_proof, proof_copy):
+    p = proof_copy(cnn_proof)
+    t = load_manifest(p)["checkpoints"][2]
+    _edit_checkpoint(p, t, lambda s: s.update(
+        {k: v + 1000 for k, v in s.items() if k.endswith(".step")}))
+    r = verify(p)
+    assert "optimizer state" in failed_checks(r)
+    assert "step counter" in check(r, "optimizer state").reason
+
+
+def test_adam_moment_beyond_any_gradient_fails(cnn_proof, proof_copy):
+    p = proof_copy(cnn_proof)
+    t = load_manifest(p)["checkpoints"][2]
+
+    def blow(s):
+        k = next(k for k in s if k.endswith(".exp_avg"))
+        s[k] = s[k].clone()
+        s[k].view(-1)[0] = 1e6
+    _edit_checkpoint(p, t, blow)
+    r = verify(p)
+    assert "optimizer state" in failed_checks(r)
+    assert "exceeds what any gradients can produce" in check(r, "optimizer state").reason
+
+
+def test_moment_bound_holds_for_honest_adam():
+    # |m| ≤ C·√v after any gradient sequence: drive Adam with wild gradients and check
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.zeros(1000))
+    opt = torch.optim.Adam([p], lr=1e-3, betas=(0.9, 0.999))
+    C = soundness.moment_bound(0.9, 0.999)
+    worst = 0.0
+    for i in range(300):
+        p.grad = torch.randn(1000) * (10.0 ** torch.randint(-6, 6, (1000,)).float())
+        if i % 7 == 0:
+            p.grad = torch.full((1000,), 5.0)  # a run of identical gradients is the extreme case
+        opt.step()
+        st = opt.state[p]
+        worst = max(worst, float((st["exp_avg"].abs() / st["exp_avg_sq"].sqrt()).max()))
+    assert worst <= C
+
+
+def test_optimizer_state_that_replays_elsewhere_fails_in_exact_mode(mlp_proof, proof_copy):
+    p = proof_copy(mlp_proof)
+    t = load_manifest(p)["checkpoints"][3]
+
+    def nudge(s):
+        k = next(k for k in s if k.endswith("momentum_buffer"))
+        s[k] = s[k] * (1 + 1e-3)
+    _edit_checkpoint(p, t, nudge)
+    r = verify(p, all_segments=True)
+    assert not r.valid
+    assert "optimizer replay" in failed_checks(r)
+    assert check(r, "tolerance").status == "pass"  # exact mode
+
+
+# ------------------------------------------------------------------------------ recorded losses
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_recorded_loss_fails(mlp_proof, proof_copy, bad):
+    p = proof_copy(mlp_proof)
+
+    def spoil(a):
+        a[5] = bad
+        return a
+    _edit_npy(p, fmt.LOSSES, spoil)
+    r = verify(p, all_segments=True)
+    assert "loss replay" in failed_checks(r)
+    assert "NaN or infinite" in check(r, "loss replay").reason
+
+
+# ------------------------------------------------------------------------------ epoch structure
+
+def test_one_long_epoch_fails(mlp_proof, proof_copy):
+    p = proof_copy(mlp_proof)
+
+    def one_epoch(b):
+        b["steps_per_epoch"] = b["total_steps"]
+        b["epochs"] = 1
+        b["spec"]["epochs"] = 1
+    _edit_manifest(p, one_epoch)
+    r = verify(p)
+    assert "epoch structure" in failed_checks(r)
+    assert "steps_per_epoch" in check(r, "epoch structure").reason
+
+
+def test_sample_used_twice_in_an_epoch_fails(mlp_proof, proof_copy):
+    p = proof_copy(mlp_proof)
+
+    def dup(a):
+        a[1, 0] = a[0, 0]
+        return a
+    _edit_npy(p, fmt.INDICES, dup)
+    r = verify(p)
+    assert "epoch structure" in failed_checks(r)
+    assert "twice" in check(r, "epoch structure").reason
+
+
+def test_padding_before_the_last_batch_fails(mlp_proof, proof_copy):
+    p = proof_copy(mlp_proof)
+
+    def pad(a):
+        a[3, -1] = -1
+        return a
+    _edit_npy(p, fmt.INDICES, pad)
+    r = verify(p)
+    assert "epoch structure" in failed_checks(r)
+
+
+def test_epoch_structure_of_honest_proofs(mlp_proof, iris_proof, cnn_proof):
+    from pol.proof.reader import open_proof
+    for proof in (mlp_proof, iris_proof, cnn_proof):
+        assert soundness.epoch_structure_problem(open_proof(proof)) is None
+
+
+# ------------------------------------------------------------------------- hyperparameter bounds
+
+def test_beta_that_rounds_to_one_fails(cnn_proof, proof_copy):
+    p = proof_copy(cnn_proof)
+    _edit_manifest(p, lambda b: b["spec"]["optimizer"].update(betas=[0.9, 0.999999999]))
+    r = verify(p)
+    assert "hyperparameters" in failed_checks(r)
+    assert "beta2" in check(r, "hyperparameters").reason
+
+
+def test_hyperparameter_bounds_accept_builtin_tasks():
+    from types import SimpleNamespace
+
+    from pol.tasks import TASKS
+    for task in TASKS.values():
+        spec = SimpleNamespace(optimizer=task.optimizer)
+        assert soundness.hyperparameter_problems(spec) == [], task.name
+
+
+# --------------------------------------------------------------------------- tolerance reported
+
+def test_tolerant_mode_is_reported_and_can_be_refused(mlp_proof, proof_copy):
+    p = proof_copy(mlp_proof)
+    _edit_manifest(p, lambda b: b["spec"].update(device="cuda", deterministic=True))
+    r = verify(p)
+    tol = check(r, "tolerance")
+    assert tol.status == "warn" and "tolerant mode" in tol.reason and "cuda" in tol.reason
+    r2 = verify(p, require_exact=True)
+    assert "tolerance" in failed_checks(r2)
