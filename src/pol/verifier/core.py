@@ -31,6 +31,7 @@ from pol.proof.hashing import merkle_root, sample_leaves
 from pol.proof.reader import Proof, open_proof
 from pol.spec import current_cpu_capability, set_tf32
 from pol.step import expected_state_shapes, state_tensors
+from pol.verifier.budget import check_verify_budget
 from pol.verifier.distances import METRICS, flat_params, fp16_rounding_floor
 from pol.verifier.report import Report, SegmentResult
 
@@ -86,21 +87,45 @@ class VerifyOptions:
 
 def load_verifier_data(spec, data: str | None):
     """The training set the verifier replays on: built-in datasets are rebuilt from their name and
-    parameters; local (CIFAR) and user data come from `data` (a directory, or an .npz file)."""
-    from pol.datasets import ArrayDataset, load_dataset
+    parameters (they take no `data`: one given is an error, never silently ignored); local (CIFAR)
+    and user data come from `data` (a directory, or an .npz file). Every problem with `data` is a
+    ConfigError (exit 2) naming it."""
+    import zipfile
+
+    from pol.datasets import _PURE_DATASETS, ArrayDataset, load_dataset
 
     name = spec.data.name
+    if data is not None and name in _PURE_DATASETS:
+        raise ConfigError(f"--data {data}: this proof's dataset {name!r} is built into pol and "
+                          "rebuilt from the proof's own parameters; it takes no --data (leave "
+                          "--data out)")
+    if data is not None and not os.path.exists(data):
+        raise ConfigError(f"--data {data}: no such file or directory")
     try:
         if name in ("user", "npz"):
             if not data:
                 raise ConfigError("this proof was made on user data: pass it with --data FILE.npz "
                                   "(arrays x and y)")
-            if not os.path.isfile(data):
-                raise ConfigError(f"--data {data}: no such file")
-            with np.load(data, allow_pickle=False) as z:
-                if "x" not in z or "y" not in z:
-                    raise ConfigError(f"{data}: expected arrays named x and y")
-                return ArrayDataset(z["x"], z["y"].astype(np.int64))
+            if os.path.isdir(data):
+                raise ConfigError(f"--data {data} is a directory: this proof was made on user "
+                                  "data, pass the .npz file with arrays x and y")
+            if not zipfile.is_zipfile(data):
+                raise ConfigError(f"--data {data} is not an .npz archive: save the training set "
+                                  "with numpy.savez(PATH, x=..., y=...) (CSV, .npy and pickles "
+                                  "are not read)")
+            try:
+                with np.load(data, allow_pickle=False) as z:
+                    if "x" not in z or "y" not in z:
+                        raise ConfigError(f"{data}: expected arrays named x and y")
+                    return ArrayDataset(z["x"], z["y"].astype(np.int64))
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError, TypeError) as e:
+                if isinstance(e, ConfigError):
+                    raise
+                raise ConfigError(f"--data {data}: not a readable .npz archive of arrays x and "
+                                  f"y ({e})") from None
+        if data is not None and name in ("cifar10", "cifar100") and not os.path.isdir(data):
+            raise ConfigError(f"--data {data} is a file: the {name} dataset is read from the "
+                              "directory holding its binary files")
         train, _ = load_dataset(name, dict(spec.data.params), data)
         return train
     except FileNotFoundError as e:
@@ -239,6 +264,7 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions, pools: list) -> Repo
         return report
     m = proof.manifest
     spec = m.spec
+    check_verify_budget(m, o)  # dataset and replay-step budget, before any work
     report.root_digest = m.root_digest
     report.add("integrity", True, "manifest root digest and per-step arrays match")
     from pol.protocol import COMMITMENT_FILE
@@ -443,8 +469,7 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions, pools: list) -> Repo
                        "checkpoint 0 holds no optimizer state (a fresh optimizer)" if prob0 is None
                        else prob0)
         w0 = prev
-        if (hardened and m.init.get("kind") != "parent" and device.type == "cpu"
-                and not o.trusted_modules):
+        if hardened and m.init.get("kind") != "parent" and device.type == "cpu":
             # the model built above is still untouched (replays below change it): it is the
             # init that pol derives from the proof's seed, built as regenerated_init_matches does
             mine = {"model." + k: v for k, v in ctx.model.state_dict().items()}
@@ -502,7 +527,7 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions, pools: list) -> Repo
         if hardened:
             from pol.verifier import hardened as hd
             regen = regen_pre if regen_pre is not None else \
-                hd.regenerated_init_matches(spec, w0, names)
+                hd.regenerated_init_matches(spec, w0, names, o.trusted_modules)
             report.add("init regeneration", regen,
                        "W_0 is bitwise the init pol derives from the proof's seed" if regen else
                        "W_0 is not the init that the proof's seed and strategy give: pol always "
