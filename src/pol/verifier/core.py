@@ -31,7 +31,6 @@ from pol.proof.hashing import merkle_root, sample_leaves
 from pol.proof.reader import Proof, open_proof
 from pol.spec import current_cpu_capability, set_tf32
 from pol.step import expected_state_shapes, state_tensors
-from pol.verifier.budget import check_verify_budget
 from pol.verifier.distances import METRICS, flat_params, fp16_rounding_floor
 from pol.verifier.report import Report, SegmentResult
 
@@ -264,7 +263,6 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions, pools: list) -> Repo
         return report
     m = proof.manifest
     spec = m.spec
-    check_verify_budget(m, o)  # dataset and replay-step budget, before any work
     report.root_digest = m.root_digest
     report.add("integrity", True, "manifest root digest and per-step arrays match")
     from pol.protocol import COMMITMENT_FILE
@@ -469,7 +467,8 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions, pools: list) -> Repo
                        "checkpoint 0 holds no optimizer state (a fresh optimizer)" if prob0 is None
                        else prob0)
         w0 = prev
-        if hardened and m.init.get("kind") != "parent" and device.type == "cpu":
+        if (hardened and m.init.get("kind") != "parent" and device.type == "cpu"
+                and not o.trusted_modules):
             # the model built above is still untouched (replays below change it): it is the
             # init that pol derives from the proof's seed, built as regenerated_init_matches does
             mine = {"model." + k: v for k, v in ctx.model.state_dict().items()}
@@ -527,7 +526,7 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions, pools: list) -> Repo
         if hardened:
             from pol.verifier import hardened as hd
             regen = regen_pre if regen_pre is not None else \
-                hd.regenerated_init_matches(spec, w0, names, o.trusted_modules)
+                hd.regenerated_init_matches(spec, w0, names)
             report.add("init regeneration", regen,
                        "W_0 is bitwise the init pol derives from the proof's seed" if regen else
                        "W_0 is not the init that the proof's seed and strategy give: pol always "
