@@ -204,3 +204,12 @@ def test_tolerant_mode_is_reported_and_can_be_refused(mlp_proof, proof_copy):
     assert tol.status == "warn" and "tolerant mode" in tol.reason and "cuda" in tol.reason
     r2 = verify(p, require_exact=True)
     assert "tolerance" in failed_checks(r2)
+
+
+def test_require_exact_on_the_command_line(mlp_proof, proof_copy):
+    from conftest import run_cli
+    p = proof_copy(mlp_proof)
+    assert run_cli("verify", str(p), "--require-exact").exit_code == 0  # made here: exact mode
+    _edit_manifest(p, lambda b: b["spec"].update(device="cuda", deterministic=True))
+    r = run_cli("verify", str(p), "--require-exact")
+    assert r.exit_code == 1 and "tolerance" in r.output

@@ -264,6 +264,16 @@ def _is_sealed(path: str) -> bool:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the report here.")
 @click.option("--max-proof-gb", type=click.FloatRange(0, min_open=True), default=64,
               show_default=True, help="Refuse proofs larger than this.")
+@click.option("--max-checkpoints", type=click.IntRange(1), default=250_000, show_default=True,
+              help="Verifier budget: refuse proofs with more checkpoints.")
+@click.option("--max-checkpoint-gb", type=click.FloatRange(0, min_open=True), default=2,
+              show_default=True, help="Verifier budget: refuse a checkpoint larger than this "
+              "(decoded, for a compressed proof).")
+@click.option("--max-replay-steps", type=click.IntRange(1), default=1_000_000,
+              show_default=True, help="Verifier budget: refuse to replay more steps.")
+@click.option("--max-dataset-gb", type=click.FloatRange(0, min_open=True), default=1,
+              show_default=True, help="Verifier budget: refuse to generate a dataset (synthetic-*) "
+              "from the proof's parameters that needs more memory.")
 @click.option("-V", "--verbose-segments", is_flag=True, help="List every replayed segment.")
 @click.option("--parent", "parents", multiple=True, type=click.Path(),
               help="A directory that may hold a parent proof (warm start); repeatable.")
@@ -295,11 +305,16 @@ def _is_sealed(path: str) -> bool:
 @click.option("--min-update", "min_update", type=click.FloatRange(0), default=1.25,
               show_default=True, help="hardened: at least one non-exact replayed segment must "
               "claim an ℓ2 update ≥ this many δ (else every step hides in the tolerance).")
+@click.option("--require-exact", "require_exact", is_flag=True,
+              help="hardened: fail unless replay is bitwise (exact mode, δ = 0): refuse any "
+              "tolerance the prover's claims (device, precision, torch version) would allow.")
 @handle_errors
 def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trust_module,
            json_out, max_proof_gb, verbose_segments, parents, registry, ledger_db, record_to,
            sign_with, request_data, reveal, policy, random_per_epoch, open_key, open_from,
-           passphrase_env=None, workers=1, min_update=1.25):
+           passphrase_env=None, workers=1, min_update=1.25, require_exact=False,
+           max_checkpoints=250_000, max_checkpoint_gb=2.0, max_replay_steps=1_000_000,
+           max_dataset_gb=1.0):
     """Verify a proof (Algorithm 2): a proof directory, or a sealed proof file (with --key).
     Exit 0 valid, 1 invalid, 2 unusable input."""
     if os.path.isfile(proof) and _is_sealed(proof):  # other files: the reader's own message
@@ -317,7 +332,10 @@ def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trus
                 str(tmp / "proof"), data, q, all_segments, delta, metrics, d1, alpha, device,
                 trust_module, json_out, max_proof_gb, verbose_segments, parents, registry,
                 ledger_db, record_to, sign_with, request_data, reveal, policy,
-                random_per_epoch, None, None, passphrase_env, workers, min_update)
+                random_per_epoch, None, None, passphrase_env, workers, min_update,
+                require_exact=require_exact, max_checkpoints=max_checkpoints,
+                max_checkpoint_gb=max_checkpoint_gb, max_replay_steps=max_replay_steps,
+                max_dataset_gb=max_dataset_gb)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     from pol.proof.format import Limits
@@ -328,11 +346,15 @@ def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trus
     opts = VerifyOptions(q=q, all_segments=all_segments, delta=_parse_deltas(delta, metrics),
                          metrics=tuple(metrics), d1=d1, alpha=alpha, data=data, device=device,
                          trusted_modules=tuple(trust_module), progress=sys.stderr.isatty(),
-                         limits=Limits(max_total_bytes=limit, max_file_bytes=limit),
+                         limits=Limits(max_total_bytes=limit, max_file_bytes=limit,
+                                       max_checkpoints=max_checkpoints,
+                                       max_checkpoint_bytes=int(max_checkpoint_gb * 2**30),
+                                       max_replay_steps=max_replay_steps,
+                                       max_dataset_bytes=int(max_dataset_gb * 2**30)),
                          policy=policy, random_per_epoch=random_per_epoch,
                          parents=tuple(parents), registry=registry, ledger=ledger_db,
                          request_data=request_data, reveal=reveal, workers=workers,
-                         update_size_min=min_update)
+                         update_size_min=min_update, require_exact=require_exact)
     if (record_to is None) != (sign_with is None):
         raise click.UsageError("--record-to and --sign-with go together")
     if record_to and request_data:
