@@ -213,3 +213,17 @@ def test_require_exact_on_the_command_line(mlp_proof, proof_copy):
     _edit_manifest(p, lambda b: b["spec"].update(device="cuda", deterministic=True))
     r = run_cli("verify", str(p), "--require-exact")
     assert r.exit_code == 1 and "tolerance" in r.output
+
+
+def test_batch_order_other_than_the_seeds_fails_where_the_spec_says_seed(mlp_proof, proof_copy):
+    p = proof_copy(mlp_proof)
+    assert load_manifest(p)["spec"]["data"]["order"] == "seed"
+
+    def swap(a):
+        a[[1, 2]] = a[[2, 1]]
+        return a
+    _edit_npy(p, fmt.INDICES, swap)  # still a permutation; hashes swapped along
+    _edit_npy(p, fmt.BATCH_HASHES, swap)
+    r = verify(p)
+    assert "epoch structure" in failed_checks(r)
+    assert "seed" in check(r, "epoch structure").reason

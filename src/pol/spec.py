@@ -238,6 +238,9 @@ class DataSpec:
     root: str = ""
     prepare: str = "float"
     augment: str = "none"
+    # "seed": every epoch's batch order is `pol.step.epoch_order(seed, epoch, size)` (pol's own
+    # loop), which the verifier then checks exactly; "" = the prover's own order (a permutation)
+    order: str = ""
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "spec.data") -> "DataSpec":
@@ -248,7 +251,9 @@ class DataSpec:
             raise ProofFormatError(f"{where}.root: expected 64 lowercase hex characters")
         return cls(name=_str(d, "name", where), params=_kwargs(d, "params", where),
                    size=_num(d, "size", where, lo=1, hi=2**40, integer=True), root=root,
-                   prepare=_str(d, "prepare", where), augment=_str(d, "augment", where))
+                   prepare=_str(d, "prepare", where), augment=_str(d, "augment", where),
+                   order=_str(d, "order", where, optional=True, default="",
+                              choices=("", "seed")))
 
 
 @dataclass(frozen=True)
@@ -300,6 +305,8 @@ class TrainingSpec:
             del d["tf32"]
         if not self.augment_rng:
             del d["augment_rng"]
+        if not self.data.order:  # as in proofs made before the field existed
+            del d["data"]["order"]
         if not self.schedule.warmup_steps:  # as in proofs made before warm-up existed
             del d["schedule"]["warmup_steps"]
         d["optimizer"]["betas"] = list(self.optimizer.betas)

@@ -37,6 +37,13 @@ def derive_seed(seed: int, purpose: str, t: int = 0) -> int:
     return int.from_bytes(h[:8], "little") & (2**63 - 1)
 
 
+def epoch_order(seed: int, epoch: int, n: int) -> "np.ndarray":
+    """The data order of an epoch, derived from the committed seed (a verifier can re-derive it)."""
+    import numpy as np
+    rng = np.random.Generator(np.random.PCG64(derive_seed(seed, "order", epoch)))
+    return rng.permutation(n)
+
+
 def make_optimizer(spec: OptimizerSpec, params) -> torch.optim.Optimizer:
     if spec.name == "sgd":
         return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov,

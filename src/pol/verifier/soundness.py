@@ -160,4 +160,11 @@ def epoch_structure_problem(proof) -> str | None:
         flat = rows[rows >= 0]
         if np.unique(flat).size != flat.size:
             return f"epoch {e}: a sample is used twice (indices are not a permutation)"
+        if spec.data.order == "seed":
+            from pol.step import epoch_order
+            want_order = epoch_order(spec.seed, e, N)[:flat.size]
+            if not np.array_equal(flat, want_order):
+                s = int(np.nonzero(flat != want_order)[0][0]) // B
+                return (f"epoch {e}, step {e * S + s}: the spec says the batch order comes from "
+                        "the seed, but the recorded indices differ from it")
     return None
