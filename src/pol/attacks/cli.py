@@ -18,7 +18,7 @@ NAMES = ("retrain", "inverse-gradient", "concatenate", "directed-retrain", "fine
 @click.option("--target", required=True, type=click.Path(),
               help="The proof to spoof (only its spec and final model weights are used).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Directory for the forged proof (replaced if it exists).")
+              help="Directory for the forged proof (new or empty; --force replaces it).")
 @click.option("--steps", type=click.IntRange(1), help="Length of the forged run (rounded up to "
               "whole epochs; meaning per attack: see pol.attacks).")
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), help="The forger's own seed.")
@@ -28,9 +28,16 @@ NAMES = ("retrain", "inverse-gradient", "concatenate", "directed-retrain", "fine
               "grad evals only).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False),
               help="Also write the result as JSON here.")
-def attack(name, target, out, steps, seed, claim_device, no_honest, json_out):
+@click.option("--force", is_flag=True, help="Replace --out if it exists and is not empty.")
+def attack(name, target, out, steps, seed, claim_device, no_honest, json_out, force=False):
     """Forge a proof for TARGET's final weights with attack NAME (docs/ATTACKS.md) and print its
     cost against honest training. Exit 0 when the spoof was written (verify it with pol verify)."""
+    if os.path.lexists(out):  # as pol train: never delete a user's directory unasked
+        same = os.path.exists(target) and os.path.samefile(out, target)
+        if same or not force and (not os.path.isdir(out) or os.listdir(out)):
+            click.echo(f"error: --out {out} " + ("is the target proof" if same else
+                       "exists and is not empty (pass --force to replace it)"), err=True)
+            sys.exit(2)
     from pol.attacks import run_attack
     settings = {"measure_honest": not no_honest}
     if steps is not None:
