@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pol.attacks.common import AttackResult, claim_device, load_public
 from pol.attacks.later import attack_fang, attack_zhang_init
+from pol.attacks.optstate import attack_optimizer_state
+from pol.attacks.sparse import attack_sparse_epoch
 from pol.attacks.zhang_data import attack_zhang_data
 from pol.attacks.zhang_zero import attack_zhang_zero
 from pol.attacks.paper import (attack_concatenate, attack_directed_retrain, attack_fineprune,
@@ -26,6 +28,8 @@ ATTACKS = {
     "zhang-data": attack_zhang_data,
     "zhang-zero": attack_zhang_zero,
     "fang": attack_fang,
+    "optimizer-state": attack_optimizer_state,
+    "sparse-epoch": attack_sparse_epoch,
 }
 
 # attacks from the PoL paper itself, which its verifier is claimed to reject

@@ -10,7 +10,8 @@ import click
 
 # the names of pol.attacks.ATTACKS, here so that `pol --help` does not import torch
 NAMES = ("retrain", "inverse-gradient", "concatenate", "directed-retrain", "finetune",
-         "fineprune", "zhang-init", "zhang-data", "zhang-zero", "fang")
+         "fineprune", "zhang-init", "zhang-data", "zhang-zero", "fang", "optimizer-state",
+         "sparse-epoch")
 
 
 @click.command("attack")
@@ -26,10 +27,15 @@ NAMES = ("retrain", "inverse-gradient", "concatenate", "directed-retrain", "fine
               help="Claim this device in the forged spec (digests recomputed).")
 @click.option("--no-honest", is_flag=True, help="Do not time honest re-training (cost ratio in "
               "grad evals only).")
+@click.option("--set", "extra", multiple=True, metavar="KEY=VALUE",
+              help="An attack-specific setting (see the attack's docstring in pol.attacks), the "
+              "value read as JSON where it parses (else a string); repeatable, e.g. "
+              "--set optimizer=sgd --set losses=nan.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False),
               help="Also write the result as JSON here.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists and is not empty.")
-def attack(name, target, out, steps, seed, claim_device, no_honest, json_out, force=False):
+def attack(name, target, out, steps, seed, claim_device, no_honest, json_out, force=False,
+           extra=()):
     """Forge a proof for TARGET's final weights with attack NAME (docs/ATTACKS.md) and print its
     cost against honest training. Exit 0 when the spoof was written (verify it with pol verify)."""
     if os.path.lexists(out):  # as pol train: never delete a user's directory unasked
@@ -46,6 +52,16 @@ def attack(name, target, out, steps, seed, claim_device, no_honest, json_out, fo
         settings["seed"] = seed
     if claim_device:
         settings["claim_device"] = claim_device
+    for item in extra:
+        key, eq, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or not key.isidentifier():
+            click.echo(f"error: --set {item!r}: expected KEY=VALUE", err=True)
+            sys.exit(2)
+        try:
+            settings[key] = json.loads(raw)
+        except ValueError:
+            settings[key] = raw
     try:
         res = run_attack(name, target, out, **settings)
     except Exception as e:  # noqa: BLE001 - one line, exit 2
