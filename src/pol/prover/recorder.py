@@ -78,11 +78,29 @@ class Recorder:
                  spec: TrainingSpec | None = None, overwrite: bool = False,
                  durable: bool = True, init: dict | None = None,
                  resume: bool = False, init_from_seed: bool = True,
-                 compress: bool = False, keyframe_interval: int | None = None) -> None:
+                 compress: bool = False, keyframe_interval: int | None = None,
+                 continue_from_stored: bool = True) -> None:
         """`compress`: store checkpoints with the lossless codec (proof format v2: XOR with the
         previous checkpoint, byte shuffle, zstd; a keyframe every `keyframe_interval`
         checkpoints). Exact-mode verification is unaffected. A resumed run keeps the codec it was
-        started with."""
+        started with.
+
+        `precision="fp16"`: at every checkpoint (step 0 included) the live model and optimizer
+        state are rounded, in place, to the values stored (fp16 weights, bf16 Adam moments), so
+        training continues from exactly the state the proof holds: a verifier replays each
+        segment from that stored state, and on the prover's kind of hardware lands bitwise on the
+        next checkpoint (a resumed run continues from it too). `continue_from_stored=False` keeps
+        training on the unrounded state (a replay then starts half an ulp away from the prover's
+        trajectory and is only within δ; with Adam, whose per-element step is ~lr whatever the
+        gradient's size, not even that)."""
+        from pol.registry import importing_factory_module
+        importing = importing_factory_module()
+        if importing is not None:
+            raise ConfigError(f"a Recorder was started while pol imported the model factory "
+                              f"module {importing}: that module trains when imported (it would "
+                              "train twice, and a verifier importing it would write a proof); "
+                              "define the model class in a module of its own, without training "
+                              "code at its top level (or under `if __name__ == \"__main__\":`)")
         self.model = model
         self.optimizer = optimizer
         self.dataset = _as_dataset(data)
@@ -127,6 +145,7 @@ class Recorder:
         self._rows_loss: list[torch.Tensor] = []
         self._closed = False
         self._state_cache: tuple[int, dict[str, torch.Tensor]] | None = None
+        self._round_live = spec.precision == "fp16" and continue_from_stored
         self._check_model_spec()
         if init is None and not resume and init_from_seed and spec.model.init != "none":
             self._init_from_seed()
@@ -143,7 +162,9 @@ class Recorder:
                                       keyframe_interval=keyframe_interval
                                       or DEFAULT_KEYFRAME_INTERVAL)
             self.path = self.writer.dir
-            self.writer.put_checkpoint(0, state_tensors(model, optimizer))
+            state0 = state_tensors(model, optimizer)
+            self._round_to_stored(state0)
+            self.writer.put_checkpoint(0, state0)
             self._prewarm_pinned()
 
     def _prewarm_pinned(self) -> None:
@@ -280,7 +301,25 @@ class Recorder:
         records = {"indices": np.stack(self._rows_idx), "lrs": np.asarray(self._rows_lr),
                    "losses": losses}
         self._rows_idx, self._rows_lr, self._rows_loss = [], [], []
-        self.writer.put_checkpoint(self.t, self._state(), records)
+        state = self._state()
+        self._round_to_stored(state)
+        self.writer.put_checkpoint(self.t, state, records)
+
+    def _round_to_stored(self, state: dict[str, torch.Tensor]) -> None:
+        """fp16 proofs: round the live state, in place, to what the proof stores (the writer's
+        own cast, round-to-nearest-even, so storing it again changes nothing): training goes on
+        from exactly the checkpoint the verifier will replay from. Without it, the prover
+        continues from full precision while replay starts from the rounded checkpoint; that
+        half-ulp difference grows over the segment (for Adam by up to ~2·lr per element and
+        step wherever a gradient is near zero, since Adam's step size does not shrink with the
+        gradient: a digits-cnn fp16 proof replayed 2–6× over the auto δ in ℓ∞)."""
+        if not self._round_live:
+            return
+        with torch.no_grad():
+            for name, v in state.items():
+                st = fmt.storage_dtype(name, v, "fp16")
+                if st != v.dtype:
+                    v.copy_(v.to(st))
 
     def _state(self) -> dict[str, torch.Tensor]:
         """The state dict to snapshot, cached while the optimizer's state does not grow: tensors

@@ -45,7 +45,8 @@ def train_spec(spec: TrainingSpec, train: ArrayDataset, test: ArrayDataset | Non
                out: str | os.PathLike, *, device: torch.device | None = None,
                overwrite: bool = False, progress: bool = False, durable: bool = True,
                init: dict | None = None, initial_state: dict | None = None,
-               resume: bool = False, compress: bool = False) -> TrainResult:
+               resume: bool = False, compress: bool = False,
+               continue_from_stored: bool = True) -> TrainResult:
     device = device or torch.device(spec.device)
     if spec.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -60,7 +61,8 @@ def train_spec(spec: TrainingSpec, train: ArrayDataset, test: ArrayDataset | Non
                                    if k.startswith(MODEL_PREFIX)})
     rec = Recorder(out, model=ctx.model, optimizer=ctx.optimizer, data=train, spec=spec,
                    overwrite=overwrite, durable=durable, init=init, resume=resume,
-                   init_from_seed=False, compress=compress)  # build_context drew W_0 from the seed already
+                   init_from_seed=False, compress=compress,  # build_context drew W_0 already
+                   continue_from_stored=continue_from_stored)
     base = spec.optimizer.lr
     T = rec.total_steps
 
@@ -93,7 +95,8 @@ def train_task(task: str, out: str | os.PathLike, *, epochs: int | None = None,
                progress: bool = False, init_from: str | os.PathLike | None = None,
                ledger: str | os.PathLike | None = None, signing_key=None,
                commitment: str | os.PathLike | dict | None = None,
-               passphrase_env: str | None = None, compress: bool = False) -> TrainResult:
+               passphrase_env: str | None = None, compress: bool = False,
+               continue_from_stored: bool = True) -> TrainResult:
     """Train a built-in task (see `pol.tasks.TASKS`) and write its proof to `out`.
 
     `init_from`: warm start from a parent proof (W_0 = its final model weights, fresh optimizer
@@ -103,7 +106,9 @@ def train_task(task: str, out: str | os.PathLike, *, epochs: int | None = None,
     `commitment`: an existing commitment (the file `pol commit --out` wrote, or its content) to
     use instead of making a new one; the spec built here must be the committed one.
     `passphrase_env`: environment variable holding the key file's passphrase.
-    `compress`: store checkpoints with the lossless codec (proof format v2)."""
+    `compress`: store checkpoints with the lossless codec (proof format v2).
+    `continue_from_stored`: fp16 only; see `Recorder` (False: training continues from the unrounded
+    state, and replay is only within δ — what a replay on other hardware looks like)."""
     from pol.registry import resolve_device
     from pol.tasks import build_spec
     dev = resolve_device(device)
@@ -143,7 +148,8 @@ def train_task(task: str, out: str | os.PathLike, *, epochs: int | None = None,
         else:
             side = _commit.commit(str(ledger), signing_key, spec)
     r = train_spec(spec, train, test, out, device=dev, overwrite=overwrite, progress=progress,
-                   init=init, initial_state=initial_state, compress=compress)
+                   init=init, initial_state=initial_state, compress=compress,
+                   continue_from_stored=continue_from_stored)
     if side is not None:
         _commit.publish(str(ledger), signing_key, r.root_digest, side, r.proof)
     return r

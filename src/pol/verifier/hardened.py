@@ -16,7 +16,8 @@ named check in the report:
 - **random segments**: besides top-Q, segments drawn at random per epoch from a seed the prover
   cannot predict (the verifier's own randomness mixed with the proof's root digest).
 - **init regeneration**: W_0 regenerated from the proof's seed must be bitwise W_0 (true for every
-  proof made by pol's trainer; a Recorder user's own init is reported, not failed).
+  proof made by pol's trainer and by the Recorder, which draws W_0 from the seed unless told not
+  to; a user's model class is rebuilt with the modules the verifier trusts).
 - **init rank correlation**: per layer, Spearman's ρ between W_0 and W_T; a rank-resampled init
   (Zhang et al.) has ρ = 1 exactly although the layer moved, which honest training does not
   produce (even 3 honest steps leave ρ ≈ 0.9997). Short honest runs keep ρ close to 1, so only
@@ -29,10 +30,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+from typing import Iterable
 
 import numpy as np
 import torch
 from scipy import stats
+
+from pol.errors import ConfigError, PolError, ProofFormatError
 
 POLICIES = ("hardened", "paper")
 RELATIVE_ERROR_MAX = 0.5
@@ -57,13 +61,24 @@ def random_segments(root_digest: str, by_epoch: dict[int, list[int]], per_epoch:
     return out
 
 
-def regenerated_init_matches(spec, w0: dict[str, torch.Tensor], names: list[str]) -> bool:
-    """Rebuild W_0 from the proof's seed exactly as pol's trainer does and compare bitwise."""
+def regenerated_init_matches(spec, w0: dict[str, torch.Tensor], names: list[str],
+                             trusted_modules: Iterable[str] = ()) -> bool:
+    """Rebuild W_0 from the proof's seed exactly as pol's trainer does and compare bitwise.
+
+    The model is built with the modules the verifier trusts (a user's model class). A model that
+    cannot be built is an error of the verification (ProofFormatError, or the PolError raised), not
+    a failed check: the verdict must never rest on an exception swallowed here."""
     from pol.registry import build_context
     try:
-        ctx = build_context(spec, torch.device("cpu"))
-    except Exception:  # noqa: BLE001 - a user factory we may not import: not regenerable
-        return False
+        ctx = build_context(spec, torch.device("cpu"), tuple(trusted_modules))
+    except ConfigError as e:
+        raise ProofFormatError(f"init regeneration: the proof's spec cannot be rebuilt: {e}") \
+            from None
+    except PolError:
+        raise
+    except (RuntimeError, MemoryError, TypeError, ValueError) as e:
+        raise ProofFormatError(f"init regeneration: the proof's model cannot be built: {e}") \
+            from None
     mine = {"model." + k: v for k, v in ctx.model.state_dict().items()}
     return all(n in mine and torch.equal(mine[n].to(w0[n].dtype), w0[n].cpu()) for n in names)
 
