@@ -110,8 +110,8 @@ def load_verifier_data(spec, data: str | None):
                                   "data, pass the .npz file with arrays x and y")
             if not zipfile.is_zipfile(data):
                 raise ConfigError(f"--data {data} is not an .npz archive: save the training set "
-                                  "with numpy.savez(PATH, x=..., y=...) (CSV, .npy and pickles "
-                                  "are not read)")
+                                  "with numpy.savez(PATH, x=..., y=...) (CSV and .npy files are "
+                                  "not read)")
             try:
                 with np.load(data, allow_pickle=False) as z:
                     if "x" not in z or "y" not in z:
