@@ -467,8 +467,7 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions, pools: list) -> Repo
                        "checkpoint 0 holds no optimizer state (a fresh optimizer)" if prob0 is None
                        else prob0)
         w0 = prev
-        if (hardened and m.init.get("kind") != "parent" and device.type == "cpu"
-                and not o.trusted_modules):
+        if hardened and m.init.get("kind") != "parent" and device.type == "cpu":
             # the model built above is still untouched (replays below change it): it is the
             # init that pol derives from the proof's seed, built as regenerated_init_matches does
             mine = {"model." + k: v for k, v in ctx.model.state_dict().items()}
@@ -526,7 +525,7 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions, pools: list) -> Repo
         if hardened:
             from pol.verifier import hardened as hd
             regen = regen_pre if regen_pre is not None else \
-                hd.regenerated_init_matches(spec, w0, names)
+                hd.regenerated_init_matches(spec, w0, names, o.trusted_modules)
             report.add("init regeneration", regen,
                        "W_0 is bitwise the init pol derives from the proof's seed" if regen else
                        "W_0 is not the init that the proof's seed and strategy give: pol always "
