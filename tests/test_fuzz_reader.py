@@ -380,7 +380,7 @@ def test_header_bit_flip_sweep(arena, honest, name):
 UNVALIDATED = {("dataset_size",), ("pol_version",), ("init", "strategy")}
 OPTIONAL_STR = {("spec", "task"), ("spec", "torch_version"), ("spec", "model", "init"),
                 ("spec", "model", "source_sha256"), ("spec", "cpu_capability"),
-                ("spec", "augment_rng")}
+                ("spec", "augment_rng"), ("spec", "data", "order")}
 OPTIONAL_KEYS = OPTIONAL_STR | {
     ("created",), ("pol_version",), ("dataset_size",), ("spec", "cpu_threads"), ("spec", "drop_last"), ("spec", "deterministic"), ("spec", "model", "kwargs"),
     *[("spec", "optimizer", k) for k in ("momentum", "nesterov", "weight_decay", "betas", "eps")],

@@ -25,7 +25,7 @@ def lazy(tmp_path_factory):
     np.savez(d / "data.npz", x=train.x, y=train.y)
     req = d / "req.json"
     r = run_cli("verify", d / "p", "--request-data", req)
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 3, r.output  # pending: nothing replayed yet
     r = run_cli("reveal", "--request", req, "--proof", d / "p", "--data", d / "data.npz",
                 "--out", d / "rev.npz")
     assert r.exit_code == 0, r.output

@@ -16,6 +16,21 @@ def test_readme_recorder_example_runs_and_verifies(tmp_path, monkeypatch, capsys
     assert capsys.readouterr().out.strip().startswith("valid")
 
 
+def test_readme_fit_example_runs_and_verifies(tmp_path, monkeypatch, capsys):
+    """The `fit` example (the second python block) runs as written after the first one, whose
+    names (X, Y, arch, mlp, ModelSpec, verify) it uses, and its proof verifies."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    fit_blocks = [b for b in blocks if "fit(" in b]
+    assert len(fit_blocks) == 1 and "model_spec=..." not in fit_blocks[0]
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    exec(compile(blocks[0], "README.md", "exec"), ns)
+    capsys.readouterr()
+    exec(compile(fit_blocks[0], "README.md", "exec"), ns)
+    assert ns["result"].proof.exists()
+    assert capsys.readouterr().out.strip() == "valid"
+
+
 def test_readme_quickstart_has_two_commands():
     text = README.read_text()
     quick = text.split("## Quickstart", 1)[1].split("\n## ", 1)[0]

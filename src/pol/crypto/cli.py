@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sqlite3
 from pathlib import Path
 from typing import Any, Callable, NoReturn, TypeVar
@@ -57,8 +58,11 @@ def _handle_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _interrupt_raises()
         try:
             return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            _die("interrupted", 130)
         except CryptoError as exc:
             _die(str(exc) or type(exc).__name__, exc.exit_code)
         except OSError as exc:
@@ -68,6 +72,16 @@ def _handle_errors(fn: F) -> F:
             _die(f"the ledger database is not usable: {exc}", 2)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _interrupt_raises() -> None:
+    """From here on Ctrl-C raises KeyboardInterrupt (so partial output files are removed), in
+    place of the immediate exit that `pol` uses while it starts."""
+    try:
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:  # not the main thread
+        pass
 
 
 def _passphrase(env_var: str | None) -> bytes | None:

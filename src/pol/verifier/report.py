@@ -4,7 +4,7 @@ JSON schema (`schema: "pol-report/1"`)::
 
     {
       "schema": "pol-report/1",
-      "proof": str, "root_digest": str, "verdict": "valid" | "invalid",
+      "proof": str, "root_digest": str, "verdict": "valid" | "invalid" | "pending",
       "policy": str, "metrics": [str], "d1": str, "deltas": {metric: float},
       "delta_rule": str,
       "checks": [{"name": str, "status": "pass"|"fail"|"warn"|"skip", "value": any,
@@ -16,7 +16,10 @@ JSON schema (`schema: "pol-report/1"`)::
       "stats": {"replayed_steps": int, "total_steps": int, "seconds": float, ...}
     }
 
-A proof is valid iff no check has status "fail".
+A proof is valid iff no check has status "fail". A verification is *pending* (verdict "pending",
+`pol verify` exit 3) when no check failed but the replay was not done: lazy verification
+(`--request-data`) stops after the checkpoint pass until the prover reveals the data; it says
+nothing yet about whether the training happened.
 """
 
 from __future__ import annotations
@@ -73,8 +76,17 @@ class Report:
         return not any(c.failed for c in self.checks)
 
     @property
+    def pending(self) -> bool:
+        """No check failed but the replay was deferred (a "replay" check skipped: lazy
+        verification waiting for the prover's data), so the proof is not verified yet. `valid`
+        stays "no check failed"; a complete verdict needs `valid and not pending`."""
+        return self.valid and any(c.name == "replay" and c.status == "skip" for c in self.checks)
+
+    @property
     def verdict(self) -> str:
-        return "valid" if self.valid else "invalid"
+        if not self.valid:
+            return "invalid"
+        return "pending" if self.pending else "valid"
 
     def add(self, name: str, ok: bool | None, reason: str = "", value: Any = None,
             bound: Any = None, warn: bool = False) -> Check:
@@ -120,7 +132,9 @@ class Report:
         if st:
             lines.append(f"  replayed {st.get('replayed_steps', 0)} of {st.get('total_steps', 0)} "
                          f"steps in {st.get('seconds', 0):.2f}s")
-        lines.append(f"verdict: {self.verdict.upper()}")
+        lines.append(f"verdict: {self.verdict.upper()}" + (
+            " (nothing replayed yet: the replay waits for the requested data)"
+            if self.pending else ""))
         return "\n".join(lines)
 
 
