@@ -10,6 +10,7 @@ deterministic training, exact mode, or a smaller k).
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -43,7 +44,7 @@ class Calibration:
                          f"{q['max']:.3e}   smallest update {self.update_min[m]:.3e}   → δ "
                          f"{self.recommended[m]:.3e}{'' if self.separable[m] else '  (NOT below the smallest update)'}")
         lines.append(f"  max relative error (ℓ2 error / ℓ2 update): {self.relative_max:.3e}")
-        lines.append("  use: pol verify PROOF " + " ".join(
+        lines.append(f"  use: pol verify {shlex.quote(self.proof)} " + " ".join(
             f"--delta {m}={v:.3e}" for m, v in self.recommended.items()))
         if not all(self.separable.values()):
             lines.append("  warning: replay noise is as large as honest updates for some metric; "
