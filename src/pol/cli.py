@@ -1,25 +1,77 @@
 """`pol` command line: a thin layer over the library.
 
 Exit codes: 0 valid / success, 1 invalid proof (a check failed), 2 unusable input (missing or corrupt
-file, unknown format version, wrong shapes, bad option). Errors are one line on stderr, never a
-traceback (set POL_DEBUG=1 to see one).
+file, unknown format version, wrong shapes, bad option, --data that is not the proof's dataset),
+3 pending (`pol verify --request-data`: nothing replayed until the prover reveals the data), 130
+interrupted (Ctrl-C). Errors are one line on stderr, never a traceback (set POL_DEBUG=1 to see
+one).
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import logging
 import os
-import shutil
+import signal
 import sys
-import tempfile
-import time
-from pathlib import Path
 
-import click
 
-EXIT_VALID, EXIT_INVALID, EXIT_UNUSABLE = 0, 1, 2
+def _interrupted_at_startup(signum, frame):  # noqa: ARG001
+    """Ctrl-C while pol starts (imports torch, parses options): leave at once, one line, no
+    traceback, and no half-imported C++ extension unwinding (os._exit skips its destructors).
+    Once a command runs, Ctrl-C raises KeyboardInterrupt again, so that its cleanup runs."""
+    try:
+        os.write(2, b"error: interrupted\n")
+    finally:
+        os._exit(130)
+
+
+_startup_handler = [False]  # installed (and not yet handed over to the command)?
+
+
+def _install_startup_interrupt() -> None:
+    try:
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # the caller ignores Ctrl-C
+            return
+        signal.signal(signal.SIGINT, _interrupted_at_startup)
+        _startup_handler[0] = True
+    except ValueError:  # not the main thread: leave it
+        pass
+
+
+def _running_as_pol() -> bool:
+    return __name__ == "__main__" or os.path.basename(sys.argv[0] if sys.argv else "") in (
+        "pol", "pol.exe", "pol-script.py")
+
+
+if _running_as_pol():  # the console script (or python -m pol.cli): before the heavy imports
+    _install_startup_interrupt()
+
+import functools  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import click  # noqa: E402
+
+EXIT_VALID, EXIT_INVALID, EXIT_UNUSABLE, EXIT_PENDING = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130
+
+
+def _start_command() -> None:
+    """Import torch while Ctrl-C still leaves at once (see _interrupted_at_startup), then let
+    Ctrl-C raise KeyboardInterrupt for the command itself (handled: "interrupted", exit 130)."""
+    if _startup_handler[0]:
+        try:
+            import torch  # noqa: F401 - every command but keys/ledger/seal needs it
+        except ImportError:  # pragma: no cover
+            pass
+        try:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            _startup_handler[0] = False
+        except ValueError:  # pragma: no cover - not the main thread
+            pass
 
 
 def _fail(msg: str, code: int) -> None:
@@ -32,6 +84,7 @@ def handle_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        _start_command()
         from pol.errors import (ConfigError, IntegrityError, PolError, ProofFormatError,
                                 ProofWriteError)
         try:
@@ -39,7 +92,7 @@ def handle_errors(fn):
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
         except KeyboardInterrupt:
-            _fail("interrupted", 130)
+            _fail("interrupted", EXIT_INTERRUPTED)
         except Exception as e:  # noqa: BLE001
             if os.environ.get("POL_DEBUG"):
                 raise
@@ -65,7 +118,48 @@ def handle_errors(fn):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# commands whose module imports torch: loaded when used, so that `pol --help` stays light
+_LAZY_COMMANDS = {
+    "attack": ("pol.attacks.cli", "attack",
+               "Forge a proof for TARGET's final weights with attack NAME (docs/ATTACKS.md)."),
+}
+
+
+class _PolGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), *_LAZY_COMMANDS})
+
+    def get_command(self, ctx, name):
+        cmd = super().get_command(ctx, name)
+        if cmd is None and name in _LAZY_COMMANDS:
+            import importlib
+            mod, attr, _ = _LAZY_COMMANDS[name]
+            cmd = getattr(importlib.import_module(mod), attr)
+            self.add_command(cmd, name)
+        return cmd
+
+    def format_commands(self, ctx, formatter):
+        rows = []
+        limit = formatter.width - 6 - max(len(n) for n in self.list_commands(ctx))
+        for name in self.list_commands(ctx):
+            cmd = self.commands.get(name)
+            if cmd is None and name in _LAZY_COMMANDS:
+                rows.append((name, click.utils.make_default_short_help(
+                    _LAZY_COMMANDS[name][2], limit)))
+            elif cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:  # a command without its own handler (pol attack)
+            _fail("interrupted", EXIT_INTERRUPTED)
+
+
+@click.group(cls=_PolGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="pol")
 @click.option("-v", "--verbose", is_flag=True, help="Log what pol does.")
 def main(verbose: bool) -> None:
@@ -245,7 +339,8 @@ def _is_sealed(path: str) -> bool:
 
 @main.command()
 @click.argument("proof", type=click.Path())
-@click.option("--data", help="Dataset: a directory (CIFAR) or an .npz with x, y (user data).")
+@click.option("--data", help="The proof's dataset when pol cannot rebuild it: a directory (CIFAR) "
+              "or an .npz with arrays x, y (user data). Built-in datasets take none.")
 @click.option("--q", "q", type=click.IntRange(1), default=1, show_default=True,
               help="Largest updates replayed per epoch.")
 @click.option("--all", "all_segments", is_flag=True, help="Replay every segment.")
@@ -276,11 +371,16 @@ def _is_sealed(path: str) -> bool:
               "from the proof's parameters that needs more memory.")
 @click.option("-V", "--verbose-segments", is_flag=True, help="List every replayed segment.")
 @click.option("--parent", "parents", multiple=True, type=click.Path(),
-              help="A directory that may hold a parent proof (warm start); repeatable.")
+              help="For a warm-started proof (pol train --init-from): the parent proof's "
+              "directory (the proof directory itself, not a folder of proofs). Used when its "
+              "root digest is the one the proof names, and verified as well. Repeatable: one "
+              "per generation of a chain.")
 @click.option("--registry", type=click.Path(dir_okay=False),
               help="Ledger DB of previously verified proofs (verdict entries).")
 @click.option("--ledger", "ledger_db", type=click.Path(dir_okay=False),
-              help="Check the proof's commitment on this ledger.")
+              help="Check the proof's training commitment on this ledger (a proof published "
+              "there without one: the check is skipped, and says so); for a sealed proof file, "
+              "also that it is the signer's latest, unrevoked publication.")
 @click.option("--record-to", "record_to", type=click.Path(dir_okay=False),
               help="After a valid verification, append a signed verdict entry to this ledger.")
 @click.option("--sign-with", "sign_with", type=click.Path(dir_okay=False),
@@ -288,7 +388,8 @@ def _is_sealed(path: str) -> bool:
 @click.option("--passphrase-env", "passphrase_env", metavar="VAR",
               help="Environment variable holding the --sign-with key's passphrase.")
 @click.option("--request-data", "request_data", type=click.Path(dir_okay=False),
-              help="Lazy verification: stop after the checkpoint pass, write the samples needed.")
+              help="Lazy verification: stop after the checkpoint pass, write the samples needed "
+              "(verdict PENDING, exit 3).")
 @click.option("--reveal", type=click.Path(dir_okay=False),
               help="Lazy verification: replay using only these revealed samples.")
 @click.option("--policy", type=click.Choice(["hardened", "paper"]), default="hardened",
@@ -316,7 +417,7 @@ def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trus
            max_checkpoints=250_000, max_checkpoint_gb=2.0, max_replay_steps=1_000_000,
            max_dataset_gb=1.0):
     """Verify a proof (Algorithm 2): a proof directory, or a sealed proof file (with --key).
-    Exit 0 valid, 1 invalid, 2 unusable input."""
+    Exit 0 valid, 1 invalid, 2 unusable input, 3 pending (--request-data)."""
     if os.path.isfile(proof) and _is_sealed(proof):  # other files: the reader's own message
         from pol.errors import ConfigError
         if not open_key:
@@ -372,22 +473,40 @@ def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trus
         finally:
             _dist.finish(ok)
         if not lead:
-            _dist.leave(EXIT_VALID if report.valid else EXIT_INVALID)
+            _dist.leave(_verify_exit(report, data))
     else:
         report = run_verify(proof, opts)
+    if _verify_exit(report, data) == EXIT_UNUSABLE:  # nothing was verified
+        why = next(c.reason for c in report.checks if c.name == "dataset commitment")
+        click.echo(f"error: the data you gave (--data {data}) is not the committed dataset: "
+                   f"{why}. Pass the dataset this proof was trained on.", err=True)
+        if distributed:
+            _dist.leave(EXIT_UNUSABLE)
+        sys.exit(EXIT_UNUSABLE)
     click.echo(report.render(verbose=verbose_segments))
     if json_out:
         Path(json_out).write_text(report.to_json())
     if request_data and report.valid:
         click.echo(f"data request written to {request_data}: verification pending until the "
-                   "prover reveals it (pol reveal), then pol verify --reveal")
+                   "prover reveals it (pol reveal), then pol verify --reveal (exit 3: pending)")
     if record_to and report.valid:
         from pol.protocol.chain import record_verdict
         e = record_verdict(record_to, sign_with, report, proof, passphrase_env)
         click.echo(f"verdict recorded in {record_to}: seq {e.seq} ({e.entry_hash})")
     if distributed:
-        _dist.leave(EXIT_VALID if report.valid else EXIT_INVALID)
-    sys.exit(EXIT_VALID if report.valid else EXIT_INVALID)
+        _dist.leave(_verify_exit(report, data))
+    sys.exit(_verify_exit(report, data))
+
+
+def _verify_exit(report, data: str | None) -> int:
+    """0 valid, 1 invalid, 3 pending; 2 when the only failure is the user's --data not being the
+    committed dataset (the user's mistake: the proof was not checked)."""
+    failed = {c.name for c in report.checks if c.failed}
+    if data and failed == {"dataset commitment"}:
+        return EXIT_UNUSABLE
+    if not report.valid:
+        return EXIT_INVALID
+    return EXIT_PENDING if report.pending else EXIT_VALID
 
 
 @main.command()
@@ -465,9 +584,9 @@ def inspect(proof, as_json):
     click.echo(f"data         {spec['data']['name']} {json.dumps(spec['data']['params'])}, "
                f"{spec['data']['size']} samples, root {spec['data']['root'][:16]}…, "
                f"augment {spec['data']['augment']}")
-    click.echo(f"optimizer    {opt['name']} lr {opt['lr']} momentum {opt['momentum']} "
-               f"wd {opt['weight_decay']}; schedule {spec['schedule']['name']}; "
-               f"loss {spec['loss']}; batch {spec['batch_size']}")
+    click.echo(f"optimizer    {_describe_optimizer(opt)}; schedule "
+               f"{_describe_schedule(spec['schedule'])}; loss {spec['loss']}; "
+               f"batch {spec['batch_size']}")
     click.echo(f"steps        E={info['epochs']} S={info['steps_per_epoch']} "
                f"T={info['total_steps']} k={info['k']}; {info['num_checkpoints']} checkpoints")
     click.echo(f"made on      {spec['device']}, deterministic={spec['deterministic']}, "
@@ -482,6 +601,36 @@ def inspect(proof, as_json):
     n_more = info["num_checkpoints"] - 1
     if n_more:
         click.echo(f"  … and {n_more} more checkpoint(s)")
+
+
+def _describe_optimizer(opt: dict) -> str:
+    """The hyperparameters the optimizer uses (Adam has betas and eps, not momentum)."""
+    name = opt["name"]
+    if name == "sgd":
+        out = f"sgd lr {opt['lr']} momentum {opt.get('momentum', 0.0)}"
+        if opt.get("nesterov"):
+            out += " (nesterov)"
+    else:
+        b1, b2 = opt.get("betas", (0.9, 0.999))
+        out = f"{name} lr {opt['lr']} betas ({b1}, {b2}) eps {opt.get('eps', 1e-8)}"
+    return out + f" wd {opt.get('weight_decay', 0.0)}"
+
+
+def _describe_schedule(s: dict) -> str:
+    name = s["name"]
+    if name == "multistep":
+        out = f"multistep (×{s.get('gamma')} at steps {list(s.get('milestones', []))})"
+    elif name == "cosine":
+        out = (f"cosine (to {s.get('min_lr', 0.0)} over "
+               f"{s.get('total_steps') or 'the whole run'} steps)")
+    elif name == "recorded":
+        out = "recorded (none declared: each step's recorded lr)"
+    else:
+        out = name
+    w = s.get("warmup_steps") or 0
+    if w and name != "recorded":
+        out = f"linear warm-up over {w} step(s), then {out}"
+    return out
 
 
 # ----------------------------------------------------------------------------------------- demo
@@ -541,9 +690,7 @@ def _register_optional() -> None:
         cmd = getattr(crypto_cli, name, None)
         if isinstance(cmd, click.Command) and cmd.name not in main.commands:
             main.add_command(cmd)
-    from pol.attacks import cli as attacks_cli  # noqa: E402 - `pol attack`
-    if attacks_cli.attack.name not in main.commands:
-        main.add_command(attacks_cli.attack)
+    # `pol attack` (pol.attacks imports torch) is loaded when used: _LAZY_COMMANDS
 
 
 _register_optional()
