@@ -220,3 +220,28 @@ if __name__ == "__main__":
     line = len(src.splitlines()) + 1
     assert _top_level_training_calls(src + "train_task('digits-mlp', 'p')\n") == \
         [(line, "train_task")]
+
+
+def test_package_in_the_current_directory_and_its_import_guard(tmp_path, monkeypatch):
+    """`--trust-module pkg` with `pkg/nets.py` in the current directory: the package's submodules
+    import normally; a package whose __init__ trains when imported is refused."""
+    from pol.registry import build_model
+    name = f"userpkg_{os.getpid()}_{next(_counter)}"
+    pkg = tmp_path / name
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "nets.py").write_text(MODULE)
+    monkeypatch.chdir(tmp_path)
+    try:
+        assert isinstance(build_model(ModelSpec(f"{name}.nets:WineNet", {}), [name]),
+                          torch.nn.Module)
+    finally:
+        _forget(name)
+    (pkg / "__init__.py").write_text('import pol\ngetattr(pol, "Rec" + "order")("x", model=None, '
+                                     'optimizer=None, data=None)\n')
+    try:
+        with pytest.raises(ConfigError, match="while pol imported"):
+            build_model(ModelSpec(f"{name}.nets:WineNet", {}), [name])
+    finally:
+        _forget(name)
+    assert not (tmp_path / "x").exists()

@@ -187,7 +187,8 @@ def check_factory_module(module_name: str, arch: str) -> None:
                           f"script, which runs its training again; {fix}")
     parts = module_name.split(".")
     for i in range(1, len(parts) + 1):
-        spec = _find_spec(".".join(parts[:i]))
+        with _importing_module(module_name):  # finding pkg.sub imports pkg: guarded as well
+            spec = _find_spec(".".join(parts[:i]))
         origin = getattr(spec, "origin", None) if spec is not None else None
         if not origin or not origin.endswith(".py") or not os.path.isfile(origin):
             continue
@@ -224,8 +225,8 @@ def build_model(ms: ModelSpec, trusted_modules: Iterable[str] = ()) -> nn.Module
         raise UntrustedFactoryError(
             f"the proof's model comes from {ms.arch!r}; pol imports user code only when told to: "
             f"pass --trust-module {module_name.split('.')[0]} if you trust it")
-    check_factory_module(module_name, ms.arch)
     try:
+        check_factory_module(module_name, ms.arch)
         with _importing_module(module_name):
             fn = getattr(_import_module(module_name), attr)
     except (ImportError, AttributeError) as e:
