@@ -478,8 +478,8 @@ def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trus
         report = run_verify(proof, opts)
     if _verify_exit(report, data) == EXIT_UNUSABLE:  # nothing was verified
         why = next(c.reason for c in report.checks if c.name == "dataset commitment")
-        click.echo(f"error: the data you gave (--data {data}) is not the committed dataset: "
-                   f"{why}. Pass the dataset this proof was trained on.", err=True)
+        click.echo(f"error: --data {data}: {why}. Pass the dataset this proof was trained on.",
+                   err=True)
         if distributed:
             _dist.leave(EXIT_UNUSABLE)
         sys.exit(EXIT_UNUSABLE)
