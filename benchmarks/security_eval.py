@@ -51,6 +51,14 @@ SETTINGS = [
     ("fang (lr 1e-6, k=1)", "fang", {}),
     ("fang anchored (one real step per epoch)", "fang", {"anchor_lr": 0.5}),
     ("fang anchored, claims device=cuda", "fang", {"anchor_lr": 0.5, "claim_device": "cuda"}),
+    ("optimizer-state (checkpoint-0 Adam state absorbs every gradient)", "optimizer-state",
+     {"optimizer": "adam"}),
+    ("optimizer-state, SGD-momentum variant", "optimizer-state", {"optimizer": "sgd"}),
+    ("optimizer-state, NaN losses", "optimizer-state", {"optimizer": "adam", "losses": "nan"}),
+    ("optimizer-state, claims device=cuda", "optimizer-state",
+     {"optimizer": "adam", "claim_device": "cuda"}),
+    ("sparse-epoch (one claimed epoch; 2 forged segments behind an anchored step)",
+     "sparse-epoch", {}),
 ]
 ENTROPY = b"security-eval"
 # attacks that need plain SGD (no momentum, no weight decay): iris-logreg here
@@ -110,6 +118,28 @@ LIMITS = [
     "- Exact mode rests on the proof's claims (device, torch version, CPU kernel family); a "
     "forger who claims a GPU gets tolerance, and the remaining defences (relative error, random "
     "segments, loss replay) then decide — they do in every row above.",
+    "- `optimizer-state` (issue 10): W_0 is the forger's honest seeded init and checkpoint 0 "
+    "carries an optimizer state that pol never writes there: Adam moments with β1 = β2 = "
+    "1 − 1e-15 (β2 is 1.0 in float32, the lerp weight 1 − β1 is far below 2^-25) or an SGD "
+    "momentum buffer ≥ 1e12 with momentum 1.0 in float32 and lr ≈ 1e-22, so every real gradient "
+    "is absorbed below half an ulp and each step moves the weights by what the state alone "
+    "dictates. The forger runs torch's own optimizer with zero gradients (no gradient "
+    "evaluation; the cost is forward passes for plausible losses, or none with NaN losses); the "
+    "verifier's honest replay lands bitwise on every checkpoint, model and optimizer state, so "
+    "the published verifier accepts it in exact mode, also replaying every segment. It ends "
+    "within a few ulps of W_T. The hardened verifier must reject it by the checkpoint-0 "
+    "optimizer state (not a fresh optimizer's), the hyperparameter and state plausibility "
+    "checks and, in general, by requiring a replayed step to depend on its data. Models with "
+    "batch-norm running statistics (resnet) are out of its reach: those follow the data.",
+    "- `sparse-epoch` (issue 10): the proof claims one epoch of all its steps (steps_per_epoch "
+    "is not checked against the dataset, indices need not be a permutation), so top-1 is taken "
+    "over the whole run and one random segment stands for the whole run. Genuine training from "
+    "the honest init, whose last step is taken with a large lr declared by a multistep schedule "
+    "(the largest segment, replayed exactly by top-1), then two forged segments on the line to "
+    "W_T, each smaller than that step; about 1× honest cost. The paper's top-1 always accepts "
+    "it, `--all` rejects it, and the default's random segment hits a forged one with "
+    "probability 2 / (N − 1) for N segments (the table's hardened verdict is one draw with a "
+    "fixed seed). The hardened verifier must reject it by the epoch structure check.",
     "- synthetic-resnet20 is evaluated at a toy size (256 synthetic samples, batch 32, 2 epochs, "
     "k = 2: 16 steps) to fit a 2-core CPU; inverse-gradient and the Zhang et al. data attacks "
     "do not apply to it (momentum with weight decay).",
@@ -136,6 +166,11 @@ def applies(name: str, settings: dict, target: Path) -> bool:
         return o.name == "sgd" and not o.momentum and not o.weight_decay
     if name == "zhang-zero":
         return o.name == "sgd" and not o.weight_decay
+    if name == "optimizer-state":  # batch-norm running statistics follow the data
+        from pol.attacks.optstate import _has_running_stats
+        from pol.registry import build_model
+        with torch.device("meta"):
+            return not _has_running_stats(build_model(open_proof(target).manifest.spec.model))
     return True
 
 
@@ -287,8 +322,8 @@ def write_report(out: Path, rows: list, honest: dict, args, elapsed: float) -> N
         lines.append("Every attack from the paper is rejected by the paper's verifier.")
     later = [r for r in rows if "error" not in r and not r["paper_attack"] and r["paper"]["valid"]]
     if later:
-        lines += ["", "Later attacks (Zhang et al., Fang et al.) that the paper's verifier "
-                  "**accepts** here:"]
+        lines += ["", "Later attacks (Zhang et al., Fang et al., and issue 10's optimizer-state and "
+                  "sparse-epoch forgeries) that the paper's verifier **accepts** here:"]
         lines += [f"- {r['task']}: {r['attack']} (cost {r['cost_ratio']:.2f}× honest; replaying "
                   f"every segment: {'accepted' if r['paper_all']['valid'] else 'rejected'})"
                   for r in later]
