@@ -39,6 +39,8 @@ __all__ = [
     "CIFAR_MEAN",
     "CIFAR_STD",
     "load_dataset",
+    "check_generation_budget",
+    "generation_bytes",
     "train_test_split",
 ]
 
@@ -435,6 +437,8 @@ DATASETS: dict[str, Loader] = {
     "synthetic-tokens": lambda params, data_dir: _load_synthetic_tokens(params, data_dir),
 }
 
+_BUILTIN_LOADERS = dict(DATASETS)
+
 # The PREPARE entry that fits each dataset's raw arrays.
 DEFAULT_PREPARE: dict[str, str] = {
     "digits": "digits",
@@ -484,12 +488,86 @@ def _cached_load(name: str, loader: Loader, params: dict[str, Any],
     return train, test
 
 
+# --------------------------------------------------------------------------------------------------
+# Generation budget: a verifier rebuilds a synthetic dataset from the parameters in a proof, which a
+# hostile prover chooses. The memory it takes is estimated from the parameters alone, before
+# anything is generated (measured peak of the generators, numpy allocations, plus a margin).
+# --------------------------------------------------------------------------------------------------
+
+
+def _synthetic_cifar_bytes(params: dict[str, Any]) -> tuple[int, str]:
+    n_train = _int_param(params, "n_train", 2000, 1, _MAX_SYNTHETIC)
+    n_test = _int_param(params, "n_test", 500, 0, _MAX_SYNTHETIC)
+    num_classes = _int_param(params, "num_classes", 10, 2, 1000)
+    pixels = 32 * 32 * 3
+    # int16 noise + int16 image + float32 working copy + uint8 draws and result: 9.2-9.6x the
+    # samples measured; the patterns are summed in float64 (27x their pixels measured)
+    need = 10 * (n_train + n_test) * pixels + 28 * (num_classes + 64) * pixels
+    return need, f"n_train={n_train}, n_test={n_test}, num_classes={num_classes}"
+
+
+def _synthetic_tokens_bytes(params: dict[str, Any]) -> tuple[int, str]:
+    n_train = _int_param(params, "n_train", 2048, 1, 1_000_000)
+    n_test = _int_param(params, "n_test", 256, 0, 1_000_000)
+    block = _int_param(params, "block_size", 128, 2, 65536)
+    vocab = _int_param(params, "vocab_size", 256, 2, 1_000_000)
+    n = n_train + n_test
+    # int64 sequences [n, block + 1], then x and y copied out of them (1.5x x + y measured), the
+    # per-position draws, and the successor table (int64 [vocab, 4])
+    need = 25 * n * (block + 1) + 64 * n + 40 * vocab + 2**16
+    return need, f"n_train={n_train}, n_test={n_test}, block_size={block}, vocab_size={vocab}"
+
+
+# Datasets generated from their parameters. The others are fixed: bundled with scikit-learn, or
+# read from files the verifier supplies itself (CIFAR, npz).
+GENERATION_BYTES: dict[str, Callable[[dict[str, Any]], tuple[int, str]]] = {
+    "synthetic-cifar": _synthetic_cifar_bytes,
+    "synthetic-tokens": _synthetic_tokens_bytes,
+}
+
+
+def _estimate(name: Any, params: dict | None) -> tuple[int, str] | None:
+    est = GENERATION_BYTES.get(name) if isinstance(name, str) else None
+    if est is None or DATASETS.get(name) is not _BUILTIN_LOADERS.get(name):
+        return None  # fixed data, or a loader replaced by the user
+    if params is not None and not isinstance(params, dict):
+        raise ValueError(f"dataset params must be a dict, got {type(params).__name__}")
+    return est(dict(params or {}))
+
+
+def generation_bytes(name: str, params: dict | None) -> int | None:
+    """Estimated peak memory of generating dataset `name` with `params` (train and test splits
+    together: both come from one random stream), or None for a dataset that is not generated.
+    Raises ValueError for parameters the generator would refuse."""
+    got = _estimate(name, params)
+    return None if got is None else got[0]
+
+
+def check_generation_budget(name: str, params: dict | None, max_bytes: int) -> None:
+    """Refuse (`pol.proof.format.LimitExceeded`, exit 2) to generate a dataset whose estimated
+    memory is over `max_bytes` (`Limits.max_dataset_bytes`); O(1), before anything is
+    generated. Raises ValueError for parameters the generator would refuse."""
+    got = _estimate(name, params)
+    if got is None:
+        return
+    need, what = got
+    if need > max_bytes:
+        from pol.proof.format import LimitExceeded
+        raise LimitExceeded(f"generating dataset {name} ({what}) needs about "
+                            f"{need / 2**30:.3g} GiB of memory", "max_dataset_bytes", max_bytes)
+
+
 def load_dataset(name: str, params: dict | None = None,
-                 data_dir: str | None = None) -> tuple[ArrayDataset, ArrayDataset]:
+                 data_dir: str | None = None, *,
+                 max_bytes: int | None = None) -> tuple[ArrayDataset, ArrayDataset]:
     """(train, test) raw arrays for a registered dataset.
 
     Every dataset also accepts `limit` (int): keep only the first `limit` training samples (the
     test split is unchanged), handy for quick runs on CIFAR.
+
+    `max_bytes`: refuse a generated dataset whose estimated memory is larger
+    (`check_generation_budget`), before generating it. None (the prover, whose own parameters
+    they are): no budget.
     """
     try:
         loader = DATASETS[name]
@@ -499,6 +577,8 @@ def load_dataset(name: str, params: dict | None = None,
     if params is not None and not isinstance(params, dict):
         raise ValueError(f"dataset params must be a dict, got {type(params).__name__}")
     params = dict(params or {})
+    if max_bytes is not None:
+        check_generation_budget(name, params, max_bytes)
     limit = None
     if "limit" in params:
         limit = _int_param(params, "limit", 0, 1, 2**62)

@@ -20,8 +20,8 @@ Stored file (``checkpoints/step_<t:09d>.polz``)::
 Decoding is bitwise exact: the manifest binds both the stored file (SHA-256 of its bytes) and the
 decoded bytes (SHA-256 and size), so exact-mode verification compares the same digests as for v1.
 Every field is checked before anything is allocated; the frame's declared content size must equal
-the raw size the manifest gives (itself under the reader's limits), so a decompression bomb is
-refused before decompressing.
+the raw size the manifest gives (itself under the reader's limits, `max_checkpoint_bytes`), so a
+decompression bomb is refused before decompressing, and decompression never writes more.
 """
 
 from __future__ import annotations
@@ -182,9 +182,16 @@ def parse_frame(data: bytes, name: str, raw_size: int) -> Frame:
 
 
 def decode(frame: Frame, name: str, base: np.ndarray | None,
-           base_segments: tuple | None) -> np.ndarray:
+           base_segments: tuple | None, max_size: int | None = None) -> np.ndarray:
     """Decode a parsed frame to raw bytes (a fresh uint8 array). `base`: the previous checkpoint's
-    raw bytes, required for a delta frame."""
+    raw bytes, required for a delta frame. `max_size`: refuse, before decompressing anything, a
+    frame that decodes to more bytes (the reader passes `Limits.max_checkpoint_bytes`). zstd never
+    writes past the frame's declared content size (equal to `frame.raw_size`, see `parse_frame`):
+    a frame whose data would decode to more fails as corrupt."""
+    if max_size is not None and frame.raw_size > max_size:
+        from pol.proof.format import LimitExceeded
+        raise LimitExceeded(f"{name} decodes to {frame.raw_size:,} bytes",
+                            "max_checkpoint_bytes", max_size)
     zstd = _zstd()
     if frame.kind == DELTA and (base is None or base.size != frame.raw_size
                                 or base_segments != frame.segments):

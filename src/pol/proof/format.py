@@ -79,7 +79,14 @@ def checkpoint_steps(T: int, k: int) -> list[int]:
 class Limits:
     """Resource limits for reading a proof from an untrusted party. Raise them for big proofs
     (`pol verify --max-proof-gb`); every size read from a proof is checked against these before any
-    allocation."""
+    allocation.
+
+    The last four are the verifier's own budget: the work a proof can make the verifier do,
+    whatever its own size (a short manifest can claim millions of checkpoints, a small file can
+    decompress to gigabytes, a few dataset parameters can ask for gigabytes of generated data, one
+    segment can claim millions of steps). Each is checked before that work starts; going over one
+    raises `LimitExceeded` (exit 2), whose message names the limit and the option that raises it.
+    See docs/LIMITS.md for why the defaults fit every honest proof of pol's built-in tasks."""
 
     max_manifest_bytes: int = 64 * 2**20
     max_total_bytes: int = 64 * 2**30
@@ -88,6 +95,67 @@ class Limits:
     max_steps: int = 100_000_000
     max_batch: int = 1 << 20
     max_safetensors_header: int = 16 * 2**20
+    # verifier budget
+    max_checkpoints: int = 250_000  # checkpoints a manifest may list (T/k + 1)
+    max_checkpoint_bytes: int = 2 * 2**30  # one checkpoint as loaded (v2: decoded) bytes
+    max_replay_steps: int = 1_000_000  # steps replayed by one verification (chosen segments)
+    max_dataset_bytes: int = 2**30  # memory to generate a dataset from the proof's parameters
+
+
+# How each budget limit is raised from the command line (`pol verify`); the library takes
+# `Limits(field=...)` for every field.
+LIMIT_OPTIONS = {
+    "max_checkpoints": "pol verify --max-checkpoints N",
+    "max_checkpoint_bytes": "pol verify --max-checkpoint-gb X",
+    "max_replay_steps": "pol verify --max-replay-steps N",
+    "max_dataset_bytes": "pol verify --max-dataset-gb X",
+    "max_total_bytes": "pol verify --max-proof-gb X",
+    "max_file_bytes": "pol verify --max-proof-gb X",
+}
+
+
+class LimitExceeded(ProofFormatError):
+    """A proof asks for more work or memory than one of the verifier's limits allows. Unusable
+    input (exit 2), refused before the work starts; the message names the `Limits` field and how
+    to raise it."""
+
+    def __init__(self, what: str, field: str, limit: int) -> None:
+        self.field = field
+        self.limit = limit
+        shown = _gib(limit) if field.endswith("_bytes") else f"{limit:,}"
+        how = LIMIT_OPTIONS.get(field)
+        raise_it = (f"raise it with `{how}` (library: Limits({field}=...))" if how else
+                    f"raise it with Limits({field}=...)")
+        super().__init__(f"{what}: over the verifier's limit {field} = {shown}; if you trust "
+                         f"this proof's size, {raise_it}")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:g} GiB" if n >= 2**30 else f"{n / 2**20:g} MiB"
+
+
+def num_checkpoints(T: int, k: int) -> int:
+    """len(checkpoint_steps(T, k)), without building the list."""
+    return -(-T // k) + 1
+
+
+# An honest manifest holds at most 7 JSON items (list elements and object members) per checkpoint
+# (its step, its file entry of 2 members, v2: its decoded entry of 2 more) plus the spec.
+_ITEMS_PER_CHECKPOINT = 8
+_ITEMS_SLACK = 1 << 17
+
+
+def check_manifest_items(raw_bytes: bytes, limits: Limits) -> None:
+    """Before parsing: an upper bound of the manifest's JSON items (every item but the first of a
+    container follows a comma; a comma inside a string only raises the bound), counted at C speed.
+    A manifest claiming millions of checkpoints is refused here in milliseconds, before the JSON
+    parser builds millions of Python objects."""
+    items = raw_bytes.count(b",") + raw_bytes.count(b"[") + raw_bytes.count(b"{")
+    allowed = _ITEMS_PER_CHECKPOINT * limits.max_checkpoints + _ITEMS_SLACK
+    if items > allowed:
+        raise LimitExceeded(f"manifest.json holds up to {items:,} JSON items, more than a proof "
+                            f"of {limits.max_checkpoints:,} checkpoints has (at most {allowed:,})",
+                            "max_checkpoints", limits.max_checkpoints)
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -165,6 +233,7 @@ def parse_manifest(raw_bytes: bytes, limits: Limits) -> Manifest:
     def no_consts(c: str) -> Any:
         raise ProofFormatError(f"manifest.json contains {c}, which JSON does not allow")
 
+    check_manifest_items(raw_bytes, limits)
     try:
         raw = json.loads(raw_bytes.decode("utf-8"), parse_constant=no_consts,
                          object_pairs_hook=no_duplicate_keys(MANIFEST))
@@ -200,14 +269,21 @@ def parse_manifest(raw_bytes: bytes, limits: Limits) -> Manifest:
     expected_n = S * spec.batch_size if spec.drop_last else None
     if expected_n is not None and spec.data.size < expected_n:
         raise ProofFormatError("manifest: dataset too small for the claimed steps per epoch")
+    n_ck = num_checkpoints(T, k)
+    if n_ck > limits.max_checkpoints:
+        raise LimitExceeded(f"the proof claims {n_ck:,} checkpoints (T = {T:,}, k = {k:,})",
+                            "max_checkpoints", limits.max_checkpoints)
     ckpts = raw.get("checkpoints")
     # length and types first: never build a list from the claimed T and k before that
-    if (not isinstance(ckpts, list) or len(ckpts) != -(-T // k) + 1
+    if (not isinstance(ckpts, list) or len(ckpts) != n_ck
             or any(type(c) is not int for c in ckpts) or ckpts != checkpoint_steps(T, k)):
         raise ProofFormatError("manifest.checkpoints: expected steps 0, k, 2k, ..., T")
     files_raw = raw.get("files")
     if not isinstance(files_raw, dict) or len(files_raw) > limits.max_files:
         raise ProofFormatError("manifest.files: expected an object of file entries")
+    if len(files_raw) != n_ck + 4:  # the four per-step arrays and one file per checkpoint
+        raise ProofFormatError(f"manifest.files: {len(files_raw)} entries, expected {n_ck + 4} "
+                               f"(the per-step arrays and {n_ck} checkpoints)")
     codec = _parse_codec(raw.get("codec"), version) if version >= CODEC_FORMAT_VERSION else None
     files, total = _file_entries(files_raw, "files", limits)
     if total > limits.max_total_bytes:
@@ -234,6 +310,12 @@ def parse_manifest(raw_bytes: bytes, limits: Limits) -> Manifest:
         stored = files
         files = {n: v for n, v in files.items() if not n.startswith(CKPT_DIR + "/")}
         files.update(decoded)
+    for t in ckpts:
+        size = files[checkpoint_name(t)][1]  # v1: the file; v2: what it decodes to
+        if size > limits.max_checkpoint_bytes:
+            raise LimitExceeded(f"{checkpoint_name(t)} is {size:,} bytes"
+                                + (" decoded" if stored is not None else ""),
+                                "max_checkpoint_bytes", limits.max_checkpoint_bytes)
     init = raw.get("init")
     if not isinstance(init, dict) or init.get("kind") not in ("strategy", "parent"):
         raise ProofFormatError("manifest.init: expected {kind: strategy|parent, ...}")

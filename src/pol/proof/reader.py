@@ -214,7 +214,8 @@ class Proof:
                                        f"(keyframe interval {interval})")
             if frame.kind == codec.DELTA and base is None:
                 raise ProofFormatError(f"{sname}: delta frame without a base checkpoint")
-            raw = codec.decode(frame, sname, *(base if base is not None else (None, None)))
+            raw = codec.decode(frame, sname, *(base if base is not None else (None, None)),
+                               self.limits.max_checkpoint_bytes)
             if hashlib.sha256(raw).hexdigest() != raw_sha:
                 raise IntegrityError(f"{name}: the decoded checkpoint {sname} does not match its "
                                      "SHA-256 in the manifest")
