@@ -100,14 +100,48 @@ def test_recorder_accepts_torch_tensor_data_and_index_tensors(tmp_path):
         xb, yb = torch.from_numpy(x[idx]), torch.from_numpy(y[idx])
         rec.record_batch(torch.from_numpy(idx), xb, yb)
         opt.zero_grad()
-        F.cross_entropy(model(xb), yb).backward()
+        loss = F.cross_entropy(model(xb), yb)
+        loss.backward()
         opt.step()
-        rec.step()  # no loss given
+        rec.step(loss)
     rec.close()
     r = verify(tmp_path / "p", data=str(save_npz(tmp_path / "d.npz", x, y)), all_segments=True)
     assert r.valid, r.render()
     losses = np.load(tmp_path / "p" / fmt.LOSSES)
-    assert np.isnan(losses).all()
+    assert np.isfinite(losses).all()
+
+
+def test_recorder_refuses_what_the_verifier_would_reject(tmp_path):
+    """A step without its loss, a sample twice in an epoch, a short batch before the epoch's
+    last, an optimizer that already holds state: refused when recorded, not at verification."""
+    from pol.errors import ConfigError
+    x, y = make_user_data(n=96)
+
+    def fresh(name):
+        model = user_model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        return model, opt, _recorder(tmp_path / name, model=model, opt=opt, data=(x, y),
+                                     epochs=1)
+
+    model, opt, rec = fresh("a")
+    idx = next(rec.epoch_batches(0))
+    rec.record_batch(idx)
+    with pytest.raises(ConfigError, match="loss"):
+        rec.step()
+    model, opt, rec = fresh("b")
+    batches = list(rec.epoch_batches(0))
+    rec.record_batch(batches[0])
+    rec.step(0.5)
+    with pytest.raises(ConfigError, match="twice"):
+        rec.record_batch(batches[0])
+    with pytest.raises(ConfigError, match="expected"):
+        rec.record_batch(batches[1][:3])
+    model, opt, _ = fresh("c")
+    opt.zero_grad()
+    F.cross_entropy(model(torch.from_numpy(x[:8])), torch.from_numpy(y[:8])).backward()
+    opt.step()
+    with pytest.raises(ConfigError, match="already holds state"):
+        _recorder(tmp_path / "d", model=model, opt=opt, data=(x, y), epochs=1)
 
 
 # ---------------------------------------------------------------- fit
@@ -219,9 +253,9 @@ def test_step_protocol_misuse_raises_config_error(tmp_path):
     try:
         with pytest.raises(ConfigError):
             rec.step()  # no record_batch first
-        rec.record_batch(np.arange(4))
+        rec.record_batch(np.arange(32))
         with pytest.raises(ConfigError):
-            rec.record_batch(np.arange(4))  # twice without step
+            rec.record_batch(np.arange(32))  # twice without step
     finally:
         rec.abort()
 

@@ -40,15 +40,10 @@ from pol.proof.hashing import merkle_root, sample_leaves
 from pol.proof.writer import ProofWriter
 from pol.spec import (DataSpec, ModelSpec, ScheduleSpec, TrainingSpec, current_cpu_capability,
                       current_tf32)
-from pol.step import derive_seed, optimizer_spec_of, seed_step, state_tensors
+from pol.step import (derive_seed, epoch_order, optimizer_spec_of, seed_step,  # noqa: F401
+                      state_tensors)
 
 log = logging.getLogger(__name__)
-
-
-def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    """The data order of an epoch, derived from the committed seed (a verifier can re-derive it)."""
-    rng = np.random.Generator(np.random.PCG64(derive_seed(seed, "order", epoch)))
-    return rng.permutation(n)
 
 
 def _as_dataset(data: Any) -> ArrayDataset:
@@ -101,6 +96,12 @@ class Recorder:
                               "train twice, and a verifier importing it would write a proof); "
                               "define the model class in a module of its own, without training "
                               "code at its top level (or under `if __name__ == \"__main__\":`)")
+        if not resume and any(optimizer.state.get(p) for g in optimizer.param_groups
+                              for p in g["params"]):
+            raise ConfigError("the optimizer already holds state (moments, momentum buffers) "
+                              "from earlier steps: a proof starts from a fresh optimizer (the "
+                              "verifier rejects state at checkpoint 0). Record from the start, or "
+                              "record those earlier steps as a parent proof and warm-start from it")
         self.model = model
         self.optimizer = optimizer
         self.dataset = _as_dataset(data)
@@ -140,6 +141,8 @@ class Recorder:
         self.k = spec.k
         self.t = 0
         self._pending_idx: np.ndarray | None = None
+        # samples used so far in the current epoch (None: not tracked, after a resume mid-epoch)
+        self._seen: np.ndarray | None = np.zeros(n, dtype=bool)
         self._rows_idx: list[np.ndarray] = []
         self._rows_lr: list[list[float]] = []
         self._rows_loss: list[torch.Tensor] = []
@@ -199,6 +202,8 @@ class Recorder:
         load_state(self.model, self.optimizer, self.spec.optimizer.name,
                    parse_safetensors(data, name, fmt.Limits()))
         self.t = rp.t
+        if self.t % self.steps_per_epoch:  # this epoch's earlier batches are not at hand
+            self._seen = None
         self.writer = ProofWriter(out, precision=self.spec.precision, durable=durable, resume=rp)
         self.path = self.writer.dir
         log.info("resuming %s at step %d of %d", out, rp.t, self.total_steps)
@@ -260,6 +265,7 @@ class Recorder:
             raise ConfigError("an index is outside the dataset")
         if inputs is not None and len(inputs) != len(idx):
             raise ConfigError("inputs and indices have different lengths")
+        self._check_epoch_structure(idx)
         if targets is not None:
             t_np = targets.detach().cpu().numpy() if isinstance(targets, torch.Tensor) else targets
             if not np.array_equal(np.asarray(t_np), self.dataset.y[idx]):
@@ -271,6 +277,26 @@ class Recorder:
         if seed_rng:  # pol's own loop leaves this to update(), which seeds the same value
             seed_step(self.spec.seed, self.t)
 
+    def _check_epoch_structure(self, idx: np.ndarray) -> None:
+        """Refuse up front a batch the verifier's epoch-structure check would reject: within an
+        epoch no sample twice, and only the epoch's last batch short (the verifier checks that
+        every epoch's indices are a permutation of the dataset)."""
+        S, B, n = self.steps_per_epoch, self.spec.batch_size, len(self.dataset)
+        s = self.t % S
+        if s == 0:
+            self._seen = np.zeros(n, dtype=bool)
+        want = B if s < S - 1 or self.spec.drop_last else n - (S - 1) * B
+        if len(idx) != want:
+            raise ConfigError(f"step {self.t} (batch {s} of {S} in its epoch) has {len(idx)} "
+                              f"samples, expected {want}: every batch but an epoch's last is "
+                              f"full, and each epoch uses every sample once")
+        if self._seen is not None:
+            if self._seen[idx].any() or np.unique(idx).size != idx.size:
+                raise ConfigError(f"step {self.t}: a sample is used twice in epoch "
+                                  f"{self.t // S}: each epoch's indices must be a permutation "
+                                  "of the dataset (sampling with replacement is not supported)")
+            self._seen[idx] = True
+
     def step(self, loss: torch.Tensor | float | None = None) -> None:
         """Mark the end of a step (after optimizer.step()); checkpoints every k steps."""
         if self._pending_idx is None:
@@ -279,7 +305,8 @@ class Recorder:
         row[:len(self._pending_idx)] = self._pending_idx
         self._rows_idx.append(row)
         if loss is None:
-            loss = float("nan")
+            raise ConfigError("step() needs the step's loss (rec.step(loss)): the verifier "
+                              "recomputes every replayed step's loss and compares")
         if not isinstance(loss, torch.Tensor):
             loss = torch.tensor(float(loss))
         # each torch call costs a few µs of dispatch on the training thread: skip the no-ops
