@@ -24,7 +24,7 @@ SGD with momentum (default for SGD targets): momentum = 1 − 1e-10 rounds to 1.
 `buf.mul_(μ).add_(g)` returns buf unchanged for |g| < |buf|·2^-25; |buf| ≥ 1e12 and a tiny lr
 (≈ 1e-21 / T) turn it into a constant per-step displacement.
 
-Both states are refined (a few zero-gradient re-simulations, no gradients) so that the last
+Both states are refined (zero-gradient re-simulations, `refine`, no gradients) so that the last
 checkpoint lands within a few ulps of W_T. What the verifier must do to reject it: checkpoint 0's
 optimizer state must be a fresh optimizer's (pol never writes one at step 0); the optimizer
 hyperparameters and state must be plausible (betas that do not round to 1, bounded moments); and,
@@ -83,7 +83,7 @@ def _simulate(ctx, plan, T: int, keep, states: dict | None, losses_from=None) ->
 def attack_optimizer_state(target_proof: str | os.PathLike, out: str | os.PathLike, *,
                            steps: int | None = None, k: int | None = None,
                            optimizer: str | None = None, lr: float | None = None,
-                           refine: int = 4, losses: str = "forward",
+                           refine: int = 1, losses: str = "forward",
                            seed: int = DEFAULT_FORGER_SEED, measure_honest: bool = True,
                            data_dir: str | None = None) -> AttackResult:
     """Forge a proof whose W_0 is the honest seeded init of the forger's seed and whose
