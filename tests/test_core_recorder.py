@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -295,3 +297,24 @@ def test_recorder_refuses_a_non_empty_directory(tmp_path, user_proof):
     with pytest.raises(ProofWriteError, match="not empty"):
         _recorder(user_proof.proof)
     assert (user_proof.proof / fmt.MANIFEST).is_file()
+
+
+def test_seed_order_is_declared_by_fit_and_held_by_the_recorder(tmp_path):
+    from pol.errors import ConfigError
+    from pol.prover.recorder import fit
+    x, y = make_user_data(n=64)
+    model = user_model()
+    fit(tmp_path / "f", model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        data=(x, y), model_spec=ModelSpec("mlp", dict(USER_MODEL_KWARGS)), batch_size=16,
+        epochs=1, k=2)
+    assert json.loads((tmp_path / "f" / fmt.MANIFEST).read_text())["spec"]["data"]["order"] \
+        == "seed"
+    assert verify(tmp_path / "f", data=str(save_npz(tmp_path / "d.npz", x, y))).valid
+    model = user_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rec = _recorder(tmp_path / "p", model=model, opt=opt, data=(x, y), epochs=1,
+                    data_order="seed")
+    first = next(rec.epoch_batches(0))
+    with pytest.raises(ConfigError, match="seed"):
+        rec.record_batch(first[::-1].copy())
+    rec.abort()

@@ -1047,8 +1047,10 @@ MEMORY_SCRIPT = textwrap.dedent(r'''
             try:
                 r = verify(p, all_segments=True, **({"limits": lim} if lim else {}))
                 kind = "report-" + r.verdict
-            except (ProofFormatError, IntegrityError) as e:
+            except IntegrityError as e:
                 kind = type(e).__name__
+            except ProofFormatError:  # LimitExceeded too: unusable input, refused
+                kind = "ProofFormatError"
             except BaseException as e:  # noqa: BLE001 - reported to the test
                 kind = "other:" + type(e).__name__
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -1112,8 +1114,10 @@ def _lib_kind(p: Path) -> str:
         with wall_clock():
             r = verify(p, all_segments=True)
         return "report-" + r.verdict
-    except (ProofFormatError, IntegrityError) as e:
+    except IntegrityError as e:
         return type(e).__name__
+    except ProofFormatError:  # LimitExceeded too: unusable input, refused
+        return "ProofFormatError"
     except WallClockExceeded:
         return "hang"
     except Exception as e:  # noqa: BLE001 - what the bug is about

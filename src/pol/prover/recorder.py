@@ -74,7 +74,7 @@ class Recorder:
                  durable: bool = True, init: dict | None = None,
                  resume: bool = False, init_from_seed: bool = True,
                  compress: bool = False, keyframe_interval: int | None = None,
-                 continue_from_stored: bool = True) -> None:
+                 continue_from_stored: bool = True, data_order: str = "") -> None:
         """`compress`: store checkpoints with the lossless codec (proof format v2: XOR with the
         previous checkpoint, byte shuffle, zstd; a keyframe every `keyframe_interval`
         checkpoints). Exact-mode verification is unaffected. A resumed run keeps the codec it was
@@ -118,7 +118,7 @@ class Recorder:
                     schedule=schedule or ScheduleSpec(name="recorded"),
                     data=DataSpec(name=data_name, params=dict(data_params or {}), size=n,
                                   root=merkle_root(self.leaves).hex(), prepare=prepare,
-                                  augment=augment),
+                                  augment=augment, order=data_order),
                     loss=loss, batch_size=batch_size, epochs=epochs, k=k, precision=precision,
                     seed=seed, device=device,
                     deterministic=torch.are_deterministic_algorithms_enabled(),
@@ -143,6 +143,7 @@ class Recorder:
         self._pending_idx: np.ndarray | None = None
         # samples used so far in the current epoch (None: not tracked, after a resume mid-epoch)
         self._seen: np.ndarray | None = np.zeros(n, dtype=bool)
+        self._order: np.ndarray | None = None  # this epoch's order (spec.data.order "seed")
         self._rows_idx: list[np.ndarray] = []
         self._rows_lr: list[list[float]] = []
         self._rows_loss: list[torch.Tensor] = []
@@ -285,6 +286,12 @@ class Recorder:
         s = self.t % S
         if s == 0:
             self._seen = np.zeros(n, dtype=bool)
+        if self.spec.data.order == "seed":  # the spec promises epoch_order: hold it to that
+            if s == 0 or self._order is None:
+                self._order = epoch_order(self.spec.seed, self.t // S, n)
+            if not np.array_equal(idx, self._order[s * B:s * B + len(idx)]):
+                raise ConfigError(f"step {self.t}: the spec says the batch order comes from the "
+                                  "seed (rec.epoch_batches), but these indices differ from it")
         want = B if s < S - 1 or self.spec.drop_last else n - (S - 1) * B
         if len(idx) != want:
             raise ConfigError(f"step {self.t} (batch {s} of {S} in its epoch) has {len(idx)} "
@@ -457,11 +464,13 @@ def fit(out: str | os.PathLike, *, model: nn.Module, optimizer: torch.optim.Opti
     rec = Recorder(out, model=model, optimizer=optimizer, data=data, model_spec=model_spec,
                    batch_size=batch_size, epochs=epochs, k=k, seed=seed, loss=loss,
                    prepare=prepare, augment=augment, precision=precision,
-                   schedule=schedule or ScheduleSpec(), overwrite=overwrite)
+                   schedule=schedule or ScheduleSpec(), overwrite=overwrite, data_order="seed")
     device = next(iter(model.parameters())).device
+    # augmentation draws where the spec says (the CPU), as the verifier's replay does
+    rng = rec.spec.augment_rng
     ctx = StepContext(model=model, optimizer=optimizer, loss_fn=make_loss(loss),
                       prepare=PREPARE[prepare], augment=None if augment == "none" else AUGMENT[augment],
-                      seed=seed, device=device)
+                      seed=seed, device=device, rng_device=torch.device(rng) if rng else None)
     base = [g["lr"] for g in optimizer.param_groups]
     sched = rec.spec.schedule
 

@@ -31,6 +31,7 @@ from pol.proof.hashing import merkle_root, sample_leaves
 from pol.proof.reader import Proof, open_proof
 from pol.spec import current_cpu_capability, set_tf32
 from pol.step import expected_state_shapes, state_tensors
+from pol.verifier.budget import check_verify_budget
 from pol.verifier.distances import METRICS, flat_params, fp16_rounding_floor
 from pol.verifier.report import Report, SegmentResult
 
@@ -263,6 +264,7 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions, pools: list) -> Repo
         return report
     m = proof.manifest
     spec = m.spec
+    check_verify_budget(m, o)  # dataset and replay-step budget, before any work
     report.root_digest = m.root_digest
     report.add("integrity", True, "manifest root digest and per-step arrays match")
     from pol.protocol import COMMITMENT_FILE
