@@ -220,6 +220,8 @@ def test_request_data_is_pending_with_exit_3(iris_proof, tmp_path):
 def _pol(*args: str, **kw) -> subprocess.Popen:
     env = dict(os.environ, POL_DEBUG="")
     env.pop("POL_DEBUG")
+    # a shell's background job inherits SIGINT ignored; a user's terminal delivers it
+    kw.setdefault("preexec_fn", lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return subprocess.Popen([sys.executable, "-m", "pol.cli", *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             **kw)
