@@ -1,0 +1,174 @@
+"""Torch-free helpers used by every package (floor 0: stdlib and `pol.errors` only).
+
+One definition each of: the canonical JSON that pol hashes and signs, the strict JSON parser that
+pol reads untrusted JSON with, the atomic (optionally durable) file write, and the SHA-256 of a
+file.
+
+Canonical JSON, byte for byte. Two encoders existed and they differ on one point only, non-ASCII
+text: the proof manifest's root digest (`pol.manifest.v1`) and the spec hash of a commitment
+were computed with `\\uXXXX` escapes (`ensure_ascii=True`); the sealed-file header and the ledger
+(entry hashes, payload text) with raw UTF-8. Both are in existing proofs, sealed files and ledgers
+(and in the golden fixtures), so both byte forms are kept: `canonical_json(obj)` is the UTF-8 form
+and `canonical_json(obj, ascii_only=True)` the escaped one, which only the manifest root digest
+and the spec hash use. For ASCII-only values (every golden fixture) the two are the same bytes.
+Everything else is shared: sorted keys, no whitespace, no NaN/Infinity, string keys only; a tuple
+is encoded as the list it equals (the crypto encoder refused tuples; nothing it signs holds one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from pol.errors import ProofFormatError
+
+__all__ = ["canonical_json", "loads_strict", "atomic_write", "fsync_dir", "sha256_file",
+           "DEFAULT_MAX_JSON_BYTES"]
+
+DEFAULT_MAX_JSON_BYTES = 64 << 20
+
+
+# ------------------------------------------------------------------------- canonical JSON
+def _check(value: Any, path: str = "$") -> None:
+    """Refuse what has no single JSON form: non-finite floats, non-string keys, other types."""
+    if value is None or isinstance(value, (bool, str, int)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{path}: non-finite float is not allowed in canonical JSON")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check(v, f"{path}[{i}]")
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ValueError(f"{path}: object keys must be strings, got {type(k).__name__}")
+            _check(v, f"{path}.{k}")
+        return
+    raise ValueError(f"{path}: {type(value).__name__} is not JSON-serialisable canonically")
+
+
+def canonical_json(obj: Any, *, ascii_only: bool = False) -> bytes:
+    """The one canonical JSON encoding: sorted keys, no whitespace, UTF-8, no NaN/Infinity, string
+    keys only (ValueError otherwise). `ascii_only=True` escapes non-ASCII text as `\\uXXXX`: the
+    byte form of the proof manifest's root digest and of the spec hash (see the module doc)."""
+    try:
+        _check(obj)
+    except RecursionError:
+        raise ValueError("value is nested too deeply for canonical JSON") from None
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=ascii_only,
+                      allow_nan=False).encode("utf-8")
+
+
+# ------------------------------------------------------------------------- strict parsing
+def loads_strict(data: bytes | str, name: str, *, max_bytes: int | None = DEFAULT_MAX_JSON_BYTES,
+                 error: type[Exception] = ProofFormatError) -> Any:
+    """Parse untrusted JSON: UTF-8, at most `max_bytes` (None: no bound), no duplicate keys (json
+    keeps the last one silently, so two readers could disagree on one file), no NaN/Infinity, no
+    nesting deep enough to exhaust the stack. Any failure raises `error("<name>: <why>")`
+    (default `ProofFormatError`, exit 2)."""
+    size = len(data.encode("utf-8")) if isinstance(data, str) else len(data)
+    if max_bytes is not None and size > max_bytes:
+        raise error(f"{name} is larger than the limit of {max_bytes} bytes")
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                raise error(f"{name}: duplicate key {k!r}")
+            out[k] = v
+        return out
+
+    def no_constants(c: str) -> Any:
+        raise error(f"{name} contains {c}, which JSON does not allow")
+
+    try:
+        text = data if isinstance(data, str) else bytes(data).decode("utf-8")
+        return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, huge int literals
+        if isinstance(e, error):
+            raise
+        raise error(f"{name} is not valid JSON: {e}") from None
+
+
+# ------------------------------------------------------------------------- files
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a rename in `path` durable (best effort: some filesystems cannot fsync a directory)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes, durable: bool = True, *,
+                 mode: int | None = None, overwrite: bool = True) -> None:
+    """Write `data` to `path` so that a reader (or a crash) sees the old file or the whole new one,
+    never a part: a temporary `.NAME.tmp<pid>-<random>` in the same directory, then a rename.
+
+    `durable`: fsync the file before the rename (the caller fsyncs the directory with `fsync_dir`
+    where the rename itself must survive a power cut). `mode`: the file's permission bits exactly
+    (default: 0o666 less the umask, like `open`). `overwrite=False`: FileExistsError if `path`
+    exists, atomically (a hard link, which fails if `path` appeared meanwhile; check-then-rename
+    on filesystems without hard links). On any failure the temporary file is removed."""
+    path = Path(path)
+    while True:
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                         0o666 if mode is None else mode)
+            break
+        except FileExistsError:
+            continue
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        _publish(tmp, path, overwrite)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _publish(tmp: Path, dest: Path, overwrite: bool) -> None:
+    """Move the complete `tmp` to `dest` (same directory); without `overwrite`, never replace."""
+    if overwrite:
+        os.replace(tmp, dest)
+        return
+    try:
+        os.link(tmp, dest)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (some network/FAT filesystems)
+        if os.path.lexists(dest):
+            raise FileExistsError(17, "File exists", str(dest)) from None
+        os.rename(tmp, dest)
+        return
+    os.unlink(tmp)
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> tuple[str, int]:
+    """(SHA-256 hex digest, size in bytes) of a file, read in chunks."""
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+            n += len(block)
+    return h.hexdigest(), n
