@@ -1,8 +1,8 @@
 """Built-in architectures, addressed by name so a proof can name its model in JSON.
 
 Constructors deliberately do no custom initialization: the initial weights W_0 are drawn by
-`pol.init.apply_init` from a recorded generator, so the verifier can check them against the same
-rules (see `pol.init.expected_distributions`).
+`pol.step.init.apply_init` from a recorded generator, so the verifier can check them against the
+same rules (see `pol.step.init.expected_distributions`).
 """
 
 from __future__ import annotations

@@ -30,16 +30,13 @@ import importlib.util
 import os
 import re
 import sys
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
 
 from pol.errors import ConfigError, PolError, ProofFormatError, UntrustedFactoryError
-from pol.spec import ModelSpec, TrainingSpec
-
-if TYPE_CHECKING:  # build_context imports pol.step lazily (an import cycle): annotation only
-    from pol.step import StepContext
+from pol.spec import ModelSpec
 
 _FACTORY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -276,28 +273,10 @@ def resolve_device(name: str | None) -> torch.device:
     return dev
 
 
-def build_context(spec: TrainingSpec, device: torch.device, trusted_modules=()) -> StepContext:
-    """Model (initialized from the run's seed), optimizer and step pieces for a spec. Shared by the
-    trainer and the verifier, so both build exactly the same objects."""
-    from pol.datasets import AUGMENT, PREPARE
-    from pol.init import apply_init
-    from pol.step import StepContext, derive_seed, make_loss, make_optimizer
-
-    model = build_model(spec.model, trusted_modules)
-    if spec.model.init != "none":
-        g = torch.Generator()
-        g.manual_seed(derive_seed(spec.seed, "init"))
-        try:
-            apply_init(model, spec.model.init, g)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-    model.to(device)
-    if spec.data.prepare not in PREPARE:
-        raise ConfigError(f"unknown data preparation {spec.data.prepare!r}")
-    if spec.data.augment != "none" and spec.data.augment not in AUGMENT:
-        raise ConfigError(f"unknown augmentation {spec.data.augment!r}")
-    return StepContext(model=model, optimizer=make_optimizer(spec.optimizer, model.parameters()),
-                       loss_fn=make_loss(spec.loss), prepare=PREPARE[spec.data.prepare],
-                       augment=None if spec.data.augment == "none" else AUGMENT[spec.data.augment],
-                       seed=spec.seed, device=device,
-                       rng_device=torch.device("cpu") if spec.augment_rng == "cpu" else None)
+# `build_context` moved to `pol.step` (the only constructor of a step context); importable from
+# here until its callers have moved (loaded on first use: pol.step imports this module).
+def __getattr__(name: str):
+    if name == "build_context":
+        from pol.step.context import build_context
+        return build_context
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

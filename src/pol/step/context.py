@@ -1,0 +1,68 @@
+"""The only constructors of a step context: everything a step depends on comes from the spec.
+
+`build_context(spec, device)` rebuilds the model the spec names, draws W_0 from the seed and makes
+its optimizer (the trainer, the verifier, its workers and the attacks); `step_context(spec, model,
+optimizer, device)` wraps a caller's own model and optimizer (`fit`). Both take every other field
+(loss, preparation, augmentation and where it draws, seed) from the spec through `_step_fields`,
+so the context a prover trains with and the one a verifier replays with cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from pol.errors import ConfigError
+from pol.registry import build_model
+from pol.spec import TrainingSpec
+from pol.step.core import StepContext, make_loss
+from pol.step.data import AUGMENT, PREPARE
+from pol.step.init import draw_init
+from pol.step.optimizers import make_optimizer
+
+__all__ = ["build_context", "step_context", "spec_device", "augment_rng_device"]
+
+
+def spec_device(spec: TrainingSpec) -> torch.device:
+    return torch.device(spec.device)
+
+
+def augment_rng_device(spec: TrainingSpec) -> torch.device | None:
+    """Where the spec says augmentation draws (None: on the step's device, for proofs made before
+    `augment_rng` existed)."""
+    return torch.device(spec.augment_rng) if spec.augment_rng else None
+
+
+def _step_fields(spec: TrainingSpec) -> dict[str, Any]:
+    if spec.data.prepare not in PREPARE:
+        raise ConfigError(f"unknown data preparation {spec.data.prepare!r}")
+    if spec.data.augment != "none" and spec.data.augment not in AUGMENT:
+        raise ConfigError(f"unknown augmentation {spec.data.augment!r}")
+    return dict(loss_fn=make_loss(spec.loss), prepare=PREPARE[spec.data.prepare],
+                augment=None if spec.data.augment == "none" else AUGMENT[spec.data.augment],
+                seed=spec.seed, rng_device=augment_rng_device(spec))
+
+
+def step_context(spec: TrainingSpec, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 device: torch.device | None = None) -> StepContext:
+    """A step context around the caller's model and optimizer (on `device`, default: where the
+    model's parameters are)."""
+    if device is None:
+        device = next(iter(model.parameters())).device
+    return StepContext(model=model, optimizer=optimizer, device=device, **_step_fields(spec))
+
+
+def build_context(spec: TrainingSpec, device: torch.device | None = None,
+                  trusted_modules: Iterable[str] = ()) -> StepContext:
+    """Model (initialized from the run's seed), optimizer and step pieces for a spec, on `device`
+    (default: the spec's). Shared by the trainer and the verifier, so both build exactly the same
+    objects."""
+    device = spec_device(spec) if device is None else device
+    model = build_model(spec.model, trusted_modules)
+    draw_init(model, spec.model, spec.seed)
+    model.to(device)
+    fields = _step_fields(spec)
+    return StepContext(model=model, optimizer=make_optimizer(spec.optimizer, model.parameters()),
+                       device=device, **fields)

@@ -1,0 +1,150 @@
+"""The optimizers pol can replay: ONE table row per optimizer.
+
+Each row says everything pol knows about an optimizer: the torch class it builds, the spec fields it
+reads, the state entries a checkpoint holds for each parameter (with their shape and the dtype they
+are stored in by an fp16 proof), and how a user's torch optimizer is described as an
+`OptimizerSpec` (refusing what replay cannot reproduce). Nothing else in pol lists optimizer names or
+state keys: `make_optimizer`, `optimizer_spec_of`, the checkpoint state checks, the proof format's
+storage dtypes and the verifier's dtype table all read these rows.
+
+This module imports no torch at import time (`pol.proof.format` reads the storage dtypes as plain
+strings): `make_optimizer` imports `torch.optim` when it is called, i.e. when the caller already has
+torch tensors in hand.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from pol.spec import OptimizerSpec
+
+__all__ = ["MODEL_PREFIX", "OPTIM_PREFIX", "OPTIMIZERS", "OptimizerRow", "StateEntry", "FP16_STATE_STORAGE", "make_optimizer",
+           "optimizer_spec_of", "optimizer_row", "state_keys", "storage_dtype_name"]
+
+# checkpoint entry names: MODEL_PREFIX + a state_dict key; OPTIM_PREFIX + "<i>.<key>" for parameter i
+# (in param_groups order) and one of its optimizer's state keys
+MODEL_PREFIX = "model."
+OPTIM_PREFIX = "optim."
+
+
+@dataclass(frozen=True)
+class StateEntry:
+    """One per-parameter optimizer state entry.
+
+    shape: "param" (the parameter's shape) or "scalar" (shape ());
+    fp16_storage: the dtype an fp16 proof stores it in, or "" to keep its own dtype (a counter)."""
+
+    shape: str
+    fp16_storage: str
+
+
+@dataclass(frozen=True)
+class OptimizerRow:
+    name: str  # the spec's name
+    torch_class: str  # the class in torch.optim
+    state: Mapping[str, StateEntry]  # per-parameter state entries, in the optimizer's own order
+    kwargs: Callable[[OptimizerSpec], dict[str, Any]]  # torch constructor arguments from the spec
+    describe: Callable[[dict[str, Any]], OptimizerSpec]  # spec from a (checked) param group
+    # entries that keep torch's own device and dtype rules (Adam keeps `step` on the CPU, fp32)
+    cpu_fp32: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def moments(self) -> int:
+        """Parameter-sized state tensors per parameter (what a snapshot buffer must hold)."""
+        return sum(e.shape == "param" for e in self.state.values())
+
+
+def _sgd_kwargs(s: OptimizerSpec) -> dict[str, Any]:
+    return dict(lr=s.lr, momentum=s.momentum, nesterov=s.nesterov, weight_decay=s.weight_decay)
+
+
+def _sgd_describe(g: dict[str, Any]) -> OptimizerSpec:
+    if g.get("dampening", 0) != 0 or g.get("maximize") or g.get("nesterov") and not g["momentum"]:
+        raise ValueError("SGD with dampening or maximize is not supported")
+    return OptimizerSpec(name="sgd", lr=g["lr"], momentum=g["momentum"],
+                         nesterov=bool(g["nesterov"]), weight_decay=g["weight_decay"])
+
+
+def _adam_kwargs(s: OptimizerSpec) -> dict[str, Any]:
+    return dict(lr=s.lr, betas=s.betas, eps=s.eps, weight_decay=s.weight_decay)
+
+
+def _adam_describer(name: str) -> Callable[[dict[str, Any]], OptimizerSpec]:
+    def describe(g: dict[str, Any]) -> OptimizerSpec:
+        if g.get("amsgrad") or g.get("maximize"):
+            raise ValueError("Adam with amsgrad or maximize is not supported")
+        return OptimizerSpec(name=name, lr=g["lr"], betas=tuple(g["betas"]), eps=g["eps"],
+                             weight_decay=g["weight_decay"])
+    return describe
+
+
+# Adam's moments are stored in bfloat16 by an fp16 proof: the second moment (~grad², often < 1e-8)
+# underflows in fp16, and a zeroed moment changes the replayed update completely (measured: an Adam
+# proof stored in fp16 failed its own verification; in bf16 it passes).
+_ADAM_STATE = {"step": StateEntry("scalar", ""), "exp_avg": StateEntry("param", "bfloat16"),
+               "exp_avg_sq": StateEntry("param", "bfloat16")}
+
+OPTIMIZERS: dict[str, OptimizerRow] = {
+    "sgd": OptimizerRow("sgd", "SGD", {"momentum_buffer": StateEntry("param", "float16")},
+                        _sgd_kwargs, _sgd_describe),
+    "adam": OptimizerRow("adam", "Adam", _ADAM_STATE, _adam_kwargs, _adam_describer("adam"),
+                         cpu_fp32=frozenset({"step"})),
+    "adamw": OptimizerRow("adamw", "AdamW", _ADAM_STATE, _adam_kwargs, _adam_describer("adamw"),
+                          cpu_fp32=frozenset({"step"})),
+}
+
+# fp16 storage of every optimizer state key any row knows ("" = kept as it is), by key name: a
+# checkpoint entry is named `optim.<i>.<key>`, so the storage dtype follows from the name alone
+FP16_STATE_STORAGE: dict[str, str] = {k: e.fp16_storage for row in OPTIMIZERS.values()
+                                      for k, e in row.state.items()}
+
+_FLOATS = frozenset({"float16", "bfloat16", "float32", "float64"})
+
+
+def storage_dtype_name(name: str, dtype: str, precision: str) -> str:
+    """The dtype (a torch dtype's name: "float16", "bfloat16", ...) that a proof of `precision`
+    stores the checkpoint entry `name` of dtype `dtype` in. fp16 storage rounds float weights and
+    moments, never integer counters or Adam's step; torch-free (the proof format reads it)."""
+    if precision != "fp16" or dtype not in _FLOATS:
+        return dtype
+    if name.startswith(OPTIM_PREFIX):
+        key = name.rsplit(".", 1)[-1]
+        return FP16_STATE_STORAGE.get(key, "float16") or dtype
+    return "float16"
+
+
+def optimizer_row(name: str) -> OptimizerRow:
+    try:
+        return OPTIMIZERS[name]
+    except KeyError:
+        raise ValueError(f"unknown optimizer {name!r} (known: {', '.join(OPTIMIZERS)})") from None
+
+
+def state_keys(name: str) -> tuple[str, ...]:
+    """The per-parameter optimizer state keys of optimizer `name` (anything else in a proof is
+    rejected)."""
+    return tuple(optimizer_row(name).state)
+
+
+def make_optimizer(spec: OptimizerSpec, params):  # -> torch.optim.Optimizer
+    import torch.optim  # the caller holds torch tensors already: no import cost here
+
+    row = optimizer_row(spec.name)
+    return getattr(torch.optim, row.torch_class)(params, **row.kwargs(spec))
+
+
+def optimizer_spec_of(opt) -> OptimizerSpec:
+    """Describe a user's optimizer so that the verifier can rebuild it; refuse what replay can't."""
+    g = opt.param_groups[0]
+    for other in opt.param_groups[1:]:
+        for key in ("momentum", "weight_decay", "betas", "eps", "nesterov"):
+            if other.get(key) != g.get(key):
+                raise ValueError(f"parameter groups differ in {key!r}; pol supports per-group lr only")
+    optim = sys.modules.get("torch.optim")  # loaded: `opt` is a torch optimizer
+    for row in OPTIMIZERS.values():  # the exact torch class, not a subclass (it may change step)
+        if type(opt) is getattr(optim, row.torch_class, None):
+            return row.describe(g)
+    names = ", ".join(r.torch_class for r in OPTIMIZERS.values())
+    raise ValueError(f"optimizer {type(opt).__name__} is not supported ({names})")

@@ -1,0 +1,63 @@
+"""The torch numerics a step runs under, as the spec records them: `with numerics(spec, device):`.
+
+Threads (the CPU's reduction order depends on the thread count), deterministic algorithms (with the
+cuBLAS workspace they need on a GPU) and TF32 change a step's bits without changing its code. The
+trainer, the verifier and its replay workers all enter `numerics` with the proof's spec, so they run
+under the same settings, and leave the process as they found it: every setting changed is restored
+on exit (the environment variable included).
+
+What is set, from the spec:
+- threads: `spec.cpu_threads`, where the proof was made on a CPU and the step runs on one (0: not
+  recorded, left alone);
+- deterministic algorithms: switched on when `spec.deterministic` (never switched off: a caller
+  that wants them on keeps them), with `CUBLAS_WORKSPACE_CONFIG` set when the process has none;
+- TF32: `spec.tf32` ("" — a proof from before the field — leaves torch's settings alone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+import torch
+
+from pol.spec import TrainingSpec, set_tf32
+
+__all__ = ["numerics", "CUBLAS_WORKSPACE"]
+
+CUBLAS_WORKSPACE = ":4096:8"  # what deterministic cuBLAS needs (torch's reproducibility notes)
+_CUBLAS_ENV = "CUBLAS_WORKSPACE_CONFIG"
+
+
+@contextlib.contextmanager
+def numerics(spec: TrainingSpec, device: torch.device | str | None = None) -> Iterator[None]:
+    """Run the body under the numerics `spec` records, on `device` (default: the spec's device);
+    restore every setting changed on exit."""
+    dev = torch.device(device if device is not None else spec.device)
+    threads = spec.cpu_threads if spec.device == "cpu" and dev.type == "cpu" else 0
+    saved_threads = torch.get_num_threads()
+    saved_det = torch.are_deterministic_algorithms_enabled()
+    saved_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    saved_env = os.environ.get(_CUBLAS_ENV)
+    prev_tf32 = set_tf32(spec.tf32)
+    try:
+        if threads and threads != saved_threads:
+            torch.set_num_threads(threads)
+        if spec.deterministic and not saved_det:  # replay as the prover trained: exact on a GPU
+            if saved_env is None:
+                os.environ[_CUBLAS_ENV] = CUBLAS_WORKSPACE
+            torch.use_deterministic_algorithms(True)
+        yield
+    finally:
+        if spec.tf32:
+            set_tf32(prev_tf32)
+        if torch.get_num_threads() != saved_threads:
+            torch.set_num_threads(saved_threads)
+        if (torch.are_deterministic_algorithms_enabled() != saved_det
+                or torch.is_deterministic_algorithms_warn_only_enabled() != saved_warn):
+            torch.use_deterministic_algorithms(saved_det, warn_only=saved_warn)
+        if saved_env is None:
+            os.environ.pop(_CUBLAS_ENV, None)
+        else:
+            os.environ[_CUBLAS_ENV] = saved_env

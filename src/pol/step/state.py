@@ -1,0 +1,103 @@
+"""The replay state (model + optimizer) <-> the flat tensor dict a checkpoint stores.
+
+Names and shapes are checked exactly against the optimizer's table row (`pol.step.optimizers`):
+anything a proof holds beyond them is rejected.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pol.errors import ProofFormatError
+from pol.step.optimizers import MODEL_PREFIX, OPTIM_PREFIX, optimizer_row, storage_dtype_name
+
+__all__ = ["state_tensors", "expected_state_shapes", "load_state", "storage_dtypes"]
+
+
+def state_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """The full replay state as a flat name -> tensor dict (no copies made here)."""
+    out = {MODEL_PREFIX + k: v for k, v in model.state_dict().items()}
+    i = 0
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, val in optimizer.state.get(p, {}).items():
+                if isinstance(val, torch.Tensor):
+                    out[f"{OPTIM_PREFIX}{i}.{key}"] = val
+            i += 1
+    return out
+
+
+def _params(optimizer: torch.optim.Optimizer):
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def expected_state_shapes(model: nn.Module, optimizer: torch.optim.Optimizer,
+                          opt_name: str) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple]]:
+    """(required model entries, optional optimizer entries) with their shapes."""
+    model_shapes = {MODEL_PREFIX + k: tuple(v.shape) for k, v in model.state_dict().items()}
+    opt_shapes: dict[str, tuple] = {}
+    state = optimizer_row(opt_name).state
+    for i, p in enumerate(_params(optimizer)):
+        for key, entry in state.items():
+            opt_shapes[f"{OPTIM_PREFIX}{i}.{key}"] = () if entry.shape == "scalar" else tuple(p.shape)
+    return model_shapes, opt_shapes
+
+
+def storage_dtypes(model: nn.Module, optimizer: torch.optim.Optimizer, opt_name: str,
+                   precision: str) -> dict[str, torch.dtype]:
+    """The dtype every checkpoint entry of this model and optimizer is stored in by a proof of
+    `precision` (what a verifier checks each stored tensor against). Optimizer entries: float32
+    before rounding, as the verifier has always assumed."""
+    out = {MODEL_PREFIX + k: getattr(torch, storage_dtype_name(
+        MODEL_PREFIX + k, str(v.dtype).removeprefix("torch."), precision))
+        for k, v in model.state_dict().items()}
+    state = optimizer_row(opt_name).state
+    for i in range(len(_params(optimizer))):
+        for key, entry in state.items():
+            name = f"{OPTIM_PREFIX}{i}.{key}"
+            out[name] = (torch.float32 if entry.shape == "scalar"
+                         else getattr(torch, storage_dtype_name(name, "float32", precision)))
+    return out
+
+
+def load_state(model: nn.Module, optimizer: torch.optim.Optimizer, opt_name: str,
+               tensors: dict[str, torch.Tensor]) -> None:
+    """Load a checkpoint's tensors after checking names and shapes exactly; optimizer state must be
+    either complete (every parameter, every key) or absent (before the first step)."""
+    model_shapes, opt_shapes = expected_state_shapes(model, optimizer, opt_name)
+    missing = [k for k in model_shapes if k not in tensors]
+    extra = [k for k in tensors if k not in model_shapes and k not in opt_shapes]
+    if missing or extra:
+        raise ProofFormatError(f"checkpoint does not fit the model: missing {missing[:3]}, "
+                               f"unexpected {extra[:3]}")
+    for k, shape in {**model_shapes, **opt_shapes}.items():
+        if k in tensors and tuple(tensors[k].shape) != shape:
+            raise ProofFormatError(f"checkpoint entry {k} has shape {tuple(tensors[k].shape)}, "
+                                   f"model needs {shape}")
+    present = [k for k in opt_shapes if k in tensors]
+    # SGD without momentum keeps no state at all.
+    if present and len(present) != len(opt_shapes):
+        raise ProofFormatError("checkpoint has partial optimizer state")
+    sd = model.state_dict()
+    with torch.no_grad():
+        for k, v in sd.items():
+            src = tensors[MODEL_PREFIX + k]
+            if src.is_floating_point() and not torch.isfinite(src).all():
+                raise ProofFormatError(f"checkpoint entry {MODEL_PREFIX + k} has NaN/Inf values")
+            v.copy_(src.to(v.dtype))
+    optimizer.state.clear()
+    if not present:
+        return
+    row = optimizer_row(opt_name)
+    for i, p in enumerate(_params(optimizer)):
+        st = {}
+        for key in row.state:
+            src = tensors[f"{OPTIM_PREFIX}{i}.{key}"]
+            if not torch.isfinite(src.float()).all():
+                raise ProofFormatError(f"optimizer state {i}.{key} has NaN/Inf values")
+            if key in row.cpu_fp32:
+                st[key] = src.to(torch.float32).clone()  # Adam keeps step on CPU
+            else:
+                st[key] = src.to(device=p.device, dtype=p.dtype).clone()
+        optimizer.state[p] = st
