@@ -23,11 +23,11 @@ import math
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pol.errors import ProofFormatError
 
-__all__ = ["canonical_json", "loads_strict", "atomic_write", "fsync_dir", "sha256_file",
+__all__ = ["canonical_json", "loads_strict", "AtomicFile", "atomic_write", "fsync_dir", "sha256_file",
            "DEFAULT_MAX_JSON_BYTES"]
 
 DEFAULT_MAX_JSON_BYTES = 64 << 20
@@ -74,8 +74,7 @@ def loads_strict(data: bytes | str, name: str, *, max_bytes: int | None = DEFAUL
     keeps the last one silently, so two readers could disagree on one file), no NaN/Infinity, no
     nesting deep enough to exhaust the stack. Any failure raises `error("<name>: <why>")`
     (default `ProofFormatError`, exit 2)."""
-    size = len(data.encode("utf-8")) if isinstance(data, str) else len(data)
-    if max_bytes is not None and size > max_bytes:
+    if max_bytes is not None and len(data) > max_bytes:  # str: characters, at most its bytes
         raise error(f"{name} is larger than the limit of {max_bytes} bytes")
 
     def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -113,37 +112,72 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+class AtomicFile:
+    """A file written under a temporary name and renamed to `path` only when complete, so that a
+    reader (or a crash) sees the old file or the whole new one, never a part. The temporary file
+    is `.NAME.tmp<pid>-<random>` in the same directory (a resumed proof removes `.*.tmp*`).
+
+    Creating it (`AtomicFile(path)`) opens the temporary file (OSError if the directory is not
+    usable); `with` it yields the binary file object; leaving the block normally fsyncs
+    (`durable`), closes and renames; leaving by an exception removes the temporary file.
+    `mode`: the file's permission bits exactly (default: 0o666 less the umask, like `open`).
+    `overwrite=False`: FileExistsError if `path` exists, atomically (a hard link, which fails if
+    `path` appeared meanwhile; check-then-rename on filesystems without hard links). The
+    directory is not fsynced (`fsync_dir`, where the rename itself must survive a power cut)."""
+
+    def __init__(self, path: str | os.PathLike[str], durable: bool = True, *,
+                 mode: int | None = None, overwrite: bool = True) -> None:
+        self.path = Path(path)
+        self.durable = durable
+        self.overwrite = overwrite
+        while True:
+            self.tmp = self.path.with_name(
+                f".{self.path.name}.tmp{os.getpid()}-{secrets.token_hex(4)}")
+            try:
+                fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                             | getattr(os, "O_CLOEXEC", 0), 0o666 if mode is None else mode)
+                break
+            except FileExistsError:
+                continue
+        try:
+            if mode is not None:
+                os.fchmod(fd, mode)  # exactly `mode`, whatever the umask
+            self.file = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            self.tmp.unlink(missing_ok=True)
+            raise
+
+    def __enter__(self) -> BinaryIO:
+        return self.file
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                if self.durable:
+                    self.file.flush()
+                    os.fsync(self.file.fileno())
+                self.file.close()
+                _publish(self.tmp, self.path, self.overwrite)
+                return
+        except BaseException:
+            self._discard()
+            raise
+        self._discard()
+
+    def _discard(self) -> None:
+        try:
+            self.file.close()
+        except OSError:  # the buffered rest cannot be written either (full disk): dropped
+            pass
+        self.tmp.unlink(missing_ok=True)
+
+
 def atomic_write(path: str | os.PathLike[str], data: bytes, durable: bool = True, *,
                  mode: int | None = None, overwrite: bool = True) -> None:
-    """Write `data` to `path` so that a reader (or a crash) sees the old file or the whole new one,
-    never a part: a temporary `.NAME.tmp<pid>-<random>` in the same directory, then a rename.
-
-    `durable`: fsync the file before the rename (the caller fsyncs the directory with `fsync_dir`
-    where the rename itself must survive a power cut). `mode`: the file's permission bits exactly
-    (default: 0o666 less the umask, like `open`). `overwrite=False`: FileExistsError if `path`
-    exists, atomically (a hard link, which fails if `path` appeared meanwhile; check-then-rename
-    on filesystems without hard links). On any failure the temporary file is removed."""
-    path = Path(path)
-    while True:
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{secrets.token_hex(4)}")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
-                         0o666 if mode is None else mode)
-            break
-        except FileExistsError:
-            continue
-    try:
-        if mode is not None:
-            os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        _publish(tmp, path, overwrite)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write `data` to `path` atomically (see `AtomicFile`); `durable`: fsync before the rename."""
+    with AtomicFile(path, durable, mode=mode, overwrite=overwrite) as f:
+        f.write(data)
 
 
 def _publish(tmp: Path, dest: Path, overwrite: bool) -> None:

@@ -1,13 +1,19 @@
-"""Exception hierarchy of :mod:`pol.crypto`.
+"""Exception hierarchy of :mod:`pol.crypto`: a part of the one error tree of :mod:`pol.errors`.
 
-Every error raised on purpose by this package derives from :class:`CryptoError`
-so callers (and the CLI) can catch one type.  Each class carries an
-``exit_code``: 2 means "the input is unusable" (missing/corrupt file, wrong key,
-bad arguments), 1 means "the input was checked and it is *invalid*" (bad
-signature, tampered data).  The CLI maps errors to exit codes with it.
+Every error raised on purpose by this package derives from :class:`CryptoError` (a
+:class:`pol.errors.PolError`), so callers (and the CLI) can catch one type, and each concrete class
+is on exactly one branch of the tree: :class:`pol.errors.UnusableInputError` (``exit_code`` 2: the
+input is unusable: missing/corrupt file, wrong key, bad arguments) or
+:class:`pol.errors.VerificationError` (``exit_code`` 1: the input was checked and it is *invalid*:
+bad signature, tampered data). ``VerificationError`` is the one of :mod:`pol.errors` (re-exported
+here). The family bases :class:`CryptoError`, :class:`SealError` and :class:`LedgerError` hold
+members of both branches, so they are on neither (``exit_code`` 2 if raised directly; this package
+raises only their concrete subclasses).
 """
 
 from __future__ import annotations
+
+from pol.errors import PolError, UnusableInputError, VerificationError
 
 __all__ = [
     "CryptoError",
@@ -33,6 +39,7 @@ __all__ = [
     "DestinationExists",
     # seal
     "SealError",
+    "SealUnreadable",
     "InvalidProofError",
     "NotSealedError",
     "UnsupportedVersion",
@@ -50,24 +57,19 @@ __all__ = [
     "HPKEError",
     # ledger
     "LedgerError",
+    "LedgerUnusable",
     "LedgerInvalid",
 ]
 
 
-class CryptoError(Exception):
-    """Base class of every deliberate error of :mod:`pol.crypto`."""
+class CryptoError(PolError):
+    """Base class of every deliberate error of :mod:`pol.crypto` (on neither branch: see above)."""
 
     exit_code: int = 2
 
 
-class VerificationError(CryptoError):
-    """Mixin-style base: data was readable but failed an integrity/authenticity check."""
-
-    exit_code = 1
-
-
 # --------------------------------------------------------------------- keys
-class KeyFileError(CryptoError):
+class KeyFileError(CryptoError, UnusableInputError):
     """A key file cannot be used (the brief's ``KeyError``; renamed so it does not shadow the builtin)."""
 
 
@@ -100,7 +102,7 @@ class PassphraseRequired(PassphraseError):
 
 
 # ------------------------------------------------------------------ archive
-class ArchiveError(CryptoError):
+class ArchiveError(CryptoError, UnusableInputError):
     """Packing or unpacking a proof archive failed."""
 
 
@@ -138,30 +140,34 @@ class DestinationExists(DestinationError):
 
 # --------------------------------------------------------------------- seal
 class SealError(CryptoError):
-    """Sealing or opening a sealed proof failed."""
+    """Sealing or opening a sealed proof failed (family base: see the subclasses)."""
 
 
-class InvalidProofError(SealError):
+class SealUnreadable(SealError, UnusableInputError):
+    """The sealed file cannot be read (missing, a directory, no permission)."""
+
+
+class InvalidProofError(SealError, UnusableInputError):
     """The directory to seal is not a usable proof (no manifest/root digest)."""
 
 
-class NotSealedError(SealError):
+class NotSealedError(SealError, UnusableInputError):
     """The file does not start with the sealed-proof magic."""
 
 
-class UnsupportedVersion(SealError):
+class UnsupportedVersion(SealError, UnusableInputError):
     """The sealed file uses a format version this code does not know."""
 
 
-class MalformedSeal(SealError):
+class MalformedSeal(SealError, UnusableInputError):
     """The sealed file's header cannot be parsed or is not canonical."""
 
 
-class TruncatedSeal(SealError):
+class TruncatedSeal(SealError, UnusableInputError):
     """The sealed file ends early (missing chunks or a cut header)."""
 
 
-class WrongRecipient(SealError):
+class WrongRecipient(SealError, UnusableInputError):
     """The sealed file is encrypted to another key than the one given."""
 
 
@@ -194,7 +200,7 @@ class RootDigestMismatch(SealError, VerificationError):
 
 
 # --------------------------------------------------------------------- hpke
-class HPKEError(CryptoError):
+class HPKEError(CryptoError, UnusableInputError):
     """HPKE encapsulation/decryption failed (wrong key, bad ``enc``, or modified ciphertext)."""
 
 
@@ -213,6 +219,10 @@ class RevokedSeal(SealError, VerificationError):
 
 # ------------------------------------------------------------------- ledger
 class LedgerError(CryptoError):
+    """A ledger problem (family base: :class:`LedgerUnusable` or :class:`LedgerInvalid`)."""
+
+
+class LedgerUnusable(LedgerError, UnusableInputError):
     """The ledger file cannot be used (missing, not a ledger, bad arguments)."""
 
 

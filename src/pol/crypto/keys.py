@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -18,7 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from ._fsutil import publish
+from pol.util import atomic_write
+
 from .errors import (
     BadKeyFile,
     KeyFileExists,
@@ -138,21 +138,10 @@ def _public_pem(key: PublicKey) -> bytes:
 
 
 def _write_atomic(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            publish(tmp, path, overwrite)
-        except FileExistsError as exc:
-            raise KeyFileExists(f"refusing to overwrite existing key file: {path}") from exc
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        atomic_write(path, data, durable=True, mode=mode, overwrite=overwrite)
+    except FileExistsError as exc:
+        raise KeyFileExists(f"refusing to overwrite existing key file: {path}") from exc
 
 
 def _read_key_file(path: PathLike) -> bytes:

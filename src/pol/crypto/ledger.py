@@ -38,8 +38,10 @@ from typing import Any, Iterable, Iterator, Protocol, Union, runtime_checkable
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ._canon import HEX64, canonical_json, parse_json_strict, parse_utc_timestamp, utc_timestamp
-from .errors import LedgerError, LedgerInvalid
+from pol.util import canonical_json, loads_strict
+
+from ._canon import HEX64, parse_utc_timestamp, utc_timestamp
+from .errors import LedgerInvalid, LedgerUnusable
 from .keys import key_id, raw_public_bytes
 
 __all__ = [
@@ -155,7 +157,7 @@ class Entry:
         """The parsed payload; ValueError if the stored text is not JSON (a damaged ledger)."""
         if not isinstance(self.payload_json, str):
             raise ValueError(f"payload is stored as {type(self.payload_json).__name__}, not text")
-        return parse_json_strict(self.payload_json.encode("utf-8"))
+        return loads_strict(self.payload_json.encode("utf-8"), "ledger payload", max_bytes=None, error=ValueError)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (payload parsed, token hex)."""
@@ -241,21 +243,21 @@ class Ledger:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError("synchronous must be FULL, NORMAL or EXTRA")
         if not create and not self.path.is_file():
-            raise LedgerError(f"ledger not found: {self.path}")
+            raise LedgerUnusable(f"ledger not found: {self.path}")
         try:
             self._conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
         except sqlite3.Error as exc:
-            raise LedgerError(f"cannot open ledger {self.path}: {exc}") from exc
+            raise LedgerUnusable(f"cannot open ledger {self.path}: {exc}") from exc
         try:
             self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
             # never convert or extend somebody else's database: look before touching anything
             if self._tables():
                 self._check_format()
             elif not create:
-                raise LedgerError(f"{self.path} is not a pol ledger (empty database)")
+                raise LedgerUnusable(f"{self.path} is not a pol ledger (empty database)")
             mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":  # pragma: no cover - e.g. read-only media
-                raise LedgerError(f"cannot switch {self.path} to WAL mode (got {mode})")
+                raise LedgerUnusable(f"cannot switch {self.path} to WAL mode (got {mode})")
             self._conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
             if create:
                 with self._write_txn():
@@ -270,7 +272,7 @@ class Ledger:
             self._check_format()
         except sqlite3.DatabaseError as exc:
             self._conn.close()
-            raise LedgerError(f"{self.path} is not a usable ledger database: {exc}") from exc
+            raise LedgerUnusable(f"{self.path} is not a usable ledger database: {exc}") from exc
         except BaseException:
             self._conn.close()
             raise
@@ -283,11 +285,11 @@ class Ledger:
         try:
             rows = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.OperationalError as exc:
-            raise LedgerError(f"{self.path} is not a pol ledger (no meta table)") from exc
+            raise LedgerUnusable(f"{self.path} is not a pol ledger (no meta table)") from exc
         if rows.get("format") != FORMAT_NAME:
-            raise LedgerError(f"{self.path} is not a pol ledger")
+            raise LedgerUnusable(f"{self.path} is not a pol ledger")
         if rows.get("version") != FORMAT_VERSION:
-            raise LedgerError(f"unsupported ledger version {rows.get('version')!r}")
+            raise LedgerUnusable(f"unsupported ledger version {rows.get('version')!r}")
         # a pol ledger whose entries table is gone or lacks columns lost its entries: tampering or
         # damage, reported as an invalid ledger (exit 1), never as a database error
         have = {r[1] for r in self._conn.execute("PRAGMA table_info(entries)").fetchall()}
@@ -331,15 +333,15 @@ class Ledger:
     def append(self, kind: str, payload: dict[str, Any], signing_key: Ed25519PrivateKey) -> Entry:
         """Append one signed entry; safe against concurrent appenders in other processes."""
         if not isinstance(kind, str) or KIND_PATTERN.fullmatch(kind) is None:
-            raise LedgerError(f"invalid entry kind {kind!r} (lowercase [a-z0-9_.-], max 64)")
+            raise LedgerUnusable(f"invalid entry kind {kind!r} (lowercase [a-z0-9_.-], max 64)")
         if not isinstance(payload, dict):
-            raise LedgerError("payload must be a dict")
+            raise LedgerUnusable("payload must be a dict")
         if not isinstance(signing_key, Ed25519PrivateKey):
             raise TypeError("signing_key must be an Ed25519PrivateKey")
         try:
             payload_json = canonical_json(payload).decode("utf-8")
         except ValueError as exc:
-            raise LedgerError(f"payload is not canonical-JSON serialisable: {exc}") from exc
+            raise LedgerUnusable(f"payload is not canonical-JSON serialisable: {exc}") from exc
         pub = signing_key.public_key()
         pub_hex = raw_public_bytes(pub).hex()
         kid = key_id(pub)
@@ -539,7 +541,8 @@ class Ledger:
         if recomputed != h:
             out.append(LedgerProblem(seq, "hash_mismatch", "entry content does not match its entry_hash (modified)"))
         try:
-            canonical_ok = canonical_json(parse_json_strict(payload.encode("utf-8"))).decode("utf-8") == payload
+            parsed = loads_strict(payload.encode("utf-8"), "ledger payload", max_bytes=None, error=ValueError)
+            canonical_ok = canonical_json(parsed).decode("utf-8") == payload
         except (ValueError, UnicodeError):
             canonical_ok = False
         if not canonical_ok:

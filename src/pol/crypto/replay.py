@@ -21,7 +21,6 @@ supersede or revoke a prover's proof.  Failures are :class:`ReplayedSeal` /
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -31,8 +30,10 @@ from typing import Any, Union
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from pol.util import sha256_file
+
 from ._canon import HEX64
-from .errors import LedgerError, LedgerInvalid, ReplayedSeal, RevokedSeal, SealError
+from .errors import LedgerInvalid, LedgerUnusable, ReplayedSeal, RevokedSeal, SealUnreadable
 from .keys import key_id, load_encryption_key, load_verify_key, raw_public_bytes
 from .ledger import Entry, Ledger
 from .seal import OpenedProof, open_sealed
@@ -53,14 +54,10 @@ class CheckedProof(OpenedProof):
 
 
 def sealed_file_sha256(path: PathLike) -> str:
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
+        return sha256_file(path)[0]
     except OSError as exc:
-        raise SealError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    return h.hexdigest()
+        raise SealUnreadable(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
 def _payload(e: Entry) -> dict[str, Any]:
@@ -73,7 +70,7 @@ def _payload(e: Entry) -> dict[str, Any]:
 
 def _open_ledger(ledger: PathLike) -> Ledger:
     if not Path(ledger).is_file():
-        raise LedgerError(f"ledger not found: {ledger}")
+        raise LedgerUnusable(f"ledger not found: {ledger}")
     return Ledger(ledger, create=False)
 
 
@@ -151,7 +148,7 @@ def open_checked(
     if expected_signer is not None and not isinstance(expected_signer, Ed25519PublicKey):
         expected_signer = load_verify_key(expected_signer)
     if ledger is not None and not Path(ledger).is_file():
-        raise LedgerError(f"ledger not found: {ledger}")
+        raise LedgerUnusable(f"ledger not found: {ledger}")
     sha = sealed_file_sha256(path) if ledger is not None else ""
     opened = open_sealed(path, key, dest, expected_signer, **open_kwargs)
     publication = None
@@ -173,7 +170,7 @@ def revoke(ledger: PathLike, root_digest: str, signing_key: Any, reason: str | N
     """Append a signed "revoke" entry for ``root_digest``: the signer's sealed publications of it
     (up to now) are no longer accepted by :func:`open_checked`."""
     if not isinstance(root_digest, str) or HEX64.fullmatch(root_digest) is None:
-        raise LedgerError(f"--root-digest {root_digest!r} is not 64 lowercase hex characters")
+        raise LedgerUnusable(f"--root-digest {root_digest!r} is not 64 lowercase hex characters")
     pub_hex = raw_public_bytes(signing_key.public_key()).hex()
     with _open_ledger(ledger) as led:
         published = any(
@@ -181,7 +178,7 @@ def revoke(ledger: PathLike, root_digest: str, signing_key: Any, reason: str | N
             for e in led.entries(PUBLICATION_KIND)
         )
         if not published:
-            raise LedgerError(
+            raise LedgerUnusable(
                 f"key {key_id(signing_key.public_key())} has published no proof with root digest "
                 f"{root_digest[:16]}… on {ledger}: nothing to revoke"
             )

@@ -34,7 +34,6 @@ import hmac
 import os
 import secrets
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -49,8 +48,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from . import archive as _archive
 from . import hpke as _hpke
-from ._fsutil import publish
-from ._canon import HEX32, HEX64, canonical_json, parse_json_strict, parse_utc_timestamp, utc_timestamp
+from pol.util import AtomicFile, canonical_json, loads_strict
+
+from ._canon import HEX32, HEX64, parse_utc_timestamp, utc_timestamp
 from .errors import (
     ArchiveError,
     BadSignature,
@@ -62,7 +62,7 @@ from .errors import (
     NotSealedError,
     RootDigestMismatch,
     SealedContentError,
-    SealError,
+    SealUnreadable,
     SignerMismatch,
     TamperedCiphertext,
     TruncatedSeal,
@@ -247,10 +247,7 @@ def manifest_root_digest(proof_dir: PathLike) -> str:
         raise InvalidProofError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if len(data) > MAX_MANIFEST_BYTES:
         raise InvalidProofError(f"{path} is too large")
-    try:
-        obj = parse_json_strict(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidProofError(f"{path} is not valid JSON: {exc}") from exc
+    obj = loads_strict(data, str(path), max_bytes=None, error=InvalidProofError)
     digest = obj.get("root_digest") if isinstance(obj, dict) else None
     if not isinstance(digest, str) or HEX64.fullmatch(digest) is None:
         raise InvalidProofError(f"{path} has no valid root_digest (64 lowercase hex chars)")
@@ -452,27 +449,18 @@ def seal(
     aead, nonce_base = _stream_keys(data_key, signed_prefix)
 
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
+        partial = AtomicFile(out, durable=True, mode=0o644, overwrite=overwrite)
     except OSError as exc:
         raise DestinationError(f"cannot create {out}: {exc.strerror or exc}") from exc
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with partial as fh:
             sink = _HashingWriter(fh)
             sink.write(signed_prefix + signature)
             writer = _EncryptingWriter(sink, aead, nonce_base, chunk_size)
             stats = _archive.pack(proof_dir, writer)
             writer.close()
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        try:
-            publish(tmp, out, overwrite)
-        except FileExistsError as exc:
-            raise DestinationExists(f"output file already exists: {out}") from exc
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    except FileExistsError as exc:
+        raise DestinationExists(f"output file already exists: {out}") from exc
     return SealResult(
         path=out,
         root_digest=manifest_digest,
@@ -520,8 +508,8 @@ def _parse_prefix(fh: BinaryIO) -> _Parsed:
         raise MalformedSeal(f"header length {header_len} out of range")
     header_bytes = _read_exact(fh, header_len, "header")
     try:
-        obj = parse_json_strict(header_bytes)
-    except (ValueError, UnicodeDecodeError) as exc:
+        obj = loads_strict(header_bytes, "sealed header", max_bytes=None, error=ValueError)
+    except ValueError as exc:
         raise MalformedSeal("sealed header is not valid JSON") from exc
     try:
         canonical = canonical_json(obj) == header_bytes
@@ -542,7 +530,7 @@ def read_header(path: PathLike) -> SealHeader:
         with open(path, "rb") as fh:
             return _parse_prefix(fh).header
     except OSError as exc:
-        raise SealError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        raise SealUnreadable(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
 def is_sealed(path: PathLike) -> bool:
@@ -582,7 +570,7 @@ def open_sealed(
     try:
         fh = open(path, "rb")
     except OSError as exc:
-        raise SealError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        raise SealUnreadable(f"cannot read {path}: {exc.strerror or exc}") from exc
     with fh:
         parsed = _parse_prefix(fh)
         header = parsed.header
