@@ -670,7 +670,7 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions, pools: list) -> Repo
                 state_bad.append((a, b, "the step counters differ"))
             elif exact_mode and not exact and out.state_error > 0:
                 state_bad.append((a, b, "not bitwise equal in exact mode"))
-            elif not exact_mode and srel > o.relative_error_max:
+            elif not exact_mode and srel > BOUNDS.state_relative_max:
                 state_bad.append((a, b, f"{srel:.2f}× its own change"))
             if state_bad and state_bad[-1][:2] == (a, b):
                 passed = False

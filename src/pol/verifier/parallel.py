@@ -115,14 +115,15 @@ def replay_segment(ctx, proof, data, leaves: np.ndarray, names: list[str], a: in
             proof.lrs[t].tolist()
         try:
             if hardened and t == a:  # data dependence: the same step with the gradient flipped
-                flipped = _flipped_step(ctx, x, y, lrs, t, names)
+                w_a = _flat_params(ctx)
+                flipped = _flipped_step(ctx, x, y, lrs, t)
                 load_state(ctx.model, ctx.optimizer, spec.optimizer.name, start)
             loss = update(ctx, x, y, lrs, t)
         except (RuntimeError, ValueError, IndexError, TypeError) as e:
             raise ProofFormatError(f"the proof's spec does not run on its data (step {t}): "
                                    f"{str(e).splitlines()[0][:200]}") from None
         if flipped is not None and t == a:
-            flip = _flip_ratio(ctx, flipped, start, names)
+            flip = _flip_ratio(_flat_params(ctx), flipped, w_a)
         if hardened:  # a recorded loss that is NaN or infinite matches nothing
             rec_loss, my_loss = float(proof.losses[t]), float(loss)
             if not (abs(rec_loss - my_loss) <= 5e-2 * max(abs(my_loss), 1e-6)):
@@ -159,25 +160,25 @@ def replay_segment(ctx, proof, data, leaves: np.ndarray, names: list[str], a: in
                           bool(steps_ok), flip if flipped is not None else float("nan"))
 
 
-def _flipped_step(ctx, x: torch.Tensor, y: torch.Tensor, lrs, t: int,
-                  names: list[str]) -> torch.Tensor:
-    """The parameters after step t run with the loss negated (every gradient's sign flipped), as
-    one float64 vector. Same randomness (dropout, augmentation) as the real step."""
+def _flat_params(ctx) -> torch.Tensor:
+    """The model's parameters as one float64 vector, on the model's device (no host sync)."""
+    return torch.cat([p.detach().reshape(-1).double() for p in ctx.model.parameters()])
+
+
+def _flipped_step(ctx, x: torch.Tensor, y: torch.Tensor, lrs, t: int) -> torch.Tensor:
+    """The parameters after step t run with the loss negated (every gradient's sign flipped).
+    Same randomness (dropout, augmentation) as the real step."""
     import dataclasses
     f = ctx.loss_fn
     update(dataclasses.replace(ctx, loss_fn=lambda out, yy: -f(out, yy)), x, y, lrs, t)
-    return torch.cat([p.detach().to("cpu", torch.float64).reshape(-1)
-                      for p in ctx.model.parameters()])
+    return _flat_params(ctx)
 
 
-def _flip_ratio(ctx, flipped: torch.Tensor, start: dict[str, torch.Tensor],
-                names: list[str]) -> float:
+def _flip_ratio(real: torch.Tensor, flipped: torch.Tensor, w_a: torch.Tensor) -> float:
     """‖W(g) − W(−g)‖ ÷ ‖W(g) − W_a‖ after one step (0 when the gradient changed nothing)."""
-    real = torch.cat([p.detach().to("cpu", torch.float64).reshape(-1)
-                      for p in ctx.model.parameters()])
-    w_a = torch.cat([start[n].detach().to("cpu", torch.float64).reshape(-1) for n in names])
-    diff = float(torch.linalg.vector_norm(real - flipped))
-    step = float(torch.linalg.vector_norm(real - w_a))
+    norms = torch.stack([torch.linalg.vector_norm(real - flipped),
+                         torch.linalg.vector_norm(real - w_a)]).tolist()  # one sync
+    diff, step = norms
     if diff == 0.0:
         return 0.0
     return diff / step if step > 0 else float("inf")
