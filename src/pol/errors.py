@@ -43,6 +43,14 @@ class PolError(Exception):
 
     exit_code: int = EXIT_UNUSABLE
 
+    def within(self, where: str) -> PolError:
+        """This same error (same class, same exit code), its message prefixed by where the input
+        came from: `raise e.within("--ledger x.db") from None` names the option that gave the
+        input without converting the error into another class."""
+        message = str(self)
+        self.args = (f"{where}: {message}" if message else where,)
+        return self
+
 
 # ------------------------------------------------------------------ unusable input (exit 2)
 class UnusableInputError(PolError):

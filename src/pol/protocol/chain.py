@@ -97,7 +97,7 @@ def registry_lookup(path: str, digest: str) -> tuple[Any, str]:
             found = [e for e in led.find("verdict", root_digest=digest)
                      if e.payload.get("verdict") == "valid"]
     except CryptoError as e:
-        raise ConfigError(f"--registry {path}: {e}") from None
+        raise e.within(f"--registry {path}") from None
     return (found[0] if found else None), ""
 
 
@@ -215,6 +215,7 @@ def record_verdict(db: str, key_path: str, report, proof_path: str,
     """Append a "verdict" entry for a valid report (what makes a ledger a registry).
     `passphrase_env`: environment variable holding the key file's passphrase."""
     from pol.crypto import CryptoError, Ledger, load_signing_key
+    from pol.crypto.keys import passphrase_from_env
     from pol.proof.reader import open_proof
     if not report.valid:
         raise ConfigError("only a valid proof is recorded")
@@ -227,9 +228,8 @@ def record_verdict(db: str, key_path: str, report, proof_path: str,
                "final_model_sha256": model_digest(final_model(proof)),
                "policy": report.policy}
     try:
-        from pol.crypto.keys import passphrase_from_env
         key = load_signing_key(key_path, passphrase_from_env(passphrase_env))
         with Ledger(db) as led:
             return led.append("verdict", payload, key)
     except CryptoError as e:
-        raise ConfigError(f"cannot record the verdict: {e}") from None
+        raise e.within("cannot record the verdict") from None

@@ -24,11 +24,13 @@ from typing import Any
 
 from pol.errors import ConfigError
 from pol.protocol import COMMITMENT_FILE
+from pol.util import atomic_write, canonical_json, loads_strict
 
 
 def spec_digest(spec) -> str:
-    from pol.proof.format import canonical_json
-    return hashlib.sha256(canonical_json(spec.to_dict())).hexdigest()
+    """SHA-256 of the spec's canonical JSON, in the ASCII-escaped byte form of the manifest's root
+    digest (the form every existing commitment was made with)."""
+    return hashlib.sha256(canonical_json(spec.to_dict(), ascii_only=True)).hexdigest()
 
 
 def seed_commitment(seed: int, salt_hex: str) -> str:
@@ -36,24 +38,26 @@ def seed_commitment(seed: int, salt_hex: str) -> str:
 
 
 def _open_ledger(db: str, create: bool):
+    """The ledger `db`; a LedgerError (exit 2) says `--ledger DB: why` if it is not usable."""
     from pol.crypto import CryptoError, Ledger
     if not create and not Path(db).is_file():
         raise ConfigError(f"--ledger {db}: no such file")
     try:
         return Ledger(db, create=create)
     except CryptoError as e:
-        raise ConfigError(f"--ledger {db}: {e}") from None
+        raise e.within(f"--ledger {db}") from None
 
 
 def load_key(path: str, passphrase_env: str | None = None):
     """The Ed25519 signing key at `path`, decrypted with the passphrase held by the environment
-    variable `passphrase_env` (`--passphrase-env VAR`; never from the command line)."""
+    variable `passphrase_env` (`--passphrase-env VAR`; never from the command line). A key that
+    cannot be used raises pol.crypto's KeyFileError (exit 2), which names the file."""
     from pol.crypto import CryptoError
     from pol.crypto.keys import load_signing_key_env
     try:
         return load_signing_key_env(path, passphrase_env)
     except CryptoError as e:
-        raise ConfigError(f"--sign-with: {e}") from None
+        raise e.within("--sign-with") from None
 
 
 def commit(db: str, key, spec) -> dict[str, Any]:
@@ -62,11 +66,11 @@ def commit(db: str, key, spec) -> dict[str, Any]:
     salt = secrets.token_hex(32)
     payload = {"spec_digest": spec_digest(spec), "seed_commitment": seed_commitment(spec.seed, salt),
                "data_root": spec.data.root, "prover": key_id(key.public_key())}
-    try:
-        with _open_ledger(db, True) as led:
+    with _open_ledger(db, True) as led:
+        try:
             e = led.append("commitment", payload, key)
-    except CryptoError as e:
-        raise ConfigError(f"--ledger {db}: {e}") from None
+        except CryptoError as err:
+            raise err.within(f"--ledger {db}") from None
     return {"format": "pol-commitment/1", "ledger_seq": e.seq, "entry_hash": e.entry_hash,
             "timestamp": e.timestamp, "seed": spec.seed, "salt": salt, **payload}
 
@@ -74,14 +78,15 @@ def commit(db: str, key, spec) -> dict[str, Any]:
 def publish(db: str, key, root_digest: str, side: dict, proof_dir: str | Path) -> Any:
     """Append the "proof" entry and write the sidecar into the proof directory."""
     from pol.crypto import CryptoError
-    try:
-        with _open_ledger(db, True) as led:
+    with _open_ledger(db, True) as led:
+        try:
             e = led.append("proof", {"root_digest": root_digest,
                                      "commitment_seq": side["ledger_seq"]}, key)
-    except CryptoError as e:
-        raise ConfigError(f"--ledger {db}: {e}") from None
+        except CryptoError as err:
+            raise err.within(f"--ledger {db}") from None
     side = dict(side, proof_seq=e.seq, root_digest=root_digest)
-    (Path(proof_dir) / COMMITMENT_FILE).write_text(json.dumps(side, indent=1, sort_keys=True))
+    atomic_write(Path(proof_dir) / COMMITMENT_FILE,
+                 json.dumps(side, indent=1, sort_keys=True).encode())
     return e
 
 
@@ -90,7 +95,7 @@ def read_sidecar(proof_dir: str | Path) -> dict | None:
     if not p.is_file():
         return None
     try:
-        d = json.loads(p.read_text())
+        d = loads_strict(p.read_bytes(), COMMITMENT_FILE, error=ValueError)
     except (OSError, ValueError):
         return None
     return d if isinstance(d, dict) else None
@@ -186,8 +191,6 @@ _SIDECAR_KEYS = {"format", "ledger_seq", "entry_hash", "timestamp", "seed", "sal
 def write_commitment_file(path: str | Path, side: dict, overwrite: bool = False) -> Path:
     """Write the salt/commitment sidecar to `path`, mode 0600 (it holds the secret salt),
     atomically; an existing file is kept unless `overwrite`."""
-    import os
-    import tempfile
     p = Path(path)
     if p.exists() and not overwrite:
         raise ConfigError(f"--out {p} exists (pass --force to overwrite)")
@@ -196,18 +199,11 @@ def write_commitment_file(path: str | Path, side: dict, overwrite: bool = False)
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise ConfigError(f"--out {p}: directory {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=parent)
     try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(side, indent=1, sort_keys=True))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        atomic_write(p, json.dumps(side, indent=1, sort_keys=True).encode(), mode=0o600,
+                     overwrite=overwrite)
+    except FileExistsError:  # appeared since the check above
+        raise ConfigError(f"--out {p} exists (pass --force to overwrite)") from None
     return p
 
 
@@ -217,8 +213,8 @@ def read_commitment_file(path: str | Path) -> dict:
     if not p.is_file():
         raise ConfigError(f"--commitment {p}: no such file")
     try:
-        d = json.loads(p.read_text())
-    except (OSError, ValueError, UnicodeError) as e:
+        d = loads_strict(p.read_bytes(), str(p), error=ValueError)
+    except (OSError, ValueError) as e:
         raise ConfigError(f"--commitment {p}: not a commitment file ({e})") from None
     if not isinstance(d, dict) or d.get("format") != SIDECAR_FORMAT or not _SIDECAR_KEYS <= set(d):
         raise ConfigError(f"--commitment {p}: not a pol commitment file (format {SIDECAR_FORMAT})")

@@ -23,6 +23,7 @@ import numpy as np
 
 from pol.errors import ConfigError, ProofFormatError
 from pol.proof.hashing import _parent, sample_leaves
+from pol.util import atomic_write, loads_strict
 
 REQUEST_FORMAT = "pol-data-request/1"
 REVEAL_FORMAT = "pol-reveal/1"
@@ -51,13 +52,13 @@ def write_request(path: str, proof, chosen, idx: np.ndarray, q: int,
                                            for i, _ in chosen],
            "indices": [int(i) for i in idx], "fraction": len(idx) / n,
            "q": q, "eq4_fraction": eq4_fraction(q, m.k, m.steps_per_epoch, m.epochs)}
-    Path(path).write_text(json.dumps(req))
+    atomic_write(Path(path), json.dumps(req).encode())
     return req
 
 
 def read_request(path: str) -> dict:
     try:
-        req = json.loads(Path(path).read_text())
+        req = loads_strict(Path(path).read_bytes(), str(path), error=ValueError)
     except FileNotFoundError:
         raise ConfigError(f"--request {path}: no such file") from None
     except (OSError, ValueError) as e:
