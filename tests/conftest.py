@@ -224,7 +224,7 @@ def user_proof(proofs_dir) -> UserProof:
     out = proofs_dir / "user-loop"
     rec = Recorder(out, model=model, optimizer=opt, data=(x, y),
                    model_spec=ModelSpec("mlp", dict(USER_MODEL_KWARGS)), batch_size=32,
-                   epochs=EPOCHS, k=3, seed=7)
+                   epochs=EPOCHS, k=3, seed=7, init="from-seed")
     order_rng = np.random.default_rng(123)  # the user's own shuffling, not pol's
     for _epoch in range(rec.epochs):
         order = order_rng.permutation(len(x))

@@ -345,7 +345,8 @@ def v2_proof(tmp_path_factory) -> Path:
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     out = tmp_path_factory.mktemp("budget") / "v2"
     rec = Recorder(out, model=model, optimizer=opt, data=(x, y), model_spec=ModelSpec("mlp", ARCH),
-                   batch_size=16, epochs=2, k=2, seed=3, compress=True, keyframe_interval=2)
+                   batch_size=16, epochs=2, k=2, seed=3, compress=True, keyframe_interval=2,
+                   init="from-seed")
     record_until(rec, model, opt, x, y)
     np.savez(out.parent / "data.npz", x=x, y=y)
     return out

@@ -43,7 +43,8 @@ def run(out, *, compress=True, precision="fp32", optim="sgd", stop_after=None, r
            else torch.optim.Adam(model.parameters(), lr=0.01))
     rec = Recorder(out, model=model, optimizer=opt, data=(x, y), model_spec=ModelSpec("mlp", ARCH),
                    batch_size=16, epochs=4, k=k, seed=3, precision=precision, resume=resume,
-                   compress=compress, keyframe_interval=keyframe_interval)
+                   compress=compress, keyframe_interval=keyframe_interval,
+                   init="from-seed")
     return record_until(rec, model, opt, x, y, stop_after)
 
 

@@ -24,7 +24,7 @@ def _recorder(out, model=None, opt=None, data=None, **kw) -> Recorder:
     opt = opt or torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     data = data if data is not None else make_user_data()
     args = dict(model_spec=ModelSpec("mlp", dict(USER_MODEL_KWARGS)), batch_size=32,
-                epochs=EPOCHS, k=3, seed=7)
+                epochs=EPOCHS, k=3, seed=7, init="from-seed")
     args.update(kw)
     return Recorder(out, model=model, optimizer=opt, data=data, **args)
 
@@ -155,7 +155,7 @@ def fit_proof(proofs_dir):
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     res = fit(proofs_dir / "fit", model=model, optimizer=opt, data=(x, y),
               model_spec=ModelSpec("mlp", dict(USER_MODEL_KWARGS)), batch_size=16,
-              epochs=EPOCHS, k=4, seed=3, schedule=ScheduleSpec(name="cosine"))
+              epochs=EPOCHS, k=4, seed=3, schedule=ScheduleSpec(name="cosine"), init="from-seed")
     return res, save_npz(proofs_dir / "fit-data.npz", x, y), (x, y)
 
 
@@ -306,7 +306,7 @@ def test_seed_order_is_declared_by_fit_and_held_by_the_recorder(tmp_path):
     model = user_model()
     fit(tmp_path / "f", model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
         data=(x, y), model_spec=ModelSpec("mlp", dict(USER_MODEL_KWARGS)), batch_size=16,
-        epochs=1, k=2)
+        epochs=1, k=2, init="from-seed")
     assert json.loads((tmp_path / "f" / fmt.MANIFEST).read_text())["spec"]["data"]["order"] \
         == "seed"
     assert verify(tmp_path / "f", data=str(save_npz(tmp_path / "d.npz", x, y))).valid

@@ -66,7 +66,7 @@ def test_fp16_live_state_is_the_stored_state(tmp_path):
     net = mlp(**arch)
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     rec = Recorder(tmp_path / "p", model=net, optimizer=opt, data=(x, y), model_spec=model,
-                   batch_size=16, epochs=1, k=3, seed=2, precision="fp16")
+                   batch_size=16, epochs=1, k=3, seed=2, precision="fp16", init="from-seed")
     record_until(rec, net, opt, x, y)
     stored = open_proof(tmp_path / "p").load_checkpoint(3)
     live = state_tensors(net, opt)
@@ -83,7 +83,8 @@ def _adam_run(out, precision, stop_after=None, resume=False):
     net = mlp(**arch)
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     rec = Recorder(out, model=net, optimizer=opt, data=(x, y), model_spec=ModelSpec("mlp", arch),
-                   batch_size=16, epochs=2, k=4, seed=3, precision=precision, resume=resume)
+                   batch_size=16, epochs=2, k=4, seed=3, precision=precision, resume=resume,
+                   init="from-seed")
     return record_until(rec, net, opt, x, y, stop_after)
 
 

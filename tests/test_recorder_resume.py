@@ -24,7 +24,7 @@ def run(out, stop_after=None, resume=False):
     model = mlp(**ARCH)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     rec = Recorder(out, model=model, optimizer=opt, data=(x, y), model_spec=ModelSpec("mlp", ARCH),
-                   batch_size=16, epochs=2, k=4, seed=3, resume=resume)
+                   batch_size=16, epochs=2, k=4, seed=3, resume=resume, init="from-seed")
     return record_until(rec, model, opt, x, y, stop_after)
 
 

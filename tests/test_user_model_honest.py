@@ -73,7 +73,7 @@ def user_proof(tmp_path_factory):
         net = build_model(spec, [name])
         opt = torch.optim.Adam(net.parameters(), lr=1e-2)
         rec = Recorder(d / "proof", model=net, optimizer=opt, data=(x, y), model_spec=spec,
-                       batch_size=16, epochs=2, k=2, seed=5)
+                       batch_size=16, epochs=2, k=2, seed=5, init="from-seed")
         record_until(rec, net, opt, x, y)
     finally:
         os.chdir(cwd)

@@ -3,7 +3,8 @@
 Low level, for loops you write yourself::
 
     rec = Recorder("proof/", model=model, optimizer=opt, data=(X, Y),
-                   model_spec=ModelSpec("mlp", {...}), batch_size=32, epochs=3, k=10)
+                   model_spec=ModelSpec("mlp", {...}), batch_size=32, epochs=3, k=10,
+                   init="from-seed")                  # pol draws W_0 from the seed
     for epoch in range(rec.epochs):
         for idx in rec.epoch_batches(epoch):          # or your own index order
             x, y = torch.from_numpy(X[idx]), torch.from_numpy(Y[idx])
@@ -17,6 +18,14 @@ the spec's loss, backward, optimizer step with the recorded lr. A loop that does
 step (gradient clipping, accumulation, AMP) will not replay; declare what you do in the spec.
 
 High level: `fit(...)` runs that loop for you.
+
+W_0: the Recorder never changes the caller's weights. It records a model that holds exactly the
+spec's seeded init (`pol.step.draw_init`: what pol's trainer and `build_context` draw, and what the
+hardened verifier regenerates bitwise); anything else is refused with the ways to record it:
+`init="from-seed"` (pol draws W_0 before training: asked for, so the weights may change),
+`init="external"` (the given weights as they are: the manifest's init says `"external": true`, and
+the verifier checks them statistically only), or a warm start from a parent proof
+(`init={"kind": "parent", "root_digest": ...}`).
 """
 
 from __future__ import annotations
@@ -42,8 +51,13 @@ from pol.spec import (DataSpec, ModelSpec, ScheduleSpec, TrainingSpec, current_c
                       current_tf32)
 from pol.step import (derive_seed, epoch_order, optimizer_spec_of, seed_step,  # noqa: F401
                       state_tensors)
+from pol.step.init import draw_init, seeded_init_mismatch
+from pol.step.optimizers import optimizer_row
+from pol.step.state import storage_dtype
 
 log = logging.getLogger(__name__)
+
+INIT_CHOICES = ("from-seed", "external")  # besides None (the seeded init) and a parent dict
 
 
 def _as_dataset(data: Any) -> ArrayDataset:
@@ -71,8 +85,8 @@ class Recorder:
                  precision: str = "fp32", schedule: ScheduleSpec | None = None,
                  data_name: str = "user", data_params: dict | None = None,
                  spec: TrainingSpec | None = None, overwrite: bool = False,
-                 durable: bool = True, init: dict | None = None,
-                 resume: bool = False, init_from_seed: bool = True,
+                 durable: bool = True, init: str | dict | None = None,
+                 resume: bool = False, init_from_seed: bool | None = None,
                  compress: bool = False, keyframe_interval: int | None = None,
                  continue_from_stored: bool = True, data_order: str = "") -> None:
         """`compress`: store checkpoints with the lossless codec (proof format v2: XOR with the
@@ -87,7 +101,15 @@ class Recorder:
         next checkpoint (a resumed run continues from it too). `continue_from_stored=False` keeps
         training on the unrounded state (a replay then starts half an ulp away from the prover's
         trajectory and is only within δ; with Adam, whose per-element step is ~lr whatever the
-        gradient's size, not even that)."""
+        gradient's size, not even that).
+
+        `init`: how the model's current weights become the proof's W_0 (the Recorder never
+        changes them unless asked): None (default) — they must be the spec's seeded init, else
+        ConfigError saying how to record them; "from-seed" — pol draws W_0 from the seed now,
+        overwriting them; "external" — recorded as they are, marked external in the manifest
+        (`init.external`: checked statistically, not regenerated); a dict
+        `{"kind": "parent", "root_digest": ...}` — a warm start from a parent proof.
+        `init_from_seed=True` is the older spelling of `init="from-seed"`."""
         from pol.registry import importing_factory_module
         importing = importing_factory_module()
         if importing is not None:
@@ -150,10 +172,25 @@ class Recorder:
         self._closed = False
         self._state_cache: tuple[int, dict[str, torch.Tensor]] | None = None
         self._round_live = spec.precision == "fp16" and continue_from_stored
-        self._check_model_spec()
-        if init is None and not resume and init_from_seed and spec.model.init != "none":
-            self._init_from_seed()
-        self.init = init or {"kind": "strategy", "strategy": spec.model.init}
+        if init is None and init_from_seed:
+            init = "from-seed"
+        if isinstance(init, str) and init not in INIT_CHOICES:
+            raise ConfigError(f"init={init!r}: expected one of {', '.join(INIT_CHOICES)}, a "
+                              "parent dict {'kind': 'parent', 'root_digest': ...}, or None")
+        if init is not None and not isinstance(init, (str, dict)):
+            raise ConfigError("init must be a string, a dict or None")
+        rebuilt = self._check_model_spec()
+        if not resume and spec.model.init != "none":
+            if init == "from-seed":
+                draw_init(model, spec.model, spec.seed)
+            elif init is None:
+                self._check_seeded_init(rebuilt)
+        if isinstance(init, dict):
+            self.init = init
+        else:
+            self.init = {"kind": "strategy", "strategy": spec.model.init}
+            if init == "external":
+                self.init["external"] = True
         run_info = {"spec": spec.to_dict(), "total_steps": self.total_steps, "k": self.k,
                     "steps_per_epoch": self.steps_per_epoch, "init": self.init,
                     "param_groups": len(optimizer.param_groups)}
@@ -179,8 +216,9 @@ class Recorder:
         params = [p for p in self.model.parameters()]
         if not params or params[0].device.type != "cuda" or self.spec.precision != "fp32":
             return
-        moments = {"sgd": 1 if self.spec.optimizer.momentum > 0 else 0, "adam": 2,
-                   "adamw": 2}[self.spec.optimizer.name]
+        opt = self.spec.optimizer
+        moments = (0 if opt.name == "sgd" and opt.momentum == 0  # plain SGD keeps no state
+                   else optimizer_row(opt.name).moments)
         n = sum(v.numel() for v in self.model.state_dict().values() if v.is_floating_point())
         n += moments * sum(p.numel() for p in params)
         try:
@@ -209,21 +247,26 @@ class Recorder:
         self.path = self.writer.dir
         log.info("resuming %s at step %d of %d", out, rp.t, self.total_steps)
 
-    def _init_from_seed(self) -> None:
-        """Draw W_0 from the run's seed with the declared strategy, as the verifier will redraw
-        it: a proof whose W_0 regenerates exactly leaves nothing to forge at the start (the
-        hardened verifier requires it). To start from other weights, warm-start from a parent
-        proof instead."""
-        from pol.init import apply_init
-        g = torch.Generator()
-        g.manual_seed(derive_seed(self.spec.seed, "init"))
-        try:
-            apply_init(self.model, self.spec.model.init, g)
-        except ValueError as e:
-            raise ConfigError(f"cannot initialize the model with {self.spec.model.init!r}: {e}")
+    def _check_seeded_init(self, rebuilt: nn.Module) -> None:
+        """Refuse weights that are not the spec's seeded init (the Recorder never overwrites the
+        caller's weights unasked), saying how to record them."""
+        ms = self.spec.model
+        bad = seeded_init_mismatch(self.model, rebuilt, ms, self.spec.seed)
+        if bad is None:
+            return
+        raise ConfigError(
+            f"the model's weights are not the init pol draws from seed {self.spec.seed} with "
+            f"strategy {ms.init!r} (parameter {bad!r} differs), and the Recorder never changes "
+            "the weights it is given. Say how to record them: init=\"from-seed\" to let pol draw "
+            "W_0 from the seed before training (the verifier then regenerates it bitwise); "
+            "init=\"external\" to record these weights as they are (the verifier checks them "
+            f"statistically against {ms.init!r}, it cannot regenerate them); or warm-start from a "
+            "parent proof (init={\"kind\": \"parent\", \"root_digest\": ...}, "
+            "pol.protocol.chain)")
 
-    def _check_model_spec(self) -> None:
-        """Catch a model_spec that would not rebuild this model, before training starts."""
+    def _check_model_spec(self) -> nn.Module:
+        """Catch a model_spec that would not rebuild this model, before training starts; returns
+        the rebuilt model (on the CPU, constructor's init)."""
         from pol.registry import build_model, same_architecture
         ms = self.spec.model
         trusted = [ms.arch.split(":")[0]] if ":" in ms.arch else []
@@ -234,6 +277,7 @@ class Recorder:
         if not same_architecture(rebuilt, self.model):
             raise ConfigError("model_spec builds a model whose parameters differ in names or "
                               "shapes from the model being trained")
+        return rebuilt
 
     # ----- data order -----
 
@@ -351,7 +395,7 @@ class Recorder:
             return
         with torch.no_grad():
             for name, v in state.items():
-                st = fmt.storage_dtype(name, v, "fp16")
+                st = storage_dtype(name, v, "fp16")
                 if st != v.dtype:
                     v.copy_(v.to(st))
 
@@ -449,36 +493,42 @@ def run_loop(rec: Recorder, ctx, schedule_lr: Callable[[int], list[float]] | Non
     return float(loss) if loss is not None else float("nan")
 
 
+def fit_context(rec: Recorder):  # -> pol.step.StepContext
+    """The step context `fit` trains with: the Recorder's model and optimizer, every other field
+    from the spec it records (by `pol.step.step_context`, as `build_context` takes them)."""
+    from pol.step.context import step_context
+    return step_context(rec.spec, rec.model, rec.optimizer)
+
+
 def fit(out: str | os.PathLike, *, model: nn.Module, optimizer: torch.optim.Optimizer, data: Any,
         model_spec: ModelSpec, batch_size: int, epochs: int, k: int = 10, seed: int = 0,
         loss: str = "cross_entropy", prepare: str = "float", augment: str = "none",
         precision: str = "fp32", schedule: ScheduleSpec | None = None, overwrite: bool = False,
-        progress: bool = False) -> FitResult:
+        progress: bool = False, init: str | dict | None = None) -> FitResult:
     """Train `model` on `data` for `epochs` with a proof: the common DataLoader + optimizer loop in
-    one call (shuffled batches from `seed`, the lr schedule applied per step)."""
+    one call (shuffled batches from `seed`, the lr schedule applied per step). `init`: as for the
+    `Recorder` (`init="from-seed"` lets pol draw W_0 from the seed first)."""
     import time
 
-    from pol.datasets import AUGMENT, PREPARE
-    from pol.step import StepContext, make_loss
+    from pol.step.runtime import numerics
+    from pol.step.schedule import lrs_at
 
     rec = Recorder(out, model=model, optimizer=optimizer, data=data, model_spec=model_spec,
                    batch_size=batch_size, epochs=epochs, k=k, seed=seed, loss=loss,
                    prepare=prepare, augment=augment, precision=precision,
-                   schedule=schedule or ScheduleSpec(), overwrite=overwrite, data_order="seed")
-    device = next(iter(model.parameters())).device
-    # augmentation draws where the spec says (the CPU), as the verifier's replay does
-    rng = rec.spec.augment_rng
-    ctx = StepContext(model=model, optimizer=optimizer, loss_fn=make_loss(loss),
-                      prepare=PREPARE[prepare], augment=None if augment == "none" else AUGMENT[augment],
-                      seed=seed, device=device, rng_device=torch.device(rng) if rng else None)
+                   schedule=schedule or ScheduleSpec(), overwrite=overwrite, data_order="seed",
+                   init=init)
+    # every field of the step from the recorded spec, as the verifier's build_context takes them
+    ctx = fit_context(rec)
     base = [g["lr"] for g in optimizer.param_groups]
     sched = rec.spec.schedule
 
     def lr_at(t: int) -> list[float]:
-        return [sched.lr_at(b, t, rec.total_steps) for b in base]
+        return lrs_at(sched, base, t, rec.total_steps)
 
     t0 = time.perf_counter()
-    last = run_loop(rec, ctx, lr_at, progress=progress)
+    with numerics(rec.spec, ctx.device):
+        last = run_loop(rec, ctx, lr_at, progress=progress)
     digest = rec.close()
     return FitResult(proof=rec.path, root_digest=digest, final_loss=last,
                      seconds=time.perf_counter() - t0)

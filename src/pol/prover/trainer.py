@@ -11,9 +11,8 @@ import torch
 
 from pol.datasets import ArrayDataset
 from pol.prover.recorder import Recorder, run_loop
-from pol.registry import build_context
-from pol.spec import TrainingSpec, set_tf32
-from pol.step import StepContext
+from pol.spec import TrainingSpec
+from pol.step import MODEL_PREFIX, StepContext, build_context, lrs_at, numerics
 
 
 @dataclass
@@ -48,32 +47,27 @@ def train_spec(spec: TrainingSpec, train: ArrayDataset, test: ArrayDataset | Non
                resume: bool = False, compress: bool = False,
                continue_from_stored: bool = True) -> TrainResult:
     device = device or torch.device(spec.device)
-    if spec.deterministic:
-        torch.use_deterministic_algorithms(True)
-        if device.type == "cuda":
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    if device.type == "cuda":
-        set_tf32(spec.tf32)  # the numerics the spec records (pol's tasks: TF32 off)
-    ctx = build_context(spec, device)
-    if initial_state is not None:
-        from pol.step import MODEL_PREFIX
-        ctx.model.load_state_dict({k[len(MODEL_PREFIX):]: v for k, v in initial_state.items()
-                                   if k.startswith(MODEL_PREFIX)})
-    rec = Recorder(out, model=ctx.model, optimizer=ctx.optimizer, data=train, spec=spec,
-                   overwrite=overwrite, durable=durable, init=init, resume=resume,
-                   init_from_seed=False, compress=compress,  # build_context drew W_0 already
-                   continue_from_stored=continue_from_stored)
-    base = spec.optimizer.lr
-    T = rec.total_steps
+    # the numerics the spec records (threads, deterministic algorithms, TF32; pol's tasks: TF32
+    # off), restored when training ends
+    with numerics(spec, device):
+        ctx = build_context(spec, device)  # W_0 drawn from the seed: the Recorder's check passes
+        if initial_state is not None:
+            ctx.model.load_state_dict({k[len(MODEL_PREFIX):]: v for k, v in initial_state.items()
+                                       if k.startswith(MODEL_PREFIX)})
+        rec = Recorder(out, model=ctx.model, optimizer=ctx.optimizer, data=train, spec=spec,
+                       overwrite=overwrite, durable=durable, init=init, resume=resume,
+                       compress=compress, continue_from_stored=continue_from_stored)
+        base = [spec.optimizer.lr] * len(ctx.optimizer.param_groups)
+        T = rec.total_steps
 
-    def lr_at(t: int) -> list[float]:
-        return [spec.schedule.lr_at(base, t, T)] * len(ctx.optimizer.param_groups)
+        def lr_at(t: int) -> list[float]:
+            return lrs_at(spec.schedule, base, t, T)
 
-    t0 = time.perf_counter()
-    final_loss = run_loop(rec, ctx, lr_at, progress=progress, desc=spec.task or "training")
-    digest = rec.close()
-    seconds = time.perf_counter() - t0
-    acc = accuracy(ctx, test) if test is not None else float("nan")
+        t0 = time.perf_counter()
+        final_loss = run_loop(rec, ctx, lr_at, progress=progress, desc=spec.task or "training")
+        digest = rec.close()
+        seconds = time.perf_counter() - t0
+        acc = accuracy(ctx, test) if test is not None else float("nan")
     return TrainResult(proof=rec.path, root_digest=digest, spec=spec, final_loss=final_loss,
                        test_accuracy=acc, train_seconds=seconds, total_steps=T)
 
@@ -121,7 +115,6 @@ def train_task(task: str, out: str | os.PathLike, *, epochs: int | None = None,
     if init_from is not None:
         from pol.errors import ConfigError
         from pol.protocol.chain import load_parent_state
-        from pol.step import MODEL_PREFIX
         parent_digest, initial_state = load_parent_state(str(init_from))
         want = {MODEL_PREFIX + k: tuple(v.shape)
                 for k, v in build_context(spec, torch.device("cpu")).model.state_dict().items()}

@@ -42,7 +42,7 @@ _EXPORTS: dict[str, str] = {
     "expected_distributions": "init", "draw_init": "init", "seeded_init_mismatch": "init",
     # state
     "state_tensors": "state", "expected_state_shapes": "state", "load_state": "state",
-    "storage_dtypes": "state",
+    "storage_dtype": "state", "storage_dtypes": "state",
     # schedule
     "lrs_at": "schedule", "lr_table": "schedule",
     # runtime
@@ -79,4 +79,4 @@ if TYPE_CHECKING:  # what a type checker and an IDE see (the same names, importe
     from pol.step.runtime import numerics
     from pol.step.schedule import lr_table, lrs_at
     from pol.step.state import (expected_state_shapes, load_state, state_tensors,
-                                storage_dtypes)
+                                storage_dtype, storage_dtypes)

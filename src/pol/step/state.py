@@ -12,7 +12,7 @@ from torch import nn
 from pol.errors import ProofFormatError
 from pol.step.optimizers import MODEL_PREFIX, OPTIM_PREFIX, optimizer_row, storage_dtype_name
 
-__all__ = ["state_tensors", "expected_state_shapes", "load_state", "storage_dtypes"]
+__all__ = ["state_tensors", "expected_state_shapes", "load_state", "storage_dtype", "storage_dtypes"]
 
 
 def state_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -49,9 +49,8 @@ def storage_dtypes(model: nn.Module, optimizer: torch.optim.Optimizer, opt_name:
     """The dtype every checkpoint entry of this model and optimizer is stored in by a proof of
     `precision` (what a verifier checks each stored tensor against). Optimizer entries: float32
     before rounding, as the verifier has always assumed."""
-    out = {MODEL_PREFIX + k: getattr(torch, storage_dtype_name(
-        MODEL_PREFIX + k, str(v.dtype).removeprefix("torch."), precision))
-        for k, v in model.state_dict().items()}
+    out = {MODEL_PREFIX + k: storage_dtype(MODEL_PREFIX + k, v, precision)
+           for k, v in model.state_dict().items()}
     state = optimizer_row(opt_name).state
     for i in range(len(_params(optimizer))):
         for key, entry in state.items():
@@ -101,3 +100,9 @@ def load_state(model: nn.Module, optimizer: torch.optim.Optimizer, opt_name: str
             else:
                 st[key] = src.to(device=p.device, dtype=p.dtype).clone()
         optimizer.state[p] = st
+
+
+def storage_dtype(name: str, tensor: torch.Tensor, precision: str) -> torch.dtype:
+    """The dtype a proof of `precision` stores checkpoint entry `name` (this tensor) in."""
+    return getattr(torch, storage_dtype_name(name, str(tensor.dtype).removeprefix("torch."),
+                                             precision))
