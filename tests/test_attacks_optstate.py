@@ -23,7 +23,7 @@ import torch
 from click.testing import CliRunner
 
 from pol.attacks import ATTACKS, run_attack
-from pol.attacks.cli import NAMES, attack
+from pol.cli.attack import NAMES, attack
 from pol.proof.reader import open_proof
 from pol.step import MODEL_PREFIX, OPTIM_PREFIX, load_state, state_tensors, update
 

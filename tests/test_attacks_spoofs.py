@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from pol.attacks import ATTACKS, PAPER_ATTACKS, run_attack
-from pol.attacks.cli import NAMES
+from pol.cli.attack import NAMES
 from pol.proof.reader import open_proof
 from pol.verifier import verify
 

@@ -1,4 +1,4 @@
-"""The keygen / seal / open / ledger click commands (pol.crypto.cli) via CliRunner."""
+"""The keygen / seal / open / ledger click commands (pol.cli.protocol) via CliRunner."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from pol.crypto.cli import COMMANDS, ledger_group, open_command, register, seal_command, keygen_command
+from pol.cli.protocol import keygen as keygen_command
+from pol.cli.protocol import ledger as ledger_group
+from pol.cli.protocol import open_ as open_command
+from pol.cli.protocol import seal as seal_command
 from pol.proof import format as _proof_format
 
 # the root digest of the manifest make_proof writes: pol open recomputes it from the content
@@ -62,11 +65,14 @@ def seal_args(t: Path, out: str = "p.sealed", signer: str = "prover") -> list:
     ]
 
 
-def test_register_attaches_commands():
+def test_the_pol_group_has_the_commands_and_the_old_import_path_works():
+    from pol.cli import main
+    from pol.crypto import cli as old  # deprecated re-export
+    assert {"keygen", "seal", "open", "ledger"} <= set(main.list_commands(click.Context(main)))
     grp = click.Group("pol")
-    register(grp)
-    assert set(grp.commands) == {"keygen", "seal", "open", "ledger"}
-    assert len(COMMANDS) == 4
+    old.register(grp)
+    assert set(grp.commands) == {"keygen", "seal", "open", "ledger"} and len(old.COMMANDS) == 4
+    assert old.seal_command is seal_command and old.ledger_group is ledger_group
     assert set(ledger_group.commands) >= {"show", "verify", "head"}
 
 

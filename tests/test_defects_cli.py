@@ -252,7 +252,7 @@ def test_pol_help_does_not_import_torch():
 # ------------------------------------------------------------------------------ §4 docs
 
 def test_attacks_doc_exists_and_names_every_attack():
-    from pol.attacks.cli import NAMES
+    from pol.cli.attack import NAMES
     text = (ROOT / "docs" / "ATTACKS.md").read_text()
     for name in NAMES:
         assert f"`{name}`" in text, name

@@ -148,3 +148,28 @@ def leave(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def run_launched(verify: Callable[[bool], Any], exit_code: Callable[[Any], int],
+                 report: Callable[[Any], int]) -> None:
+    """The whole process lifecycle of one verification, alone or under torchrun (`pol verify`
+    calls this; it never returns).
+
+    Alone: `report(verify(False))` and exit with the code `report` returns. Under a launcher
+    (WORLD_SIZE > 1): join the process group, `verify(True)` on every rank, leave the group (a
+    barrier first when every rank got that far), then rank 0 alone reports; every rank exits
+    through `leave` (os._exit: see there), rank 0 with `report`'s code, the others with
+    `exit_code(result)`. An exception from `verify` leaves the group without the barrier and
+    propagates (the caller prints it and exits)."""
+    import sys
+    if not init_from_env():
+        sys.exit(report(verify(False)))
+    ok = lead = False
+    try:
+        result = verify(True)
+        lead = rank() == 0
+        ok = True
+    finally:
+        finish(ok)
+    leave(report(result) if lead else exit_code(result))
+    raise AssertionError("unreachable")  # pragma: no cover - leave() does not return
