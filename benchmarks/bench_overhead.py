@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from pol.prover.recorder import Recorder, epoch_order
-from pol.registry import build_context, resolve_device
+from pol.registry import resolve_device
+from pol.step import build_context
 from pol.step import update
 from pol.tasks import build_spec
 

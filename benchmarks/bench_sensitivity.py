@@ -18,7 +18,7 @@ import json
 import numpy as np
 import torch
 
-from pol.registry import build_context
+from pol.step import build_context
 from pol.step import update
 from pol.tasks import build_spec
 

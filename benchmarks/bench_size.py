@@ -36,7 +36,7 @@ from pol.proof import format as fmt
 from pol.proof.reader import inspect_proof, open_proof
 from pol.proof.writer import _Layout
 from pol.prover.trainer import train_task
-from pol.registry import build_context
+from pol.step import build_context
 from pol.tasks import build_spec
 from pol.verifier import verify
 

@@ -37,7 +37,7 @@ def main() -> None:
     from pol.proof.hashing import sample_leaves
     from pol.proof.reader import open_proof
     from pol.prover.trainer import train_task
-    from pol.registry import build_context
+    from pol.step import build_context
     from pol.verifier import parallel
     from pol.verifier.core import _param_names, load_verifier_data
 

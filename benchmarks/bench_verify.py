@@ -58,7 +58,7 @@ def _train_kwargs(args, epochs: int, k: int) -> dict:
 def step_time(task: str, overrides: dict, steps: int) -> float:
     """Median seconds per `update()` at training throughput (the task's spec, no proof)."""
     from pol.prover.recorder import epoch_order
-    from pol.registry import build_context
+    from pol.step import build_context
     from pol.step import update
     from pol.tasks import build_spec
     spec, train, _ = build_spec(task, **overrides)

@@ -17,7 +17,7 @@ import torch
 
 from pol.proof import writer as wmod
 from profile_prover import no_write  # noqa: E402  (same folder)
-from pol.registry import build_context
+from pol.step import build_context
 from pol.step import state_tensors, update
 from pol.tasks import build_spec
 

@@ -59,7 +59,7 @@ def _final_model(path):
 
 
 def _context(path):
-    from pol.registry import build_context
+    from pol.step import build_context
     from pol.verifier.core import load_verifier_data
     spec = open_proof(path).manifest.spec
     return spec, build_context(spec, torch.device("cpu")), load_verifier_data(spec, None)

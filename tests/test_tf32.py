@@ -54,7 +54,7 @@ def test_verifier_restores_callers_setting(tmp_path):
 def test_augmentation_draws_on_the_cpu_for_new_proofs():
     """CUDA's and the CPU's generators give different numbers for one seed: new proofs draw
     augmentation on the CPU so a GPU proof replays with the same crops and flips on a CPU."""
-    from pol.registry import build_context
+    from pol.step import build_context
     spec, _, _ = build_spec("synthetic-resnet20", dataset_params={"n_train": 64, "n_test": 16})
     assert spec.augment_rng == "cpu"
     d = spec.to_dict()

@@ -133,7 +133,7 @@ def test_init_regeneration_same_answer(mlp_proof, proof_copy):
     (regenerated) and on one whose W_0 was altered (not regenerated)."""
     from pol.verifier import hardened as hd
     from pol.verifier.core import _param_names
-    from pol.registry import build_context
+    from pol.step import build_context
 
     proof = open_proof(mlp_proof)
     spec = proof.manifest.spec
