@@ -227,9 +227,10 @@ def test_planned_replay_counts_what_the_verifier_chooses(mlp_proof):
 
 
 @pytest.mark.parametrize("limit,args,ok", [
-    (39, (), False), (40, (), True),                 # top-1 + 1 random per epoch: 4 x 10 steps
+    # hardened: top-1 + 1 random per epoch, 4 x 10 steps, + 1 data-dependence step a segment
+    (43, (), False), (44, (), True),
     (19, ("--policy", "paper"), False),              # top-1: 2 x 10 steps
-    (89, ("--all",), False), (90, ("--all",), True),
+    (98, ("--all",), False), (99, ("--all",), True),  # 90 steps + 9 probe steps
     (9, ("--policy", "paper"), False),               # one segment is 10 steps
 ])
 def test_replay_budget_against_a_lowered_limit(mlp_proof, limit, args, ok):

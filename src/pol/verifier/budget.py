@@ -55,12 +55,15 @@ def _refuse_long_segment(length: int, limits: fmt.Limits) -> None:
 
 
 def check_planned_replay(manifest: fmt.Manifest, limits: fmt.Limits, q: int,
-                         all_segments: bool, random_per_epoch: int = 0) -> int:
+                         all_segments: bool, random_per_epoch: int = 0,
+                         probe: bool = False) -> int:
     """Refuse, from the manifest alone, a verification whose replays could exceed
-    `limits.max_replay_steps`; returns the bound on the steps replayed."""
+    `limits.max_replay_steps`; returns the bound on the steps replayed (with `probe`, the
+    hardened policy's data-dependence step of every segment counts too)."""
     T, k = manifest.total_steps, manifest.k
     _refuse_long_segment(min(k, T), limits)
     n, steps = planned_replay(manifest, q, all_segments, random_per_epoch)
+    steps += n if probe else 0
     if steps > limits.max_replay_steps:
         how = (f"--all replays every one of the {T:,} steps" if all_segments else
                f"replaying {n:,} segment(s) of up to {k:,} steps (top-{q}"
@@ -101,5 +104,6 @@ def check_verify_budget(manifest: fmt.Manifest, options) -> None:
     limits = options.limits
     if not options.request_data and not options.reveal:
         check_dataset_budget(manifest.spec, limits)
+    hardened = options.policy == "hardened"
     check_planned_replay(manifest, limits, options.q, options.all_segments,
-                         options.random_per_epoch if options.policy == "hardened" else 0)
+                         options.random_per_epoch if hardened else 0, probe=hardened)
