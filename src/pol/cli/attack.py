@@ -57,8 +57,8 @@ def attack(name, target, out, steps, seed, claim_device, no_honest, extra, json_
     cost against honest training. Exit 0 when the spoof was written (verify it with pol verify)."""
     from pol.attacks import run_attack
     _check_out(out, target, force)
-    given = {"steps": steps, "seed": seed, "claim_device": claim_device}
     settings = {"measure_honest": not no_honest,
-                **{k: v for k, v in given.items() if v is not None}, **opt.parse_settings(extra)}
+                **opt.given(steps=steps, seed=seed, claim_device=claim_device),
+                **opt.parse_settings(extra)}
     render.attack(run_attack(name, target, out, **settings), json_out)
     sys.exit(0)

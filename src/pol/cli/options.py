@@ -206,6 +206,11 @@ def parse_deltas(values: tuple[str, ...], metrics: list[str]) -> str | dict[str,
     return out
 
 
+def given(**values: Any) -> dict[str, Any]:
+    """The options the user gave (not None), as keyword arguments for a library call."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def parse_settings(items: tuple[str, ...]) -> dict[str, Any]:
     """--set KEY=VALUE items: VALUE read as JSON where it parses, else a string."""
     from pol.errors import ConfigError

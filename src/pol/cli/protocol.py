@@ -119,7 +119,7 @@ def ledger_verify(db, anchors, trust):
     from pol.crypto.keys import load_verify_key
     from pol.crypto.ledger import Ledger
     parsed = opt.parse_anchors(anchors)
-    trusted = [load_verify_key(p) for p in trust] if trust else None
+    trusted = list(map(load_verify_key, trust)) if trust else None
     with Ledger(db, create=False) as led:
         render.ledger_verified(led.verify(anchors=parsed, trusted_keys=trusted))
 
@@ -131,8 +131,7 @@ def ledger_head(db):
     """Print SEQ:HASH of the last entry, to pass later as `verify --anchor`."""
     from pol.crypto.ledger import Ledger
     with Ledger(db, create=False) as led:
-        seq, digest = led.export_head()
-    click.echo(f"{seq}:{digest}")
+        render.ledger_head(*led.export_head())
 
 
 @ledger.command("revoke")

@@ -260,6 +260,10 @@ def ledger_verified(report: Any) -> None:
          "entries", EXIT_INVALID)
 
 
+def ledger_head(seq: int, digest: str) -> None:
+    echo(f"{seq}:{digest}")
+
+
 def revoked(root_digest: str, db: str, entry: Any) -> None:
     echo(f"revoked {root_digest} on {db}: appended seq {entry.seq} ({entry.entry_hash})")
 
