@@ -172,25 +172,8 @@ class Recorder:
         self._closed = False
         self._state_cache: tuple[int, dict[str, torch.Tensor]] | None = None
         self._round_live = spec.precision == "fp16" and continue_from_stored
-        if init is None and init_from_seed:
-            init = "from-seed"
-        if isinstance(init, str) and init not in INIT_CHOICES:
-            raise ConfigError(f"init={init!r}: expected one of {', '.join(INIT_CHOICES)}, a "
-                              "parent dict {'kind': 'parent', 'root_digest': ...}, or None")
-        if init is not None and not isinstance(init, (str, dict)):
-            raise ConfigError("init must be a string, a dict or None")
-        rebuilt = self._check_model_spec()
-        if not resume and spec.model.init != "none":
-            if init == "from-seed":
-                draw_init(model, spec.model, spec.seed)
-            elif init is None:
-                self._check_seeded_init(rebuilt)
-        if isinstance(init, dict):
-            self.init = init
-        else:
-            self.init = {"kind": "strategy", "strategy": spec.model.init}
-            if init == "external":
-                self.init["external"] = True
+        self.init = self._take_init("from-seed" if init is None and init_from_seed else init,
+                                    resume)
         run_info = {"spec": spec.to_dict(), "total_steps": self.total_steps, "k": self.k,
                     "steps_per_epoch": self.steps_per_epoch, "init": self.init,
                     "param_groups": len(optimizer.param_groups)}
@@ -246,6 +229,27 @@ class Recorder:
         self.writer = ProofWriter(out, precision=self.spec.precision, durable=durable, resume=rp)
         self.path = self.writer.dir
         log.info("resuming %s at step %d of %d", out, rp.t, self.total_steps)
+
+    def _take_init(self, init: str | dict | None, resume: bool) -> dict:
+        """Check the model against `model_spec`, make its weights W_0 as `init` says (changing
+        them only for "from-seed"), and return the manifest's `init`."""
+        if isinstance(init, str) and init not in INIT_CHOICES:
+            raise ConfigError(f"init={init!r}: expected one of {', '.join(INIT_CHOICES)}, a "
+                              "parent dict {'kind': 'parent', 'root_digest': ...}, or None")
+        if init is not None and not isinstance(init, (str, dict)):
+            raise ConfigError("init must be a string, a dict or None")
+        rebuilt = self._check_model_spec()
+        ms = self.spec.model
+        if not resume and ms.init != "none":  # a resumed run's weights come from its checkpoint
+            if init == "from-seed":
+                draw_init(self.model, ms, self.spec.seed)
+            elif init is None:
+                self._check_seeded_init(rebuilt)
+        if isinstance(init, dict):
+            return init
+        if init == "external":  # the verifier checks these statistically, cannot regenerate them
+            return {"kind": "strategy", "strategy": ms.init, "external": True}
+        return {"kind": "strategy", "strategy": ms.init}
 
     def _check_seeded_init(self, rebuilt: nn.Module) -> None:
         """Refuse weights that are not the spec's seeded init (the Recorder never overwrites the
