@@ -35,15 +35,13 @@ from pol.registry import resolve_device
 from pol.tasks import build_spec
 
 
-def no_write(self, snap) -> None:
+def no_write(self, t, snap) -> None:
     """A ProofWriter._write that only waits for the snapshot's copy and recycles its buffers:
     what is left is the training thread's own cost."""
-    if snap.event is not None:
-        snap.event.synchronize()
-    self._pool.put(snap.bufs)
-    losses = (snap.records or {}).get("losses")
-    if isinstance(losses, torch.Tensor):
-        self._pool.put([losses])
+    if snap.ready is not None:
+        snap.ready()
+    if snap.release is not None:
+        snap.release()
 
 
 class Clock:

@@ -1,6 +1,7 @@
-"""What does one GPU snapshot cost the training thread? Each piece of `ProofWriter.put_checkpoint`
-timed in isolation on the host (CPU µs per call, averaged over many calls, the device kept busy
-enough not to block), for the state of a ResNet-20 after a few SGD steps.
+"""What does one GPU snapshot cost the training thread? Each piece of a device snapshot
+(`pol.prover.snapshot.DeviceSnapshotter.take`, which `ProofWriter.put_checkpoint` calls) timed in
+isolation on the host (CPU µs per call, averaged over many calls, the device kept busy enough not
+to block), for the state of a ResNet-20 after a few SGD steps.
 
     python benchmarks/profile_snapshot.py --task synthetic-resnet20 --reps 500
 """
@@ -16,6 +17,8 @@ import numpy as np
 import torch
 
 from pol.proof import writer as wmod
+from pol.proof.host import Layout
+from pol.prover.snapshot import DeviceSnapshotter
 from profile_prover import no_write  # noqa: E402  (same folder)
 from pol.step import build_context
 from pol.step import state_tensors, update
@@ -47,7 +50,7 @@ def main() -> None:
         idx = np.arange(t * B, (t + 1) * B) % len(train)
         update(ctx, torch.from_numpy(train.x[idx]), torch.from_numpy(train.y[idx]), [0.1], t)
     tensors = state_tensors(ctx.model, ctx.optimizer)
-    layout = wmod._Layout.build(tensors, "fp32", ())
+    layout = Layout.build(tensors, "fp32", ())
     groups = [(st, d, views, n) for st, d, views, n in layout.groups]
     side = torch.cuda.Stream()
     cur = torch.cuda.current_stream()
@@ -114,7 +117,7 @@ def main() -> None:
 
     import tempfile
     w = NoWrite(tempfile.mkdtemp(prefix="pol-snap-"), precision="fp32", overwrite=True,
-                durable=False)
+                durable=False, snapshotter=DeviceSnapshotter())
     t_box = [0]
 
     def put():

@@ -24,6 +24,11 @@ is the same object as the v1 one; `Manifest.stored` lists what is on disk.
 
 `progress.json` exists only while a proof is being written; a directory with it and without
 manifest.json is an incomplete proof. manifest.json is written last, atomically.
+
+This module is the format alone: json, hashlib and plain strings. It imports no torch (the sealed
+file reader and `pol inspect` read manifests without it) and knows no optimizer: tensor dtypes are
+named by the strings of `DTYPES`, and which dtype an entry is stored in is the caller's to compute
+(`pol.step` holds the optimizer rows); `pol.proof.host` is the torch side (host tensors only).
 """
 
 from __future__ import annotations
@@ -32,9 +37,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import Any, Iterable, Sequence
 
 from pol.errors import IntegrityError, ProofFormatError
 from pol.spec import TrainingSpec
@@ -52,6 +55,20 @@ BATCH_HASHES = "batch_hashes.npy"
 LRS = "lrs.npy"
 LOSSES = "losses.npy"
 CKPT_DIR = "checkpoints"
+
+# The one table of the tensor dtypes a proof stores, by name (torch's dtype name, which is numpy's
+# where numpy has the type): safetensors code, item size, .npy descr ("" where .npy has none).
+DTYPES: dict[str, tuple[str, int, str]] = {
+    "float64": ("F64", 8, "<f8"), "float32": ("F32", 4, "<f4"), "float16": ("F16", 2, "<f2"),
+    "bfloat16": ("BF16", 2, ""), "int64": ("I64", 8, "<i8"), "int32": ("I32", 4, "<i4"),
+    "int16": ("I16", 2, "<i2"), "int8": ("I8", 1, "|i1"), "uint8": ("U8", 1, "|u1"),
+    "bool": ("BOOL", 1, "|b1"),
+}
+# safetensors code -> item size (what a checkpoint header may name)
+SAFETENSORS_ITEMSIZE: dict[str, int] = {code: size for code, size, _ in DTYPES.values()}
+# the per-step arrays and their dtypes
+ARRAY_DTYPES: dict[str, str] = {"indices": "int64", "batch_hashes": "uint8", "lrs": "float64",
+                                "losses": "float32"}
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+){0,3}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -381,13 +398,61 @@ def _parse_codec(c: Any, version: int) -> dict:
     return dict(c)
 
 
-def storage_dtype(name: str, tensor: torch.Tensor, precision: str) -> torch.dtype:
-    """fp16 storage rounds float weights and moments, never integer counters or Adam's step.
-    Adam's moments go to bfloat16 instead: the second moment (~grad², often < 1e-8) underflows in
-    fp16, and a zeroed moment changes the replayed update completely (measured: an Adam proof
-    stored in fp16 failed its own verification; in bf16 it passes)."""
-    if precision == "fp16" and tensor.is_floating_point() and not name.endswith(".step"):
-        if name.endswith((".exp_avg", ".exp_avg_sq")):
-            return torch.bfloat16
-        return torch.float16
-    return tensor.dtype
+def npy_descr(dtype: str) -> str:
+    """The .npy descr of the dtype named `dtype` (a name of `DTYPES`)."""
+    descr = DTYPES[dtype][2]
+    if not descr:
+        raise ValueError(f"dtype {dtype} has no .npy form")
+    return descr
+
+
+def safetensors_dtype(dtype: str) -> str:
+    """The safetensors code of the dtype named `dtype`; ValueError for a dtype a proof cannot
+    store. Which dtype a checkpoint entry is stored in (fp16 proofs round floats, keep counters,
+    store Adam's moments in bfloat16) is the caller's to compute: see `pol.step`."""
+    try:
+        return DTYPES[dtype][0]
+    except KeyError:
+        raise ValueError(f"dtype {dtype} cannot be stored in a proof") from None
+
+
+_STEP_SLOT = "@@pol-step-slot-@@@@"  # 20 bytes, replaced by the zero-padded step number
+
+
+class CheckpointHeader:
+    """The safetensors header of a checkpoint whose tensors lie back to back in the order given,
+    as (name, stored dtype name, shape). Built once per layout (the JSON of a ResNet costs ~0.3 ms
+    holding the GIL); per checkpoint only the fixed-width step field changes."""
+
+    def __init__(self, entries: Iterable[tuple[str, str, Sequence[int]]]) -> None:
+        self.tensors: dict[str, dict] = {}
+        off = 0
+        for name, dtype, shape in entries:
+            code = safetensors_dtype(dtype)
+            n = SAFETENSORS_ITEMSIZE[code]
+            for d in shape:
+                n *= int(d)
+            self.tensors[name] = {"dtype": code, "shape": [int(d) for d in shape],
+                                  "data_offsets": [off, off + n]}
+            off += n
+        self.data_size = off
+        self._template: bytes | None = None
+
+    def bytes(self, step: int) -> bytes:
+        """The header of checkpoint `step`: 8-byte length, JSON padded with spaces to 8 bytes."""
+        if self._template is None:
+            h = json.dumps({"__metadata__": {"format": FORMAT_NAME, "step": _STEP_SLOT},
+                            **self.tensors}, separators=(",", ":")).encode()
+            h += b" " * (-len(h) % 8)
+            self._template = len(h).to_bytes(8, "little") + h
+        return self._template.replace(_STEP_SLOT.encode(), f"{step:020d}".encode(), 1)
+
+
+def __getattr__(name: str) -> Any:
+    """`storage_dtype(name, tensor, precision)` (a torch dtype) moved to the torch side of the
+    format, `pol.proof.storage`; `fmt.storage_dtype` keeps working for its callers, and importing
+    this module still imports no torch."""
+    if name == "storage_dtype":
+        from pol.proof.storage import storage_dtype
+        return storage_dtype
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,8 +25,7 @@ from safetensors.torch import load as st_load
 from pol.errors import IncompleteProofError, IntegrityError, ProofFormatError
 from pol.proof import format as fmt
 
-_ST_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-              "U8": 1, "BOOL": 1}
+_ST_DTYPES = fmt.SAFETENSORS_ITEMSIZE  # safetensors code -> item size, from the one dtype table
 
 
 def _resolve_inside(root: Path, name: str) -> Path:
@@ -268,10 +267,11 @@ def open_proof(path: str | os.PathLike, limits: fmt.Limits | None = None) -> Pro
         sha, size = m.files[name]
         return parse_npy(_read_file(root, name, size, sha), name, dtype, shape, limits)
 
-    indices = arr(fmt.INDICES, "<i8", (T, B))
-    hashes = arr(fmt.BATCH_HASHES, "|u1", (T, 32))
-    lrs = arr(fmt.LRS, "<f8", (T, m.num_groups))
-    losses = arr(fmt.LOSSES, "<f4", (T,))
+    descr = {k: fmt.npy_descr(v) for k, v in fmt.ARRAY_DTYPES.items()}
+    indices = arr(fmt.INDICES, descr["indices"], (T, B))
+    hashes = arr(fmt.BATCH_HASHES, descr["batch_hashes"], (T, 32))
+    lrs = arr(fmt.LRS, descr["lrs"], (T, m.num_groups))
+    losses = arr(fmt.LOSSES, descr["losses"], (T,))
     n = spec.data.size
     if indices.size and (indices.min() < -1 or indices.max() >= n):
         raise ProofFormatError(f"indices.npy: an index is outside the dataset of {n} samples")

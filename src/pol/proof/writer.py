@@ -1,10 +1,16 @@
-"""Asynchronous, crash-safe proof writer.
+"""Asynchronous, crash-safe proof writer, taking host buffers.
 
-The training thread only copies state into reusable snapshot buffers (pinned memory on a GPU, so the
-copy does not stall the device) and enqueues them; a background thread serializes safetensors, hashes
-and writes. A full queue blocks the trainer (back-pressure), so memory stays bounded. A write error
-(full disk, unwritable directory) is raised on the trainer's next call: training never continues
-unrecorded.
+The writer takes each checkpoint as host buffers (`pol.proof.host.HostCheckpoint`: the safetensors
+header and one flat buffer per storage dtype) and enqueues it; a background thread waits for the
+buffers to be filled, then hashes and writes. A full queue blocks the trainer (back-pressure), so
+memory stays bounded. A write error (full disk, unwritable directory) is raised on the trainer's
+next call: training never continues unrecorded.
+
+Who fills the buffers is a snapshotter: `put_checkpoint(t, tensors, records)` hands the state dict
+to the one given to the constructor. The default (`pol.proof.host.HostSnapshotter`) copies host
+tensors synchronously; the prover passes `pol.prover.snapshot.DeviceSnapshotter`, which snapshots
+GPU state without stalling training (CUDA graphs, a side stream, pinned buffers). This module
+knows no device.
 
 While writing, `.pol-writing/` holds an append-only journal of per-step records (indices, lrs,
 losses) and `progress.json` names the last checkpoint that is fully on disk with its records. A
@@ -33,12 +39,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from pol.errors import ProofWriteError
 from pol.proof import codec as _codec
 from pol.proof import format as fmt
 from pol.proof.hashing import batch_hashes
+from pol.proof.host import HostCheckpoint, HostSnapshotter, Layout
 
 log = logging.getLogger(__name__)
 
@@ -82,127 +88,7 @@ def file_sha256(path: Path) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
-_ST_DTYPE = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16",
-             torch.bfloat16: "BF16", torch.int64: "I64", torch.int32: "I32", torch.int16: "I16",
-             torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
-
-
-_STEP_SLOT = b"@@pol-step-slot-@@@@"  # 20 bytes, replaced by the zero-padded step number
-
-
-@dataclass
-class _Layout:
-    """How a state dict maps onto a few flat buffers (one per storage dtype and device) and onto the
-    safetensors file written from them. Built once and reused while the state's tensors are the
-    same objects, so a snapshot is one `torch.cat` and one copy per group, whatever the model."""
-
-    key: tuple
-    groups: list[tuple[torch.dtype, torch.device, list[torch.Tensor], int]]
-    header_json: dict
-    _header: bytes | None = None
-    # GPU: the device-side gather of every CUDA group captured once as a CUDA graph into static
-    # buffers (a replay costs ~5 µs of host time where torch.cat over ~175 tensors costs ~86 µs,
-    # measured on an H100); None = not tried yet, False = not possible here (eager cat)
-    graph: Any = None
-    statics: list | None = None
-    copied: Any = None  # event: the side stream's last copy out of the static buffers
-
-    def capture(self) -> bool:
-        """Capture the gather of the CUDA groups into static buffers; False where it cannot be
-        done (a dtype conversion, several devices, or a capture error), and the eager path is
-        used."""
-        if self.graph is not None:
-            return self.graph is not False
-        self.graph = False
-        cuda = [(st, dev, views) for st, dev, views, _ in self.groups if dev.type == "cuda"]
-        if (not cuda or len({d for _, d, _ in cuda}) != 1
-                or any(v.dtype != st for st, _, views in cuda for v in views)):
-            return False
-        try:
-            statics = [torch.empty(sum(v.numel() for v in views), dtype=st, device=dev)
-                       for st, dev, views in cuda]
-            s = torch.cuda.Stream(device=cuda[0][1])
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):  # warm-up outside the capture, as torch requires
-                for (_, _, views), out in zip(cuda, statics):
-                    torch.cat(views, out=out)
-            torch.cuda.current_stream().wait_stream(s)
-            g = torch.cuda.CUDAGraph()
-            # thread_local: the writer thread may synchronize its events meanwhile
-            with torch.cuda.graph(g, capture_error_mode="thread_local"):
-                for (_, _, views), out in zip(cuda, statics):
-                    torch.cat(views, out=out)
-        except Exception as e:  # noqa: BLE001 - any capture problem: the eager path is exact too
-            log.info("snapshot CUDA graph not used: %s", e)
-            return False
-        self.graph, self.statics = g, statics
-        return True
-
-    @classmethod
-    def build(cls, tensors: dict[str, torch.Tensor], precision: str, key: tuple) -> "_Layout":
-        by_group: dict[tuple, list[tuple[str, torch.Tensor]]] = {}
-        for name, v in tensors.items():
-            st = fmt.storage_dtype(name, v, precision)
-            if st not in _ST_DTYPE:
-                raise ProofWriteError(f"{name}: dtype {v.dtype} cannot be stored")
-            by_group.setdefault((st, v.device), []).append((name, v))
-        groups, header, off = [], {}, 0
-        for (st, dev), items in by_group.items():
-            views = [v.detach().reshape(-1) for _, v in items]
-            numel = sum(x.numel() for x in views)
-            for name, v in items:
-                n = v.numel() * torch.empty((), dtype=st).element_size()
-                header[name] = {"dtype": _ST_DTYPE[st], "shape": list(v.shape),
-                                "data_offsets": [off, off + n]}
-                off += n
-            groups.append((st, dev, views, numel))
-        return cls(key=key, groups=groups, header_json=header)
-
-    def header_bytes(self, step: int) -> bytes:
-        """The safetensors header for checkpoint `step`: built once per layout (the JSON of a
-        ResNet costs ~0.3 ms holding the GIL), then only the fixed-width step field changes."""
-        if self._header is None:
-            h = json.dumps({"__metadata__": {"format": fmt.FORMAT_NAME, "step": _STEP_SLOT.decode()},
-                            **self.header_json}, separators=(",", ":")).encode()
-            h += b" " * (-len(h) % 8)
-            self._header = len(h).to_bytes(8, "little") + h
-        return self._header.replace(_STEP_SLOT, f"{step:020d}".encode(), 1)
-
-
-@dataclass
-class _Snapshot:
-    t: int
-    layout: _Layout
-    bufs: list[torch.Tensor]
-    records: dict[str, np.ndarray | torch.Tensor]
-    event: Any = None
-
-
-@dataclass
-class _Pool:
-    """Reusable pinned/host buffers, so steady-state checkpointing allocates nothing (pinned
-    allocations are slow)."""
-
-    free: dict[tuple, list[list[torch.Tensor]]] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def get(self, layout: _Layout, pin: bool) -> list[torch.Tensor]:
-        return self.get_key(tuple((st, n) for st, _, _, n in layout.groups), pin)
-
-    def get_flat(self, n: int, dtype: torch.dtype, pin: bool) -> torch.Tensor:
-        return self.get_key(((dtype, n),), pin)[0]
-
-    def get_key(self, key: tuple, pin: bool) -> list[torch.Tensor]:
-        with self.lock:
-            lst = self.free.get(key)
-            if lst:
-                return lst.pop()
-        return [torch.empty(n, dtype=st, pin_memory=pin) for st, n in key]
-
-    def put(self, bufs: list[torch.Tensor]) -> None:
-        key = tuple((b.dtype, b.numel()) for b in bufs)
-        with self.lock:
-            self.free.setdefault(key, []).append(bufs)
+_Layout = Layout  # the old name (benchmarks/bench_size.py)
 
 
 class ProofWriter:
@@ -214,10 +100,12 @@ class ProofWriter:
                  run_info: dict | None = None, resume: "ResumePoint | None" = None,
                  compress: bool = False,
                  keyframe_interval: int = _codec.DEFAULT_KEYFRAME_INTERVAL,
-                 level: int = _codec.DEFAULT_LEVEL) -> None:
+                 level: int = _codec.DEFAULT_LEVEL,
+                 snapshotter: HostSnapshotter | None = None) -> None:
         """`compress`: write format v2 with the lossless checkpoint codec (a keyframe every
         `keyframe_interval` checkpoints, zstd `level`). A resumed proof keeps the codec it was
-        started with (from its progress record)."""
+        started with (from its progress record). `snapshotter`: what `put_checkpoint` copies the
+        state with (default: host tensors, synchronously; the prover passes its device one)."""
         self.dir = Path(out_dir)
         self.precision = precision
         self.durable = durable
@@ -257,24 +145,15 @@ class ProofWriter:
                 raise ProofWriteError(f"cannot write the proof to {self.dir}: "
                                       f"{e.strerror or e}") from None
         self._error: BaseException | None = None
-        self._pool = _Pool()
-        self._layout: _Layout | None = None
-        self._layout_src: dict | None = None
-        self._q: queue.Queue[_Snapshot | None] = queue.Queue(maxsize=queue_size)
+        self.snapshotter = snapshotter if snapshotter is not None else HostSnapshotter()
+        self._q: queue.Queue[tuple[int, HostCheckpoint] | None] = queue.Queue(maxsize=queue_size)
         self._journals = {name: open(self.dir / WRITING_DIR / f"{name}.bin", "ab")
                           for name in ("indices", "lrs", "losses")}
         self.write_seconds = 0.0
-        # GPU snapshots through a captured CUDA graph (POL_SNAPSHOT_GRAPHS=0 turns it off)
-        self.use_graphs = os.environ.get("POL_SNAPSHOT_GRAPHS", "1") != "0"
         self._thread = threading.Thread(target=self._run, name="pol-proof-writer", daemon=True)
         self._thread.start()
 
     # ----- trainer side -----
-
-    def _side_stream(self) -> "torch.cuda.Stream":
-        if getattr(self, "_stream", None) is None:
-            self._stream = torch.cuda.Stream()
-        return self._stream
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
@@ -282,77 +161,31 @@ class ProofWriter:
             raise ProofWriteError(f"writing the proof to {self.dir} failed: {err}; the partial "
                                   "proof is marked incomplete") from err
 
-    def put_checkpoint(self, t: int, tensors: dict[str, torch.Tensor],
-                       records: dict[str, np.ndarray | torch.Tensor] | None = None) -> None:
-        """Snapshot `tensors` now (the caller may keep training right after) and write them in the
-        background. `records` holds the rows of the steps (last_t, t]: indices int64 [n, B],
-        lrs float64 [n, G], losses float32 [n] (a tensor on any device)."""
+    def put_checkpoint(self, t: int, tensors: dict[str, Any],
+                       records: dict[str, Any] | None = None) -> None:
+        """Snapshot `tensors` (a state dict) now through the snapshotter (the caller may keep
+        training right after) and write them in the background. `records` holds the rows of the
+        steps (last_t, t]: indices int64 [n, B], lrs float64 [n, G], losses float32 [n] (a tensor
+        on any device)."""
         self._raise_if_failed()
-        if t <= self._last_t:
-            raise ValueError(f"checkpoint steps must increase ({t} after {self._last_t})")
-        if self._layout is None or tensors is not self._layout_src:
-            # a new state dict object (a caller that caches its dict skips this ~50 µs check)
-            key = tuple((name, v.data_ptr(), v.dtype, v.shape) for name, v in tensors.items())
-            if self._layout is None or self._layout.key != key:
-                self._layout = _Layout.build(tensors, self.precision, key)
-            self._layout_src = tensors
-        layout = self._layout
-        on_gpu = any(dev.type == "cuda" for _, dev, _, _ in layout.groups)
-        bufs = self._pool.get(layout, pin=on_gpu)
-        # On a GPU: one device-side copy of the state (torch.cat, on the training stream, so it
-        # sees the weights of step t), then the device→host copy on a side stream, so that the
-        # training stream (and the next batch's host→device copy) never waits for it.
-        side = self._side_stream() if on_gpu else None
-        gpu_tmps: list[torch.Tensor] = []
-        graphed = on_gpu and self.use_graphs and layout.capture()
-        with torch.no_grad():
-            if graphed:
-                if layout.copied is not None:  # the previous copy out of the statics is done
-                    torch.cuda.current_stream().wait_event(layout.copied)
-                layout.graph.replay()
-            for buf, (st, dev, views, _) in zip(bufs, layout.groups):
-                if dev.type == "cpu" and all(v.dtype == st for v in views):
-                    torch.cat(views, out=buf)
-                elif dev.type == "cuda":
-                    if not graphed:
-                        gpu_tmps.append(torch.cat(views).to(st))
-                else:
-                    buf.copy_(torch.cat(views).to(st))
-            if graphed:
-                gpu_tmps = list(layout.statics) + gpu_tmps
-        recs: dict[str, np.ndarray | torch.Tensor] = dict(records or {})
-        losses = recs.get("losses")
-        host_losses = None
-        if isinstance(losses, torch.Tensor):
-            # into a pooled pinned buffer: no pinned allocation (which synchronizes the device)
-            host_losses = self._pool.get_flat(losses.numel(), torch.float32, pin=on_gpu)
-            if losses.device.type == "cuda":
-                gpu_tmps.append(losses.detach().reshape(-1).float())
-            else:
-                host_losses.copy_(losses.detach().reshape(-1))
-            recs["losses"] = host_losses
-        event = None
-        if on_gpu:
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                dsts = [b for b, g in zip(bufs, layout.groups) if g[1].type == "cuda"]
-                if host_losses is not None and isinstance(losses, torch.Tensor) \
-                        and losses.device.type == "cuda":
-                    dsts.append(host_losses)
-                for dst, src in zip(dsts, gpu_tmps):
-                    dst.copy_(src, non_blocking=True)
-                    src.record_stream(side)  # keep the temporary alive until copied
-                event = torch.cuda.Event()
-                event.record(side)
-            if graphed:
-                layout.copied = event
+        self._check_step(t)
+        self.put(t, self.snapshotter.take(tensors, records, self.precision))
+
+    def put(self, t: int, checkpoint: HostCheckpoint) -> None:
+        """Write checkpoint `t`, given as host buffers, in the background."""
+        self._raise_if_failed()
+        self._check_step(t)
         self._last_t = t
         while True:  # block on a full queue, but notice a dead writer
             try:
-                self._q.put(_Snapshot(t, layout, bufs, recs, event), timeout=0.5)
+                self._q.put((t, checkpoint), timeout=0.5)
                 break
             except queue.Full:
                 self._raise_if_failed()
+
+    def _check_step(self, t: int) -> None:
+        if t <= self._last_t:
+            raise ValueError(f"checkpoint steps must increase ({t} after {self._last_t})")
 
     def finalize(self, manifest_body: dict, leaves: np.ndarray) -> str:
         """Wait for all checkpoints, write the arrays and the manifest; return the root digest."""
@@ -422,31 +255,34 @@ class ProofWriter:
 
     def _run(self) -> None:
         while True:
-            snap = self._q.get()
-            if snap is None:
+            item = self._q.get()
+            if item is None:
                 return
             if self._error is not None:
                 continue  # drain after a failure so the trainer never blocks forever
             try:
                 t0 = time.perf_counter()
-                self._write(snap)
+                self._write(*item)
                 self.write_seconds += time.perf_counter() - t0
             except BaseException as e:  # noqa: BLE001 - reported to the trainer
                 log.error("proof writer failed: %s", e)
                 self._error = e
 
-    def _write(self, snap: _Snapshot) -> None:
-        if snap.event is not None:
-            snap.event.synchronize()
+    def _write(self, t: int, snap: HostCheckpoint) -> None:
+        if snap.ready is not None:
+            snap.ready()
+        try:
+            self._write_ready(t, snap)
+        finally:
+            if snap.release is not None:
+                snap.release()
+
+    def _write_ready(self, t: int, snap: HostCheckpoint) -> None:
         n_rows = 0
         if snap.records:
             idx = np.ascontiguousarray(snap.records["indices"], dtype="<i8")
             lrs = np.ascontiguousarray(snap.records["lrs"], dtype="<f8")
-            losses = snap.records["losses"]
-            loss_buf = losses if isinstance(losses, torch.Tensor) else None
-            losses = np.array(losses.numpy() if loss_buf is not None else losses, dtype="<f4")
-            if loss_buf is not None:
-                self._pool.put([loss_buf])
+            losses = np.array(snap.records["losses"], dtype="<f4")
             n_rows = len(idx)
             if not (len(lrs) == len(losses) == n_rows):
                 raise ProofWriteError("per-step records have different lengths")
@@ -456,23 +292,25 @@ class ProofWriter:
                 f.flush()
                 if self.durable:
                     os.fsync(f.fileno())
-        name = fmt.checkpoint_name(snap.t)
-        chunks = [snap.layout.header_bytes(snap.t)] + [
-            memoryview(b.view(torch.uint8).numpy()) for b in snap.bufs]
+        name = fmt.checkpoint_name(t)
+        header = snap.header if isinstance(snap.header, bytes) else snap.header.bytes(t)
+        chunks = [header] + [memoryview(c) for c in snap.chunks]
         if self._encoder is not None:
             # v2: the raw safetensors bytes (digest bound in the manifest), then the codec
-            segments = [(len(chunks[0]), 1)] + [(b.numel() * b.element_size(), b.element_size())
-                                               for b in snap.bufs]
+            segments = [(len(header), 1)] + [(c.nbytes, size)
+                                             for c, size in zip(snap.chunks, snap.itemsizes)]
             raw = np.empty(sum(n for n, _ in segments), dtype=np.uint8)
             off = 0
             for c in chunks:
                 raw[off:off + len(c)] = np.frombuffer(c, dtype=np.uint8)
                 off += len(c)
-            self._pool.put(snap.bufs)
+            if snap.release is not None:  # the buffers are free for the next snapshot now
+                snap.release()
+                snap.release = None
             self._decoded[name] = (hashlib.sha256(raw).hexdigest(), raw.size)
             data, _ = self._encoder.encode(raw, segments, self._index)
             chunks = [data]
-            name = fmt.stored_checkpoint_name(snap.t, fmt.CODEC_FORMAT_VERSION)
+            name = fmt.stored_checkpoint_name(t, fmt.CODEC_FORMAT_VERSION)
         path = self.dir / name
         tmp = path.with_name(f".{path.name}.tmp")
         h = hashlib.sha256()
@@ -486,12 +324,10 @@ class ProofWriter:
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-        if self._encoder is None:
-            self._pool.put(snap.bufs)
         self._files[name] = (h.hexdigest(), size)
         self._index += 1
         self._rows += n_rows
-        self._write_progress(snap.t, self._rows)
+        self._write_progress(t, self._rows)
 
 
 @dataclass
