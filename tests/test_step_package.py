@@ -242,3 +242,28 @@ def test_recorder_records_external_weights_as_they_are(tmp_path):
     from pol.proof.reader import open_proof
     stored = open_proof(tmp_path / "p").load_checkpoint(0)
     assert all(torch.equal(stored["model." + k], v) for k, v in before.items())
+
+
+def test_the_optimizer_table_imports_without_torch():
+    """`pol.proof.format` reads the storage dtypes from the table: importing it costs no torch."""
+    import subprocess
+    import sys
+    code = ("import sys, pol.step.optimizers as o\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n"
+            "print(o.storage_dtype_name('optim.0.exp_avg_sq', 'float32', 'fp16'),"
+            " o.storage_dtype_name('optim.0.step', 'float32', 'fp16'),"
+            " o.storage_dtype_name('model.w', 'float32', 'fp32'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["bfloat16", "float32", "float32"]
+
+
+def test_build_context_draws_w0_where_the_recorder_does():
+    from pol.registry import build_model
+    from pol.tasks import build_spec
+    spec, _, _ = build_spec("digits-mlp", seed=5)
+    ctx = build_context(spec)
+    model = build_model(spec.model)
+    draw_init(model, spec.model, spec.seed)
+    assert ctx.device == torch.device(spec.device)
+    for (n, p), (_, q) in zip(ctx.model.named_parameters(), model.named_parameters()):
+        assert torch.equal(p, q), n
