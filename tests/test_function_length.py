@@ -28,9 +28,9 @@ KNOWN_LONG: set[str] = {
     "pol.crypto.archive:_extract",  # 84 lines
     "pol.crypto.ledger:Ledger._check_row",  # 94 lines
     "pol.crypto.seal:open_sealed",  # 92 lines
-    "pol.proof.format:parse_manifest",  # 118 lines
+    "pol.proof.format:parse_manifest",  # 112 lines
     "pol.protocol.chain:check_parent",  # 89 lines
-    "pol.prover.recorder:Recorder.__init__",  # 130 lines
+    "pol.prover.recorder:Recorder.__init__",  # 113 lines
     "pol.verifier.core:_verify_pass",  # 518 lines
 }
 
