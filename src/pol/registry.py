@@ -49,7 +49,7 @@ def _trusted(module: str, trusted: Iterable[str]) -> bool:
 # would train (and write) whenever it is imported, by the prover's model check and by a verifier
 _TRAINING_CALLS = frozenset({"Recorder", "fit", "train_task", "train_spec", "run_loop",
                              "ProofWriter", "resume_task"})
-_importing: list[str] = []  # factory modules being imported by build_model, innermost last
+_importing: list[str] = []  # factory modules being imported by build_factory_model, innermost last
 
 
 def importing_factory_module() -> str | None:
@@ -206,15 +206,9 @@ def check_factory_module(module_name: str, arch: str) -> None:
                               "`if __name__ == \"__main__\":`")
 
 
-def build_model(ms: ModelSpec, trusted_modules: Iterable[str] = ()) -> nn.Module:
-    """Instantiate the spec's architecture (no init applied beyond the constructor's own)."""
-    from pol import models
-
-    if ":" not in ms.arch:
-        try:
-            return models.build_model(ms.arch, **ms.kwargs)
-        except ValueError as e:
-            raise ProofFormatError(f"model: {e}") from None
+def build_factory_model(ms: ModelSpec, trusted_modules: Iterable[str] = ()) -> nn.Module:
+    """Instantiate a `module:callable` factory's model, importing its module only when trusted
+    (no init applied beyond the constructor's own). Built-in names: `pol.step.build_model`."""
     if not _FACTORY_RE.match(ms.arch):
         raise ProofFormatError(f"model factory {ms.arch!r} is not of the form module:callable")
     module_name, attr = ms.arch.split(":")
@@ -273,10 +267,14 @@ def resolve_device(name: str | None) -> torch.device:
     return dev
 
 
-# `build_context` moved to `pol.step` (the only constructor of a step context); importable from
-# here until its callers have moved (loaded on first use: pol.step imports this module).
+# `build_context` and `build_model` (built-in architecture or trusted factory) moved to `pol.step`,
+# which rebuilds models from a spec; importable from here until their callers have moved (loaded on
+# first use: pol.step imports this module).
+_MOVED_TO_STEP = frozenset({"build_context", "build_model"})
+
+
 def __getattr__(name: str):
-    if name == "build_context":
-        from pol.step.context import build_context
-        return build_context
+    if name in _MOVED_TO_STEP:
+        from pol.step import context
+        return getattr(context, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -271,7 +271,8 @@ class Recorder:
     def _check_model_spec(self) -> nn.Module:
         """Catch a model_spec that would not rebuild this model, before training starts; returns
         the rebuilt model (on the CPU, constructor's init)."""
-        from pol.registry import build_model, same_architecture
+        from pol.registry import same_architecture
+        from pol.step import build_model
         ms = self.spec.model
         trusted = [ms.arch.split(":")[0]] if ":" in ms.arch else []
         try:

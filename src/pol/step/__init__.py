@@ -25,7 +25,7 @@ _EXPORTS: dict[str, str] = {
     # core
     "update": "core", "StepContext": "core", "make_loss": "core", "LOSSES": "core",
     # context
-    "build_context": "context", "step_context": "context", "spec_device": "context",
+    "build_context": "context", "build_model": "context", "step_context": "context", "spec_device": "context",
     "augment_rng_device": "context",
     # optimizers
     "OPTIMIZERS": "optimizers", "make_optimizer": "optimizers",
@@ -66,7 +66,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what a type checker and an IDE see (the same names, imported eagerly)
-    from pol.step.context import augment_rng_device, build_context, spec_device, step_context
+    from pol.step.context import (augment_rng_device, build_context, build_model, spec_device,
+                                  step_context)
     from pol.step.core import LOSSES, StepContext, make_loss, update
     from pol.step.data import AUGMENT, PREPARE
     from pol.step.init import (INIT_STRATEGIES, InitDist, apply_init, draw_init,

@@ -14,15 +14,27 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from pol.errors import ConfigError
-from pol.registry import build_model
-from pol.spec import TrainingSpec
+from pol.errors import ConfigError, ProofFormatError
+from pol.models import build_model as build_builtin_model
+from pol.registry import build_factory_model
+from pol.spec import ModelSpec, TrainingSpec
 from pol.step.core import StepContext, make_loss
 from pol.step.data import AUGMENT, PREPARE
 from pol.step.init import draw_init
 from pol.step.optimizers import make_optimizer
 
-__all__ = ["build_context", "step_context", "spec_device", "augment_rng_device"]
+__all__ = ["build_context", "build_model", "step_context", "spec_device", "augment_rng_device"]
+
+
+def build_model(ms: ModelSpec, trusted_modules: Iterable[str] = ()) -> nn.Module:
+    """Instantiate the spec's architecture: a built-in name (`pol.models`) or a `module:callable`
+    factory from a trusted module (`pol.registry`); no init beyond the constructor's own."""
+    if ":" in ms.arch:
+        return build_factory_model(ms, trusted_modules)
+    try:
+        return build_builtin_model(ms.arch, **ms.kwargs)
+    except ValueError as e:
+        raise ProofFormatError(f"model: {e}") from None
 
 
 def spec_device(spec: TrainingSpec) -> torch.device:
