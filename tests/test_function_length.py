@@ -31,7 +31,6 @@ KNOWN_LONG: set[str] = {
     "pol.proof.format:parse_manifest",  # 112 lines
     "pol.protocol.chain:check_parent",  # 89 lines
     "pol.prover.recorder:Recorder.__init__",  # 113 lines
-    "pol.verifier.core:_verify_pass",  # 518 lines
 }
 
 
