@@ -32,9 +32,10 @@ if _running_as_pol():  # before the heavy imports (click, then torch when a comm
     exits.install_startup_interrupt()
 
 import importlib  # noqa: E402
-import logging  # noqa: E402
 
 import click  # noqa: E402
+
+from pol import __version__  # noqa: E402
 
 # name: (module, attribute, short help shown by `pol --help`; must be the command's own)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -106,10 +107,11 @@ class _PolGroup(click.Group):
 
 
 @click.group(cls=_PolGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="pol")
+@click.version_option(version=__version__, prog_name="pol")  # no package metadata lookup
 @click.option("-v", "--verbose", is_flag=True, help="Log what pol does.")
 def main(verbose: bool) -> None:
     """pol — proof-of-learning for PyTorch: record a proof while training, verify it."""
+    import logging  # here: `pol --help` and `--version` never get this far
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
 

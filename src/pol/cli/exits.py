@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import os
 import signal
-import sqlite3
 import sys
 from typing import Any, Callable, NoReturn, TypeVar
 
@@ -49,6 +48,7 @@ def message_of(e: BaseException) -> str:
         return str(e) or type(e).__name__
     if isinstance(e, OSError):
         return f"{e.filename or ''}: {e.strerror or e}"
+    import sqlite3
     if isinstance(e, sqlite3.Error):  # a damaged ledger file (the Ledger checks what it can)
         return f"the ledger database is not usable: {e}"
     return f"unexpected {type(e).__name__}: {e} (set POL_DEBUG=1 for a traceback)"
