@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from pol import util
 from pol.errors import IncompleteProofError, ProofFormatError, ProofWriteError
 from pol.proof import format as fmt
 from pol.proof import writer as writer_mod
@@ -140,14 +141,43 @@ class _FullFile:
         return getattr(self._f, name)
 
 
-def _install_full_disk(monkeypatch, disk: DiskFull) -> None:
+class _UtilOs:
+    """`os` as `pol.util` sees it (its atomic writes: the proof's checkpoints, arrays, progress
+    and manifest), with every file it opens for writing passed through `wrap(path, file)`."""
+
+    def __init__(self, wrap) -> None:
+        self._wrap = wrap
+        self._paths: dict[int, str] = {}
+
+    def open(self, path, flags, mode=0o777, *args, **kw):
+        fd = os.open(path, flags, mode, *args, **kw)
+        self._paths[fd] = os.fspath(path)
+        return fd
+
+    def fdopen(self, fd, mode="r", *args, **kw):
+        f = os.fdopen(fd, mode, *args, **kw)
+        path = self._paths.pop(fd, None)
+        return self._wrap(path, f) if path is not None and any(c in mode for c in "wax+") else f
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+
+def _wrap_writes(monkeypatch, wrap) -> None:
+    """Pass every file the proof writer writes through `wrap(path, file)`: its journals (opened by
+    the writer module itself) and its atomic writes (`pol.util`). Module globals shadow builtins,
+    so only the proof writer's files and pol.util's are affected."""
     real_open = builtins.open
 
     def fake_open(file, mode="r", *args, **kw):
         f = real_open(file, mode, *args, **kw)
-        return _FullFile(f, disk) if any(c in mode for c in "wax+") else f
-    # module globals shadow builtins: only the proof writer's own writes are affected
+        return wrap(os.fspath(file), f) if any(c in mode for c in "wax+") else f
     monkeypatch.setattr(writer_mod, "open", fake_open, raising=False)
+    monkeypatch.setattr(util, "os", _UtilOs(wrap))
+
+
+def _install_full_disk(monkeypatch, disk: DiskFull) -> None:
+    _wrap_writes(monkeypatch, lambda path, f: _FullFile(f, disk))
 
 
 def _assert_incomplete(out: Path) -> None:
@@ -239,17 +269,15 @@ def test_disk_full_through_the_cli_is_one_error_line(tmp_path, monkeypatch):
 @pytest.mark.parametrize("target", [fmt.PROGRESS, fmt.INDICES, fmt.MANIFEST])
 def test_failed_atomic_write_leaves_no_temporary_file(tmp_path, monkeypatch, target):
     out = tmp_path / "proof"
-    real_open = builtins.open
     seen = [0]
 
-    def fake_open(file, mode="r", *args, **kw):
-        f = real_open(file, mode, *args, **kw)
-        if "w" in mode and Path(file).name.startswith(f".{target}.tmp"):
+    def wrap(path, f):
+        if Path(path).name.startswith(f".{target}.tmp"):
             seen[0] += 1
             if seen[0] >= 3 or target != fmt.PROGRESS:  # progress: after two checkpoints
                 return _FullFile(f, DiskFull(10))
         return f
-    monkeypatch.setattr(writer_mod, "open", fake_open, raising=False)
+    _wrap_writes(monkeypatch, wrap)
     with pytest.raises(ProofWriteError):
         _train(out)
     monkeypatch.undo()

@@ -550,7 +550,7 @@ def check_generation_budget(name: str, params: dict | None, max_bytes: int) -> N
         return
     need, what = got
     if need > max_bytes:
-        from pol.proof.format import LimitExceeded
+        from pol.errors import LimitExceeded
         raise LimitExceeded(f"generating dataset {name} ({what}) needs about "
                             f"{need / 2**30:.3g} GiB of memory", "max_dataset_bytes", max_bytes)
 

@@ -28,7 +28,8 @@ manifest.json is an incomplete proof. manifest.json is written last, atomically.
 This module is the format alone: json, hashlib and plain strings. It imports no torch (the sealed
 file reader and `pol inspect` read manifests without it) and knows no optimizer: tensor dtypes are
 named by the strings of `DTYPES`, and which dtype an entry is stored in is the caller's to compute
-(`pol.step` holds the optimizer rows); `pol.proof.host` is the torch side (host tensors only).
+(`pol.step.optimizers.storage_dtype_name`, from the optimizer rows); `pol.proof.host` is the torch
+side (host tensors only).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from pol.errors import IntegrityError, ProofFormatError
+from pol import util
+from pol.errors import LIMIT_OPTIONS, IntegrityError, LimitExceeded, ProofFormatError  # noqa: F401
 from pol.spec import TrainingSpec
 
 FORMAT_NAME = "pol-proof"
@@ -119,36 +121,8 @@ class Limits:
     max_dataset_bytes: int = 2**30  # memory to generate a dataset from the proof's parameters
 
 
-# How each budget limit is raised from the command line (`pol verify`); the library takes
-# `Limits(field=...)` for every field.
-LIMIT_OPTIONS = {
-    "max_checkpoints": "pol verify --max-checkpoints N",
-    "max_checkpoint_bytes": "pol verify --max-checkpoint-gb X",
-    "max_replay_steps": "pol verify --max-replay-steps N",
-    "max_dataset_bytes": "pol verify --max-dataset-gb X",
-    "max_total_bytes": "pol verify --max-proof-gb X",
-    "max_file_bytes": "pol verify --max-proof-gb X",
-}
-
-
-class LimitExceeded(ProofFormatError):
-    """A proof asks for more work or memory than one of the verifier's limits allows. Unusable
-    input (exit 2), refused before the work starts; the message names the `Limits` field and how
-    to raise it."""
-
-    def __init__(self, what: str, field: str, limit: int) -> None:
-        self.field = field
-        self.limit = limit
-        shown = _gib(limit) if field.endswith("_bytes") else f"{limit:,}"
-        how = LIMIT_OPTIONS.get(field)
-        raise_it = (f"raise it with `{how}` (library: Limits({field}=...))" if how else
-                    f"raise it with Limits({field}=...)")
-        super().__init__(f"{what}: over the verifier's limit {field} = {shown}; if you trust "
-                         f"this proof's size, {raise_it}")
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:g} GiB" if n >= 2**30 else f"{n / 2**20:g} MiB"
+# `LimitExceeded` (exit 2, naming the `Limits` field and the option that raises it) and
+# `LIMIT_OPTIONS` live in the one error tree, `pol.errors`; imported above, so the old names stay.
 
 
 def num_checkpoints(T: int, k: int) -> int:
@@ -176,13 +150,14 @@ def check_manifest_items(raw_bytes: bytes, limits: Limits) -> None:
 
 
 def canonical_json(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False).encode()
+    """The canonical JSON of the manifest's root digest: `pol.util.canonical_json` in its ASCII
+    form (`\\uXXXX` escapes), the bytes every existing proof's root digest was computed over."""
+    return util.canonical_json(obj, ascii_only=True)
 
 
 def no_duplicate_keys(name: str):
-    """`json.loads` hook that refuses duplicate keys (json keeps the last one silently, so two
-    readers of the same file could disagree on its content)."""
+    """`json.loads` hook that refuses duplicate keys (kept for old callers; parse untrusted JSON
+    with `pol.util.loads_strict`, which does this and more)."""
     def hook(pairs: list) -> dict:
         d: dict = {}
         for k, v in pairs:
@@ -247,15 +222,9 @@ def parse_manifest(raw_bytes: bytes, limits: Limits) -> Manifest:
         raise ProofFormatError(f"manifest.json is larger than the limit of "
                                f"{limits.max_manifest_bytes} bytes")
 
-    def no_consts(c: str) -> Any:
-        raise ProofFormatError(f"manifest.json contains {c}, which JSON does not allow")
-
     check_manifest_items(raw_bytes, limits)
-    try:
-        raw = json.loads(raw_bytes.decode("utf-8"), parse_constant=no_consts,
-                         object_pairs_hook=no_duplicate_keys(MANIFEST))
-    except (ValueError, RecursionError) as e:  # JSONDecodeError, huge int literals, bad UTF-8
-        raise ProofFormatError(f"manifest.json is not valid JSON: {e}") from None
+    # no duplicate keys, no NaN/Infinity, valid UTF-8 and nesting; ProofFormatError naming the file
+    raw = util.loads_strict(raw_bytes, MANIFEST, max_bytes=None)
     if not isinstance(raw, dict):
         raise ProofFormatError("manifest.json is not a JSON object")
     if raw.get("format") != FORMAT_NAME:
@@ -449,10 +418,10 @@ class CheckpointHeader:
 
 
 def __getattr__(name: str) -> Any:
-    """`storage_dtype(name, tensor, precision)` (a torch dtype) moved to the torch side of the
-    format, `pol.proof.storage`; `fmt.storage_dtype` keeps working for its callers, and importing
-    this module still imports no torch."""
+    """`storage_dtype(name, tensor, precision)` (a torch dtype) moved to `pol.step` (the optimizer
+    table decides which entries an fp16 proof stores in which dtype); `fmt.storage_dtype` keeps
+    working for its callers, and importing this module still imports no torch."""
     if name == "storage_dtype":
-        from pol.proof.storage import storage_dtype
+        from pol.step.state import storage_dtype
         return storage_dtype
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,7 +24,12 @@ import torch
 
 from pol.errors import ProofWriteError
 from pol.proof import format as fmt
-from pol.proof.storage import dtype_name, storage_dtype
+from pol.step.state import storage_dtype  # the optimizer table's storage rule (fp16 proofs)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch.float32 -> "float32": the names of `pol.proof.format.DTYPES`."""
+    return str(dtype).removeprefix("torch.")
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import json
 import os
 import struct
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from safetensors.torch import load as st_load
 
 from pol.errors import IncompleteProofError, IntegrityError, ProofFormatError
 from pol.proof import format as fmt
+from pol.util import loads_strict
 
 _ST_DTYPES = fmt.SAFETENSORS_ITEMSIZE  # safetensors code -> item size, from the one dtype table
 
@@ -109,11 +109,8 @@ def parse_safetensors(data: bytes, name: str, limits: fmt.Limits) -> dict[str, t
     hlen = struct.unpack("<Q", data[:8])[0]
     if hlen > limits.max_safetensors_header or 8 + hlen > len(data):
         raise ProofFormatError(f"{name}: safetensors header length {hlen} is invalid")
-    try:
-        header = json.loads(data[8:8 + hlen].decode("utf-8"),
-                            object_pairs_hook=fmt.no_duplicate_keys(name))
-    except (ValueError, RecursionError):  # JSONDecodeError, huge int literals, bad UTF-8
-        raise ProofFormatError(f"{name}: malformed safetensors header") from None
+    # no duplicate keys (two parsers could disagree), no NaN, valid UTF-8, bounded nesting
+    header = loads_strict(data[8:8 + hlen], f"{name}: safetensors header", max_bytes=None)
     if not isinstance(header, dict):
         raise ProofFormatError(f"{name}: malformed safetensors header")
     body = len(data) - 8 - hlen

@@ -45,47 +45,13 @@ from pol.proof import codec as _codec
 from pol.proof import format as fmt
 from pol.proof.hashing import batch_hashes
 from pol.proof.host import HostCheckpoint, HostSnapshotter, Layout
+# the one atomic write, directory fsync and file digest (old names kept: attacks, tests)
+from pol.util import AtomicFile, atomic_write, fsync_dir
+from pol.util import sha256_file as file_sha256
 
 log = logging.getLogger(__name__)
 
 WRITING_DIR = ".pol-writing"
-
-
-def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def file_sha256(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-            n += len(chunk)
-    return h.hexdigest(), n
 
 
 _Layout = Layout  # the old name (benchmarks/bench_size.py)
@@ -311,19 +277,13 @@ class ProofWriter:
             data, _ = self._encoder.encode(raw, segments, self._index)
             chunks = [data]
             name = fmt.stored_checkpoint_name(t, fmt.CODEC_FORMAT_VERSION)
-        path = self.dir / name
-        tmp = path.with_name(f".{path.name}.tmp")
         h = hashlib.sha256()
         size = 0
-        with open(tmp, "wb") as f:  # safetensors, written raw from the flat buffers
+        with AtomicFile(self.dir / name, self.durable) as f:  # written raw from the flat buffers
             for chunk in chunks:
                 h.update(chunk)
                 f.write(chunk)
                 size += len(chunk)
-            if self.durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
         self._files[name] = (h.hexdigest(), size)
         self._index += 1
         self._rows += n_rows
