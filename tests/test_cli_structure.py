@@ -47,8 +47,10 @@ def test_help_and_version_import_no_torch_nor_crypto(args):
     assert not {m for m in mods if m.startswith(("pol.crypto", "pol.verifier", "pol.prover"))}
 
 
-def test_the_light_commands_do_not_import_torch():
-    assert not {m for m in _imports_after(["ledger", "--help"]) if m.startswith("torch")}
+def test_the_light_commands_do_not_import_torch(tmp_path):
+    for args in (["ledger", "--help"], ["keygen", "--out", str(tmp_path / "keys")]):
+        assert not {m for m in _imports_after(args) if m.startswith("torch")}, args
+    assert (tmp_path / "keys" / "signing.key").exists()
 
 
 def _all_commands():

@@ -229,8 +229,9 @@ def ledger_entries(entries: Any, as_json: bool) -> None:
 
 
 def entry_json(e: Any) -> dict[str, Any]:
-    """An entry as JSON; a payload or token that does not decode (a damaged or tampered ledger,
-    which `ledger verify` reports) is shown raw, with the reason, instead of stopping the listing."""
+    """An entry as JSON; a payload or token that does not decode (a damaged or tampered
+    ledger, which `ledger verify` reports) is shown raw, with the reason, instead of stopping
+    the listing."""
     out = {f: getattr(e, f) for f in ("seq", "kind", "timestamp", "signer_key_id",
                                       "signer_public_key", "prev_hash", "entry_hash",
                                       "signature", "ts_authority")}
