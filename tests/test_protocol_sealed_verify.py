@@ -35,3 +35,26 @@ def test_verify_opens_and_verifies_a_sealed_proof(tmp_path):
     bad = r.invoke(main, ["verify", str(sealed), "--key", str(tmp_path / "verifier/encryption.key")])
     assert bad.exit_code in (1, 2) and "VALID" not in bad.output
     assert not any(p.name.startswith("pol-sealed-") for p in tmp_path.iterdir())
+
+
+def test_verify_sealed_is_the_library_side(tmp_path, monkeypatch):
+    import tempfile
+
+    import pytest
+
+    from pol.crypto import generate_keys, load_encryption_pub, load_signing_key
+    from pol.crypto.seal import seal
+    from pol.errors import ConfigError
+    from pol.verifier.sealed import opened_proof, verify_sealed
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the opened copy goes here
+    v, p = generate_keys(tmp_path / "v"), generate_keys(tmp_path / "p")
+    train_task("iris-logreg", tmp_path / "proof", epochs=2, k=5)
+    seal(tmp_path / "proof", load_encryption_pub(v.encryption_pub),
+         load_signing_key(p.signing_key), tmp_path / "proof.pol")
+    report = verify_sealed(tmp_path / "proof.pol", key=v.encryption_key, signer=p.signing_pub)
+    assert report.valid
+    assert not any(x.name.startswith("pol-sealed-") for x in tmp_path.iterdir())
+    with opened_proof(tmp_path / "proof") as src:  # a directory is given as is
+        assert src.path == str(tmp_path / "proof") and not src.sealed
+    with pytest.raises(ConfigError, match="--key"), opened_proof(tmp_path / "proof.pol"):
+        pass
