@@ -216,13 +216,14 @@ def test_long_segment_refused_by_the_library_before_the_data_or_model(long_segme
 
 def test_planned_replay_counts_what_the_verifier_chooses(mlp_proof):
     """digits-mlp, 2 epochs: S = 45, k = 10; segments start at 0..80, 5 in epoch 0, 4 in epoch 1."""
-    from pol.verifier.core import _n_segments
+    from pol.verifier import selection
     m = open_proof(mlp_proof).manifest
     assert budget.segments_per_epoch(m).tolist() == [5, 4]
     for q, r, all_ in [(1, 0, False), (1, 1, False), (2, 1, False), (4, 1, False), (9, 9, False),
                        (1, 0, True)]:
         n, steps = budget.planned_replay(m, q, all_, r)
-        assert n == _n_segments(open_proof(mlp_proof), q, all_, r)
+        d1s = list(np.random.default_rng(q + r).random(len(m.checkpoints) - 1))
+        assert n == len(selection.choose(m, d1s, q, all_, r, b"e"))
         assert steps == (90 if all_ else min(90, 10 * n))
 
 

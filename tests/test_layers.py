@@ -38,18 +38,10 @@ KNOWN_VIOLATIONS: set[str] = {
     "pol.init: no floor",  # the ARCHITECTURE.md table places no entry that is a prefix
     "pol.proof.codec -> pol.proof.format",  # import cycle: pol.proof.codec ↔ pol.proof.format
     "pol.proof.format -> pol.proof.codec",  # import cycle: pol.proof.codec ↔ pol.proof.format
-    "pol.protocol.dispute -> pol.verifier.core",  # goes up from floor 5 (pol.protocol) to floor 6 (pol.verifier)
     "pol.prover.recorder -> pol",  # goes up from floor 6 (pol.prover) to floor 9 (pol)
     "pol.registry -> pol.step.context",  # goes up from floor 1 (pol.registry) to floor 2 (pol.step)
     "pol.spec -> pol.errors",  # goes sideways between peers pol.spec and pol.errors (floor 0)
     "pol.util -> pol.errors",  # goes sideways between peers pol.util and pol.errors (floor 0)
-    "pol.verifier.core -> pol.verifier.distributed",  # import cycle: pol.verifier.core ↔ pol.verifier.distributed ↔ pol.verifier.executors ↔ pol.verifier.parallel
-    "pol.verifier.core -> pol.verifier.executors",  # import cycle: pol.verifier.core ↔ pol.verifier.distributed ↔ pol.verifier.executors ↔ pol.verifier.parallel
-    "pol.verifier.core -> pol.verifier.parallel",  # import cycle: pol.verifier.core ↔ pol.verifier.distributed ↔ pol.verifier.executors ↔ pol.verifier.parallel
-    "pol.verifier.distributed -> pol.verifier.parallel",  # import cycle: pol.verifier.core ↔ pol.verifier.distributed ↔ pol.verifier.executors ↔ pol.verifier.parallel
-    "pol.verifier.executors -> pol.verifier.distributed",  # import cycle: pol.verifier.core ↔ pol.verifier.distributed ↔ pol.verifier.executors ↔ pol.verifier.parallel
-    "pol.verifier.executors -> pol.verifier.parallel",  # import cycle: pol.verifier.core ↔ pol.verifier.distributed ↔ pol.verifier.executors ↔ pol.verifier.parallel
-    "pol.verifier.parallel -> pol.verifier.core",  # import cycle: pol.verifier.core ↔ pol.verifier.distributed ↔ pol.verifier.executors ↔ pol.verifier.parallel
 }
 
 

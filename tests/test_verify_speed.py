@@ -12,7 +12,7 @@ import torch
 from pol.datasets import load_dataset
 from pol.proof.reader import Proof, open_proof
 from pol.verifier import verify
-from pol.verifier.core import _n_segments, _segments_to_replay
+from pol.verifier import selection
 from pol.verifier.distances import METRICS, all_distances
 from pol.verifier.parallel import distances
 
@@ -50,8 +50,8 @@ def test_segment_count_known_before_the_pass(mlp_proof):
         for r in (0, 1, 2, 50):
             for all_segments in (False, True):
                 d1s = list(rng.random(n))
-                chosen = _segments_to_replay(proof, d1s, q, all_segments, r, b"e")
-                assert _n_segments(proof, q, all_segments, r) == len(chosen)
+                chosen = selection.choose(proof.manifest, d1s, q, all_segments, r, b"e")
+                assert selection.planned(proof.manifest, q, all_segments, r)[0] == len(chosen)
 
 
 def test_dataset_cache_returns_fresh_copies():

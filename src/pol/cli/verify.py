@@ -7,6 +7,7 @@ pol.verifier.distributed.run_launched's; the options' defaults are VerifyOptions
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 
@@ -109,12 +110,13 @@ def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trus
                                                               source.path, passphrase_env))
         return code
 
-    with opened_proof(proof, open_key, open_from, ledger_db) as source:
+    with contextlib.ExitStack() as opened:  # closed by run_launched before a rank's os._exit
+        source = opened.enter_context(opened_proof(proof, open_key, open_from, ledger_db))
         render.opened_sealed(source)
         run_launched(lambda distributed: run(source.path, dataclasses.replace(
                          options, distributed=distributed,
                          progress=options.progress and not distributed)),
-                     lambda r: render.verify_exit_code(r, data), report)
+                     lambda r: render.verify_exit_code(r, data), report, opened.close)
 
 
 @click.command("calibrate")
@@ -161,7 +163,7 @@ def inspect(proof, as_json):
 def dispute(proofs, model, ledger_db, data, q, device, parents, registry, as_json):
     """Settle an ownership dispute: which proof (if any) shows who trained MODEL first.
     Exit 0 if there is a winner, 1 otherwise."""
-    from pol.protocol.dispute import dispute as run
+    from pol.verifier.dispute import dispute as run
     res = run(model, list(proofs), V(q=q, data=data, device=device, parents=tuple(parents),
                                      registry=registry), ledger=ledger_db)
     sys.exit(render.dispute(res, as_json))

@@ -21,30 +21,10 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-import numpy as np
-
 from pol.errors import ProofFormatError
 from pol.proof import format as fmt
-
-
-def segments_per_epoch(manifest: fmt.Manifest) -> np.ndarray:
-    """How many segments start in each epoch (a segment belongs to the epoch it starts in), from
-    T, k and S alone (O(epochs), no list of checkpoints)."""
-    k, S, E = manifest.k, manifest.steps_per_epoch, manifest.epochs
-    n_seg = fmt.num_checkpoints(manifest.total_steps, k) - 1
-    bounds = np.minimum(n_seg, -(-(np.arange(E + 1, dtype=np.int64) * S) // k))
-    return np.diff(bounds)
-
-
-def planned_replay(manifest: fmt.Manifest, q: int, all_segments: bool,
-                   random_per_epoch: int = 0) -> tuple[int, int]:
-    """(segments, steps at most) that verification will replay: every segment with `all_segments`,
-    else min(segments in the epoch, q + random_per_epoch) per epoch, each at most k steps."""
-    T, k = manifest.total_steps, manifest.k
-    if all_segments:
-        return fmt.num_checkpoints(T, k) - 1, T
-    n = int(np.minimum(segments_per_epoch(manifest), q + random_per_epoch).sum())
-    return n, min(T, n * k)
+from pol.verifier.selection import planned as planned_replay
+from pol.verifier.selection import segments_per_epoch  # noqa: F401 - re-exported
 
 
 def _refuse_long_segment(length: int, limits: fmt.Limits) -> None:
@@ -104,6 +84,6 @@ def check_verify_budget(manifest: fmt.Manifest, options) -> None:
     limits = options.limits
     if not options.request_data and not options.reveal:
         check_dataset_budget(manifest.spec, limits)
-    hardened = options.policy == "hardened"
+    policy = options.resolved_policy()
     check_planned_replay(manifest, limits, options.q, options.all_segments,
-                         options.random_per_epoch if hardened else 0, probe=hardened)
+                         policy.extra_random, probe=policy.hardened)

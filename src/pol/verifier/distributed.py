@@ -151,7 +151,7 @@ def leave(code: int) -> None:
 
 
 def run_launched(verify: Callable[[bool], Any], exit_code: Callable[[Any], int],
-                 report: Callable[[Any], int]) -> None:
+                 report: Callable[[Any], int], cleanup: Callable[[], None] | None = None) -> None:
     """The whole process lifecycle of one verification, alone or under torchrun (`pol verify`
     calls this; it never returns).
 
@@ -159,8 +159,9 @@ def run_launched(verify: Callable[[bool], Any], exit_code: Callable[[Any], int],
     (WORLD_SIZE > 1): join the process group, `verify(True)` on every rank, leave the group (a
     barrier first when every rank got that far), then rank 0 alone reports; every rank exits
     through `leave` (os._exit: see there), rank 0 with `report`'s code, the others with
-    `exit_code(result)`. An exception from `verify` leaves the group without the barrier and
-    propagates (the caller prints it and exits)."""
+    `exit_code(result)`, after `cleanup()` (os._exit skips `finally` blocks and context
+    managers: a sealed proof's opened copy would stay on disk). An exception from `verify`
+    leaves the group without the barrier and propagates (the caller prints it and exits)."""
     import sys
     if not init_from_env():
         sys.exit(report(verify(False)))
@@ -171,5 +172,8 @@ def run_launched(verify: Callable[[bool], Any], exit_code: Callable[[Any], int],
         ok = True
     finally:
         finish(ok)
-    leave(report(result) if lead else exit_code(result))
+    code = report(result) if lead else exit_code(result)
+    if cleanup is not None:
+        cleanup()
+    leave(code)
     raise AssertionError("unreachable")  # pragma: no cover - leave() does not return

@@ -200,7 +200,7 @@ def _flip_ratio(real: torch.Tensor, flipped: torch.Tensor, w_a: torch.Tensor) ->
 FORCE_START_METHOD: str | None = None  # tests: force "fork", "forkserver" or "spawn"
 SHARE_DATA_MAX_BYTES = 256 * 2**20  # above this, non-fork workers reload the data themselves
 _PRELOAD = ["torch", "torch._dynamo", "numpy", "pol.step", "pol.registry", "pol.datasets",
-            "pol.proof.reader", "pol.verifier.core", "pol.verifier.parallel"]
+            "pol.proof.reader", "pol.verifier.session", "pol.verifier.parallel"]
 
 
 @dataclass(frozen=True)
@@ -295,7 +295,7 @@ def _build_state(job: ReplayJob) -> dict[str, Any]:
     from pol.proof.hashing import content_digest
     from pol.proof.reader import open_proof
     from pol.registry import build_context, resolve_device
-    from pol.verifier.core import _param_names, load_verifier_data
+    from pol.verifier.session import load_verifier_data, param_names as _param_names
 
     proof = open_proof(job.proof, job.limits)
     if proof.manifest.root_digest != job.root_digest:

@@ -91,7 +91,9 @@ class Report:
     def add(self, name: str, ok: bool | None, reason: str = "", value: Any = None,
             bound: Any = None, warn: bool = False) -> Check:
         status = "skip" if ok is None else ("pass" if ok else ("warn" if warn else "fail"))
-        c = Check(name, status, reason, _jsonable(value), _jsonable(bound))
+        # a CheckName member is stored as its plain string (hash, equality and JSON of a str)
+        c = Check(str(getattr(name, "value", name)), status, reason, _jsonable(value),
+                  _jsonable(bound))
         self.checks.append(c)
         return c
 

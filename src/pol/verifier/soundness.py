@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pol.step import MODEL_PREFIX, OPTIM_PREFIX
+from pol.step import OPTIM_PREFIX
 
 
 @dataclass(frozen=True)

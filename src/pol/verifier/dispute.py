@@ -44,7 +44,7 @@ def dispute(model_path: str, proofs: list[str], options, ledger: str | None = No
             ) -> dict[str, Any]:
     from pol.protocol.chain import final_model
     from pol.proof.reader import open_proof
-    from pol.verifier.core import verify
+    from pol.verifier.core import verify  # same package
     target = load_model_weights(model_path)
     claims = []
     for p in proofs:

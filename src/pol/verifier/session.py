@@ -1,0 +1,167 @@
+"""What one verification works on: the opened proof, the verifier's data, the step context the
+proof describes, and a checkpoint store that checks every checkpoint it hands out.
+
+The session is built once, in order of cost: the proof (digests), the data (its commitment is a
+check of `pol.verifier.checks.inputs`), the model and optimizer (`pol.registry.build_context`, the
+same constructor the prover used). Checkpoints are read through `CheckpointStore.load`: digest,
+names, shapes, dtypes and finite weights checked, the last two kept in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+import numpy as np
+import torch
+
+from pol.errors import ConfigError, ProofFormatError
+from pol.proof import format as fmt
+from pol.step import MODEL_PREFIX, expected_state_shapes, state_tensors
+
+
+def load_verifier_data(spec, data: str | None):
+    """The training set the verifier replays on: built-in datasets are rebuilt from their name and
+    parameters (they take no `data`: one given is an error, never silently ignored); local (CIFAR)
+    and user data come from `data` (a directory, or an .npz file). Every problem with `data` is a
+    ConfigError (exit 2) naming it."""
+    from pol.datasets import _PURE_DATASETS, load_dataset
+
+    name = spec.data.name
+    if data is not None and name in _PURE_DATASETS:
+        raise ConfigError(f"--data {data}: this proof's dataset {name!r} is built into pol and "
+                          "rebuilt from the proof's own parameters; it takes no --data (leave "
+                          "--data out)")
+    if data is not None and not os.path.exists(data):
+        raise ConfigError(f"--data {data}: no such file or directory")
+    try:
+        if name in ("user", "npz"):
+            return _load_user_npz(data)
+        if data is not None and name in ("cifar10", "cifar100") and not os.path.isdir(data):
+            raise ConfigError(f"--data {data} is a file: the {name} dataset is read from the "
+                              "directory holding its binary files")
+        train, _ = load_dataset(name, dict(spec.data.params), data)
+        return train
+    except FileNotFoundError as e:
+        raise ConfigError(str(e)) from None
+    except ValueError as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ProofFormatError(f"cannot load the proof's dataset {name!r}: {e}") from None
+
+
+def _load_user_npz(data: str | None):
+    from pol.datasets import ArrayDataset
+    if not data:
+        raise ConfigError("this proof was made on user data: pass it with --data FILE.npz "
+                          "(arrays x and y)")
+    if os.path.isdir(data):
+        raise ConfigError(f"--data {data} is a directory: this proof was made on user "
+                          "data, pass the .npz file with arrays x and y")
+    if not zipfile.is_zipfile(data):
+        raise ConfigError(f"--data {data} is not an .npz archive: save the training set "
+                          "with numpy.savez(PATH, x=..., y=...) (CSV and .npy files are "
+                          "not read)")
+    try:
+        with np.load(data, allow_pickle=False) as z:
+            if "x" not in z or "y" not in z:
+                raise ConfigError(f"{data}: expected arrays named x and y")
+            return ArrayDataset(z["x"], z["y"].astype(np.int64))
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, TypeError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"--data {data}: not a readable .npz archive of arrays x and "
+                          f"y ({e})") from None
+
+
+def param_names(model: torch.nn.Module) -> list[str]:
+    """The checkpoint names of the model's parameters (buffers excluded), in parameter order."""
+    return [MODEL_PREFIX + n for n, _ in model.named_parameters()]
+
+
+def check_model_size(spec, m: fmt.Manifest, trusted: tuple[str, ...]) -> None:
+    """Build the spec's model on the meta device (no memory) and refuse one whose parameters need
+    far more bytes than the proof's first checkpoint holds, before allocating it for real."""
+    from pol.registry import build_model
+    try:
+        with torch.device("meta"):
+            model = build_model(spec.model, trusted)
+    except (RuntimeError, MemoryError, TypeError, ValueError) as e:
+        raise ProofFormatError(f"the proof's model cannot be built: {e}") from None
+    need = sum(p.numel() for p in model.parameters()) * (2 if spec.precision == "fp16" else 4)
+    have = m.files[fmt.checkpoint_name(0)][1]
+    if need > have:
+        raise ProofFormatError(f"the spec describes a model of {need} parameter bytes, but the "
+                               f"first checkpoint holds only {have} bytes")
+
+
+def build_step_context(spec, manifest: fmt.Manifest, device: torch.device,
+                       trusted: tuple[str, ...]):
+    """The step context the proof describes (unusable input if it cannot be built)."""
+    from pol.registry import build_context
+    check_model_size(spec, manifest, trusted)
+    try:
+        return build_context(spec, device, trusted)
+    except ConfigError as e:
+        raise ProofFormatError(f"the proof's spec cannot be rebuilt: {e}") from None
+    except (RuntimeError, MemoryError, TypeError, ValueError) as e:
+        raise ProofFormatError(f"the proof's model cannot be built: {e}") from None
+
+
+class CheckpointStore:
+    """Checkpoints of one proof, each checked against the model before use: names, shapes, storage
+    dtypes, finite weights (the digest is checked by the reader). The last two stay in memory
+    (never altered: `load_state` copies them), so a replay of consecutive segments, or of the last
+    one after the checkpoint pass, does not read and check the same file again."""
+
+    def __init__(self, proof, ctx) -> None:
+        self.proof = proof
+        spec = proof.manifest.spec
+        self.precision = spec.precision
+        self.names = param_names(ctx.model)
+        self.model_shapes, self.opt_shapes = expected_state_shapes(ctx.model, ctx.optimizer,
+                                                                   spec.optimizer.name)
+        ref_state = state_tensors(ctx.model, ctx.optimizer)
+        self.dtypes = {k: fmt.storage_dtype(k, v, spec.precision) for k, v in ref_state.items()}
+        for i in range(sum(len(g["params"]) for g in ctx.optimizer.param_groups)):
+            for key in ("momentum_buffer", "exp_avg", "exp_avg_sq"):
+                name = f"optim.{i}.{key}"
+                self.dtypes[name] = fmt.storage_dtype(name, torch.empty(0), spec.precision)
+            self.dtypes[f"optim.{i}.step"] = torch.float32
+        self._recent: dict[int, dict[str, torch.Tensor]] = {}
+
+    def load(self, t: int) -> dict[str, torch.Tensor]:
+        hit = self._recent.get(t)
+        if hit is not None:
+            return hit
+        tensors = self._load_checked(t)
+        self._recent[t] = tensors
+        while len(self._recent) > 2:
+            self._recent.pop(next(iter(self._recent)))
+        return tensors
+
+    def _load_checked(self, t: int) -> dict[str, torch.Tensor]:
+        tensors = self.proof.load_checkpoint(t)
+        for k, v in tensors.items():
+            want = self.model_shapes.get(k, self.opt_shapes.get(k))
+            if want is None or tuple(v.shape) != want:
+                raise ProofFormatError(f"checkpoint at step {t}: entry {k} does not fit the model")
+            if v.dtype != self.dtypes.get(k, v.dtype):
+                raise ProofFormatError(f"checkpoint at step {t}: entry {k} is {v.dtype}, a "
+                                       f"{self.precision} proof stores {self.dtypes[k]}")
+        missing = [k for k in self.model_shapes if k not in tensors]
+        if missing:
+            raise ProofFormatError(f"checkpoint at step {t}: missing {missing[:3]}")
+        for n in self.names:
+            if not torch.isfinite(tensors[n]).all():
+                raise ProofFormatError(f"checkpoint at step {t}: {n} has NaN/Inf values")
+        return tensors
+
+
+def model_source_matches(spec) -> tuple[bool, str, str] | None:
+    """(matches, proof digest, installed digest) for a user factory whose source the proof pins."""
+    if not spec.model.source_sha256:
+        return None
+    from pol.registry import module_source_digest
+    installed = module_source_digest(spec.model.arch.split(":")[0])
+    return installed == spec.model.source_sha256, spec.model.source_sha256, installed
+
