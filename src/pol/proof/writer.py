@@ -56,6 +56,9 @@ WRITING_DIR = ".pol-writing"
 
 _Layout = Layout  # the old name (benchmarks/bench_size.py)
 
+# the journal's per-step rows, in the dtypes of the arrays they become
+_JOURNAL = {k: fmt.npy_descr(v) for k, v in fmt.ARRAY_DTYPES.items()}
+
 
 class ProofWriter:
     """Writes one proof directory. Use `put_checkpoint` for t = 0, k, 2k, ..., T in order, each with
@@ -164,12 +167,12 @@ class ProofWriter:
             T = manifest_body["total_steps"]
             groups = manifest_body["param_groups"]
             wd = self.dir / WRITING_DIR
-            idx_flat = np.fromfile(wd / "indices.bin", dtype="<i8")
+            idx_flat = np.fromfile(wd / "indices.bin", dtype=_JOURNAL["indices"])
             if T == 0 or idx_flat.size % T:
                 raise ProofWriteError("journal of batch indices is inconsistent")
             indices = idx_flat.reshape(T, -1)
-            lrs = np.fromfile(wd / "lrs.bin", dtype="<f8").reshape(T, groups)
-            losses = np.fromfile(wd / "losses.bin", dtype="<f4")
+            lrs = np.fromfile(wd / "lrs.bin", dtype=_JOURNAL["lrs"]).reshape(T, groups)
+            losses = np.fromfile(wd / "losses.bin", dtype=_JOURNAL["losses"])
             if len(losses) != T:
                 raise ProofWriteError("journal of losses is inconsistent")
             arrays = {fmt.INDICES: indices, fmt.LRS: lrs, fmt.LOSSES: losses,
@@ -246,9 +249,9 @@ class ProofWriter:
     def _write_ready(self, t: int, snap: HostCheckpoint) -> None:
         n_rows = 0
         if snap.records:
-            idx = np.ascontiguousarray(snap.records["indices"], dtype="<i8")
-            lrs = np.ascontiguousarray(snap.records["lrs"], dtype="<f8")
-            losses = np.array(snap.records["losses"], dtype="<f4")
+            idx = np.ascontiguousarray(snap.records["indices"], dtype=_JOURNAL["indices"])
+            lrs = np.ascontiguousarray(snap.records["lrs"], dtype=_JOURNAL["lrs"])
+            losses = np.array(snap.records["losses"], dtype=_JOURNAL["losses"])
             n_rows = len(idx)
             if not (len(lrs) == len(losses) == n_rows):
                 raise ProofWriteError("per-step records have different lengths")
