@@ -104,6 +104,7 @@ def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trus
                 workers=workers, update_size_min=min_update, require_exact=require_exact)
 
     def report(r):  # rank 0 (or the only process): print, then record a valid verdict
+        render.opened_sealed(source)
         code = render.verified(r, data, verbose_segments, json_out, request_data)
         if record_to and r.valid and code != 2:
             render.verdict_recorded(record_to, record_verdict(record_to, sign_with, r,
@@ -112,7 +113,6 @@ def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trus
 
     with contextlib.ExitStack() as opened:  # closed by run_launched before a rank's os._exit
         source = opened.enter_context(opened_proof(proof, open_key, open_from, ledger_db))
-        render.opened_sealed(source)
         run_launched(lambda distributed: run(source.path, dataclasses.replace(
                          options, distributed=distributed,
                          progress=options.progress and not distributed)),
