@@ -89,9 +89,12 @@ def test_header_matches_the_safetensors_library():
 def test_writer_takes_host_checkpoints(tmp_path):
     """`put` with host buffers and `put_checkpoint` with a state dict write the same file."""
     state = _state()
+    from pol.prover.snapshot import DeviceSnapshotter
     outs = []
-    for how in ("put", "put_checkpoint"):
-        w = ProofWriter(tmp_path / how, run_info={"spec": {"batch_size": 2}})
+    for how in ("put", "put_checkpoint", "device-snapshotter"):
+        # the prover's snapshotter takes CPU state the host way (no CUDA needed)
+        w = ProofWriter(tmp_path / how, run_info={"spec": {"batch_size": 2}},
+                        snapshotter=DeviceSnapshotter() if how.startswith("device") else None)
         rec = {"indices": np.array([[0, 1]]), "lrs": np.array([[0.1]]),
                "losses": np.array([0.5], np.float32)}
         if how == "put":
@@ -100,7 +103,7 @@ def test_writer_takes_host_checkpoints(tmp_path):
             w.put_checkpoint(1, state, rec)
         w.abort()
         outs.append((tmp_path / how / fmt.checkpoint_name(1)).read_bytes())
-    assert outs[0] == outs[1]
+    assert outs[0] == outs[1] == outs[2]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
