@@ -34,7 +34,6 @@ from pol.errors import ConfigError, IntegrityError
 from pol.proof import format as fmt
 from pol.proof.hashing import sample_leaves
 from pol.proof.reader import open_proof
-from pol.spec import set_tf32
 from pol.verifier import selection
 from pol.verifier.budget import check_verify_budget
 from pol.verifier.checks import CheckName, inputs
@@ -139,41 +138,27 @@ def verify(path: str | os.PathLike, options: VerifyOptions | None = None, **kw: 
         return _verify_pass(path, o)
 
 
-class _prover_numerics:
-    """Torch's settings as the prover recorded them (threads on a CPU, deterministic algorithms,
-    TF32), restored on exit. An unreadable manifest changes nothing (the pass reports it)."""
+def _prover_numerics(path, o: VerifyOptions):
+    """Torch's settings as the prover recorded them (`pol.step.numerics`: threads on a CPU,
+    deterministic algorithms, TF32), restored on exit. An unreadable manifest changes nothing
+    (the pass reports it)."""
+    from contextlib import nullcontext
 
-    def __init__(self, path, o: VerifyOptions) -> None:
-        self.threads, self.deterministic, self.tf32 = 0, False, ""
+    from pol.proof.reader import read_manifest
+    from pol.step import numerics
+    try:
+        spec = read_manifest(path, o.limits).spec
+    except Exception:  # noqa: BLE001 - _verify_pass reports it properly
+        return nullcontext()
+    if o.device in ("cpu", None):
+        dev = torch.device("cpu")
+    else:
+        from pol.registry import resolve_device
         try:
-            from pol.proof.reader import read_manifest
-            spec = read_manifest(path, o.limits).spec
-            if spec.device == "cpu" and o.device in ("cpu", None):
-                self.threads = spec.cpu_threads
-            self.deterministic = spec.deterministic
-            self.tf32 = spec.tf32  # matters only where the replay runs on a GPU
+            dev = resolve_device(o.device)
         except Exception:  # noqa: BLE001 - _verify_pass reports it properly
-            pass
-
-    def __enter__(self) -> None:
-        self.prev_tf32 = set_tf32(self.tf32)
-        self.saved = torch.get_num_threads()
-        self.saved_det = torch.are_deterministic_algorithms_enabled()
-        self.saved_env = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
-        if self.threads and self.threads != self.saved:
-            torch.set_num_threads(self.threads)
-        if self.deterministic and not self.saved_det:  # exact on a GPU too
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
-
-    def __exit__(self, *exc) -> None:
-        set_tf32(self.prev_tf32 if self.tf32 else "")
-        if self.threads and self.threads != self.saved:
-            torch.set_num_threads(self.saved)
-        if self.deterministic and not self.saved_det:
-            torch.use_deterministic_algorithms(False)
-            if self.saved_env is None:
-                os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+            return nullcontext()
+    return numerics(spec, dev)
 
 
 @dataclass
@@ -353,7 +338,7 @@ def _checkpoint_pass(o: VerifyOptions, policy: Policy, s: Session, report: Repor
         _add(report, [init_checks.initial_optimizer_state(prev, spec)])
     regen_pre = None
     if (policy.has(Defence.INIT_REGENERATION) and m.init.get("kind") != "parent"
-            and s.device.type == "cpu"):
+            and m.init.get("external") is not True and s.device.type == "cpu"):
         # the model built above is still untouched (replays below change it)
         regen_pre = init_checks.seeded_init_equal(s.ctx.model, w0, names)
     prev_vec = flat_params(prev, names)
@@ -392,12 +377,16 @@ def _check_start(o: VerifyOptions, policy: Policy, s: Session, report: Report, w
     _add(report, [init_checks.initialization(s.ctx.model, spec, w0, names, o.alpha)])
     if not policy.has(Defence.INIT_REGENERATION):
         return
+    final = s.store.load(m.checkpoints[-1])
+    if m.init.get("external") is True:  # the prover's own W_0, recorded as given
+        _add(report, [init_checks.external_init(),
+                      init_checks.init_rank_correlation(w0, final, names)])
+        return
     from pol.verifier import hardened as hd
     regen = regen_pre if regen_pre is not None else \
         hd.regenerated_init_matches(spec, w0, names, o.trusted_modules)
     _add(report, [init_checks.init_regeneration(regen)])
     if not regen:
-        final = s.store.load(m.checkpoints[-1])
         _add(report, [init_checks.init_rank_correlation(w0, final, names)])
 
 

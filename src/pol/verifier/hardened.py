@@ -68,7 +68,7 @@ def regenerated_init_matches(spec, w0: dict[str, torch.Tensor], names: list[str]
     The model is built with the modules the verifier trusts (a user's model class). A model that
     cannot be built is an error of the verification (ProofFormatError, or the PolError raised), not
     a failed check: the verdict must never rest on an exception swallowed here."""
-    from pol.registry import build_context
+    from pol.step import build_context
     try:
         ctx = build_context(spec, torch.device("cpu"), tuple(trusted_modules))
     except ConfigError as e:

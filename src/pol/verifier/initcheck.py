@@ -30,7 +30,7 @@ class LayerResult:
 def check_init(model: torch.nn.Module, strategy: str, w0: dict[str, torch.Tensor],
                alpha: float = 0.01) -> tuple[bool, list[LayerResult], float]:
     """Returns (passed, per-layer results, per-layer threshold α/L)."""
-    from pol.init import expected_distributions
+    from pol.step.init import expected_distributions
 
     dists = expected_distributions(model, strategy)
     tested = [n for n, d in dists.items() if d.kind == "const" or w0[n].numel() >= MIN_KS_ELEMENTS]

@@ -199,7 +199,8 @@ def _flip_ratio(real: torch.Tensor, flipped: torch.Tensor, w_a: torch.Tensor) ->
 
 FORCE_START_METHOD: str | None = None  # tests: force "fork", "forkserver" or "spawn"
 SHARE_DATA_MAX_BYTES = 256 * 2**20  # above this, non-fork workers reload the data themselves
-_PRELOAD = ["torch", "torch._dynamo", "numpy", "pol.step", "pol.registry", "pol.datasets",
+_PRELOAD = ["torch", "torch._dynamo", "numpy", "pol.step", "pol.step.core", "pol.step.context",
+            "pol.step.state", "pol.step.runtime", "pol.registry", "pol.datasets",
             "pol.proof.reader", "pol.verifier.session", "pol.verifier.parallel"]
 
 
@@ -294,7 +295,8 @@ def _build_state(job: ReplayJob) -> dict[str, Any]:
     from pol.datasets import ArrayDataset
     from pol.proof.hashing import content_digest
     from pol.proof.reader import open_proof
-    from pol.registry import build_context, resolve_device
+    from pol.registry import resolve_device
+    from pol.step import build_context
     from pol.verifier.session import load_verifier_data, param_names as _param_names
 
     proof = open_proof(job.proof, job.limits)

@@ -2,7 +2,7 @@
 proof describes, and a checkpoint store that checks every checkpoint it hands out.
 
 The session is built once, in order of cost: the proof (digests), the data (its commitment is a
-check of `pol.verifier.checks.inputs`), the model and optimizer (`pol.registry.build_context`, the
+check of `pol.verifier.checks.inputs`), the model and optimizer (`pol.step.build_context`, the
 same constructor the prover used). Checkpoints are read through `CheckpointStore.load`: digest,
 names, shapes, dtypes and finite weights checked, the last two kept in memory.
 """
@@ -16,7 +16,7 @@ import torch
 
 from pol.errors import ConfigError, ProofFormatError
 from pol.proof import format as fmt
-from pol.step import MODEL_PREFIX, expected_state_shapes, state_tensors
+from pol.step import MODEL_PREFIX, expected_state_shapes, storage_dtypes
 
 
 def load_verifier_data(spec, data: str | None):
@@ -81,7 +81,7 @@ def param_names(model: torch.nn.Module) -> list[str]:
 def check_model_size(spec, m: fmt.Manifest, trusted: tuple[str, ...]) -> None:
     """Build the spec's model on the meta device (no memory) and refuse one whose parameters need
     far more bytes than the proof's first checkpoint holds, before allocating it for real."""
-    from pol.registry import build_model
+    from pol.step import build_model
     try:
         with torch.device("meta"):
             model = build_model(spec.model, trusted)
@@ -97,7 +97,7 @@ def check_model_size(spec, m: fmt.Manifest, trusted: tuple[str, ...]) -> None:
 def build_step_context(spec, manifest: fmt.Manifest, device: torch.device,
                        trusted: tuple[str, ...]):
     """The step context the proof describes (unusable input if it cannot be built)."""
-    from pol.registry import build_context
+    from pol.step import build_context
     check_model_size(spec, manifest, trusted)
     try:
         return build_context(spec, device, trusted)
@@ -120,13 +120,8 @@ class CheckpointStore:
         self.names = param_names(ctx.model)
         self.model_shapes, self.opt_shapes = expected_state_shapes(ctx.model, ctx.optimizer,
                                                                    spec.optimizer.name)
-        ref_state = state_tensors(ctx.model, ctx.optimizer)
-        self.dtypes = {k: fmt.storage_dtype(k, v, spec.precision) for k, v in ref_state.items()}
-        for i in range(sum(len(g["params"]) for g in ctx.optimizer.param_groups)):
-            for key in ("momentum_buffer", "exp_avg", "exp_avg_sq"):
-                name = f"optim.{i}.{key}"
-                self.dtypes[name] = fmt.storage_dtype(name, torch.empty(0), spec.precision)
-            self.dtypes[f"optim.{i}.step"] = torch.float32
+        self.dtypes = storage_dtypes(ctx.model, ctx.optimizer, spec.optimizer.name,
+                                     spec.precision)
         self._recent: dict[int, dict[str, torch.Tensor]] = {}
 
     def load(self, t: int) -> dict[str, torch.Tensor]:

@@ -51,6 +51,14 @@ def init_regeneration(regen: bool) -> CheckResult:
                        "(start from other weights through a parent proof)")
 
 
+def external_init() -> CheckResult:
+    """A W_0 the prover recorded as given (`Recorder(init="external")`): not regenerable from the
+    seed, so it is checked statistically only (KS above, rank correlation below)."""
+    return CheckResult(CheckName.INIT_REGENERATION, None,
+                       "external init (the prover's own W_0, recorded as given): checked "
+                       "statistically (KS, rank correlation), not regenerated from the seed")
+
+
 def init_rank_correlation(w0: dict[str, torch.Tensor], final: dict[str, torch.Tensor],
                           names: list[str]) -> CheckResult:
     rhos = hd.rank_correlations(w0, final, names)
