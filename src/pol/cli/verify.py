@@ -18,6 +18,7 @@ from pol.cli import render
 from pol.cli.exits import handle_errors
 from pol.verifier import VerifyOptions as V
 from pol.verifier.calibrate import calibrate as _calibrate
+from pol.verifier.policy import PRESETS, Policy
 
 METRICS = list(opt.default_of(V, "metrics"))
 
@@ -56,13 +57,14 @@ METRICS = list(opt.default_of(V, "metrics"))
               "(verdict PENDING, exit 3).")
 @click.option("--reveal", type=click.Path(dir_okay=False),
               help="Lazy verification: replay using only these revealed samples.")
-@click.option("--policy", type=click.Choice(["hardened", "paper"]),
+@click.option("--policy", type=click.Choice(sorted(PRESETS)),
               default=opt.default_of(V, "policy"), show_default=True,
               help="paper: Algorithm 2 exactly as published; hardened adds exact mode, relative "
               "error, random segments, init and loss checks.")
 @click.option("--random", "random_per_epoch", type=click.IntRange(0),
-              default=opt.default_of(V, "random_per_epoch"), show_default=True,
-              help="hardened: extra randomly chosen segments per epoch.")
+              default=opt.default_of(V, "random_per_epoch"),  # None: the policy's
+              help="hardened: extra randomly chosen segments per epoch  [default: the "
+              f"policy's, {opt.default_of(Policy, 'random_per_epoch')}].")
 @click.option("--key", "open_key", type=click.Path(dir_okay=False),
               help="For a sealed proof file: the verifier's encryption.key.")
 @click.option("--from", "open_from", type=click.Path(dir_okay=False),
@@ -71,9 +73,10 @@ METRICS = list(opt.default_of(V, "metrics"))
               show_default=True,
               help="Replay segments in N processes (same result as 1; torch threads as set).")
 @click.option("--min-update", "min_update", type=click.FloatRange(0),
-              default=opt.default_of(V, "update_size_min"), show_default=True,
+              default=opt.default_of(V, "update_size_min"),  # None: the policy's
               help="hardened: at least one non-exact replayed segment must claim an ℓ2 update ≥ "
-              "this many δ (else every step hides in the tolerance).")
+              "this many δ (else every step hides in the tolerance)  [default: the policy's, "
+              f"{opt.default_of(Policy, 'update_size_min')}].")
 @click.option("--require-exact", "require_exact", is_flag=True,
               help="hardened: fail unless replay is bitwise (exact mode, δ = 0): refuse any "
               "tolerance the prover's claims (device, precision, torch version) would allow.")
