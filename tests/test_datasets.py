@@ -10,16 +10,15 @@ import pytest
 import torch
 
 from pol.datasets import (
-    AUGMENT,
     CIFAR_MEAN,
     CIFAR_STD,
     DATASETS,
     DEFAULT_PREPARE,
-    PREPARE,
     ArrayDataset,
     DatasetNotFound,
     load_dataset,
 )
+from pol.step.data import AUGMENT, PREPARE
 
 # --------------------------------------------------------------------------------------------------
 # ArrayDataset

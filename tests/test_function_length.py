@@ -28,7 +28,6 @@ KNOWN_LONG: set[str] = {
     "pol.crypto.archive:_extract",  # 84 lines
     "pol.crypto.ledger:Ledger._check_row",  # 94 lines
     "pol.crypto.seal:open_sealed",  # 92 lines
-    "pol.proof.format:parse_manifest",  # 112 lines
     "pol.protocol.chain:check_parent",  # 89 lines
     "pol.prover.recorder:Recorder.__init__",  # 113 lines
 }

@@ -9,7 +9,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from pol.init import INIT_STRATEGIES, InitDist, apply_init, expected_distributions
+from pol.step.init import INIT_STRATEGIES, InitDist, apply_init, expected_distributions
 from pol.models import build_model
 
 MODELS = {

@@ -29,19 +29,8 @@ ARCHITECTURE = REPO / "docs" / "ARCHITECTURE.md"
 # "a -> b": an import of b by a that breaks the contract; "a: no floor": a module the table does
 # not place. Remove an entry when the code no longer has it; never add one for new code.
 KNOWN_VIOLATIONS: set[str] = {
-    "pol.attacks.cli -> pol.cli.attack",  # goes up from floor 7 (pol.attacks) to floor 8 (pol.cli)
-    "pol.attacks.common -> pol",  # goes up from floor 7 (pol.attacks) to floor 9 (pol)
-    "pol.attacks.sparse -> pol",  # goes up from floor 7 (pol.attacks) to floor 9 (pol)
-    "pol.cli -> pol",  # goes up from floor 8 (pol.cli) to floor 9 (pol)
-    "pol.crypto.cli -> pol.cli.protocol",  # goes up from floor 4 (pol.crypto) to floor 8 (pol.cli)
-    "pol.datasets -> pol.step.data",  # goes up from floor 1 (pol.datasets) to floor 2 (pol.step)
-    "pol.init: no floor",  # the ARCHITECTURE.md table places no entry that is a prefix
-    "pol.proof.codec -> pol.proof.format",  # import cycle: pol.proof.codec ↔ pol.proof.format
-    "pol.proof.format -> pol.proof.codec",  # import cycle: pol.proof.codec ↔ pol.proof.format
-    "pol.prover.recorder -> pol",  # goes up from floor 6 (pol.prover) to floor 9 (pol)
-    "pol.registry -> pol.step.context",  # goes up from floor 1 (pol.registry) to floor 2 (pol.step)
-    "pol.spec -> pol.errors",  # goes sideways between peers pol.spec and pol.errors (floor 0)
-    "pol.util -> pol.errors",  # goes sideways between peers pol.util and pol.errors (floor 0)
+    "pol.attacks.cli -> pol.cli.attack",  # goes up from floor 8 (pol.attacks) to floor 9 (pol.cli)
+    "pol.crypto.cli -> pol.cli.protocol",  # goes up from floor 5 (pol.crypto) to floor 9 (pol.cli)
 }
 
 
@@ -198,7 +187,7 @@ def violations() -> dict[str, str]:
 
 def test_the_table_has_every_floor():
     table = floors()
-    assert set(table.values()) == set(range(10)), table
+    assert set(table.values()) == set(range(max(table.values()) + 1)), table
     assert {"pol", "pol.errors", "pol.step", "pol.proof", "pol.verifier", "pol.cli"} <= set(table)
 
 

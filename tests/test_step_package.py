@@ -158,17 +158,11 @@ def test_lr_schedule_is_expanded_in_one_place():
         [[v, v] for v in table.tolist()]
 
 
-def test_old_import_paths_still_work():
+def test_step_things_live_in_the_step_package_only():
     import pol.datasets
-    import pol.init
     import pol.registry
     import pol.step
-    import pol.step.data
-    import pol.step.init
-    assert pol.registry.build_context is build_context
-    assert pol.init.apply_init is pol.step.init.apply_init
-    assert pol.datasets.PREPARE is pol.step.data.PREPARE is pol.step.PREPARE
-    assert pol.datasets.AUGMENT is pol.step.AUGMENT
+    assert not hasattr(pol.registry, "build_context") and not hasattr(pol.datasets, "PREPARE")
     for name in pol.step.__all__:
         assert getattr(pol.step, name) is not None, name
 
@@ -258,7 +252,7 @@ def test_the_optimizer_table_imports_without_torch():
 
 
 def test_build_context_draws_w0_where_the_recorder_does():
-    from pol.registry import build_model
+    from pol.step import build_model
     from pol.tasks import build_spec
     spec, _, _ = build_spec("digits-mlp", seed=5)
     ctx = build_context(spec)

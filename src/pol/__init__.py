@@ -14,7 +14,7 @@ from pol.errors import (ConfigError, IncompleteProofError, PolError, ProofFormat
                         ProofWriteError)
 from pol.spec import DataSpec, ModelSpec, OptimizerSpec, ScheduleSpec, TrainingSpec
 
-__version__ = "0.1.0"
+from pol._version import __version__
 
 __all__ = [
     "ConfigError", "DataSpec", "IncompleteProofError", "ModelSpec", "OptimizerSpec", "PolError",

@@ -27,13 +27,13 @@ from typing import Any
 
 import numpy as np
 
+from pol.errors import ConfigError, ProofFormatError
+
 __all__ = [
     "ArrayDataset",
     "DatasetNotFound",
     "DATASETS",
     "DEFAULT_PREPARE",
-    "PREPARE",
-    "AUGMENT",
     "CIFAR_MEAN",
     "CIFAR_STD",
     "load_dataset",
@@ -586,13 +586,56 @@ def load_dataset(name: str, params: dict | None = None,
     return train, test
 
 
-# Input preparation and augmentation change a training step: they live in `pol.step.data`. They
-# stay importable from here (loaded on first use, so that importing datasets needs no torch).
-_MOVED_TO_STEP = frozenset({"PREPARE", "AUGMENT"})
 
 
-def __getattr__(name: str):
-    if name in _MOVED_TO_STEP:
-        from pol.step import data as _step_data
-        return getattr(_step_data, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# ----- the training set of a proof (the verifier's, and a forger's public data)
+
+def load_training_set(spec, data: str | None):
+    """The training set the verifier replays on: built-in datasets are rebuilt from their name and
+    parameters (they take no `data`: one given is an error, never silently ignored); local (CIFAR)
+    and user data come from `data` (a directory, or an .npz file). Every problem with `data` is a
+    ConfigError (exit 2) naming it."""
+    name = spec.data.name
+    if data is not None and name in _PURE_DATASETS:
+        raise ConfigError(f"--data {data}: this proof's dataset {name!r} is built into pol and "
+                          "rebuilt from the proof's own parameters; it takes no --data (leave "
+                          "--data out)")
+    if data is not None and not os.path.exists(data):
+        raise ConfigError(f"--data {data}: no such file or directory")
+    try:
+        if name in ("user", "npz"):
+            return _load_user_npz(data)
+        if data is not None and name in ("cifar10", "cifar100") and not os.path.isdir(data):
+            raise ConfigError(f"--data {data} is a file: the {name} dataset is read from the "
+                              "directory holding its binary files")
+        train, _ = load_dataset(name, dict(spec.data.params), data)
+        return train
+    except FileNotFoundError as e:
+        raise ConfigError(str(e)) from None
+    except ValueError as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ProofFormatError(f"cannot load the proof's dataset {name!r}: {e}") from None
+
+
+def _load_user_npz(data: str | None):
+    if not data:
+        raise ConfigError("this proof was made on user data: pass it with --data FILE.npz "
+                          "(arrays x and y)")
+    if os.path.isdir(data):
+        raise ConfigError(f"--data {data} is a directory: this proof was made on user "
+                          "data, pass the .npz file with arrays x and y")
+    if not zipfile.is_zipfile(data):
+        raise ConfigError(f"--data {data} is not an .npz archive: save the training set "
+                          "with numpy.savez(PATH, x=..., y=...) (CSV and .npy files are "
+                          "not read)")
+    try:
+        with np.load(data, allow_pickle=False) as z:
+            if "x" not in z or "y" not in z:
+                raise ConfigError(f"{data}: expected arrays named x and y")
+            return ArrayDataset(z["x"], z["y"].astype(np.int64))
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, TypeError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"--data {data}: not a readable .npz archive of arrays x and "
+                          f"y ({e})") from None

@@ -265,16 +265,3 @@ def resolve_device(name: str | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda asked for, but no CUDA GPU is available")
     return dev
-
-
-# `build_context` and `build_model` (built-in architecture or trusted factory) moved to `pol.step`,
-# which rebuilds models from a spec; importable from here until their callers have moved (loaded on
-# first use: pol.step imports this module).
-_MOVED_TO_STEP = frozenset({"build_context", "build_model"})
-
-
-def __getattr__(name: str):
-    if name in _MOVED_TO_STEP:
-        from pol.step import context
-        return getattr(context, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -81,7 +81,7 @@ class PublicInfo:
 
 def load_public(target: str | os.PathLike, data_dir: str | None = None) -> PublicInfo:
     from pol.proof.reader import open_proof
-    from pol.verifier.core import load_verifier_data
+    from pol.datasets import load_training_set as load_verifier_data
 
     p = open_proof(target)
     m = p.manifest
@@ -112,7 +112,7 @@ def steps_per_epoch(spec: TrainingSpec) -> int:
 
 def context(spec: TrainingSpec) -> StepContext:
     """Model initialized from the spec's (forger's) seed, optimizer, step pieces; on CPU."""
-    from pol.registry import build_context
+    from pol.step import build_context
     return build_context(spec, torch.device("cpu"))
 
 
@@ -157,7 +157,7 @@ class Plan:
 def make_plan(spec: TrainingSpec, groups: int = 1) -> Plan:
     """Batches in the order the forger's seed gives (what an honest run with that seed would use)
     and the lr the declared schedule gives, for spec.epochs epochs."""
-    from pol.prover.recorder import epoch_order
+    from pol.step import epoch_order
     S = steps_per_epoch(spec)
     B = spec.batch_size
     n = spec.data.size
@@ -210,7 +210,7 @@ def write_proof(out: str | os.PathLike, spec: TrainingSpec, states: dict[int, di
                 groups: int = 1) -> str:
     """Write a well-formed proof (format v1) from checkpoint states at 0, k, ..., T and the
     per-step records. Returns the root digest."""
-    from pol import __version__
+    from pol._version import __version__
     S = steps_per_epoch(spec)
     T = spec.epochs * S
     if plan.T != T:

@@ -24,7 +24,7 @@ def rank_matched_init(model: torch.nn.Module, strategy: str, w_final: dict[str, 
     """Zhang et al.'s forged init: per parameter, fresh draws from the claimed init distribution,
     sorted into the rank order of W_T's values (same marginal distribution as an honest W_0, so a
     KS test passes, but already close to W_T). Buffers are the fresh model's."""
-    from pol.init import expected_distributions
+    from pol.step.init import expected_distributions
     dists = expected_distributions(model, strategy)
     out = {MODEL_PREFIX + k: v.detach().clone() for k, v in model.state_dict().items()}
     for name, d in dists.items():

@@ -194,7 +194,7 @@ def attack_inverse_gradient(target_proof: str | os.PathLike, out: str | os.PathL
             states[t] = st
         states[T] = replace_model(states[T], pub.w_final)
         write_proof(out, spec, states, plan, pub.leaves, groups=optim_groups(ctx))
-    from pol.verifier.initcheck import check_init
+    from pol.verifier import check_init  # the published KS test (public API)
     ok, layers, thr = check_init(ctx.model, spec.model.init,
                                  {n[len("model."):]: states[0][n] for n in names})
     pmin = min((r.pvalue for r in layers), default=float("nan"))

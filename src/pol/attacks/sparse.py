@@ -54,7 +54,7 @@ def write_proof_epochs(out: str | os.PathLike, spec: TrainingSpec, states: dict[
                        init: dict | None = None, groups: int = 1) -> str:
     """`pol.attacks.common.write_proof` with a claimed steps_per_epoch (spec.epochs × S steps)
     instead of the one the dataset gives. Returns the root digest."""
-    from pol import __version__
+    from pol._version import __version__
     S = int(steps_per_epoch)
     T = spec.epochs * S
     if plan.T != T:
@@ -144,7 +144,7 @@ def attack_sparse_epoch(target_proof: str | os.PathLike, out: str | os.PathLike,
         names = param_names(ctx)
         G = optim_groups(ctx)
         n = spec.data.size
-        from pol.prover.recorder import epoch_order
+        from pol.step import epoch_order
         S_real = math.ceil(n / B)  # the forger's own passes over the data, concatenated
 
         def batch_rows(t: int) -> np.ndarray:

@@ -292,7 +292,7 @@ def _zero_gap_ratio(w0: dict, w1: dict, wT: dict, T: int, names: list[str]) -> f
     """For checkpoints W_0, W_1 (anchor), then the line W_1 → W_T in T − 1 steps: the largest
     zero-step gap over the auto δ (mean single-step update) over the four metrics. A zero-gradient
     replay of a zero step ends that gap away from its claim, so ≤ 1 passes."""
-    from pol.verifier.distances import METRICS, all_distances, flat_params
+    from pol.verifier import METRICS, all_distances, flat_params  # the published metrics
     keys = [MODEL_PREFIX + n for n in names]
     line = _lerp_states(w1, wT, list(range(T)), T - 1)
     pts = [flat_params(w0, keys)] + [flat_params(line[i], keys) for i in range(T)]

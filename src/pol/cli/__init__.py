@@ -35,7 +35,7 @@ import importlib  # noqa: E402
 
 import click  # noqa: E402
 
-from pol import __version__  # noqa: E402
+from pol._version import __version__  # noqa: E402
 
 # name: (module, attribute, short help shown by `pol --help`; must be the command's own)
 COMMANDS: dict[str, tuple[str, str, str]] = {

@@ -423,7 +423,7 @@ class Recorder:
             self.abort()
             raise ProofWriteError(f"only {self.t} of the declared {self.total_steps} steps were "
                                   "recorded; the proof is left incomplete")
-        from pol import __version__
+        from pol._version import __version__
         body = {
             "format": fmt.FORMAT_NAME, "version": fmt.FORMAT_VERSION,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -1,7 +1,7 @@
 """Initialization check (§V-D4): was W_0 sampled from the claimed initialization distribution?
 
 Per layer, a two-sided Kolmogorov–Smirnov test of W_0's values against the distribution the
-recorded strategy implies (from the same table `pol.init` uses to initialize, so prover and verifier
+recorded strategy implies (from the same table `pol.step.init` uses to initialize, so prover and verifier
 cannot disagree). The per-layer significance is α / L (Bonferroni over the L tested layers).
 Constant-initialized parameters (norm layers: weight 1, bias 0) must be exactly constant.
 """
