@@ -37,12 +37,10 @@ def keygen(out_dir, passphrase_env, force):
 @click.argument("proof", type=click.Path())
 @click.option("--to", "to_pub", required=True, metavar="VERIFIER_PUB",
               help="Verifier's encryption.pub.")
-@click.option("--sign-with", "sign_with", required=True, metavar="PROVER_KEY",
-              help="Prover's signing.key.")
+@opt.sign_with("Prover's signing.key.", required=True)
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False),
               help="Sealed file to write.")
-@click.option("--ledger", "ledger_db", default=None, metavar="DB",
-              help="Also publish the seal to this ledger.")
+@opt.ledger("Also publish the seal to this ledger.")
 @opt.passphrase_env()
 @opt.force("Overwrite --out if it exists.")
 @handle_errors(imports_torch=False)
@@ -73,9 +71,8 @@ def seal(proof, to_pub, sign_with, out_file, ledger_db, passphrase_env, force):
               help="Directory to create with the proof.")
 @click.option("--from", "from_pub", default=None, metavar="SIGNER_PUB",
               help="Require this prover's signing.pub.")
-@click.option("--ledger", "ledger_db", default=None, metavar="DB",
-              help="Require FILE to be the signer's latest, unrevoked publication on this "
-              "ledger (rejects replays).")
+@opt.ledger("Require FILE to be the signer's latest, unrevoked publication on this ledger "
+            "(rejects replays).")
 @opt.passphrase_env()
 @handle_errors(imports_torch=False)
 def open_(sealed_file, key_file, out_dir, from_pub, ledger_db, passphrase_env):
@@ -138,8 +135,7 @@ def ledger_head(db):
 @click.argument("db", type=click.Path())
 @click.option("--root-digest", "root_digest", required=True, metavar="D",
               help="Root digest of the proof to revoke.")
-@click.option("--sign-with", "sign_with", required=True, metavar="KEY",
-              help="The publishing prover's signing.key.")
+@opt.sign_with("The publishing prover's signing.key.", required=True)
 @click.option("--reason", default=None, help="Free text recorded in the entry.")
 @opt.passphrase_env()
 @handle_errors(imports_torch=False)
