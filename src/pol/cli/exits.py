@@ -20,8 +20,9 @@ from typing import Any, Callable, NoReturn, TypeVar
 
 import click
 
-EXIT_VALID, EXIT_INVALID, EXIT_UNUSABLE, EXIT_PENDING = 0, 1, 2, 3
-EXIT_INTERRUPTED = 130
+from pol.errors import EXIT_INVALID, EXIT_UNUSABLE  # the error tree's two branches
+
+EXIT_VALID, EXIT_PENDING, EXIT_INTERRUPTED = 0, 3, 130
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,7 +38,7 @@ def exit_code_of(e: BaseException) -> int:
     code = getattr(e, "exit_code", None)
     if isinstance(code, int):
         return code
-    from pol.errors import IntegrityError
+    from pol.errors import IntegrityError  # (before exit_code existed: still right for it)
     return EXIT_INVALID if isinstance(e, IntegrityError) else EXIT_UNUSABLE
 
 
