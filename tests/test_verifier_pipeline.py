@@ -92,3 +92,31 @@ def test_external_init_is_reported_not_failed(tmp_path):
     assert check(r, "init regeneration").status == "skip"
     assert "external" in check(r, "init regeneration").reason
     assert check(r, "init rank correlation").status == "pass"
+
+
+def test_public_api_is_small_typed_and_torch_free_to_import(mlp_proof):
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", "import pol, sys; print('torch' in sys.modules);"
+                          "print(sorted(pol.__all__))"], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out[0] == "False"
+    import pol
+    for name in pol.__all__:
+        assert getattr(pol, name) is not None, name
+    info = pol.inspect(mlp_proof)
+    assert isinstance(info, pol.ProofInfo) and info.total_steps == 90
+    assert pol.inspect_proof(mlp_proof) == info.to_dict()
+    assert pol.verify is verify and pol.HARDENED is HARDENED
+
+
+def test_dispute_result_is_typed(mlp_proof, tmp_path):
+    import pol
+    from safetensors.torch import save_file
+    from pol.proof.reader import open_proof as _open
+    final = _open(mlp_proof).load_checkpoint(90)
+    model = {k[len("model."):]: v for k, v in final.items() if k.startswith("model.")}
+    save_file(model, str(tmp_path / "w.safetensors"))
+    res = pol.dispute(str(tmp_path / "w.safetensors"), [str(mlp_proof)], VerifyOptions())
+    assert isinstance(res, pol.DisputeResult) and res.winner == str(mlp_proof)
+    assert res.claims[0].valid and res.to_dict()["claims"][0]["ends_at_model"]

@@ -169,4 +169,4 @@ def dispute(proofs, model, ledger_db, data, q, device, parents, registry, as_jso
     from pol.verifier.dispute import dispute as run
     res = run(model, list(proofs), V(q=q, data=data, device=device, parents=tuple(parents),
                                      registry=registry), ledger=ledger_db)
-    sys.exit(render.dispute(res, as_json))
+    sys.exit(render.dispute(res.to_dict(), as_json))

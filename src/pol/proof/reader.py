@@ -13,7 +13,7 @@ import ast
 import hashlib
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -293,24 +293,64 @@ def open_proof(path: str | os.PathLike, limits: fmt.Limits | None = None) -> Pro
                  losses=losses, limits=limits, extra_files=sorted(extra))
 
 
-def inspect_proof(path: str | os.PathLike) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ProofInfo:
+    """What a proof holds (`pol.inspect`), from its manifest and arrays; checkpoint files are not
+    opened. `to_dict()` is the JSON of `pol inspect --json`."""
+
+    path: str
+    format_version: int
+    root_digest: str
+    created: str
+    pol_version: str
+    task: str
+    spec: dict
+    init: dict
+    epochs: int
+    steps_per_epoch: int
+    total_steps: int
+    k: int
+    num_checkpoints: int
+    checkpoint_bytes_mean: int
+    total_bytes: int
+    files: dict
+    final_loss: float | None
+    extra_files: list
+    codec: dict | None = None  # v2 (compressed) proofs: the codec and the decoded sizes
+    checkpoint_decoded_bytes_mean: int | None = None
+    decoded: dict | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.codec is None:
+            for k in ("codec", "checkpoint_decoded_bytes_mean", "decoded"):
+                del d[k]
+        return d
+
+
+def inspect(path: str | os.PathLike) -> ProofInfo:
     """What a proof holds, from its manifest and arrays (checkpoint files are not opened)."""
     p = open_proof(path)
     m = p.manifest
     ck_sizes = [m.stored_files[m.stored_name(t)][1] for t in m.checkpoints]
-    return {
-        "path": str(p.path), "format_version": m.version, "root_digest": m.root_digest,
-        "created": m.created, "pol_version": m.raw.get("pol_version", ""),
-        "task": m.spec.task, "spec": m.spec.to_dict(), "init": m.init,
-        "epochs": m.epochs, "steps_per_epoch": m.steps_per_epoch, "total_steps": m.total_steps,
-        "k": m.k, "num_checkpoints": len(m.checkpoints),
-        "checkpoint_bytes_mean": int(sum(ck_sizes) / len(ck_sizes)),
-        "total_bytes": sum(s for _, s in m.stored_files.values()),
-        "files": {n: {"sha256": d, "size": s} for n, (d, s) in sorted(m.stored_files.items())},
-        **({"codec": m.codec, "checkpoint_decoded_bytes_mean": int(sum(
+    codec = {}
+    if m.codec:
+        codec = {"codec": m.codec, "checkpoint_decoded_bytes_mean": int(sum(
             m.files[fmt.checkpoint_name(t)][1] for t in m.checkpoints) / len(m.checkpoints)),
             "decoded": {n: {"sha256": d, "size": s} for n, (d, s) in sorted(m.files.items())
-                        if n.startswith(fmt.CKPT_DIR + "/")}} if m.codec else {}),
-        "final_loss": float(p.losses[-1]) if len(p.losses) else None,
-        "extra_files": p.extra_files,
-    }
+                        if n.startswith(fmt.CKPT_DIR + "/")}}
+    return ProofInfo(
+        path=str(p.path), format_version=m.version, root_digest=m.root_digest,
+        created=m.created, pol_version=m.raw.get("pol_version", ""), task=m.spec.task,
+        spec=m.spec.to_dict(), init=m.init, epochs=m.epochs, steps_per_epoch=m.steps_per_epoch,
+        total_steps=m.total_steps, k=m.k, num_checkpoints=len(m.checkpoints),
+        checkpoint_bytes_mean=int(sum(ck_sizes) / len(ck_sizes)),
+        total_bytes=sum(s for _, s in m.stored_files.values()),
+        files={n: {"sha256": d, "size": s} for n, (d, s) in sorted(m.stored_files.items())},
+        final_loss=float(p.losses[-1]) if len(p.losses) else None,
+        extra_files=p.extra_files, **codec)
+
+
+def inspect_proof(path: str | os.PathLike) -> dict[str, Any]:
+    """`inspect(path).to_dict()`: what a proof holds, as the JSON of `pol inspect --json`."""
+    return inspect(path).to_dict()

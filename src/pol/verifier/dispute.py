@@ -9,6 +9,7 @@ exists only when exactly one claimant qualifies.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import asdict, dataclass, field
 import os
 from typing import Any
 
@@ -40,76 +41,104 @@ def _l2(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float | None:
     return s ** 0.5
 
 
+@dataclass
+class Claim:
+    """One proof's claim to the disputed model."""
+
+    proof: str
+    root_digest: str | None = None
+    valid: bool = False
+    distance_l2: float | None = None
+    delta_l2: float | None = None
+    ends_at_model: bool = False
+    commitment: dict | None = None  # the ledger's commitment entry, where the ledger has one
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DisputeResult:
+    """Who trained the disputed model first (`winner`: a proof path, or None) and why."""
+
+    model: str
+    ledger: str | None
+    winner: str | None
+    winner_root_digest: str | None
+    why: str
+    claims: list[Claim]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def dispute(model_path: str, proofs: list[str], options, ledger: str | None = None
-            ) -> dict[str, Any]:
+            ) -> DisputeResult:
     from pol.protocol.chain import final_model
     from pol.proof.reader import open_proof
     from pol.verifier.core import verify  # same package
     target = load_model_weights(model_path)
-    claims = []
+    claims: list[Claim] = []
     for p in proofs:
-        c: dict[str, Any] = {"proof": p, "root_digest": None, "valid": False,
-                             "distance_l2": None, "delta_l2": None, "ends_at_model": False,
-                             "commitment": None, "reasons": []}
+        c = Claim(proof=p)
         claims.append(c)
         try:
             rep = verify(p, dataclasses.replace(options, ledger=ledger))
         except PolError as e:
-            c["reasons"].append(f"unusable proof: {e}")
+            c.reasons.append(f"unusable proof: {e}")
             continue
-        c["root_digest"] = rep.root_digest
-        c["valid"] = rep.valid
+        c.root_digest = rep.root_digest
+        c.valid = rep.valid
         if not rep.valid:
-            c["reasons"].append("invalid proof (failed: " + ", ".join(
+            c.reasons.append("invalid proof (failed: " + ", ".join(
                 x.name for x in rep.checks if x.failed) + ")")
         chk = next((x for x in rep.checks if x.name == "commitment"), None)
         if chk is not None and chk.status == "pass" and isinstance(chk.value, dict):
-            c["commitment"] = chk.value
+            c.commitment = chk.value
         if not rep.deltas:
             continue
         try:
             final = final_model(open_proof(p))
         except PolError as e:
-            c["reasons"].append(f"final checkpoint unreadable: {e}")
+            c.reasons.append(f"final checkpoint unreadable: {e}")
             continue
         d = _l2(final, target)
         delta = rep.deltas.get("l2")
-        c["distance_l2"], c["delta_l2"] = d, delta
+        c.distance_l2, c.delta_l2 = d, delta
         if d is None:
-            c["reasons"].append("the proof's model has other parameters than the disputed model")
+            c.reasons.append("the proof's model has other parameters than the disputed model")
         elif delta is None or d > delta:
-            c["reasons"].append(f"its final weights are {d:.4g} (l2) from the disputed model, "
-                                f"over δ = {delta}")
+            c.reasons.append(f"its final weights are {d:.4g} (l2) from the disputed model, "
+                             f"over δ = {delta}")
         else:
-            c["ends_at_model"] = True
-    ok = [c for c in claims if c["valid"] and c["ends_at_model"]]
-    winner, why = None, ""
+            c.ends_at_model = True
+    winner, why = _rank([c for c in claims if c.valid and c.ends_at_model], ledger)
+    return DisputeResult(model=model_path, ledger=ledger,
+                         winner=winner.proof if winner else None,
+                         winner_root_digest=winner.root_digest if winner else None, why=why,
+                         claims=claims)
+
+
+def _rank(ok: list[Claim], ledger: str | None) -> tuple[Claim | None, str]:
+    """The winner among the valid claims that end at the model: the first committed on the ledger;
+    without a ledger, the only one."""
     if not ok:
-        why = "no proof is valid and ends at the disputed model"
-    elif ledger:
+        return None, "no proof is valid and ends at the disputed model"
+    if ledger:
         for c in ok:
-            if not c["commitment"]:
-                c["reasons"].append("no training commitment on the ledger: not ranked in time")
-        ok = [c for c in ok if c["commitment"]]
+            if not c.commitment:
+                c.reasons.append("no training commitment on the ledger: not ranked in time")
+        ok = [c for c in ok if c.commitment]
         if not ok:
-            why = ("no valid proof that ends at the disputed model has a training commitment on "
-                   "the ledger")
-    if ok and ledger:
-        ok.sort(key=lambda c: c["commitment"]["commitment_seq"])
+            return None, ("no valid proof that ends at the disputed model has a training "
+                          "commitment on the ledger")
+        ok.sort(key=lambda c: c.commitment["commitment_seq"])
         winner = ok[0]
-        why = (f"valid, ends within δ of the model, and committed first (ledger seq "
-               f"{winner['commitment']['commitment_seq']}, {winner['commitment']['timestamp']}, "
-               f"key {winner['commitment']['prover']})")
         for c in ok[1:]:
-            c["reasons"].append(f"committed later (seq {c['commitment']['commitment_seq']})")
-    elif ledger:
-        pass  # why: set above
-    elif len(ok) == 1:
-        winner = ok[0]
-        why = "the only valid proof that ends within δ of the model (no ledger: time not checked)"
-    else:
-        why = (f"{len(ok)} valid proofs end at the model and no ledger orders their commitments "
-               "(pass --ledger DB)")
-    return {"model": model_path, "ledger": ledger, "winner": winner["proof"] if winner else None,
-            "winner_root_digest": winner["root_digest"] if winner else None, "why": why,
-            "claims": claims}
+            c.reasons.append(f"committed later (seq {c.commitment['commitment_seq']})")
+        return winner, (f"valid, ends within δ of the model, and committed first (ledger seq "
+                        f"{winner.commitment['commitment_seq']}, {winner.commitment['timestamp']}, "
+                        f"key {winner.commitment['prover']})")
+    if len(ok) == 1:
+        return ok[0], ("the only valid proof that ends within δ of the model (no ledger: time not "
+                       "checked)")
+    return None, (f"{len(ok)} valid proofs end at the model and no ledger orders their "
+                  "commitments (pass --ledger DB)")
