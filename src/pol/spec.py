@@ -257,6 +257,75 @@ class DataSpec:
 
 
 @dataclass(frozen=True)
+class StepSpec:
+    """What a step does besides forward, loss, backward and the optimizer's step: gradient clipping,
+    gradient accumulation, label smoothing. All off by default; a spec whose step is the default
+    has no `step` field at all (proofs made before it existed read, and hash, as before).
+
+    - `accumulation` = N: every optimizer step runs N micro-batches of `batch_size / N` samples
+      (the step's batch row holds all N·(batch_size / N) indices, in micro-batch order), each
+      micro-batch's loss divided by N before its backward (the `loss / N` users write); the last
+      step of an epoch without drop_last may hold fewer, its last micro-batch short.
+    - `clip_grad_norm` > 0: `torch.nn.utils.clip_grad_norm_(params, clip_grad_norm,
+      norm_type=clip_norm_type)` after the backward passes, before the optimizer's step;
+      `clip_grad_value` > 0: `torch.nn.utils.clip_grad_value_(params, clip_grad_value)` (not both).
+    - `label_smoothing`: cross-entropy's `label_smoothing` (cross_entropy, lm_cross_entropy).
+    """
+
+    clip_grad_norm: float = 0.0  # 0 = off
+    clip_norm_type: float = 2.0
+    clip_grad_value: float = 0.0  # 0 = off
+    accumulation: int = 1
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.clip_grad_norm < 0 or self.clip_grad_value < 0:
+            raise ValueError("clipping thresholds must be positive (0 = off)")
+        if self.clip_grad_norm and self.clip_grad_value:
+            raise ValueError("clip by norm or by value, not both")
+        if not (isinstance(self.clip_norm_type, (int, float)) and 0 < self.clip_norm_type <= 1e3
+                and math.isfinite(self.clip_norm_type)):
+            raise ValueError("clip_norm_type must be a finite number > 0 (the inf norm is not "
+                             "supported)")
+        if isinstance(self.accumulation, bool) or not isinstance(self.accumulation, int) \
+                or not 1 <= self.accumulation <= 2**16:
+            raise ValueError("accumulation must be an integer in 1..65536")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError("label_smoothing must be in [0, 1)")
+
+    @property
+    def is_default(self) -> bool:
+        return self == StepSpec()
+
+    def to_dict(self) -> dict:
+        """Only the fields that differ from their defaults."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) != f.default}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "spec.step") -> "StepSpec":
+        d = _obj(d, where)
+        _no_extra(d, cls, where)
+        try:
+            step = cls(clip_grad_norm=_num(d, "clip_grad_norm", where, lo=0, hi=1e9, optional=True,
+                                           default=0.0),
+                       clip_norm_type=_num(d, "clip_norm_type", where, lo=0, hi=1e3,
+                                           optional=True, default=2.0),
+                       clip_grad_value=_num(d, "clip_grad_value", where, lo=0, hi=1e9,
+                                            optional=True, default=0.0),
+                       accumulation=_num(d, "accumulation", where, lo=1, hi=2**16, integer=True,
+                                         optional=True, default=1),
+                       label_smoothing=_num(d, "label_smoothing", where, lo=0, hi=1,
+                                            optional=True, default=0.0))
+        except ValueError as e:
+            raise ProofFormatError(f"{where}: {e}") from None
+        if step.to_dict() != d:  # one spelling: defaults are left out, the step too when all are
+            raise ProofFormatError(f"{where}: holds default values (write only what differs "
+                                   "from the defaults; leave out a default step)")
+        return step
+
+
+@dataclass(frozen=True)
 class TrainingSpec:
     """The complete, self-describing description of a training run."""
 
@@ -288,6 +357,8 @@ class TrainingSpec:
     # where augmentation's random numbers are drawn: "cpu" (pol's proofs: identical on every
     # device) or "" = on the training device (proofs made before this field existed)
     augment_rng: str = "cpu"
+    # clipping, accumulation, label smoothing (`StepSpec`); absent from the JSON when all are off
+    step: StepSpec = field(default_factory=StepSpec)
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -298,6 +369,12 @@ class TrainingSpec:
             raise ValueError("batch size, epochs and k must be positive")
         if self.tf32 not in TF32_MODES:
             raise ValueError(f"tf32 must be one of {', '.join(m for m in TF32_MODES if m)}")
+        if self.batch_size % self.step.accumulation:
+            raise ValueError(f"batch size {self.batch_size} is not a multiple of accumulation "
+                             f"{self.step.accumulation} (batch_size = micro-batch size × "
+                             "accumulation)")
+        if self.step.label_smoothing and self.loss not in ("cross_entropy", "lm_cross_entropy"):
+            raise ValueError(f"label smoothing needs a cross-entropy loss, not {self.loss!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -305,6 +382,10 @@ class TrainingSpec:
             del d["tf32"]
         if not self.augment_rng:
             del d["augment_rng"]
+        if self.step.is_default:  # as in proofs made before step features existed
+            del d["step"]
+        else:
+            d["step"] = self.step.to_dict()
         if not self.data.order:  # as in proofs made before the field existed
             del d["data"]["order"]
         if not self.schedule.warmup_steps:  # as in proofs made before warm-up existed
@@ -344,6 +425,8 @@ class TrainingSpec:
                           choices=TF32_MODES),
                 augment_rng=_str(d, "augment_rng", where, optional=True, default="",
                                  choices=("", "cpu")),
+                step=(StepSpec.from_dict(d["step"], f"{where}.step") if "step" in d
+                      else StepSpec()),
             )
         except ValueError as e:
             raise ProofFormatError(f"{where}: {e}") from None

@@ -14,10 +14,12 @@ Low level, for loops you write yourself::
     rec.close()
 
 The verifier replays each step with `pol.step.update()`: zero_grad, forward on the prepared batch,
-the spec's loss, backward, optimizer step with the recorded lr. A loop that does something else in a
-step (gradient clipping, accumulation, AMP) will not replay; declare what you do in the spec.
+the spec's loss, backward, optimizer step with the recorded lr; with the spec's step features
+(`features=StepSpec(...)`: gradient clipping, accumulation, label smoothing) as `update()` does them.
+A loop that does something else in a step (AMP, say) will not replay.
 
-High level: `fit(...)` runs that loop for you.
+High level: `pol.attach(...)` wraps your optimizer and hands you the batches (the step features
+applied and every step recorded, `pol.prover.attach`); `fit(...)` runs the whole loop for you.
 
 W_0: the Recorder never changes the caller's weights. It records a model that holds exactly the
 spec's seeded init (`pol.step.draw_init`: what pol's trainer and `build_context` draw, and what the
@@ -47,8 +49,8 @@ from pol.errors import ConfigError, ProofWriteError
 from pol.proof import format as fmt
 from pol.proof.hashing import merkle_root, sample_leaves
 from pol.proof.writer import ProofWriter
-from pol.spec import (DataSpec, ModelSpec, ScheduleSpec, TrainingSpec, current_cpu_capability,
-                      current_tf32)
+from pol.spec import (DataSpec, ModelSpec, ScheduleSpec, StepSpec, TrainingSpec,
+                      current_cpu_capability, current_tf32)
 from pol.step import (derive_seed, epoch_order, optimizer_spec_of, seed_step,  # noqa: F401
                       state_tensors)
 from pol.step.init import draw_init, seeded_init_mismatch
@@ -88,7 +90,8 @@ class Recorder:
                  durable: bool = True, init: str | dict | None = None,
                  resume: bool = False, init_from_seed: bool | None = None,
                  compress: bool = False, keyframe_interval: int | None = None,
-                 continue_from_stored: bool = True, data_order: str = "") -> None:
+                 continue_from_stored: bool = True, data_order: str = "",
+                 features: StepSpec | None = None, drop_last: bool = False) -> None:
         """`compress`: store checkpoints with the lossless codec (proof format v2: XOR with the
         previous checkpoint, byte shuffle, zstd; a keyframe every `keyframe_interval`
         checkpoints). Exact-mode verification is unaffected. A resumed run keeps the codec it was
@@ -109,7 +112,12 @@ class Recorder:
         overwriting them; "external" — recorded as they are, marked external in the manifest
         (`init.external`: checked statistically, not regenerated); a dict
         `{"kind": "parent", "root_digest": ...}` — a warm start from a parent proof.
-        `init_from_seed=True` is the older spelling of `init="from-seed"`."""
+        `init_from_seed=True` is the older spelling of `init="from-seed"`.
+
+        `features`: the step's clipping, accumulation and label smoothing (`pol.spec.StepSpec`),
+        recorded in the spec for the replay; the loop must do exactly that (`pol.attach` does).
+        With accumulation N, `batch_size` is the optimizer step's batch (N micro-batches of
+        batch_size / N) and `record_batch` takes all of the step's indices."""
         from pol.registry import importing_factory_module
         importing = importing_factory_module()
         if importing is not None:
@@ -142,6 +150,7 @@ class Recorder:
                                   root=merkle_root(self.leaves).hex(), prepare=prepare,
                                   augment=augment, order=data_order),
                     loss=loss, batch_size=batch_size, epochs=epochs, k=k, precision=precision,
+                    drop_last=drop_last, step=features or StepSpec(),
                     seed=seed, device=device,
                     deterministic=torch.are_deterministic_algorithms_enabled(),
                     torch_version=torch.__version__,

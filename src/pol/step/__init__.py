@@ -2,7 +2,7 @@
 
 | module | holds |
 |---|---|
-| `core` | `update()` — the one step shared by training, replay and the attacks; `StepContext`; losses |
+| `core` | `update()` — the one step shared by training, replay and the attacks (micro-batches, clipping); `StepContext`; losses |
 | `context` | `build_context(spec, device)` (model rebuilt from the spec) and `step_context(spec, model, optimizer)` (the caller's own): every field of a step from the spec |
 | `optimizers` | one table row per optimizer (factory, spec_of, state keys, storage dtypes; torch-free) |
 | `randomness` | seed derivation, data order, dropout seeding, augmentation and init generators |
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS: dict[str, str] = {
     # core
     "update": "core", "StepContext": "core", "make_loss": "core", "LOSSES": "core",
+    "clip_gradients": "core", "micro_batches": "core", "step_inputs": "core",
     # context
     "build_context": "context", "build_model": "context", "step_context": "context", "spec_device": "context",
     "augment_rng_device": "context",
@@ -68,7 +69,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what a type checker and an IDE see (the same names, imported eagerly)
     from pol.step.context import (augment_rng_device, build_context, build_model, spec_device,
                                   step_context)
-    from pol.step.core import LOSSES, StepContext, make_loss, update
+    from pol.step.core import (LOSSES, StepContext, clip_gradients, make_loss, micro_batches,
+                               step_inputs, update)
     from pol.step.data import AUGMENT, PREPARE
     from pol.step.init import (INIT_STRATEGIES, InitDist, apply_init, draw_init,
                                expected_distributions, seeded_init_mismatch)

@@ -2,9 +2,9 @@
 
 `build_context(spec, device)` rebuilds the model the spec names, draws W_0 from the seed and makes
 its optimizer (the trainer, the verifier, its workers and the attacks); `step_context(spec, model,
-optimizer, device)` wraps a caller's own model and optimizer (`fit`). Both take every other field
-(loss, preparation, augmentation and where it draws, seed) from the spec through `_step_fields`,
-so the context a prover trains with and the one a verifier replays with cannot drift apart.
+optimizer, device)` wraps a caller's own model and optimizer (`fit`, `attach`). Both take every
+other field (loss, preparation, augmentation and where it draws, seed, clipping and accumulation)
+from the spec through `_step_fields`, so the context a prover trains with and the one a verifier replays with cannot drift apart.
 """
 
 from __future__ import annotations
@@ -52,9 +52,11 @@ def _step_fields(spec: TrainingSpec) -> dict[str, Any]:
         raise ConfigError(f"unknown data preparation {spec.data.prepare!r}")
     if spec.data.augment != "none" and spec.data.augment not in AUGMENT:
         raise ConfigError(f"unknown augmentation {spec.data.augment!r}")
-    return dict(loss_fn=make_loss(spec.loss), prepare=PREPARE[spec.data.prepare],
+    return dict(loss_fn=make_loss(spec.loss, spec.step.label_smoothing),
+                prepare=PREPARE[spec.data.prepare],
                 augment=None if spec.data.augment == "none" else AUGMENT[spec.data.augment],
-                seed=spec.seed, rng_device=augment_rng_device(spec))
+                seed=spec.seed, rng_device=augment_rng_device(spec), features=spec.step,
+                micro_batch=spec.batch_size // spec.step.accumulation)
 
 
 def step_context(spec: TrainingSpec, model: nn.Module, optimizer: torch.optim.Optimizer,

@@ -10,20 +10,25 @@ hand, so that every field that changes a step comes from the spec.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Sequence
+import functools
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
+from pol.spec import StepSpec
 from pol.step.randomness import augment_generator, seed_step
 
-__all__ = ["LOSSES", "StepContext", "make_loss", "update"]
+__all__ = ["LOSSES", "StepContext", "clip_gradients", "make_loss", "micro_batches", "step_inputs",
+           "update"]
 
 
-def _lm_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _lm_cross_entropy(logits: torch.Tensor, y: torch.Tensor,
+                      label_smoothing: float = 0.0) -> torch.Tensor:
     """Next-token loss: logits [B, T, V], targets [B, T]."""
-    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                       label_smoothing=label_smoothing)
 
 
 # The spec's loss names. One function object per name, so two contexts of one spec hold the same.
@@ -34,11 +39,19 @@ LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 }
 
 
-def make_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+@functools.lru_cache(maxsize=None)
+def make_loss(name: str, label_smoothing: float = 0.0
+              ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The spec's loss (with cross-entropy's label smoothing): one object per (name, smoothing)."""
     try:
-        return LOSSES[name]
+        fn = LOSSES[name]
     except KeyError:
         raise ValueError(f"unknown loss {name!r}") from None
+    if not label_smoothing:
+        return fn
+    if name not in ("cross_entropy", "lm_cross_entropy"):
+        raise ValueError(f"label smoothing needs a cross-entropy loss, not {name!r}")
+    return functools.partial(fn, label_smoothing=float(label_smoothing))
 
 
 @dataclass
@@ -57,25 +70,67 @@ class StepContext:
     # differently. New proofs draw on the CPU everywhere (a few integers a step); None = on
     # `device` (proofs made before spec.augment_rng existed)
     rng_device: torch.device | None = None
+    # clipping and accumulation (the spec's `step`; label smoothing is in `loss_fn`); the
+    # micro-batch size is the spec's batch size / accumulation
+    features: StepSpec = field(default_factory=StepSpec)
+    micro_batch: int = 0  # 0: the whole batch at once (accumulation 1)
 
     def generator(self, t: int) -> torch.Generator:
         return augment_generator(self.seed, t, self.rng_device or self.device)
 
 
+def micro_batches(ctx: StepContext, n: int) -> Iterator[slice]:
+    """The micro-batches of a step's batch of `n` samples: one slice of the whole batch without
+    accumulation, else consecutive slices of `ctx.micro_batch` (the last may be short)."""
+    size = ctx.micro_batch if ctx.features.accumulation > 1 else n
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def step_inputs(ctx: StepContext, x: torch.Tensor, y: torch.Tensor,
+                generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model input and targets of a raw (micro-)batch: on the step's device, prepared, augmented
+    from `generator` (the step's, `ctx.generator(t)`; None when the spec does not augment)."""
+    inputs = ctx.prepare(x.to(ctx.device, non_blocking=True))
+    if ctx.augment is not None:
+        inputs = ctx.augment(inputs, generator)
+    return inputs, y.to(ctx.device, non_blocking=True)
+
+
+def clip_gradients(features: StepSpec, optimizer: torch.optim.Optimizer) -> None:
+    """The spec's gradient clipping over the optimizer's parameters, in param_groups order (the
+    prover's wrapped optimizer and the replay both call this)."""
+    if not (features.clip_grad_norm or features.clip_grad_value):
+        return
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    if features.clip_grad_norm:
+        nn.utils.clip_grad_norm_(params, features.clip_grad_norm,
+                                 norm_type=features.clip_norm_type)
+    else:
+        nn.utils.clip_grad_value_(params, features.clip_grad_value)
+
+
 def update(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, lrs: Sequence[float],
            t: int) -> torch.Tensor:
-    """One SGD-family step at global step `t` on the raw batch (x, y). Returns the loss (detached,
-    on device, not synchronized)."""
+    """One SGD-family step at global step `t` on the raw batch (x, y): its micro-batches' forward
+    and backward passes (each loss / accumulation), clipping, the optimizer's step. Returns the
+    step's loss (the sum of the micro-batches' scaled losses; detached, on device, not
+    synchronized)."""
     for group, lr in zip(ctx.optimizer.param_groups, lrs):
         group["lr"] = float(lr)
     seed_step(ctx.seed, t)
-    inputs = ctx.prepare(x.to(ctx.device, non_blocking=True))
-    if ctx.augment is not None:
-        inputs = ctx.augment(inputs, ctx.generator(t))
-    targets = y.to(ctx.device, non_blocking=True)
+    gen = ctx.generator(t) if ctx.augment is not None else None
     ctx.model.train()
     ctx.optimizer.zero_grad(set_to_none=True)
-    loss = ctx.loss_fn(ctx.model(inputs), targets)
-    loss.backward()
+    n_acc = ctx.features.accumulation
+    total = None
+    for part in micro_batches(ctx, len(x)):
+        inputs, targets = step_inputs(ctx, x[part], y[part], gen)
+        loss = ctx.loss_fn(ctx.model(inputs), targets)
+        if n_acc > 1:
+            loss = loss / n_acc
+        loss.backward()
+        total = loss.detach() if total is None else total + loss.detach()
+    clip_gradients(ctx.features, ctx.optimizer)
     ctx.optimizer.step()
-    return loss.detach()
+    return total

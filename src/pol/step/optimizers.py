@@ -74,7 +74,11 @@ def _adam_kwargs(s: OptimizerSpec) -> dict[str, Any]:
 def _adam_describer(name: str) -> Callable[[dict[str, Any]], OptimizerSpec]:
     def describe(g: dict[str, Any]) -> OptimizerSpec:
         if g.get("amsgrad") or g.get("maximize"):
-            raise ValueError("Adam with amsgrad or maximize is not supported")
+            bad = "amsgrad" if g.get("amsgrad") else "maximize"
+            raise ValueError(f"{name} with {bad}=True is not supported (amsgrad, maximize)")
+        if name == "adam" and g.get("decoupled_weight_decay"):
+            raise ValueError("Adam with decoupled_weight_decay=True is not supported: use "
+                             "torch.optim.AdamW")
         return OptimizerSpec(name=name, lr=g["lr"], betas=tuple(g["betas"]), eps=g["eps"],
                              weight_decay=g["weight_decay"])
     return describe
@@ -135,13 +139,29 @@ def make_optimizer(spec: OptimizerSpec, params):  # -> torch.optim.Optimizer
     return getattr(torch.optim, row.torch_class)(params, **row.kwargs(spec))
 
 
+# torch optimizer options that change how a step is computed (a fused or foreach kernel, a
+# graph-capturable or differentiable step): replay builds the optimizer with torch's defaults, so an
+# optimizer that sets one of them is refused rather than replayed with different arithmetic
+_KERNEL_OPTIONS = ("fused", "foreach", "capturable", "differentiable")
+_GROUP_KEYS = ("momentum", "weight_decay", "betas", "eps", "nesterov", "dampening", "amsgrad",
+               "maximize", "decoupled_weight_decay") + _KERNEL_OPTIONS
+
+
 def optimizer_spec_of(opt) -> OptimizerSpec:
-    """Describe a user's optimizer so that the verifier can rebuild it; refuse what replay can't."""
+    """Describe a user's optimizer so that the verifier can rebuild it; refuse what replay can't.
+    The spec's lr is the groups' `initial_lr` where an lr scheduler set one (a warm-up may start
+    the live lr at 0), else the live lr."""
     g = opt.param_groups[0]
     for other in opt.param_groups[1:]:
-        for key in ("momentum", "weight_decay", "betas", "eps", "nesterov"):
+        for key in _GROUP_KEYS:
             if other.get(key) != g.get(key):
                 raise ValueError(f"parameter groups differ in {key!r}; pol supports per-group lr only")
+    for key in _KERNEL_OPTIONS:
+        if g.get(key) not in (None, False):
+            raise ValueError(f"optimizer option {key}={g[key]!r} is not supported (replay builds "
+                             f"the optimizer with torch's default kernels: leave {key} unset)")
+    if "initial_lr" in g and not isinstance(g["initial_lr"], bool) and g["initial_lr"] > 0:
+        g = {**g, "lr": g["initial_lr"]}
     optim = sys.modules.get("torch.optim")  # loaded: `opt` is a torch optimizer
     for row in OPTIMIZERS.values():  # the exact torch class, not a subclass (it may change step)
         if type(opt) is getattr(optim, row.torch_class, None):
