@@ -131,7 +131,7 @@ def test_python_m_pol_cli_runs_pol():
     assert r.returncode == 0 and r.stdout.startswith("pol, version"), r.stdout + r.stderr
 
 
-def test_old_import_paths_still_work():
-    from pol.attacks import cli as attacks_cli
-    from pol.cli.attack import NAMES, attack
-    assert attacks_cli.NAMES == NAMES and attacks_cli.attack is attack
+def test_commands_live_in_the_cli_package_only():
+    import importlib.util
+    assert importlib.util.find_spec("pol.attacks.cli") is None
+    assert importlib.util.find_spec("pol.crypto.cli") is None

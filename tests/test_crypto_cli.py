@@ -65,14 +65,9 @@ def seal_args(t: Path, out: str = "p.sealed", signer: str = "prover") -> list:
     ]
 
 
-def test_the_pol_group_has_the_commands_and_the_old_import_path_works():
+def test_the_pol_group_has_the_crypto_commands():
     from pol.cli import main
-    from pol.crypto import cli as old  # deprecated re-export
     assert {"keygen", "seal", "open", "ledger"} <= set(main.list_commands(click.Context(main)))
-    grp = click.Group("pol")
-    old.register(grp)
-    assert set(grp.commands) == {"keygen", "seal", "open", "ledger"} and len(old.COMMANDS) == 4
-    assert old.seal_command is seal_command and old.ledger_group is ledger_group
     assert set(ledger_group.commands) >= {"show", "verify", "head"}
 
 

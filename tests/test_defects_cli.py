@@ -292,7 +292,7 @@ def test_packaging_license_version_and_sdist_contents():
     assert (ROOT / "LICENSE").read_text().lstrip().startswith("Apache License")
     assert pp["project"]["license"] == "Apache-2.0"
     assert "version" not in pp["project"] and "version" in pp["project"]["dynamic"]
-    assert pp["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "pol.__version__"}
+    assert pp["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "pol._version.__version__"}
     req = " ".join(pp["build-system"]["requires"])
     assert "setuptools>=77" in req
     manifest_in = (ROOT / "MANIFEST.in").read_text().split()

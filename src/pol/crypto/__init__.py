@@ -1,7 +1,7 @@
 """Protocol cryptography for pol: party keys, sealed proofs, proof archives, signed ledger.
 
 Import the submodules for the full API; the most used names are re-exported
-here.  The click commands live in :mod:`pol.crypto.cli` (not imported here so
+here.  The click commands live in :mod:`pol.cli.protocol` (not imported here so
 the library does not depend on click at import time).
 """
 
