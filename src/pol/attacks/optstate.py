@@ -86,6 +86,7 @@ def attack_optimizer_state(target_proof: str | os.PathLike, out: str | os.PathLi
                            refine: int = 1, losses: str = "forward",
                            seed: int = DEFAULT_FORGER_SEED, measure_honest: bool = True,
                            data_dir: str | None = None) -> AttackResult:
+    # long: one forgery, read top to bottom (plan, simulate, refine, write); its steps share the plan's state
     """Forge a proof whose W_0 is the honest seeded init of the forger's seed and whose
     checkpoint-0 optimizer state carries the whole displacement to W_T (module docstring).
 

@@ -71,6 +71,7 @@ def attack_inverse_gradient(target_proof: str | os.PathLike, out: str | os.PathL
                             method: str = "newton_krylov", tol: float = 1e-10,
                             maxiter: int = 50, measure_honest: bool = True,
                             data_dir: str | None = None) -> AttackResult:
+    # long: the paper's Algorithm (inverse-gradient spoof), one solver loop with its bookkeeping in order
     """Invert N training steps from W_T: solve β(W_{t-1}) = W_{t-1} − η∇L(W_{t-1}; batch_t) − W_t
     = 0 for t = N, ..., 1 with a scipy root finder (or minimize ½‖β‖² with L-BFGS), on batches the
     forger picks (own seed), and write the path as a proof with k = 1 whose W_0 is the point

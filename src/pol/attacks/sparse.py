@@ -111,6 +111,7 @@ def attack_sparse_epoch(target_proof: str | os.PathLike, out: str | os.PathLike,
                         anchor: float | None = 4.0, margin: float = 0.9,
                         seed: int = DEFAULT_FORGER_SEED, measure_honest: bool = True,
                         data_dir: str | None = None) -> AttackResult:
+    # long: one forgery, read top to bottom: genuine steps, the anchored step, the forged segments
     """Genuine training, a forged jump to W_T in segments smaller than the largest genuine one,
     all claimed as one epoch (module docstring). `steps`: genuine steps (default the target's T,
     rounded up to a multiple of k); `k`: checkpoint interval (default the target's); `rows`: real

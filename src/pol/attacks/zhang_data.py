@@ -160,6 +160,7 @@ def attack_zhang_data(target_proof: str | os.PathLike, out: str | os.PathLike, *
                       final_tol: float = 0.3, warm: bool = True, reaim: bool = True,
                       exact_chain: bool = False, dtype: str = "float32", init_draws: int = 64,
                       measure_honest: bool = True, data_dir: str | None = None) -> AttackResult:
+    # long: Zhang et al.'s Attacks I/II as one procedure: per-step L-BFGS solve, re-aim, record
     """Zhang et al. 2022 Attacks I/II: rank-matched forged init, straight line to W_T in T' steps
     (default: a quarter of the target's T, at least 2; k default the target's), per-step L-BFGS
     perturbation of real samples so that each replayed SGD step follows the line. Needs plain SGD

@@ -117,6 +117,7 @@ def attack_zhang_zero(target_proof: str | os.PathLike, out: str | os.PathLike, *
                       seed: int = DEFAULT_FORGER_SEED, penalty: float = 1e-9,
                       maxiter: int = 200, check_every: int = 8, solve_factor: float = 0.02, measure_honest: bool = True,
                       data_dir: str | None = None) -> AttackResult:
+    # long: Zhang et al.'s Attack III as one procedure: anchor, zero-gradient batch, checkpoints on the line
     """Zhang et al. 2022 Attack III (see the module docstring). One claimed epoch of T' steps
     (default: the target's T; with `delta` and no anchor, the fewest steps whose gaps are
     margin·delta), checkpoints every k steps (default 1), rank-matched forged init, zero-gradient

@@ -279,6 +279,7 @@ def _read_magic(f: _Readable) -> None:
 def _extract(
     f: _Readable, root: Path, max_total: int, max_entry: int, max_entries: int, max_depth: int
 ) -> ArchiveStats:
+    # long: one pass over an untrusted archive: every member's checks must stay next to its write
     """Read everything after the magic into ``root``."""
     consumed = len(MAGIC)
     files: set[str] = set()

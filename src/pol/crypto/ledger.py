@@ -522,6 +522,7 @@ class Ledger:
         trusted: set[str] | None,
         key_cache: dict[str, Ed25519PublicKey | None],
     ) -> list[LedgerProblem]:
+        # long: one row of an untrusted ledger, every field validated in order; splitting scatters the checks
         seq, kind, payload, ts, kid, pub, prev, h, sig, tsa_name, token = row
         out: list[LedgerProblem] = []
         if seq != expected_seq:

@@ -553,6 +553,7 @@ def open_sealed(
     max_entries: int = _archive.DEFAULT_MAX_ENTRIES,
     compute_root_digest: Callable[[Path], str] | None = None,
 ) -> OpenedProof:
+    # long: opening an untrusted sealed file: each check gates the next read, in order
     """Verify, decrypt and unpack a sealed proof into ``dest_dir`` (which must not exist).
 
     Order: parse header → verify the prover's signature (and, if

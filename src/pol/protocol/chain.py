@@ -110,6 +110,7 @@ def _vsr(payload: dict) -> float:
 
 
 def check_parent(report, manifest, w0: dict[str, torch.Tensor], options, verify_fn) -> None:
+    # long: the chain-of-trust check: parent lookup, recursion and its report entries in one place
     """Add the "initialization" (W_0 = parent's final weights) and "chain of trust" checks."""
     child = manifest.root_digest
     parent = manifest.init["root_digest"]
