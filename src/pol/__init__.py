@@ -4,6 +4,8 @@ Public API (everything else is internal and may move):
 
 - `TrainingSpec` and its parts: the self-describing training description stored in a proof.
 - `Recorder`: records a proof around any training loop (`record_batch` + `step`).
+- `attach`: wrap an existing loop's optimizer and data (clipping, accumulation, schedulers), one or
+  two lines changed.
 - `fit`: the common loop (data, optimizer, epochs) with a proof, in one call.
 - `train_task`: train a built-in task with a proof.
 - `verify` (with `VerifyOptions`, `Policy`, `HARDENED`, `PAPER`): Algorithm 2 and pol's
@@ -24,13 +26,14 @@ from pol.spec import DataSpec, ModelSpec, OptimizerSpec, ScheduleSpec, TrainingS
 __all__ = [
     "ConfigError", "DataSpec", "DisputeResult", "HARDENED", "IncompleteProofError",
     "IntegrityError", "ModelSpec", "OptimizerSpec", "PAPER", "Policy", "PolError", "ProofFormatError",
-    "ProofInfo", "ProofWriteError", "Recorder", "Report", "ScheduleSpec", "TrainingSpec",
-    "UnusableInputError", "VerificationError", "VerifyOptions", "__version__", "dispute", "fit",
-    "inspect", "inspect_proof", "train_task", "verify",
+    "ProofInfo", "ProofWriteError", "Recorder", "Report", "ScheduleSpec", "StepSpec",
+    "TrainingSpec", "UnusableInputError", "VerificationError", "VerifyOptions", "__version__",
+    "attach", "dispute", "fit", "inspect", "inspect_proof", "train_task", "verify",
 ]
 
 _LAZY = {
     "Recorder": "pol.prover.recorder", "fit": "pol.prover.recorder",
+    "attach": "pol.prover.attach", "StepSpec": "pol.spec",
     "train_task": "pol.prover.trainer",
     "verify": "pol.verifier", "VerifyOptions": "pol.verifier", "Report": "pol.verifier",
     "Policy": "pol.verifier", "HARDENED": "pol.verifier", "PAPER": "pol.verifier",

@@ -319,7 +319,8 @@ class StepSpec:
                                             optional=True, default=0.0))
         except ValueError as e:
             raise ProofFormatError(f"{where}: {e}") from None
-        if step.to_dict() != d:  # one spelling: defaults are left out, the step too when all are
+        # one spelling: defaults are left out, and the whole step when all are
+        if step.is_default or step.to_dict() != d:
             raise ProofFormatError(f"{where}: holds default values (write only what differs "
                                    "from the defaults; leave out a default step)")
         return step

@@ -4,7 +4,8 @@
 its optimizer (the trainer, the verifier, its workers and the attacks); `step_context(spec, model,
 optimizer, device)` wraps a caller's own model and optimizer (`fit`, `attach`). Both take every
 other field (loss, preparation, augmentation and where it draws, seed, clipping and accumulation)
-from the spec through `_step_fields`, so the context a prover trains with and the one a verifier replays with cannot drift apart.
+from the spec through `_step_fields`, so the context a prover trains with and the one a verifier
+replays with cannot drift apart.
 """
 
 from __future__ import annotations

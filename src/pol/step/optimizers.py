@@ -155,7 +155,8 @@ def optimizer_spec_of(opt) -> OptimizerSpec:
     for other in opt.param_groups[1:]:
         for key in _GROUP_KEYS:
             if other.get(key) != g.get(key):
-                raise ValueError(f"parameter groups differ in {key!r}; pol supports per-group lr only")
+                raise ValueError(f"parameter groups differ in {key!r}; pol supports per-group lr "
+                                 "only")
     for key in _KERNEL_OPTIONS:
         if g.get(key) not in (None, False):
             raise ValueError(f"optimizer option {key}={g[key]!r} is not supported (replay builds "

@@ -1,0 +1,312 @@
+"""`pol.attach`: record a proof around an existing training loop, changing one or two lines.
+
+    opt, loader = pol.attach(model=model, optimizer=opt, data=(X, Y), out="proof",
+                             model_spec=ModelSpec("mlp", arch), batch_size=64, epochs=3, k=10,
+                             init="from-seed", clip_grad_norm=1.0)
+    for epoch in range(3):
+        for x, y in loader:                     # was: for x, y in DataLoader(...)
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step(loss=loss)                 # was: clip_grad_norm_(...); opt.step()
+    print(opt.root_digest)                      # the proof is finished at the last step
+
+`attach` validates everything first (the optimizer's parameters are the model's, the optimizer and
+each declared feature are ones pol replays) and raises `ConfigError` naming what it cannot replay,
+before anything is written. It returns two drop-ins:
+
+- the optimizer: a `torch.optim.Optimizer` (so `torch.optim.lr_scheduler` schedulers take it; or
+  make the scheduler on your own optimizer before attaching) whose `step(loss=...)` applies the
+  declared clipping, steps your optimizer, clears the gradients (`set_to_none`, as every replayed
+  step starts) and records the step: its batch's indices, the lr the step ran with (so any
+  scheduler's lr is recorded and replayed) and the loss you pass. With accumulation, call
+  `opt.record_loss(loss)` after each micro-batch's backward (the scaled loss, `loss / N`) and
+  `opt.step()` once the step's N micro-batches are done — or pass their sum as `step(loss=...)`.
+  Losses stay on the device until a checkpoint (no host synchronization per step).
+- the loader: an iterable of `(inputs, targets)` micro-batches, one epoch per `iter()`, gathered by
+  index in the order drawn from the seed (`data.order = "seed"`: the verifier checks every index),
+  prepared (`prepare`) and augmented (`augment`) exactly as the replay does, on the model's device.
+  Each step's first micro-batch seeds torch's global RNG for the step, so dropout replays.
+
+`batch_size` is the loader's (micro-)batch: an optimizer step with `accumulation=N` takes N of them
+(the spec's batch_size is N × batch_size; without `drop_last` an epoch's last step may take fewer).
+Remove your own `clip_grad_norm_` / `clip_grad_value_` call and declare it here instead
+(`clip_grad_norm=`, `norm_type=`, `clip_grad_value=`); compute the loss the spec declares (`loss=`,
+`label_smoothing=`; `opt.loss_fn` is that function). The low-level `pol.Recorder` stays for loops
+that need full control.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from pol.errors import ConfigError
+from pol.prover.recorder import Recorder
+from pol.spec import ModelSpec, ScheduleSpec, StepSpec
+from pol.step.context import step_context
+from pol.step.core import clip_gradients, make_loss, micro_batches, step_inputs
+from pol.step.optimizers import optimizer_spec_of
+from pol.step.randomness import epoch_order, seed_step
+
+__all__ = ["attach", "AttachedOptimizer", "AttachedLoader"]
+
+
+class _Run:
+    """What the loader and the optimizer share: the Recorder, the step context and where the
+    current step is (its indices, how many of its micro-batches were handed out, its losses)."""
+
+    def __init__(self, rec: Recorder, optimizer: torch.optim.Optimizer) -> None:
+        self.rec = rec
+        self.ctx = step_context(rec.spec, rec.model, optimizer)
+        self.idx: np.ndarray | None = None  # the current step's indices (None: between steps)
+        self.parts = 0  # micro-batches of the current step
+        self.drawn = 0  # ... handed out so far
+        self.gen: torch.Generator | None = None
+        self.loss: torch.Tensor | None = None  # sum of record_loss() in the current step
+        self.root_digest: str | None = None
+
+    def begin_step(self, idx: np.ndarray) -> None:
+        if self.idx is not None:
+            raise ConfigError(f"step {self.rec.t}: the loader moved on to the next step's batches "
+                              f"after {self.drawn} micro-batch(es), but opt.step() was not called "
+                              "(call it once per step: with accumulation, after every "
+                              f"{self.rec.spec.step.accumulation} micro-batches)")
+        self.idx, self.drawn, self.loss = idx, 0, None
+        self.parts = sum(1 for _ in micro_batches(self.ctx, len(idx)))
+        seed_step(self.rec.spec.seed, self.rec.t)  # dropout: what update() seeds at this step
+        self.gen = self.ctx.generator(self.rec.t) if self.ctx.augment is not None else None
+
+    def end_step(self) -> np.ndarray:
+        if self.idx is None:
+            raise ConfigError(f"opt.step() at step {self.rec.t} without a batch from the attached "
+                              "loader: train on the batches it hands out")
+        if self.drawn != self.parts:
+            raise ConfigError(f"opt.step() after {self.drawn} of the step's {self.parts} "
+                              "micro-batches: the declared accumulation is "
+                              f"{self.rec.spec.step.accumulation}")
+        idx, self.idx = self.idx, None
+        return idx
+
+
+class AttachedLoader:
+    """The batches of an attached run: `(inputs, targets)` on the model's device, one epoch per
+    `iter()`, in the seed's order (see the module's docstring)."""
+
+    def __init__(self, run: _Run) -> None:
+        self._run = run
+
+    def __len__(self) -> int:
+        """Micro-batches per epoch."""
+        rec, ctx = self._run.rec, self._run.ctx
+        B, n = rec.spec.batch_size, len(rec.dataset)
+        return sum(sum(1 for _ in micro_batches(ctx, len(range(s * B, min((s + 1) * B, n)))))
+                   for s in range(rec.steps_per_epoch))
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        run = self._run
+        rec, ctx = run.rec, run.ctx
+        if rec.t >= rec.total_steps:
+            raise ConfigError(f"all {rec.total_steps} steps of the declared run "
+                              f"({rec.epochs} epochs) are recorded")
+        S, B, ds = rec.steps_per_epoch, rec.spec.batch_size, rec.dataset
+        order = epoch_order(rec.spec.seed, rec.t // S, len(ds))
+        for s in range(rec.t % S, S):
+            idx = order[s * B:(s + 1) * B]
+            run.begin_step(idx)
+            x, y = torch.from_numpy(ds.x[idx]), torch.from_numpy(ds.y[idx])
+            for part in micro_batches(ctx, len(idx)):
+                run.drawn += 1
+                yield step_inputs(ctx, x[part], y[part], run.gen)
+
+
+class AttachedOptimizer(torch.optim.Optimizer):
+    """The user's optimizer, recording: `step(loss=...)` clips as declared, steps, clears the
+    gradients and records the step (see the module's docstring). Everything else is the wrapped
+    optimizer's (`param_groups`, `state`, `zero_grad`, `state_dict`)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, run: _Run) -> None:
+        # a proxy: torch.optim.Optimizer.__init__ is not called, the wrapped optimizer holds it all
+        self._inner = optimizer
+        self._run = run
+        self.defaults = optimizer.defaults
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return self._inner.param_groups
+
+    @property
+    def state(self):  # type: ignore[override]
+        return self._inner.state
+
+    @property
+    def recorder(self) -> Recorder:
+        return self._run.rec
+
+    @property
+    def loss_fn(self):
+        """The loss the spec declares (with its label smoothing)."""
+        return self._run.ctx.loss_fn
+
+    @property
+    def proof(self):
+        return self._run.rec.path
+
+    @property
+    def root_digest(self) -> str | None:
+        """The proof's root digest once its last step is recorded (None before)."""
+        return self._run.root_digest
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self._inner.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._inner.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        raise ConfigError("load_state_dict on an attached optimizer: the proof records the "
+                          "optimizer from its first step")
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        raise ConfigError("add_param_group on an attached optimizer: replay builds the optimizer "
+                          "over the model's parameters as attached")
+
+    def record_loss(self, loss: torch.Tensor) -> None:
+        """Add a micro-batch's (scaled) loss to the step's loss: with accumulation, call it after
+        each micro-batch's backward, then `step()` without a loss. Stays on the device."""
+        loss = loss.detach().float().reshape(())
+        run = self._run
+        run.loss = loss if run.loss is None else run.loss + loss
+
+    def step(self, closure=None, *,  # type: ignore[override]
+             loss: torch.Tensor | float | None = None) -> None:
+        """Clip as declared, step the optimizer, clear the gradients, record the step with `loss`
+        (the step's loss; default: the sum of `record_loss` since the step began). At the run's
+        last step the proof is finished (`root_digest`)."""
+        run = self._run
+        if closure is not None:
+            raise ConfigError("optimizer.step(closure) is not supported: compute the loss, call "
+                              "backward, then opt.step(loss=loss)")
+        if loss is None:
+            loss = run.loss
+        if loss is None:
+            raise ConfigError("opt.step() needs the step's loss: opt.step(loss=loss), or "
+                              "opt.record_loss(loss) after each micro-batch (the verifier "
+                              "recomputes every replayed step's loss and compares)")
+        if not any(p.grad is not None for g in self._inner.param_groups for p in g["params"]):
+            raise ConfigError(f"opt.step() at step {run.rec.t} with no gradients: call "
+                              "loss.backward() first")
+        idx = run.end_step()
+        run.rec.record_batch(idx, seed_rng=False)  # the lr now in the groups: the step's lr
+        clip_gradients(run.rec.spec.step, self._inner)
+        self._inner.step()
+        self._inner.zero_grad(set_to_none=True)  # the next step starts as a replayed one does
+        run.rec.step(loss)
+        if run.rec.t == run.rec.total_steps:
+            run.root_digest = run.rec.close()
+
+    def close(self) -> str:
+        """The root digest; the proof is finished by the last step (refused before it)."""
+        if self._run.root_digest is None:
+            self._run.root_digest = self._run.rec.close()
+        return self._run.root_digest
+
+    def __repr__(self) -> str:
+        return f"AttachedOptimizer({self._inner!r})"
+
+
+def _check_optimizer(model: nn.Module, optimizer: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    if isinstance(optimizer, AttachedOptimizer):
+        raise ConfigError("this optimizer is attached already")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ConfigError(f"optimizer must be a torch.optim.Optimizer, not "
+                          f"{type(optimizer).__name__}")
+    if len(optimizer.param_groups) != 1:
+        raise ConfigError(f"the optimizer has {len(optimizer.param_groups)} parameter groups: "
+                          "per-parameter-group settings are not supported yet (one group over "
+                          "model.parameters())")
+    theirs = [p for g in optimizer.param_groups for p in g["params"]]
+    mine = list(model.parameters())
+    if len(theirs) != len(mine) or any(a is not b for a, b in zip(theirs, mine)):
+        ids = {id(p) for p in mine}
+        foreign = sum(id(p) not in ids for p in theirs)
+        raise ConfigError(
+            "the optimizer's parameters are not the model's: " +
+            (f"{foreign} of its {len(theirs)} parameters are not in the model"
+             if foreign else f"it holds {len(theirs)} of the model's {len(mine)} parameters"
+             if len(theirs) != len(mine) else "they are in another order") +
+            " (the replay optimizes model.parameters(), all of them, in order)")
+    hooks = [name for name in ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks")
+             if getattr(optimizer, name, None)]
+    if hooks:
+        raise ConfigError(f"the optimizer has step hooks ({', '.join(hooks)}): a hook can change "
+                          "a step that the replay would not")
+    try:
+        optimizer_spec_of(optimizer)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _features(clip_grad_norm: float | None, norm_type: float, clip_grad_value: float | None,
+              accumulation: int, label_smoothing: float, loss: str) -> StepSpec:
+    if clip_grad_norm is not None and not clip_grad_norm > 0:
+        raise ConfigError(f"clip_grad_norm={clip_grad_norm!r}: must be positive (None = no "
+                          "clipping)")
+    if clip_grad_value is not None and not clip_grad_value > 0:
+        raise ConfigError(f"clip_grad_value={clip_grad_value!r}: must be positive (None = no "
+                          "clipping)")
+    if isinstance(norm_type, (int, float)) and math.isinf(norm_type):
+        raise ConfigError("norm_type=inf is not supported (a finite p-norm)")
+    try:
+        make_loss(loss, label_smoothing)
+        return StepSpec(clip_grad_norm=float(clip_grad_norm or 0.0),
+                        clip_norm_type=float(norm_type),
+                        clip_grad_value=float(clip_grad_value or 0.0),
+                        accumulation=accumulation, label_smoothing=float(label_smoothing))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def attach(*, model: nn.Module, optimizer: torch.optim.Optimizer, data: Any,
+           out: str | os.PathLike, model_spec: ModelSpec, batch_size: int, epochs: int,
+           k: int = 10, seed: int = 0, loss: str = "cross_entropy", prepare: str = "float",
+           augment: str = "none", clip_grad_norm: float | None = None, norm_type: float = 2.0,
+           clip_grad_value: float | None = None, accumulation: int = 1,
+           label_smoothing: float = 0.0, drop_last: bool | None = None,
+           schedule: ScheduleSpec | None = None, init: str | dict | None = None,
+           precision: str = "fp32", compress: bool = False, overwrite: bool = False,
+           durable: bool = True, data_name: str = "user",
+           data_params: dict | None = None) -> tuple[AttachedOptimizer, AttachedLoader]:
+    """Attach pol to a training loop: returns `(optimizer, loader)` drop-ins that record a proof
+    in `out` (see the module's docstring). Validates first: anything pol cannot replay (an
+    optimizer not in `pol.step.OPTIMIZERS`, amsgrad, a fused kernel, parameter groups, an
+    optimizer over other parameters, an unknown loss or feature) is a `ConfigError` that names it,
+    raised before anything is written.
+
+    `batch_size`: the loader's micro-batch; `accumulation`: micro-batches per optimizer step;
+    `drop_last` (default: on with accumulation, so that every step has all N micro-batches);
+    `schedule`: None records the lr of every step as the optimizer holds it (any
+    `torch.optim.lr_scheduler`, or none), or a declared `ScheduleSpec` the verifier checks the
+    recorded lrs against. `init`, `precision`, `compress`, `overwrite`, `durable`: as for
+    `pol.Recorder`."""
+    _check_optimizer(model, optimizer)
+    features = _features(clip_grad_norm, norm_type, clip_grad_value, accumulation,
+                         label_smoothing, loss)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size!r}: a positive integer (the micro-batch)")
+    rec = Recorder(out, model=model, optimizer=optimizer, data=data, model_spec=model_spec,
+                   batch_size=batch_size * features.accumulation, epochs=epochs, k=k, seed=seed,
+                   loss=loss, prepare=prepare, augment=augment, precision=precision,
+                   schedule=schedule, data_name=data_name, data_params=data_params,
+                   overwrite=overwrite, durable=durable, init=init, compress=compress,
+                   data_order="seed", features=features,
+                   drop_last=features.accumulation > 1 if drop_last is None else drop_last)
+    run = _Run(rec, optimizer)
+    return AttachedOptimizer(optimizer, run), AttachedLoader(run)
