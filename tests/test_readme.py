@@ -37,3 +37,18 @@ def test_readme_quickstart_has_two_commands():
     cmds = re.findall(r"```bash\n(.*?)```", quick, re.S)
     assert len(cmds) == 2
     assert "pol demo" in cmds[0] and "pytest" in cmds[1]
+
+
+def test_readme_attach_example_runs_and_verifies(tmp_path, monkeypatch, capsys):
+    """The `attach` example runs as written after the first block (X, Y, arch, mlp, ModelSpec,
+    verify), and its proof verifies."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    attach_blocks = [b for b in blocks if "attach(" in b]
+    assert len(attach_blocks) == 1
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    exec(compile(blocks[0], "README.md", "exec"), ns)
+    capsys.readouterr()
+    exec(compile(attach_blocks[0], "README.md", "exec"), ns)
+    assert capsys.readouterr().out.strip() == "True valid"
+    assert ns["opt"].recorder.spec.step.clip_grad_norm == 1.0
