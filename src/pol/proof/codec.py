@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pol.errors import ProofFormatError
+from pol.errors import LimitExceeded, ProofFormatError
 
 CODEC_NAME = "xor-shuffle-zstd"
 CODEC_VERSION = 1
@@ -189,7 +189,6 @@ def decode(frame: Frame, name: str, base: np.ndarray | None,
     writes past the frame's declared content size (equal to `frame.raw_size`, see `parse_frame`):
     a frame whose data would decode to more fails as corrupt."""
     if max_size is not None and frame.raw_size > max_size:
-        from pol.proof.format import LimitExceeded
         raise LimitExceeded(f"{name} decodes to {frame.raw_size:,} bytes",
                             "max_checkpoint_bytes", max_size)
     zstd = _zstd()

@@ -217,31 +217,10 @@ def _int(d: dict, key: str, lo: int, hi: int) -> int:
 
 
 def parse_manifest(raw_bytes: bytes, limits: Limits) -> Manifest:
-    """Validate a manifest completely before anything else of the proof is touched."""
-    if len(raw_bytes) > limits.max_manifest_bytes:
-        raise ProofFormatError(f"manifest.json is larger than the limit of "
-                               f"{limits.max_manifest_bytes} bytes")
-
-    check_manifest_items(raw_bytes, limits)
-    # no duplicate keys, no NaN/Infinity, valid UTF-8 and nesting; ProofFormatError naming the file
-    raw = util.loads_strict(raw_bytes, MANIFEST, max_bytes=None)
-    if not isinstance(raw, dict):
-        raise ProofFormatError("manifest.json is not a JSON object")
-    if raw.get("format") != FORMAT_NAME:
-        raise ProofFormatError("manifest.json is not a pol proof manifest")
-    version = raw.get("version")
-    if type(version) is not int or version not in SUPPORTED_VERSIONS:
-        raise ProofFormatError(f"unsupported proof format version {version!r}; this pol reads "
-                               f"version(s) {', '.join(map(str, SUPPORTED_VERSIONS))} — "
-                               "upgrade pol to verify newer proofs")
-    allowed = {"format", "version", "created", "pol_version", "spec", "epochs", "steps_per_epoch",
-               "total_steps", "k", "checkpoints", "files", "init", "param_groups", "root_digest",
-               "dataset_size"}
-    if version >= CODEC_FORMAT_VERSION:
-        allowed |= {"codec", "decoded"}
-    extra = set(raw) - allowed
-    if extra:
-        raise ProofFormatError(f"manifest.json has unknown field(s): {', '.join(sorted(extra))}")
+    """Validate a manifest completely before anything else of the proof is touched. The checks
+    run in a fixed order (the JSON, the run's shape, the files, then init and the root digest), so
+    a manifest wrong in several ways is always refused for the same reason."""
+    raw, version = _load_manifest(raw_bytes, limits)
     spec = TrainingSpec.from_dict(raw.get("spec"))
     E = _int(raw, "epochs", 1, 10**6)
     S = _int(raw, "steps_per_epoch", 1, limits.max_steps)
@@ -264,6 +243,46 @@ def parse_manifest(raw_bytes: bytes, limits: Limits) -> Manifest:
     if (not isinstance(ckpts, list) or len(ckpts) != n_ck
             or any(type(c) is not int for c in ckpts) or ckpts != checkpoint_steps(T, k)):
         raise ProofFormatError("manifest.checkpoints: expected steps 0, k, 2k, ..., T")
+    files, stored, codec = _manifest_files(raw, version, ckpts, limits)
+    init, rd, created = _check_init_and_digest(raw, spec)
+    return Manifest(version=version, spec=spec, epochs=E, steps_per_epoch=S, total_steps=T, k=k,
+                    checkpoints=tuple(ckpts), files=files, init=init, root_digest=rd,
+                    created=created, raw=raw, stored=stored, codec=codec)
+
+
+def _load_manifest(raw_bytes: bytes, limits: Limits) -> tuple[dict, int]:
+    """The manifest's JSON object and format version, with no field beyond the version's."""
+    if len(raw_bytes) > limits.max_manifest_bytes:
+        raise ProofFormatError(f"manifest.json is larger than the limit of "
+                               f"{limits.max_manifest_bytes} bytes")
+    check_manifest_items(raw_bytes, limits)
+    # no duplicate keys, no NaN/Infinity, valid UTF-8 and nesting; ProofFormatError naming the file
+    raw = util.loads_strict(raw_bytes, MANIFEST, max_bytes=None)
+    if not isinstance(raw, dict):
+        raise ProofFormatError("manifest.json is not a JSON object")
+    if raw.get("format") != FORMAT_NAME:
+        raise ProofFormatError("manifest.json is not a pol proof manifest")
+    version = raw.get("version")
+    if type(version) is not int or version not in SUPPORTED_VERSIONS:
+        raise ProofFormatError(f"unsupported proof format version {version!r}; this pol reads "
+                               f"version(s) {', '.join(map(str, SUPPORTED_VERSIONS))} — "
+                               "upgrade pol to verify newer proofs")
+    allowed = {"format", "version", "created", "pol_version", "spec", "epochs", "steps_per_epoch",
+               "total_steps", "k", "checkpoints", "files", "init", "param_groups", "root_digest",
+               "dataset_size"}
+    if version >= CODEC_FORMAT_VERSION:
+        allowed |= {"codec", "decoded"}
+    extra = set(raw) - allowed
+    if extra:
+        raise ProofFormatError(f"manifest.json has unknown field(s): {', '.join(sorted(extra))}")
+    return raw, version
+
+
+def _manifest_files(raw: dict, version: int, ckpts: list[int], limits: Limits
+                    ) -> tuple[dict[str, tuple[str, int]], dict[str, tuple[str, int]] | None,
+                               dict | None]:
+    """(files, stored, codec) of `Manifest`: the file entries, each under its limits."""
+    n_ck = len(ckpts)
     files_raw = raw.get("files")
     if not isinstance(files_raw, dict) or len(files_raw) > limits.max_files:
         raise ProofFormatError("manifest.files: expected an object of file entries")
@@ -302,6 +321,11 @@ def parse_manifest(raw_bytes: bytes, limits: Limits) -> Manifest:
             raise LimitExceeded(f"{checkpoint_name(t)} is {size:,} bytes"
                                 + (" decoded" if stored is not None else ""),
                                 "max_checkpoint_bytes", limits.max_checkpoint_bytes)
+    return files, stored, codec
+
+
+def _check_init_and_digest(raw: dict, spec: TrainingSpec) -> tuple[dict, str, str]:
+    """(init, root_digest, created): the init record, and the root digest over the manifest."""
     init = raw.get("init")
     if not isinstance(init, dict) or init.get("kind") not in ("strategy", "parent"):
         raise ProofFormatError("manifest.init: expected {kind: strategy|parent, ...}")
@@ -325,9 +349,7 @@ def parse_manifest(raw_bytes: bytes, limits: Limits) -> Manifest:
         raise ProofFormatError("manifest.dataset_size: expected the spec's dataset size")
     if init["kind"] == "strategy" and not isinstance(init.get("strategy"), str):
         raise ProofFormatError("manifest.init.strategy: expected a string")
-    return Manifest(version=version, spec=spec, epochs=E, steps_per_epoch=S, total_steps=T, k=k,
-                    checkpoints=tuple(ckpts), files=files, init=init, root_digest=rd,
-                    created=created, raw=raw, stored=stored, codec=codec)
+    return init, rd, created
 
 
 def _file_entries(files_raw: Any, field: str, limits: Limits

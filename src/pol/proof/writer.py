@@ -61,8 +61,9 @@ _JOURNAL = {k: fmt.npy_descr(v) for k, v in fmt.ARRAY_DTYPES.items()}
 
 
 class ProofWriter:
-    """Writes one proof directory. Use `put_checkpoint` for t = 0, k, 2k, ..., T in order, each with
-    the per-step records of the steps since the previous one, then `finalize`."""
+    """Writes one proof directory. Give checkpoints t = 0, k, 2k, ..., T in order, each with the
+    per-step records of the steps since the previous one, as a state dict (`put_checkpoint`,
+    copied by the snapshotter) or as host buffers (`put`), then `finalize`."""
 
     def __init__(self, out_dir: str | os.PathLike, *, precision: str = "fp32",
                  overwrite: bool = False, queue_size: int = 3, durable: bool = True,
