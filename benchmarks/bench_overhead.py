@@ -22,10 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from pol.prover.recorder import Recorder, epoch_order
+from pol.prover.recorder import Recorder
+from pol.step import epoch_order
 from pol.registry import resolve_device
 from pol.step import build_context
 from pol.step import update
@@ -47,7 +47,9 @@ def run(mode: str, spec, train, device, steps: int, k: int, out: Path, warmup: i
     elif mode == "reference":
         out.mkdir(parents=True, exist_ok=True)
         hashlib.sha256(str(train.x).encode()).hexdigest()  # the reference's dataset "hash"
-    order = np.concatenate([epoch_order(spec.seed, e, n) for e in range(spec_k.epochs)])
+    S = -(-n // B)  # the seed's batches, epoch by epoch (the last one of an epoch short)
+    batches = [o[s * B:(s + 1) * B] for o in (epoch_order(spec.seed, e, n)
+                                              for e in range(spec_k.epochs)) for s in range(S)]
     lrs = [spec.optimizer.lr]
     t0 = 0.0
     for t in range(steps + warmup):
@@ -55,7 +57,7 @@ def run(mode: str, spec, train, device, steps: int, k: int, out: Path, warmup: i
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-        idx = order[(t * B) % (len(order) - B):][:B]
+        idx = batches[t]
         x, y = torch.from_numpy(train.x[idx]), torch.from_numpy(train.y[idx])
         if rec is not None:
             rec.record_batch(idx, seed_rng=False)  # update() seeds this step itself

@@ -34,9 +34,9 @@ import torch
 from pol.proof import codec
 from pol.proof import format as fmt
 from pol.proof.reader import inspect_proof, open_proof
-from pol.proof.writer import _Layout
+from pol.proof.host import Layout as _Layout
 from pol.prover.trainer import train_task
-from pol.step import build_context
+from pol.step import build_context, storage_dtype
 from pol.tasks import build_spec
 from pol.verifier import verify
 
@@ -115,7 +115,7 @@ def kind_raw(tensors: dict[str, torch.Tensor], precision: str):
     """Per kind of tensor: raw bytes (storage dtype) and segments, no header."""
     out: dict[str, list] = {}
     for name, v in tensors.items():
-        st = fmt.storage_dtype(name, v, precision)
+        st = storage_dtype(name, v, precision)
         b = v.detach().reshape(-1).to(st)
         out.setdefault(kind_of(name), []).append(
             (b.view(torch.uint8).numpy().tobytes(), b.element_size()))

@@ -318,7 +318,7 @@ def claim_device(proof_dir: str | os.PathLike, device: str) -> str:
     digest."""
     import json
 
-    from pol.proof.writer import atomic_write
+    from pol.util import atomic_write
     if device not in ("cpu", "cuda", "mps", "xpu"):
         raise ConfigError(f"cannot claim device {device!r}")
     d = Path(proof_dir)

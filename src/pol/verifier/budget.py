@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from pol.errors import ProofFormatError
+from pol.errors import LimitExceeded, ProofFormatError
 from pol.proof import format as fmt
 from pol.verifier.selection import planned as planned_replay
 from pol.verifier.selection import segments_per_epoch  # noqa: F401 - re-exported
@@ -29,7 +29,7 @@ from pol.verifier.selection import segments_per_epoch  # noqa: F401 - re-exporte
 
 def _refuse_long_segment(length: int, limits: fmt.Limits) -> None:
     if length > limits.max_replay_steps:
-        raise fmt.LimitExceeded(f"the proof's segments are up to {length:,} steps long (k); "
+        raise LimitExceeded(f"the proof's segments are up to {length:,} steps long (k); "
                                 "replaying even one of them", "max_replay_steps",
                                 limits.max_replay_steps)
 
@@ -49,7 +49,7 @@ def check_planned_replay(manifest: fmt.Manifest, limits: fmt.Limits, q: int,
                f"replaying {n:,} segment(s) of up to {k:,} steps (top-{q}"
                + (f" + {random_per_epoch} random" if random_per_epoch else "")
                + f" per epoch, {manifest.epochs:,} epoch(s)) is up to {steps:,} steps")
-        raise fmt.LimitExceeded(how, "max_replay_steps", limits.max_replay_steps)
+        raise LimitExceeded(how, "max_replay_steps", limits.max_replay_steps)
     return steps
 
 
@@ -62,7 +62,7 @@ def check_replay_budget(manifest: fmt.Manifest, chosen: Iterable[tuple[int, Any]
     _refuse_long_segment(max(lengths, default=0), limits)
     steps = sum(lengths)
     if steps > limits.max_replay_steps:
-        raise fmt.LimitExceeded(f"the {len(lengths):,} chosen segment(s) replay {steps:,} steps",
+        raise LimitExceeded(f"the {len(lengths):,} chosen segment(s) replay {steps:,} steps",
                                 "max_replay_steps", limits.max_replay_steps)
     return steps
 

@@ -36,7 +36,7 @@ import torch
 from pol.errors import IntegrityError, ProofFormatError
 from pol.proof import format as fmt
 from pol.proof.hashing import merkle_root
-from pol.step import load_state, state_tensors, update
+from pol.step import load_state, state_tensors, storage_dtype, update
 from pol.verifier.distances import METRICS, flat_params
 
 
@@ -132,11 +132,11 @@ def replay_segment(ctx, proof, data, leaves: np.ndarray, names: list[str], a: in
             step_done()
     end = load(b)
     mine = state_tensors(ctx.model, ctx.optimizer)
-    mine_vec = flat_params({n: mine[n].to(fmt.storage_dtype(n, mine[n], spec.precision))
+    mine_vec = flat_params({n: mine[n].to(storage_dtype(n, mine[n], spec.precision))
                             for n in names}, names)
     err = distances(mine_vec, flat_params(end, names), metrics)
     exact = all(k in mine and torch.equal(
-        mine[k].detach().to("cpu", fmt.storage_dtype(k, mine[k], spec.precision)),
+        mine[k].detach().to("cpu", storage_dtype(k, mine[k], spec.precision)),
         end[k]) for k in end) and len(end) == len(mine)
     from pol.verifier import soundness
     keys = soundness.float_state_keys(end)
@@ -148,7 +148,7 @@ def replay_segment(ctx, proof, data, leaves: np.ndarray, names: list[str], a: in
             state_error, steps_ok = float("inf"), False
         else:
             mine_state = soundness.flat_optimizer(
-                {k: mine[k].to(fmt.storage_dtype(k, mine[k], spec.precision)) for k in keys}, keys)
+                {k: mine[k].to(storage_dtype(k, mine[k], spec.precision)) for k in keys}, keys)
             claimed = soundness.flat_optimizer(end, keys)
             state_error = float(torch.linalg.vector_norm(mine_state - claimed))
             before = (soundness.flat_optimizer(start, keys) if all(k in start for k in keys)
