@@ -200,3 +200,17 @@ def _spec_dict() -> dict:
                      "augment": "none"},
             "loss": "cross_entropy", "batch_size": 4, "epochs": 1, "k": 2, "precision": "fp32",
             "seed": 0, "device": "cpu"}
+
+
+def test_fit_and_the_recorder_take_the_same_features(tmp_path):
+    """`fit(features=...)`: pol's own loop runs update() with the spec's features; exact."""
+    x, y = make_user_data()
+    model = user_model()
+    res = pol.fit(tmp_path / "fit", model=model, data=(x, y),
+                  optimizer=torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+                  model_spec=ModelSpec("mlp", dict(USER_MODEL_KWARGS)), batch_size=32,
+                  epochs=EPOCHS, k=K, seed=3, init="from-seed",
+                  features=StepSpec(accumulation=2, clip_grad_norm=0.5, label_smoothing=0.05))
+    r = verify(res.proof, data=str(save_npz(tmp_path / "d.npz", x, y)), all_segments=True)
+    assert r.valid and all(s.exact for s in r.segments), r.render(verbose=True)
+    assert load_manifest(res.proof)["spec"]["step"]["accumulation"] == 2

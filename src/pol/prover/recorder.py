@@ -518,10 +518,13 @@ def fit(out: str | os.PathLike, *, model: nn.Module, optimizer: torch.optim.Opti
         model_spec: ModelSpec, batch_size: int, epochs: int, k: int = 10, seed: int = 0,
         loss: str = "cross_entropy", prepare: str = "float", augment: str = "none",
         precision: str = "fp32", schedule: ScheduleSpec | None = None, overwrite: bool = False,
-        progress: bool = False, init: str | dict | None = None) -> FitResult:
+        progress: bool = False, init: str | dict | None = None,
+        features: StepSpec | None = None) -> FitResult:
     """Train `model` on `data` for `epochs` with a proof: the common DataLoader + optimizer loop in
     one call (shuffled batches from `seed`, the lr schedule applied per step). `init`: as for the
-    `Recorder` (`init="from-seed"` lets pol draw W_0 from the seed first)."""
+    `Recorder` (`init="from-seed"` lets pol draw W_0 from the seed first); `features`: the step's
+    clipping, accumulation and label smoothing (`StepSpec`; `batch_size` is the optimizer step's
+    batch, split into `features.accumulation` micro-batches)."""
     import time
 
     from pol.step.runtime import numerics
@@ -531,7 +534,7 @@ def fit(out: str | os.PathLike, *, model: nn.Module, optimizer: torch.optim.Opti
                    batch_size=batch_size, epochs=epochs, k=k, seed=seed, loss=loss,
                    prepare=prepare, augment=augment, precision=precision,
                    schedule=schedule or ScheduleSpec(), overwrite=overwrite, data_order="seed",
-                   init=init)
+                   init=init, features=features)
     # every field of the step from the recorded spec, as the verifier's build_context takes them
     ctx = fit_context(rec)
     base = [g["lr"] for g in optimizer.param_groups]
