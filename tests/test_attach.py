@@ -214,3 +214,13 @@ def test_fit_and_the_recorder_take_the_same_features(tmp_path):
     r = verify(res.proof, data=str(save_npz(tmp_path / "d.npz", x, y)), all_segments=True)
     assert r.valid and all(s.exact for s in r.segments), r.render(verbose=True)
     assert load_manifest(res.proof)["spec"]["step"]["accumulation"] == 2
+
+
+def test_a_step_in_eval_mode_is_refused(tmp_path):
+    model, (opt, loader) = _attach(tmp_path)
+    x, y = next(iter(loader))
+    model.eval()
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    with pytest.raises(ConfigError, match="eval mode"):
+        opt.step(loss=loss)

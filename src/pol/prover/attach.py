@@ -201,6 +201,11 @@ class AttachedOptimizer(torch.optim.Optimizer):
         if not any(p.grad is not None for g in self._inner.param_groups for p in g["params"]):
             raise ConfigError(f"opt.step() at step {run.rec.t} with no gradients: call "
                               "loss.backward() first")
+        if not all(m.training for m in run.rec.model.modules()):
+            name = next(n or "the model" for n, m in run.rec.model.named_modules()
+                        if not m.training)
+            raise ConfigError(f"step {run.rec.t} ran with {name} in eval mode: the replay trains "
+                              "in train mode (call model.train() after evaluating)")
         idx = run.end_step()
         run.rec.record_batch(idx, seed_rng=False)  # the lr now in the groups: the step's lr
         clip_gradients(run.rec.spec.step, self._inner)

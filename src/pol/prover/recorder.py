@@ -15,7 +15,8 @@ Low level, for loops you write yourself::
 
 The verifier replays each step with `pol.step.update()`: zero_grad, forward on the prepared batch,
 the spec's loss, backward, optimizer step with the recorded lr; with the spec's step features
-(`features=StepSpec(...)`: gradient clipping, accumulation, label smoothing) as `update()` does them.
+(`features=StepSpec(...)`: gradient clipping, accumulation, label smoothing) as `update()` does
+them.
 A loop that does something else in a step (AMP, say) will not replay.
 
 High level: `pol.attach(...)` wraps your optimizer and hands you the batches (the step features
