@@ -227,3 +227,70 @@ def test_batch_order_other_than_the_seeds_fails_where_the_spec_says_seed(mlp_pro
     r = verify(p)
     assert "epoch structure" in failed_checks(r)
     assert "seed" in check(r, "epoch structure").reason
+
+
+def _record_user_loop(out, make_opt, scheduler=None, k=1, epochs=1):
+    import torch.nn.functional as F
+    from conftest import USER_MODEL_KWARGS, make_user_data, user_model
+    from pol.prover.recorder import Recorder
+    from pol.spec import ModelSpec
+    x, y = make_user_data(n=96)
+    model = user_model()
+    opt = make_opt(model)
+    sched = scheduler(opt) if scheduler else None
+    rec = Recorder(out, model=model, optimizer=opt, data=(x, y),
+                   model_spec=ModelSpec("mlp", dict(USER_MODEL_KWARGS)), batch_size=32,
+                   epochs=epochs, k=k, init="from-seed")
+    for e in range(epochs):
+        for idx in rec.epoch_batches(e):
+            rec.record_batch(idx)
+            opt.zero_grad()
+            loss = F.cross_entropy(model(torch.from_numpy(x[idx])), torch.from_numpy(y[idx]))
+            loss.backward()
+            opt.step()
+            rec.step(loss)
+            if sched is not None:
+                sched.step()
+    rec.close()
+    return x, y
+
+
+def test_honest_parameter_groups_with_their_own_lrs_verify(tmp_path):
+    """Groups that differ in lr replay with their own lrs (they used to replay with the first
+    group's lr and fail)."""
+    from conftest import save_npz
+
+    def two_groups(model):
+        ps = list(model.parameters())
+        return torch.optim.SGD([{"params": ps[:2], "lr": 0.1}, {"params": ps[2:], "lr": 0.01}],
+                               lr=0.1, momentum=0.9)
+    x, y = _record_user_loop(tmp_path / "p", two_groups, k=2, epochs=2)
+    r = verify(tmp_path / "p", data=str(save_npz(tmp_path / "d.npz", x, y)), all_segments=True)
+    assert r.valid and all(s.exact for s in r.segments), r.render()
+    assert load_manifest(tmp_path / "p")["spec"]["optimizer"]["group_lrs"] == [0.1, 0.01]
+
+
+def test_groups_out_of_model_order_are_refused(tmp_path):
+    from pol.errors import ConfigError
+
+    def reversed_groups(model):
+        ps = list(model.parameters())
+        return torch.optim.SGD([{"params": ps[2:]}, {"params": ps[:2]}], lr=0.1)
+    with pytest.raises(ConfigError, match="model.parameters\\(\\) order"):
+        _record_user_loop(tmp_path / "p", reversed_groups)
+
+
+def test_warm_up_from_lr_zero_verifies(tmp_path):
+    """A scheduler whose lr is 0 at step 0: that step cannot depend on its data, so data
+    dependence is probed at the segment's first step with a positive lr (k = 1: a segment of
+    that one step alone has nothing to probe)."""
+    from conftest import save_npz
+    for k in (1, 3):
+        out = tmp_path / f"k{k}"
+        x, y = _record_user_loop(
+            out, lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9),
+            scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda t: min(t / 4, 1.0)),
+            k=k)
+        r = verify(out, data=str(save_npz(tmp_path / "d.npz", x, y)), all_segments=True)
+        assert r.valid, r.render()
+        assert check(r, "data dependence").status == "pass"

@@ -60,7 +60,7 @@ def _digest_tree(path: Path) -> dict[str, tuple[str, float]]:
 @pytest.fixture(scope="module")
 def user_proof(tmp_path_factory):
     """A proof of a user model class (module `usernet_<n>.py` in its own directory, Adam)."""
-    from pol.registry import build_model
+    from pol.step import build_model
     d = tmp_path_factory.mktemp("user")
     name = f"usernet_{os.getpid()}_{next(_counter)}"
     (d / f"{name}.py").write_text(MODULE)
@@ -225,7 +225,7 @@ if __name__ == "__main__":
 def test_package_in_the_current_directory_and_its_import_guard(tmp_path, monkeypatch):
     """`--trust-module pkg` with `pkg/nets.py` in the current directory: the package's submodules
     import normally; a package whose __init__ trains when imported is refused."""
-    from pol.registry import build_model
+    from pol.step import build_model
     name = f"userpkg_{os.getpid()}_{next(_counter)}"
     pkg = tmp_path / name
     pkg.mkdir()

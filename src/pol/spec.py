@@ -93,6 +93,20 @@ def _bool(d: dict, key: str, where: str, default: bool) -> bool:
     return v
 
 
+def _list(d: dict, key: str, where: str, maxlen: int = 4096) -> list:
+    v = d.get(key, [])
+    if not isinstance(v, list) or len(v) > maxlen:
+        raise ProofFormatError(f"{where}.{key}: expected a list of at most {maxlen} entries")
+    return v
+
+
+def _int_list(d: dict, key: str, where: str) -> tuple[int, ...]:
+    v = _list(d, key, where)
+    if not all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 2**31 for x in v):
+        raise ProofFormatError(f"{where}.{key}: expected positive integers")
+    return tuple(v)
+
+
 def _obj(d: Any, where: str) -> dict:
     if not isinstance(d, dict):
         raise ProofFormatError(f"{where}: expected an object")
@@ -141,8 +155,17 @@ class OptimizerSpec:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    # several parameter groups that differ only in lr: the i-th group holds the next
+    # group_sizes[i] parameters in model.parameters() order, with base lr group_lrs[i] (empty:
+    # one group, base lr `lr`)
+    group_sizes: tuple[int, ...] = ()
+    group_lrs: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        if len(self.group_sizes) != len(self.group_lrs) or len(self.group_sizes) == 1:
+            raise ValueError("group_sizes and group_lrs: one entry per group, two groups or more")
+        if any(n < 1 for n in self.group_sizes) or any(not 0 < x < 1e3 for x in self.group_lrs):
+            raise ValueError("group_sizes must be positive and group_lrs in (0, 1000)")
         if self.name not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.name!r}; known: {', '.join(OPTIMIZERS)}")
         if self.nesterov and (self.momentum <= 0 or self.name != "sgd"):
@@ -167,7 +190,10 @@ class OptimizerSpec:
                        weight_decay=_num(d, "weight_decay", where, lo=0, hi=10, optional=True,
                                          default=0.0),
                        betas=(float(betas[0]), float(betas[1])),
-                       eps=_num(d, "eps", where, lo=0, hi=1, optional=True, default=1e-8))
+                       eps=_num(d, "eps", where, lo=0, hi=1, optional=True, default=1e-8),
+                       group_sizes=_int_list(d, "group_sizes", where),
+                       group_lrs=tuple(float(_num({"v": v}, "v", f"{where}.group_lrs", lo=0,
+                                                  hi=1e3)) for v in _list(d, "group_lrs", where)))
         except ValueError as e:
             raise ProofFormatError(f"{where}: {e}") from None
 
@@ -392,6 +418,11 @@ class TrainingSpec:
         if not self.schedule.warmup_steps:  # as in proofs made before warm-up existed
             del d["schedule"]["warmup_steps"]
         d["optimizer"]["betas"] = list(self.optimizer.betas)
+        if self.optimizer.group_sizes:
+            d["optimizer"]["group_sizes"] = list(self.optimizer.group_sizes)
+            d["optimizer"]["group_lrs"] = list(self.optimizer.group_lrs)
+        else:  # one group: as in proofs made before groups were recorded
+            del d["optimizer"]["group_sizes"], d["optimizer"]["group_lrs"]
         d["schedule"]["milestones"] = list(self.schedule.milestones)
         return d
 

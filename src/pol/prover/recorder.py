@@ -143,6 +143,11 @@ class Recorder:
             if model_spec is None or batch_size is None or epochs is None:
                 raise ConfigError("Recorder needs model_spec, batch_size and epochs (or a spec)")
             try:
+                flat = [p for g in optimizer.param_groups for p in g["params"]]
+                mine = list(model.parameters())
+                if len(flat) != len(mine) or any(a is not b for a, b in zip(flat, mine)):
+                    raise ValueError("the optimizer's parameter groups must hold the model's "
+                                     "parameters, each once, in model.parameters() order")
                 opt_spec = optimizer_spec_of(optimizer)
                 spec = TrainingSpec(
                     model=model_spec, optimizer=opt_spec,

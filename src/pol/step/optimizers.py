@@ -136,6 +136,16 @@ def make_optimizer(spec: OptimizerSpec, params):  # -> torch.optim.Optimizer
     import torch.optim  # the caller holds torch tensors already: no import cost here
 
     row = optimizer_row(spec.name)
+    if spec.group_sizes:  # groups that differ in lr only, over consecutive parameters
+        params = list(params)
+        if sum(spec.group_sizes) != len(params):
+            raise ValueError(f"the spec's parameter groups hold {sum(spec.group_sizes)} "
+                             f"parameters, the model has {len(params)}")
+        groups, o = [], 0
+        for n, lr in zip(spec.group_sizes, spec.group_lrs):
+            groups.append({"params": params[o:o + n], "lr": lr})
+            o += n
+        params = groups
     return getattr(torch.optim, row.torch_class)(params, **row.kwargs(spec))
 
 
@@ -166,6 +176,16 @@ def optimizer_spec_of(opt) -> OptimizerSpec:
     optim = sys.modules.get("torch.optim")  # loaded: `opt` is a torch optimizer
     for row in OPTIMIZERS.values():  # the exact torch class, not a subclass (it may change step)
         if type(opt) is getattr(optim, row.torch_class, None):
-            return row.describe(g)
+            spec = row.describe(g)
+            if len(opt.param_groups) > 1:
+                import dataclasses
+
+                def base(grp) -> float:
+                    il = grp.get("initial_lr")
+                    return float(il if isinstance(il, (int, float)) and il > 0 else grp["lr"])
+                spec = dataclasses.replace(
+                    spec, group_sizes=tuple(len(grp["params"]) for grp in opt.param_groups),
+                    group_lrs=tuple(base(grp) for grp in opt.param_groups))
+            return spec
     names = ", ".join(r.torch_class for r in OPTIMIZERS.values())
     raise ValueError(f"optimizer {type(opt).__name__} is not supported ({names})")

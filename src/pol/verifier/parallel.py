@@ -107,6 +107,11 @@ def replay_segment(ctx, proof, data, leaves: np.ndarray, names: list[str], a: in
     start = load(a)
     load_state(ctx.model, ctx.optimizer, spec.optimizer.name, start)
     flipped = None
+    # data dependence is probed at the segment's first step whose every lr is positive (a step
+    # at lr 0, e.g. a warm-up from 0, moves nothing whatever its data); none: nothing to probe
+    probe_t = next((t for t in range(a, b) if (proof.lrs[t] > 0).all()), None) \
+        if hardened else None
+    flip = float("inf") if hardened and probe_t is None else float("nan")
     for t in range(a, b):
         idx = proof.batch(t)
         if merkle_root(leaves[idx]) != proof.batch_hashes[t].tobytes():
@@ -114,15 +119,17 @@ def replay_segment(ctx, proof, data, leaves: np.ndarray, names: list[str], a: in
         x, y, lrs = torch.from_numpy(data.x[idx]), torch.from_numpy(data.y[idx]), \
             proof.lrs[t].tolist()
         try:
-            if hardened and t == a:  # data dependence: the same step with the gradient flipped
+            if t == probe_t:  # data dependence: the same step with the gradient flipped
                 w_a = _flat_params(ctx)
+                here = start if t == a else {k: v.detach().clone() for k, v in
+                                             state_tensors(ctx.model, ctx.optimizer).items()}
                 flipped = _flipped_step(ctx, x, y, lrs, t)
-                load_state(ctx.model, ctx.optimizer, spec.optimizer.name, start)
+                load_state(ctx.model, ctx.optimizer, spec.optimizer.name, here)
             loss = update(ctx, x, y, lrs, t)
         except (RuntimeError, ValueError, IndexError, TypeError) as e:
             raise ProofFormatError(f"the proof's spec does not run on its data (step {t}): "
                                    f"{str(e).splitlines()[0][:200]}") from None
-        if flipped is not None and t == a:
+        if t == probe_t:
             flip = _flip_ratio(_flat_params(ctx), flipped, w_a)
         if hardened:  # a recorded loss that is NaN or infinite matches nothing
             rec_loss, my_loss = float(proof.losses[t]), float(loss)
@@ -157,7 +164,7 @@ def replay_segment(ctx, proof, data, leaves: np.ndarray, names: list[str], a: in
             steps_ok = all(torch.equal(mine[k].detach().double().cpu(), end[k].double())
                            for k in end if k.endswith(".step") and k in mine)
     return SegmentOutcome(a, b, err, bool(exact), loss_bad, data_ok, state_error, state_change,
-                          bool(steps_ok), flip if flipped is not None else float("nan"))
+                          bool(steps_ok), flip)
 
 
 def _flat_params(ctx) -> torch.Tensor:

@@ -65,8 +65,10 @@ def hyperparameter_problems(spec, bounds: Bounds = BOUNDS) -> list[str]:
     """Hyperparameters outside the policy bounds (an empty list when all are plausible)."""
     o = spec.optimizer
     out = []
-    if o.lr < bounds.lr_min:
-        out.append(f"base learning rate {o.lr:g} below the policy floor {bounds.lr_min:g}")
+    for lr in (o.lr, *o.group_lrs):
+        if lr < bounds.lr_min:
+            out.append(f"base learning rate {lr:g} below the policy floor {bounds.lr_min:g}")
+            break
     if o.name == "sgd":
         if o.momentum > bounds.momentum_max:
             out.append(f"momentum {o.momentum:g} above the policy bound {bounds.momentum_max:g}")

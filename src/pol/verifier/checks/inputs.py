@@ -28,14 +28,22 @@ def learning_rates(proof) -> CheckResult:
                            "the lr recorded for every step")
     from pol.step import lr_table
     T, base = m.total_steps, spec.optimizer.lr
-    expected = lr_table(spec, T)
-    bad = np.nonzero(~np.isclose(proof.lrs, expected[:, None], rtol=1e-6, atol=0))[0]
+    if spec.optimizer.group_lrs:  # one column per parameter group, each from its own base lr
+        expected = np.array([[spec.schedule.lr_at(g, t, T) for g in spec.optimizer.group_lrs]
+                             for t in range(T)]).reshape(T, -1)
+    else:
+        expected = lr_table(spec, T)[:, None]
+    if proof.lrs.shape[1] != expected.shape[1]:
+        return CheckResult(CheckName.LEARNING_RATES, False, f"the proof records "
+                           f"{proof.lrs.shape[1]} lr(s) a step, its spec declares "
+                           f"{expected.shape[1]} parameter group(s)")
+    bad = np.nonzero(~np.isclose(proof.lrs, expected, rtol=1e-6, atol=0))[0]
     return CheckResult(CheckName.LEARNING_RATES, bad.size == 0,
                        "every step's lr follows the declared schedule" if bad.size == 0 else
                        f"{len(np.unique(bad))} step(s) use an lr outside the declared "
                        f"{spec.schedule.name} schedule with base lr {base} (first: step "
                        f"{int(bad[0])}, recorded {proof.lrs[bad[0]].tolist()}, declared "
-                       f"{expected[bad[0]]:.6g})")
+                       f"{expected[bad[0]].tolist()})")
 
 
 def hyperparameters(spec, bounds: soundness.Bounds) -> CheckResult:
