@@ -27,8 +27,12 @@ import torch
 from pol.prover.recorder import Recorder
 from pol.step import epoch_order
 from pol.registry import resolve_device
-from pol.step import build_context
 from pol.step import update
+
+try:
+    from pol.step import build_context
+except ImportError:  # code from before the step package (before/after comparisons)
+    from pol.registry import build_context
 from pol.tasks import build_spec
 
 

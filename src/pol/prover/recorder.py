@@ -50,6 +50,7 @@ from pol.errors import ConfigError, ProofWriteError
 from pol.proof import format as fmt
 from pol.proof.hashing import merkle_root, sample_leaves
 from pol.proof.writer import ProofWriter
+from pol.prover.snapshot import DeviceSnapshotter
 from pol.spec import (DataSpec, ModelSpec, ScheduleSpec, StepSpec, TrainingSpec,
                       current_cpu_capability, current_tf32)
 from pol.step import (derive_seed, epoch_order, optimizer_spec_of, seed_step,  # noqa: F401
@@ -93,6 +94,7 @@ class Recorder:
                  compress: bool = False, keyframe_interval: int | None = None,
                  continue_from_stored: bool = True, data_order: str = "",
                  features: StepSpec | None = None, drop_last: bool = False) -> None:
+        # long: every check of what the caller gives runs here, before anything is written
         """`compress`: store checkpoints with the lossless codec (proof format v2: XOR with the
         previous checkpoint, byte shuffle, zstd; a keyframe every `keyframe_interval`
         checkpoints). Exact-mode verification is unaffected. A resumed run keeps the codec it was
@@ -199,7 +201,8 @@ class Recorder:
             self.writer = ProofWriter(out, precision=spec.precision, overwrite=overwrite,
                                       durable=durable, run_info=run_info, compress=compress,
                                       keyframe_interval=keyframe_interval
-                                      or DEFAULT_KEYFRAME_INTERVAL)
+                                      or DEFAULT_KEYFRAME_INTERVAL,
+                                      snapshotter=DeviceSnapshotter())
             self.path = self.writer.dir
             state0 = state_tensors(model, optimizer)
             self._round_to_stored(state0)
@@ -219,10 +222,7 @@ class Recorder:
                    else optimizer_row(opt.name).moments)
         n = sum(v.numel() for v in self.model.state_dict().values() if v.is_floating_point())
         n += moments * sum(p.numel() for p in params)
-        try:
-            torch.empty(n, dtype=torch.float32, pin_memory=True)
-        except RuntimeError:  # out of pinned memory: the snapshot will try again, lazily
-            pass
+        self.writer.snapshotter.prewarm(n)
 
     def _resume(self, out, run_info: dict, durable: bool) -> None:
         """Continue an interrupted proof from its last complete checkpoint: the model and
@@ -241,7 +241,8 @@ class Recorder:
         self.t = rp.t
         if self.t % self.steps_per_epoch:  # this epoch's earlier batches are not at hand
             self._seen = None
-        self.writer = ProofWriter(out, precision=self.spec.precision, durable=durable, resume=rp)
+        self.writer = ProofWriter(out, precision=self.spec.precision, durable=durable, resume=rp,
+                                  snapshotter=DeviceSnapshotter())
         self.path = self.writer.dir
         log.info("resuming %s at step %d of %d", out, rp.t, self.total_steps)
 
