@@ -287,8 +287,8 @@ def attach(*, model: nn.Module, optimizer: torch.optim.Optimizer, data: Any,
            label_smoothing: float = 0.0, drop_last: bool | None = None,
            schedule: ScheduleSpec | None = None, init: str | dict | None = None,
            precision: str = "fp32", compress: bool = False, overwrite: bool = False,
-           durable: bool = True, data_name: str = "user",
-           data_params: dict | None = None) -> tuple[AttachedOptimizer, AttachedLoader]:
+           durable: bool = True, data_name: str = "user", data_params: dict | None = None,
+           resume: bool = False) -> tuple[AttachedOptimizer, AttachedLoader]:
     """Attach pol to a training loop: returns `(optimizer, loader)` drop-ins that record a proof
     in `out` (see the module's docstring). Validates first: anything pol cannot replay (an
     optimizer not in `pol.step.OPTIMIZERS`, amsgrad, a fused kernel, parameter groups, an
@@ -300,7 +300,10 @@ def attach(*, model: nn.Module, optimizer: torch.optim.Optimizer, data: Any,
     `schedule`: None records the lr of every step as the optimizer holds it (any
     `torch.optim.lr_scheduler`, or none), or a declared `ScheduleSpec` the verifier checks the
     recorded lrs against. `init`, `precision`, `compress`, `overwrite`, `durable`: as for
-    `pol.Recorder`."""
+    `pol.Recorder`. `resume=True` continues an interrupted proof in `out` (same arguments) from its
+    last complete checkpoint: the model and optimizer are loaded from it, `opt.recorder.t` is the
+    step it continues at, and the loader hands out the batches from there (fast-forward your lr
+    scheduler by that many steps)."""
     _check_optimizer(model, optimizer)
     features = _features(clip_grad_norm, norm_type, clip_grad_value, accumulation,
                          label_smoothing, loss)
@@ -311,7 +314,7 @@ def attach(*, model: nn.Module, optimizer: torch.optim.Optimizer, data: Any,
                    loss=loss, prepare=prepare, augment=augment, precision=precision,
                    schedule=schedule, data_name=data_name, data_params=data_params,
                    overwrite=overwrite, durable=durable, init=init, compress=compress,
-                   data_order="seed", features=features,
+                   data_order="seed", features=features, resume=resume,
                    drop_last=features.accumulation > 1 if drop_last is None else drop_last)
     run = _Run(rec, optimizer)
     return AttachedOptimizer(optimizer, run), AttachedLoader(run)
