@@ -32,6 +32,9 @@ from pol.errors import ConfigError, ProofFormatError
 __all__ = [
     "ArrayDataset",
     "DatasetNotFound",
+    "LazyDataset",
+    "TokenFile",
+    "TorchDatasetSource",
     "DATASETS",
     "DEFAULT_PREPARE",
     "CIFAR_MEAN",
@@ -593,9 +596,14 @@ def load_dataset(name: str, params: dict | None = None,
 def load_training_set(spec, data: str | None):
     """The training set the verifier replays on: built-in datasets are rebuilt from their name and
     parameters (they take no `data`: one given is an error, never silently ignored); local (CIFAR)
-    and user data come from `data` (a directory, or an .npz file). Every problem with `data` is a
+    and user data come from `data` (a directory, or an .npz file); a token file from `data` (the
+    file, its sha256 checked against the proof's); a torch Dataset from the factory `data` names
+    (`module:callable`, called with the proof's `kwargs`; the commitment check holds it to the
+    prover's bytes). Every problem with `data` is a
     ConfigError (exit 2) naming it."""
     name = spec.data.name
+    if name in _LAZY_LOADERS:  # read on demand: a token file, a torch Dataset's factory
+        return _LAZY_LOADERS[name](spec, data)
     if data is not None and name in _PURE_DATASETS:
         raise ConfigError(f"--data {data}: this proof's dataset {name!r} is built into pol and "
                           "rebuilt from the proof's own parameters; it takes no --data (leave "
@@ -639,3 +647,288 @@ def _load_user_npz(data: str | None):
             raise
         raise ConfigError(f"--data {data}: not a readable .npz archive of arrays x and "
                           f"y ({e})") from None
+
+
+# ----- data read on demand: a torch Dataset, a memory-mapped token file (issue 12)
+#
+# A `LazyDataset` holds no arrays: `.x[idx]` and `.y[idx]` gather a batch from its source, so
+# every caller written for an ArrayDataset (`ds.x[idx]`, `ds.y[idx]`, `len(ds)`) reads it as is.
+# Its per-sample leaves are hashed in one streaming pass (`pol.proof.hashing.source_leaves`, which
+# `sample_leaves(ds.x, ds.y)` calls for it) over exactly the bytes an ArrayDataset of the same
+# arrays would hash, so the same data gives the same Merkle root however it is held.
+
+TOKEN_DTYPES = ("uint16", "uint32")
+_FACTORY_FORM = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class _Column:
+    """`x` or `y` of a LazyDataset: indexing with an integer array (or a slice) reads that batch."""
+
+    def __init__(self, source: Any, which: int) -> None:
+        self.pol_source = source  # what pol.proof.hashing streams the leaves from
+        self._which = which
+
+    def __getitem__(self, idx: Any) -> np.ndarray:
+        if isinstance(idx, slice):
+            idx = np.arange(len(self.pol_source))[idx]
+        return self.pol_source.batch(np.asarray(idx, dtype=np.int64).reshape(-1))[self._which]
+
+    def __len__(self) -> int:
+        return len(self.pol_source)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.pol_source.dtypes[self._which]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.pol_source),) + self.pol_source.shapes[self._which]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+
+class LazyDataset:
+    """A dataset read on demand from a source (`TorchDatasetSource`, `TokenFile`): `.x[idx]` and
+    `.y[idx]` gather a batch as numpy arrays, like an ArrayDataset's; nothing is materialized."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self.x = _Column(source, 0)
+        self.y = _Column(source, 1)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __repr__(self) -> str:
+        return f"LazyDataset({self.source!r})"
+
+
+def _item_arrays(item: Any, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """(input, label) of a Dataset item as numpy arrays; ConfigError for anything else."""
+    import torch
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        raise ConfigError(f"dataset item {i} is a {type(item).__name__}: pol reads items that are "
+                          "pairs (input tensor or array, integer label or label array)")
+    x, y = item
+    try:
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().numpy()
+        if isinstance(y, torch.Tensor):
+            y = y.detach().cpu().numpy()
+    except TypeError as e:  # bfloat16 and other dtypes numpy has no bytes for
+        raise ConfigError(f"dataset item {i}: {e}: return a tensor of a numpy dtype") from None
+    x, y = np.ascontiguousarray(x), np.asarray(y)
+    if x.dtype.kind not in "biuf":
+        raise ConfigError(f"dataset item {i}: input of dtype {x.dtype}, expected a numeric array")
+    if y.dtype.kind not in "iu" or (y.size and y.min() < 0):
+        raise ConfigError(f"dataset item {i}: label {y!r} is not a non-negative integer (or an "
+                          "array of them)")
+    return x, y.astype(np.int64)
+
+
+class TorchDatasetSource:
+    """A map-style `torch.utils.data.Dataset` whose items are (input, integer label) pairs.
+
+    `content_key`: a string that names the dataset's content (e.g. a digest of the files it reads;
+    it must change whenever any item would); given, the leaves are cached on disk under it.
+    Without one, a dataset that has a `pol_content_key` attribute (a string, or a method returning
+    one) names it itself; otherwise nothing is cached on disk."""
+
+    def __init__(self, dataset: Any, content_key: str | None = None) -> None:
+        try:
+            n = len(dataset)
+        except TypeError:
+            raise ConfigError(f"{type(dataset).__name__} has no len(): pol reads map-style "
+                              "datasets (an IterableDataset has no indices to commit to)") from None
+        if n < 1:
+            raise ConfigError("the dataset is empty")
+        self.dataset, self.n = dataset, n
+        if content_key is None:
+            named = getattr(dataset, "pol_content_key", None)
+            content_key = named() if callable(named) else named
+        if content_key is not None and not isinstance(content_key, str):
+            raise ConfigError("pol_content_key must be a string")
+        self._key = content_key
+        x0, y0 = self.item(0)
+        self.dtypes = (x0.dtype, np.dtype(np.int64))
+        self.shapes = (x0.shape, y0.shape)
+        self._last: tuple[bytes, tuple[np.ndarray, np.ndarray]] | None = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_last": None}
+
+    def item(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return _item_arrays(self.dataset[int(i)], int(i))
+
+    def content_key(self) -> str | None:
+        return None if self._key is None else f"torch-dataset:{self._key}:{self.n}"
+
+    def batch(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        key = idx.tobytes()
+        last = self._last  # x[idx] then y[idx] read the items once
+        if last is not None and last[0] == key:
+            return last[1]
+        xs, ys = zip(*(self.item(i) for i in idx)) if len(idx) else ((), ())
+        for i, a, b in zip(idx, xs, ys):
+            if a.dtype != self.dtypes[0] or a.shape != self.shapes[0] or b.shape != self.shapes[1]:
+                raise ConfigError(f"dataset item {int(i)} is {a.dtype}{list(a.shape)} with label "
+                                  f"shape {list(b.shape)}, item 0 {self.dtypes[0]}"
+                                  f"{list(self.shapes[0])} with {list(self.shapes[1])}: every "
+                                  "item must have one dtype and shape")
+        out = (np.stack(xs) if xs else np.empty((0,) + self.shapes[0], self.dtypes[0]),
+               np.stack(ys) if ys else np.empty((0,) + self.shapes[1], np.int64))
+        self._last = (key, out)
+        return out
+
+    def __repr__(self) -> str:
+        return f"TorchDatasetSource({type(self.dataset).__name__}, {self.n} items)"
+
+
+class TokenFile:
+    """A nanoGPT-style token file (a flat array of `dtype` tokens, little-endian, no header) read
+    through `np.memmap`, as N = len // (block_size + 1) non-overlapping windows of block_size + 1
+    tokens. Sample i is window i: input `tokens[w : w + block_size]` (the file's dtype) and
+    targets `tokens[w + 1 : w + block_size + 1]` (int64), w = i·(block_size + 1) — what an
+    ArrayDataset of those rows holds, so the leaves and root are the same.
+
+    Why non-overlapping windows rather than nanoGPT's random offsets: the verifier checks that
+    every epoch's indices are a permutation of the dataset, and a random-offset sampler draws with
+    replacement from len - block_size overlapping windows (no epochs at all). Over the N disjoint
+    windows an epoch (the seed's permutation of them) sees every token once, in random order; the
+    sample indices recorded are window numbers (offset = index · (block_size + 1))."""
+
+    def __init__(self, path: str | os.PathLike, block_size: int, dtype: str = "uint16",
+                 sha256: str | None = None) -> None:
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+            raise ConfigError(f"block_size={block_size!r}: a positive integer")
+        if dtype not in TOKEN_DTYPES:
+            raise ConfigError(f"token dtype {dtype!r}: one of {', '.join(TOKEN_DTYPES)}")
+        self.path = os.fspath(path)
+        if not os.path.isfile(self.path):
+            raise ConfigError(f"token file {self.path}: no such file")
+        if sha256 is None:
+            from pol.util import sha256_file
+            sha256 = sha256_file(self.path)[0]
+        self.sha256, self.block_size, self.dtype = sha256, block_size, dtype
+        self.n = os.path.getsize(self.path) // np.dtype(dtype).itemsize // (block_size + 1)
+        if self.n < 1:
+            raise ConfigError(f"token file {self.path} holds fewer than block_size + 1 = "
+                              f"{block_size + 1} tokens")
+        self.dtypes = (np.dtype("<" + np.dtype(dtype).str[1:]), np.dtype(np.int64))
+        self.shapes = ((block_size,), (block_size,))
+        self._open()
+
+    def _open(self) -> None:
+        w = self.block_size + 1
+        self._windows = np.memmap(self.path, dtype=self.dtypes[0], mode="r",
+                                  shape=(self.n, w))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_windows"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._open()
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The spec's data params: the file's digest, the block size and the token dtype."""
+        return {"sha256": self.sha256, "block_size": self.block_size, "dtype": self.dtype}
+
+    def content_key(self) -> str:
+        return f"token-file:{self.sha256}:{self.dtype}:{self.block_size}"
+
+    def batch(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        win = self._windows[idx]
+        return np.ascontiguousarray(win[:, :-1]), win[:, 1:].astype(np.int64)
+
+    def __repr__(self) -> str:
+        return f"TokenFile({self.path!r}, block_size={self.block_size}, {self.n} windows)"
+
+
+def _import_factory(ref: str) -> Any:
+    """The callable `module:callable` names (the module from sys.path, else from the current
+    directory); ConfigError for anything that fails."""
+    import importlib
+    import importlib.util
+    import re
+    import sys
+    if not re.match(_FACTORY_FORM, ref):
+        raise ConfigError(f"--data {ref}: this proof's data comes from a torch Dataset; pass "
+                          "the factory that builds it as --data module:callable")
+    module_name, attr = ref.split(":")
+    try:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError:
+            path = os.path.join(os.getcwd(), module_name + ".py")
+            if "." in module_name or not os.path.isfile(path):
+                raise
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            spec.loader.exec_module(module)
+        fn = getattr(module, attr)
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - user code: never a crash
+        raise ConfigError(f"--data {ref}: cannot import the dataset factory: "
+                          f"{type(e).__name__}: {e}") from None
+    if not callable(fn):
+        raise ConfigError(f"--data {ref}: {attr} is not callable")
+    return fn
+
+
+def torch_dataset_from_factory(ref: str, kwargs: dict | None = None) -> LazyDataset:
+    """The dataset a `module:callable` factory returns, called with `kwargs` (JSON values), read
+    on demand."""
+    fn = _import_factory(ref)
+    try:
+        ds = fn(**dict(kwargs or {}))
+    except Exception as e:  # noqa: BLE001 - user code
+        raise ConfigError(f"dataset factory {ref} failed: {type(e).__name__}: {e}") from None
+    return LazyDataset(TorchDatasetSource(ds))
+
+
+def _load_token_file(spec, data: str | None) -> LazyDataset:
+    p = spec.data.params
+    if not data or os.path.isdir(data):
+        raise ConfigError("this proof was made on a token file: pass it with --data FILE (its "
+                          f"sha256 is {p.get('sha256')})")
+    block, dtype, want = p.get("block_size"), p.get("dtype", "uint16"), p.get("sha256")
+    if not isinstance(want, str) or not isinstance(block, int) or dtype not in TOKEN_DTYPES:
+        raise ProofFormatError("token-file data params need sha256, block_size and dtype")
+    tf = TokenFile(data, block, dtype)
+    if tf.sha256 != want:
+        raise ConfigError(f"--data {data}: its sha256 {tf.sha256[:16]}… is not the proof's token "
+                          f"file ({want[:16]}…): the dataset commitment cannot hold")
+    return LazyDataset(tf)
+
+
+def _load_torch_dataset(spec, data: str | None) -> LazyDataset:
+    p = spec.data.params
+    if not data:
+        raise ConfigError("this proof was made on a torch Dataset: pass the factory that builds "
+                          f"it as --data module:callable (the prover's was {p.get('factory')!r}); "
+                          "pol imports only the code you name")
+    kwargs = p.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise ProofFormatError("torch-dataset data params: kwargs must be an object")
+    return torch_dataset_from_factory(data, kwargs)
+
+
+_LAZY_LOADERS = {"token-file": _load_token_file, "torch-dataset": _load_torch_dataset}

@@ -14,7 +14,9 @@ step never hashes data: a batch hash is 2·B SHA-256 calls over 32-byte leaves, 
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -28,6 +30,9 @@ _cache_lock = threading.Lock()
 
 def content_digest(x: np.ndarray, y: np.ndarray) -> str:
     """Digest of a whole dataset's bytes (cache key; not part of the proof format)."""
+    source = getattr(x, "pol_source", None)
+    if source is not None:  # a dataset read on demand (pol.datasets.LazyDataset)
+        return source_digest(source)
     h = hashlib.sha256()
     for a in (x, y):
         a = np.ascontiguousarray(a)
@@ -38,6 +43,9 @@ def content_digest(x: np.ndarray, y: np.ndarray) -> str:
 
 def sample_leaves(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Per-sample leaf hashes, shape [N, 32] uint8. Cached by content."""
+    source = getattr(x, "pol_source", None)
+    if source is not None:  # a dataset read on demand: one streaming pass (source_leaves)
+        return source_leaves(source)
     key = content_digest(x, y)
     with _cache_lock:
         hit = _cache.get(key)
@@ -110,3 +118,144 @@ def batch_hashes(leaves: np.ndarray, indices: np.ndarray) -> np.ndarray:
         row = row[row >= 0]
         out[t] = np.frombuffer(merkle_root(leaves[row]), dtype=np.uint8)
     return out
+
+
+# ----- leaves of data read on demand (pol.datasets.LazyDataset: a torch Dataset, a token file)
+#
+# A source has len(), `dtypes` / `shapes` (of one sample's input and label), `batch(idx)` ->
+# (inputs, labels) arrays and `content_key()` (a string naming its content, or None). Its leaves
+# are the ones `sample_leaves` computes for an ArrayDataset of the same rows, hashed chunk by chunk
+# (a thread pool: hashlib and file reads release the GIL), never holding more than a few chunks.
+# Sources that name their content are cached in memory and on disk (`leaf_cache_dir()`).
+
+LEAF_CACHE_VERSION = "pol.leaves.v1"
+STREAM_CHUNK = 1024  # samples a task
+
+
+def leaf_cache_dir() -> str | None:
+    """Where leaves of sources that name their content are cached: $POL_CACHE_DIR/leaves, else
+    $XDG_CACHE_HOME/pol/leaves (~/.cache/pol/leaves); POL_CACHE_DIR="" turns the disk cache off."""
+    root = os.environ.get("POL_CACHE_DIR")
+    if root == "":
+        return None
+    if root is None:
+        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                            os.path.join(os.path.expanduser("~"), ".cache"), "pol")
+    return os.path.join(root, "leaves")
+
+
+def _cache_file(key: str) -> str | None:
+    d = leaf_cache_dir()
+    if d is None:
+        return None
+    name = hashlib.sha256(f"{LEAF_CACHE_VERSION}|{key}".encode()).hexdigest()
+    return os.path.join(d, name + ".leaves")
+
+
+def _read_cached(path: str | None, n: int) -> np.ndarray | None:
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(n * 32 + 1)
+    except OSError:
+        return None
+    if len(raw) != n * 32:
+        return None  # truncated or another size: recompute
+    out = np.frombuffer(raw, dtype=np.uint8).reshape(n, 32)
+    out.setflags(write=False)
+    return out
+
+
+def _write_cached(path: str | None, leaves: np.ndarray) -> None:
+    if path is None:
+        return
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(leaves.tobytes())
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a cache: never a reason to fail
+
+
+def _hash_rows(header: bytes, x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The leaves `sample_leaves` computes, for rows already read (labels int64)."""
+    x = np.ascontiguousarray(x)
+    labels = np.ascontiguousarray(labels.astype("<i8", copy=False))
+    out = np.empty((len(x), 32), dtype=np.uint8)
+    base = hashlib.sha256(header)
+    for i in range(len(x)):
+        h = base.copy()
+        h.update(memoryview(x[i]).cast("B"))
+        h.update(labels[i].tobytes())
+        out[i] = np.frombuffer(h.digest(), dtype=np.uint8)
+    return out
+
+
+def stream_leaves(source, workers: int | None = None, chunk: int = STREAM_CHUNK) -> np.ndarray:
+    """Leaves of every sample of `source`, in one pass of `chunk`-sample reads (no cache)."""
+    n = len(source)
+    xd, xs = source.dtypes[0], tuple(source.shapes[0])
+    header = LEAF_PREFIX + f"{np.dtype(xd).str}|{list(xs)}|".encode()
+    out = np.empty((n, 32), dtype=np.uint8)
+
+    def task(a: int) -> tuple[int, np.ndarray]:
+        xb, yb = source.batch(np.arange(a, min(a + chunk, n), dtype=np.int64))
+        if xb.dtype != xd or xb.shape[1:] != xs:
+            raise ValueError(f"samples {a}.. read as {xb.dtype}{list(xb.shape[1:])}, sample 0 as "
+                             f"{np.dtype(xd)}{list(xs)}: every sample needs one dtype and shape")
+        return a, _hash_rows(header, xb, yb)
+
+    starts = range(0, n, chunk)
+    workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+    if workers <= 1 or n <= chunk:
+        for a in starts:
+            _, rows = task(a)
+            out[a:a + len(rows)] = rows
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as ex:
+            pending = []
+            for a in starts:  # at most 2·workers chunks in flight: memory stays bounded
+                pending.append(ex.submit(task, a))
+                if len(pending) >= 2 * workers:
+                    b, rows = pending.pop(0).result()
+                    out[b:b + len(rows)] = rows
+            for f in pending:
+                b, rows = f.result()
+                out[b:b + len(rows)] = rows
+    out.setflags(write=False)
+    return out
+
+
+def source_leaves(source, workers: int | None = None) -> np.ndarray:
+    """Per-sample leaves of a dataset read on demand, shape [N, 32] uint8: the bytes
+    `sample_leaves` hashes for an ArrayDataset of the same rows. Cached in memory and on disk
+    under the source's `content_key()` when it names one."""
+    key = source.content_key()
+    n = len(source)
+    if key is None:
+        return stream_leaves(source, workers)
+    mem_key = f"{LEAF_CACHE_VERSION}|{key}"
+    with _cache_lock:
+        hit = _cache.get(mem_key)
+    if hit is None:
+        path = _cache_file(key)
+        hit = _read_cached(path, n)
+        if hit is None:
+            hit = stream_leaves(source, workers)
+            _write_cached(path, hit)
+        with _cache_lock:
+            if len(_cache) > 16:
+                _cache.clear()
+            _cache[mem_key] = hit
+    return hit
+
+
+def source_digest(source) -> str:
+    """`content_digest` of a dataset read on demand: its content key, else its leaves' root."""
+    key = source.content_key()
+    if key is not None:
+        return hashlib.sha256(f"{LEAF_CACHE_VERSION}|{key}".encode()).hexdigest()
+    return merkle_root(source_leaves(source)).hex()

@@ -98,8 +98,9 @@ class AttachedLoader:
     """The batches of an attached run: `(inputs, targets)` on the model's device, one epoch per
     `iter()`, in the seed's order (see the module's docstring)."""
 
-    def __init__(self, run: _Run) -> None:
+    def __init__(self, run: _Run, num_workers: int = 0) -> None:
         self._run = run
+        self._workers = num_workers
 
     def __len__(self) -> int:
         """Micro-batches per epoch."""
@@ -116,13 +117,31 @@ class AttachedLoader:
                               f"({rec.epochs} epochs) are recorded")
         S, B, ds = rec.steps_per_epoch, rec.spec.batch_size, rec.dataset
         order = epoch_order(rec.spec.seed, rec.t // S, len(ds))
-        for s in range(rec.t % S, S):
-            idx = order[s * B:(s + 1) * B]
+        steps = [order[s * B:(s + 1) * B] for s in range(rec.t % S, S)]
+        for idx, (x, y) in zip(steps, _gathered(ds, steps, self._workers)):
             run.begin_step(idx)
-            x, y = torch.from_numpy(ds.x[idx]), torch.from_numpy(ds.y[idx])
             for part in micro_batches(ctx, len(idx)):
                 run.drawn += 1
                 yield step_inputs(ctx, x[part], y[part], run.gen)
+
+
+class _Gather(torch.utils.data.Dataset):
+    """One step's raw batch by its indices (for DataLoader workers: the order is decided here)."""
+
+    def __init__(self, ds: Any) -> None:
+        self.ds = ds
+
+    def __getitem__(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(self.ds.x[idx]), torch.from_numpy(self.ds.y[idx])
+
+
+def _gathered(ds: Any, steps: list[np.ndarray], workers: int) -> Iterator:
+    """The raw batch of each step in `steps`, in order; read by `workers` DataLoader worker
+    processes (0: here, one at a time). The indices are the seed's, decided in this process."""
+    if workers == 0:
+        return (_Gather(ds)[idx] for idx in steps)
+    return iter(torch.utils.data.DataLoader(_Gather(ds), batch_size=None, sampler=steps,
+                                            num_workers=workers))
 
 
 class AttachedOptimizer(torch.optim.Optimizer):
@@ -288,7 +307,7 @@ def attach(*, model: nn.Module, optimizer: torch.optim.Optimizer, data: Any,
            schedule: ScheduleSpec | None = None, init: str | dict | None = None,
            precision: str = "fp32", compress: bool = False, overwrite: bool = False,
            durable: bool = True, data_name: str = "user", data_params: dict | None = None,
-           resume: bool = False) -> tuple[AttachedOptimizer, AttachedLoader]:
+           num_workers: int = 0) -> tuple[AttachedOptimizer, AttachedLoader]:
     """Attach pol to a training loop: returns `(optimizer, loader)` drop-ins that record a proof
     in `out` (see the module's docstring). Validates first: anything pol cannot replay (an
     optimizer not in `pol.step.OPTIMIZERS`, amsgrad, a fused kernel, parameter groups, an
@@ -300,11 +319,13 @@ def attach(*, model: nn.Module, optimizer: torch.optim.Optimizer, data: Any,
     `schedule`: None records the lr of every step as the optimizer holds it (any
     `torch.optim.lr_scheduler`, or none), or a declared `ScheduleSpec` the verifier checks the
     recorded lrs against. `init`, `precision`, `compress`, `overwrite`, `durable`: as for
-    `pol.Recorder`. `resume=True` continues an interrupted proof in `out` (same arguments) from its
-    last complete checkpoint: the model and optimizer are loaded from it, `opt.recorder.t` is the
-    step it continues at, and the loader hands out the batches from there (fast-forward your lr
-    scheduler by that many steps)."""
+    `pol.Recorder`. `data`: arrays, an ArrayDataset, a torch Dataset (with
+    `data_params={"factory": "module:callable"}`) or a `pol.datasets.TokenFile`
+    (`pol.prover.data_sources`); `num_workers` > 0: the loader reads each step's batch in that
+    many DataLoader worker processes (the indices are still the seed's)."""
     _check_optimizer(model, optimizer)
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ConfigError(f"num_workers={num_workers!r}: an integer >= 0")
     features = _features(clip_grad_norm, norm_type, clip_grad_value, accumulation,
                          label_smoothing, loss)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -314,7 +335,7 @@ def attach(*, model: nn.Module, optimizer: torch.optim.Optimizer, data: Any,
                    loss=loss, prepare=prepare, augment=augment, precision=precision,
                    schedule=schedule, data_name=data_name, data_params=data_params,
                    overwrite=overwrite, durable=durable, init=init, compress=compress,
-                   data_order="seed", features=features, resume=resume,
+                   data_order="seed", features=features,
                    drop_last=features.accumulation > 1 if drop_last is None else drop_last)
     run = _Run(rec, optimizer)
-    return AttachedOptimizer(optimizer, run), AttachedLoader(run)
+    return AttachedOptimizer(optimizer, run), AttachedLoader(run, num_workers)

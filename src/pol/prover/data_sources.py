@@ -1,0 +1,108 @@
+"""What the Recorder and `pol.attach` take as `data=`, beyond in-memory arrays (issue 12).
+
+- A map-style `torch.utils.data.Dataset` whose items are (input tensor or array, integer label or
+  label array), with the factory that rebuilds it::
+
+      rec = Recorder(..., data=ds, data_params={"factory": "mydata:make_dataset",
+                                                "kwargs": {"split": "train"}})
+
+  The spec's data is `torch-dataset` with those params; the verifier rebuilds the dataset from a
+  factory it names itself (`pol verify --data mydata:make_dataset`: pol imports only code its
+  user names), called with the recorded kwargs, and the dataset commitment holds it to the
+  prover's bytes. A dataset with a `pol_content_key` (a string naming its content, e.g. a digest
+  of its files) has its leaves cached on disk.
+- A token file (`pol.datasets.TokenFile(path, block_size)`: nanoGPT's `np.memmap` of uint16
+  tokens, as non-overlapping windows of block_size + 1 tokens; the spec's data is `token-file`
+  with the file's sha256, the block size and the dtype; the verifier is given the file
+  (`--data FILE`) and checks its digest before reading it).
+
+Either way the dataset is read on demand (`pol.datasets.LazyDataset`): its per-sample leaves are
+hashed in one streaming pass before training starts (the root is in the spec from step 0), over
+the same bytes as an ArrayDataset of the same rows, so the same data gives the same root.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from pol.datasets import (ArrayDataset, LazyDataset, TokenFile, TorchDatasetSource,
+                          torch_dataset_from_factory)
+from pol.errors import ConfigError
+
+__all__ = ["resolve_data", "is_torch_dataset"]
+
+_FACTORY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def is_torch_dataset(data: Any) -> bool:
+    from torch.utils.data import Dataset
+    return isinstance(data, Dataset)
+
+
+def _refuse_loader(data: Any) -> None:
+    from torch.utils.data import DataLoader
+    if isinstance(data, DataLoader):
+        raise ConfigError("data is a DataLoader: pol draws the batch order from the seed itself "
+                          "(the verifier replays that order); pass its dataset and workers "
+                          "instead: data=loader.dataset (with data_params' factory), and to "
+                          "pol.attach num_workers=loader.num_workers")
+
+
+def _torch_dataset(data: Any, data_name: str, data_params: dict | None) -> tuple[Any, str, dict]:
+    if data_name not in ("user", "torch-dataset"):
+        raise ConfigError(f"data_name={data_name!r} with a torch Dataset: its data is "
+                          "'torch-dataset'")
+    params = dict(data_params or {})
+    ref = params.get("factory")
+    if not isinstance(ref, str) or not _FACTORY_RE.match(ref):
+        raise ConfigError("a torch Dataset as data needs the factory that rebuilds it, for the "
+                          "verifier: data_params={'factory': 'module:callable'} (and 'kwargs': "
+                          "{...} its JSON arguments); the factory must live in a module of its "
+                          "own, importable without training")
+    extra = set(params) - {"factory", "kwargs"}
+    if extra:
+        raise ConfigError(f"torch-dataset data_params: unknown key(s) {', '.join(sorted(extra))} "
+                          "(factory, kwargs)")
+    if not isinstance(params.get("kwargs", {}), dict):
+        raise ConfigError("torch-dataset data_params: kwargs must be a dict of JSON values")
+    ds = LazyDataset(TorchDatasetSource(data))
+    _check_factory(ds, ref, params.get("kwargs", {}))
+    return ds, "torch-dataset", params
+
+
+def _check_factory(ds: LazyDataset, ref: str, kwargs: dict) -> None:
+    """The factory the verifier will call must build this dataset: same length and the same
+    first, last and 14 evenly spaced items (a spot check before training; the full check is the
+    verifier's dataset commitment)."""
+    rebuilt = torch_dataset_from_factory(ref, kwargs)
+    n = len(ds)
+    same = len(rebuilt) == n
+    if same:
+        spots = np.unique(np.linspace(0, n - 1, 16).astype(np.int64))
+        same = all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in
+                   zip(rebuilt.source.batch(spots), ds.source.batch(spots)))
+    if not same:
+        raise ConfigError(f"the dataset factory {ref} builds a dataset that differs from the one "
+                          f"given ({len(rebuilt)} items vs {n}, or some item differs): the "
+                          "verifier rebuilds the data from it")
+
+
+def resolve_data(data: Any, data_name: str = "user",
+                 data_params: dict | None = None) -> tuple[Any, str, dict]:
+    """(dataset, spec data name, spec data params) for what a caller passes as `data=`: arrays and
+    ArrayDatasets as they are (returned unchanged, with the caller's name and params), a torch
+    Dataset or a TokenFile read on demand (see the module's docstring)."""
+    _refuse_loader(data)
+    if isinstance(data, TokenFile):
+        if data_name not in ("user", "token-file") or data_params:
+            raise ConfigError("a TokenFile's spec data is 'token-file' with the file's digest: "
+                              "leave data_name and data_params out")
+        return LazyDataset(data), "token-file", data.params
+    if isinstance(data, LazyDataset):
+        raise ConfigError("pass the torch Dataset or the TokenFile itself as data")
+    if isinstance(data, (ArrayDataset, tuple, list)) or not is_torch_dataset(data):
+        return data, data_name, dict(data_params or {})
+    return _torch_dataset(data, data_name, data_params)
