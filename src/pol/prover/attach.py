@@ -307,6 +307,7 @@ def attach(*, model: nn.Module, optimizer: torch.optim.Optimizer, data: Any,
            schedule: ScheduleSpec | None = None, init: str | dict | None = None,
            precision: str = "fp32", compress: bool = False, overwrite: bool = False,
            durable: bool = True, data_name: str = "user", data_params: dict | None = None,
+           resume: bool = False,
            num_workers: int = 0) -> tuple[AttachedOptimizer, AttachedLoader]:
     """Attach pol to a training loop: returns `(optimizer, loader)` drop-ins that record a proof
     in `out` (see the module's docstring). Validates first: anything pol cannot replay (an
@@ -322,7 +323,11 @@ def attach(*, model: nn.Module, optimizer: torch.optim.Optimizer, data: Any,
     `pol.Recorder`. `data`: arrays, an ArrayDataset, a torch Dataset (with
     `data_params={"factory": "module:callable"}`) or a `pol.datasets.TokenFile`
     (`pol.prover.data_sources`); `num_workers` > 0: the loader reads each step's batch in that
-    many DataLoader worker processes (the indices are still the seed's)."""
+    many DataLoader worker processes (the indices are still the seed's).
+    `resume=True` continues an interrupted proof in `out` (same arguments) from its
+    last complete checkpoint: the model and optimizer are loaded from it, `opt.recorder.t` is the
+    step it continues at, and the loader hands out the batches from there (fast-forward your lr
+    scheduler by that many steps)."""
     _check_optimizer(model, optimizer)
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ConfigError(f"num_workers={num_workers!r}: an integer >= 0")
@@ -335,7 +340,7 @@ def attach(*, model: nn.Module, optimizer: torch.optim.Optimizer, data: Any,
                    loss=loss, prepare=prepare, augment=augment, precision=precision,
                    schedule=schedule, data_name=data_name, data_params=data_params,
                    overwrite=overwrite, durable=durable, init=init, compress=compress,
-                   data_order="seed", features=features,
+                   data_order="seed", features=features, resume=resume,
                    drop_last=features.accumulation > 1 if drop_last is None else drop_last)
     run = _Run(rec, optimizer)
     return AttachedOptimizer(optimizer, run), AttachedLoader(run, num_workers)

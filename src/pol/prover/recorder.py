@@ -80,6 +80,85 @@ def _as_dataset(data: Any) -> ArrayDataset:
                       "pol.datasets.TokenFile")
 
 
+class _TargetCheck:
+    """`record_batch`'s check that the targets are the dataset's labels at the indices, without a
+    device→host synchronization on the training thread: host targets are compared at once (no
+    device involved); device targets are copied (non-blocking, into pinned memory) to the host
+    and compared by a background thread once the checkpoint that ends their window has queued
+    an event behind the copies. A mismatch is raised at a later checkpoint, at the latest by
+    `close()`, and the proof is aborted (its steps trained on a batch the indices do not name).
+    `defer_host=True` sends host targets the background way too (tests)."""
+
+    def __init__(self, labels: np.ndarray) -> None:
+        self.labels = labels
+        self.defer_host = False
+        self.window: list[tuple[int, np.ndarray, torch.Tensor]] = []  # (step, indices, targets)
+        self.device: torch.device | None = None  # of the window's device targets
+        self.pool: Any = None  # ThreadPoolExecutor, started at the first deferred check
+        self.futures: list[Any] = []
+
+    def add(self, t: int, idx: np.ndarray, targets: Any) -> None:
+        if isinstance(targets, torch.Tensor) and (targets.device.type != "cpu"
+                                                  or self.defer_host):
+            targets = targets.detach()
+            if targets.device.type == "cuda":  # lands in pinned memory, no host synchronization
+                self.device = targets.device
+                targets = targets.to("cpu", non_blocking=True)
+            elif targets.device.type == "cpu":
+                targets = targets.clone()  # the caller may reuse the buffer
+            self.window.append((t, idx, targets))
+            return
+        t_np = targets.detach().numpy() if isinstance(targets, torch.Tensor) else targets
+        if not np.array_equal(np.asarray(t_np), self.labels[idx]):
+            raise ConfigError(self.message(t))
+
+    @staticmethod
+    def message(t: int) -> str:
+        return (f"step {t}: targets differ from the dataset's labels at these indices: the batch "
+                "is not the one the indices name")
+
+    def flush(self) -> None:
+        """Send the window's deferred checks to the background thread."""
+        if not self.window:
+            return
+        window, self.window = self.window, []
+        event = None
+        if self.device is not None:  # behind the window's copies, on the training stream
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(self.device))
+            self.device = None
+        if self.pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="pol-target-check")
+        self.futures.append(self.pool.submit(self._compare, window, event))
+
+    def _compare(self, window: list, event: Any) -> int | None:
+        if event is not None:
+            event.synchronize()
+        for t, idx, targets in window:
+            if not np.array_equal(targets.numpy(), self.labels[idx]):
+                return t
+        return None
+
+    def raise_found(self, rec: "Recorder", wait: bool = False) -> None:
+        """Raise (aborting the proof) a mismatch that a finished check found; with `wait`, flush
+        and wait for all of them first."""
+        if wait:
+            self.flush()
+        done = [f for f in self.futures if wait or f.done()]
+        self.futures = [f for f in self.futures if f not in done]
+        bad = [t for t in (f.result() for f in done) if t is not None]
+        if bad:
+            rec.abort()
+            raise ConfigError(self.message(min(bad)))
+
+    def shutdown(self) -> None:
+        self.window, self.futures = [], []
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
+
+
 class Recorder:
     """Records checkpoints every k steps (plus the final state), batch indices, data hashes, the
     lr of every step and the loss, into a proof directory."""
@@ -190,6 +269,7 @@ class Recorder:
         self._rows_idx: list[np.ndarray] = []
         self._rows_lr: list[list[float]] = []
         self._rows_loss: list[torch.Tensor] = []
+        self._targets = _TargetCheck(self.dataset.y)
         self._closed = False
         self._state_cache: tuple[int, dict[str, torch.Tensor]] | None = None
         self._round_live = spec.precision == "fp16" and continue_from_stored
@@ -319,7 +399,12 @@ class Recorder:
                      inputs: torch.Tensor | None = None,
                      targets: torch.Tensor | None = None, *, seed_rng: bool = True) -> None:
         """Record the batch of the coming step. Call before the forward pass: it also seeds the
-        global RNG for this step, so dropout masks are the ones the verifier will draw."""
+        global RNG for this step, so dropout masks are the ones the verifier will draw.
+
+        `targets`, if given, must be the dataset's labels at `indices` (ConfigError otherwise).
+        Host targets are checked here; targets on a GPU are checked off the training thread (no
+        device→host synchronization per step): a mismatch is raised by a later `step()` that
+        writes a checkpoint, at the latest by `close()`, and the proof is aborted."""
         if self._closed:
             raise ProofWriteError("the recorder is closed")
         if self.t >= self.total_steps:
@@ -337,10 +422,7 @@ class Recorder:
             raise ConfigError("inputs and indices have different lengths")
         self._check_epoch_structure(idx)
         if targets is not None:
-            t_np = targets.detach().cpu().numpy() if isinstance(targets, torch.Tensor) else targets
-            if not np.array_equal(np.asarray(t_np), self.dataset.y[idx]):
-                raise ConfigError("targets differ from the dataset's labels at these indices: "
-                                  "the batch is not the one the indices name")
+            self._targets.add(self.t, idx, targets)
         self._pending_idx = idx.astype(np.int64)
         lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
         self._rows_lr.append(lrs)
@@ -399,6 +481,8 @@ class Recorder:
             self._checkpoint()
 
     def _checkpoint(self) -> None:
+        self._targets.flush()  # the window's target checks go to the background
+        self._targets.raise_found(self)
         losses = (self._rows_loss[0].reshape(1) if len(self._rows_loss) == 1  # k = 1: a view
                   else torch.stack(self._rows_loss))
         records = {"indices": np.stack(self._rows_idx), "lrs": np.asarray(self._rows_lr),
@@ -443,6 +527,7 @@ class Recorder:
             self.abort()
             raise ProofWriteError(f"only {self.t} of the declared {self.total_steps} steps were "
                                   "recorded; the proof is left incomplete")
+        self._targets.raise_found(self, wait=True)  # every deferred target check is done
         from pol._version import __version__
         body = {
             "format": fmt.FORMAT_NAME, "version": fmt.FORMAT_VERSION,
@@ -454,11 +539,13 @@ class Recorder:
             "dataset_size": len(self.dataset),
         }
         self._closed = True
+        self._targets.shutdown()
         self.root_digest = self.writer.finalize(body, self.leaves)
         return self.root_digest
 
     def abort(self) -> None:
         self._closed = True
+        self._targets.shutdown()
         self.writer.abort()
 
     def __enter__(self) -> "Recorder":
