@@ -14,7 +14,8 @@ from typing import Any
 
 from pol.errors import ProofFormatError
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+AUTOCAST = ("", "bf16", "fp16")  # StepSpec.autocast: "" = off
 TF32_MODES = ("", "off", "conv", "matmul", "on")
 SCHEDULES = ("constant", "multistep", "cosine", "recorded")  # recorded: no declared schedule
 LOSSES = ("cross_entropy", "mse", "lm_cross_entropy")
@@ -160,14 +161,39 @@ class OptimizerSpec:
     # one group, base lr `lr`)
     group_sizes: tuple[int, ...] = ()
     group_lrs: tuple[float, ...] = ()
+    # groups that also differ in weight decay (no decay on biases and norms): the i-th group's
+    # weight_decay (empty: every group has `weight_decay`)
+    group_weight_decays: tuple[float, ...] = ()
+    # Adam/AdamW's amsgrad; RMSprop's alpha (smoothing of the squared gradients) and centered;
+    # Adagrad's lr_decay and initial_accumulator_value. Each is written to the JSON only when it
+    # differs from its default (proofs made before they existed keep their bytes), and only for
+    # the optimizer that reads it
+    amsgrad: bool = False
+    alpha: float = 0.99
+    centered: bool = False
+    lr_decay: float = 0.0
+    initial_accumulator_value: float = 0.0
 
     def __post_init__(self) -> None:
         if len(self.group_sizes) != len(self.group_lrs) or len(self.group_sizes) == 1:
             raise ValueError("group_sizes and group_lrs: one entry per group, two groups or more")
         if any(n < 1 for n in self.group_sizes) or any(not 0 < x < 1e3 for x in self.group_lrs):
             raise ValueError("group_sizes must be positive and group_lrs in (0, 1000)")
+        if self.group_weight_decays and (len(self.group_weight_decays) != len(self.group_sizes)
+                                         or any(not 0 <= x <= 10
+                                                for x in self.group_weight_decays)):
+            raise ValueError("group_weight_decays: one entry in [0, 10] per group")
         if self.name not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.name!r}; known: {', '.join(OPTIMIZERS)}")
+        for key, users in _OPTIONAL_OPTIMIZER_FIELDS.items():
+            if getattr(self, key) != _OPTIMIZER_DEFAULTS[key] and self.name not in users:
+                raise ValueError(f"{key} is an option of {' and '.join(users)}, not of "
+                                 f"{self.name}")
+        if not 0 <= self.alpha < 1 or self.lr_decay < 0 or self.initial_accumulator_value < 0:
+            raise ValueError("alpha must be in [0, 1), lr_decay and initial_accumulator_value "
+                             "non-negative")
+        if self.name == "rmsprop" and not (0 <= self.momentum <= 1):
+            raise ValueError("RMSprop momentum must be in [0, 1]")
         if self.nesterov and (self.momentum <= 0 or self.name != "sgd"):
             raise ValueError("nesterov needs SGD with momentum > 0")
         if not (0 < self.lr < 1e3):
@@ -183,7 +209,7 @@ class OptimizerSpec:
                            for b in betas)):
             raise ProofFormatError(f"{where}.betas: expected two numbers in [0, 1)")
         try:
-            return cls(name=_str(d, "name", where, choices=OPTIMIZERS),
+            spec = cls(name=_str(d, "name", where, choices=OPTIMIZERS),
                        lr=_num(d, "lr", where, lo=0, hi=1e3),
                        momentum=_num(d, "momentum", where, lo=0, hi=1, optional=True, default=0.0),
                        nesterov=_bool(d, "nesterov", where, False),
@@ -193,9 +219,45 @@ class OptimizerSpec:
                        eps=_num(d, "eps", where, lo=0, hi=1, optional=True, default=1e-8),
                        group_sizes=_int_list(d, "group_sizes", where),
                        group_lrs=tuple(float(_num({"v": v}, "v", f"{where}.group_lrs", lo=0,
-                                                  hi=1e3)) for v in _list(d, "group_lrs", where)))
+                                                  hi=1e3)) for v in _list(d, "group_lrs", where)),
+                       group_weight_decays=tuple(
+                           float(_num({"v": v}, "v", f"{where}.group_weight_decays", lo=0,
+                                      hi=10)) for v in _list(d, "group_weight_decays", where)),
+                       amsgrad=_bool(d, "amsgrad", where, False),
+                       alpha=_num(d, "alpha", where, lo=0, hi=1, optional=True, default=0.99),
+                       centered=_bool(d, "centered", where, False),
+                       lr_decay=_num(d, "lr_decay", where, lo=0, hi=1e3, optional=True,
+                                     default=0.0),
+                       initial_accumulator_value=_num(d, "initial_accumulator_value", where,
+                                                      lo=0, hi=1e6, optional=True, default=0.0))
         except ValueError as e:
             raise ProofFormatError(f"{where}: {e}") from None
+        for key, default in _OPTIMIZER_DEFAULTS.items():  # one spelling: defaults left out
+            if key in d and d[key] == default:
+                raise ProofFormatError(f"{where}.{key}: holds its default (leave it out)")
+        return spec
+
+    def to_dict(self) -> dict:
+        """As the JSON holds it: the optional fields only where they differ from the defaults."""
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        for key in ("group_sizes", "group_lrs", "group_weight_decays"):
+            if d[key]:
+                d[key] = list(d[key])
+            else:  # one group: as in proofs made before groups were recorded
+                del d[key]
+        for key, default in _OPTIMIZER_DEFAULTS.items():
+            if d[key] == default:
+                del d[key]
+        return d
+
+
+# optimizer fields written only when they differ from their defaults, and who reads each
+_OPTIONAL_OPTIMIZER_FIELDS = {"amsgrad": ("adam", "adamw"), "alpha": ("rmsprop",),
+                              "centered": ("rmsprop",), "lr_decay": ("adagrad",),
+                              "initial_accumulator_value": ("adagrad",)}
+_OPTIMIZER_DEFAULTS = {f.name: f.default for f in fields(OptimizerSpec)
+                       if f.name in _OPTIONAL_OPTIMIZER_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -296,6 +358,14 @@ class StepSpec:
       norm_type=clip_norm_type)` after the backward passes, before the optimizer's step;
       `clip_grad_value` > 0: `torch.nn.utils.clip_grad_value_(params, clip_grad_value)` (not both).
     - `label_smoothing`: cross-entropy's `label_smoothing` (cross_entropy, lm_cross_entropy).
+    - `autocast` "bf16" / "fp16": every micro-batch's forward pass and loss run under
+      `torch.autocast(device_type, dtype=bfloat16 / float16)` (the backward pass outside it).
+      "fp16" steps through a `torch.amp.GradScaler(init_scale=scaler_init_scale,
+      growth_factor=scaler_growth_factor, backoff_factor=scaler_backoff_factor,
+      growth_interval=scaler_growth_interval)`: `scaler.scale(loss).backward()` per
+      micro-batch, then `scaler.unscale_` (only when clipping), the clipping, `scaler.step`
+      (skipped when a gradient is inf/NaN: replayed as skipped) and `scaler.update()`; its state
+      (scale, growth tracker) is in every checkpoint (`scaler.scale`, `scaler.growth_tracker`).
     """
 
     clip_grad_norm: float = 0.0  # 0 = off
@@ -303,6 +373,11 @@ class StepSpec:
     clip_grad_value: float = 0.0  # 0 = off
     accumulation: int = 1
     label_smoothing: float = 0.0
+    autocast: str = ""  # "" = off, "bf16", "fp16" (with a GradScaler)
+    scaler_init_scale: float = 65536.0
+    scaler_growth_factor: float = 2.0
+    scaler_backoff_factor: float = 0.5
+    scaler_growth_interval: int = 2000
 
     def __post_init__(self) -> None:
         if self.clip_grad_norm < 0 or self.clip_grad_value < 0:
@@ -318,6 +393,21 @@ class StepSpec:
             raise ValueError("accumulation must be an integer in 1..65536")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError("label_smoothing must be in [0, 1)")
+        if self.autocast not in AUTOCAST:
+            raise ValueError(f"autocast must be one of {', '.join(a for a in AUTOCAST if a)} "
+                             "(or off)")
+        scaler = (self.scaler_init_scale, self.scaler_growth_factor, self.scaler_backoff_factor,
+                  self.scaler_growth_interval)
+        if self.autocast != "fp16" and scaler != (65536.0, 2.0, 0.5, 2000):
+            raise ValueError("GradScaler settings need autocast='fp16'")
+        if not (0 < self.scaler_init_scale <= 2.0**64 and 1 < self.scaler_growth_factor <= 2**16
+                and 0 < self.scaler_backoff_factor < 1):
+            raise ValueError("GradScaler: init_scale in (0, 2^64], growth_factor > 1, "
+                             "backoff_factor in (0, 1)")
+        if isinstance(self.scaler_growth_interval, bool) \
+                or not isinstance(self.scaler_growth_interval, int) \
+                or not 1 <= self.scaler_growth_interval <= 2**31 - 1:
+            raise ValueError("GradScaler growth_interval must be an integer >= 1")
 
     @property
     def is_default(self) -> bool:
@@ -342,7 +432,18 @@ class StepSpec:
                        accumulation=_num(d, "accumulation", where, lo=1, hi=2**16, integer=True,
                                          optional=True, default=1),
                        label_smoothing=_num(d, "label_smoothing", where, lo=0, hi=1,
-                                            optional=True, default=0.0))
+                                            optional=True, default=0.0),
+                       autocast=_str(d, "autocast", where, optional=True, default="",
+                                     choices=AUTOCAST),
+                       scaler_init_scale=_num(d, "scaler_init_scale", where, lo=0, hi=2.0**64,
+                                              optional=True, default=65536.0),
+                       scaler_growth_factor=_num(d, "scaler_growth_factor", where, lo=1,
+                                                 hi=2**16, optional=True, default=2.0),
+                       scaler_backoff_factor=_num(d, "scaler_backoff_factor", where, lo=0, hi=1,
+                                                  optional=True, default=0.5),
+                       scaler_growth_interval=_num(d, "scaler_growth_interval", where, lo=1,
+                                                   hi=2**31 - 1, integer=True, optional=True,
+                                                   default=2000))
         except ValueError as e:
             raise ProofFormatError(f"{where}: {e}") from None
         # one spelling: defaults are left out, and the whole step when all are
@@ -400,6 +501,8 @@ class TrainingSpec:
             raise ValueError(f"batch size {self.batch_size} is not a multiple of accumulation "
                              f"{self.step.accumulation} (batch_size = micro-batch size × "
                              "accumulation)")
+        if self.step.autocast and self.device not in ("cpu", "cuda"):
+            raise ValueError(f"autocast on {self.device} is not supported (cpu, cuda)")
         if self.step.label_smoothing and self.loss not in ("cross_entropy", "lm_cross_entropy"):
             raise ValueError(f"label smoothing needs a cross-entropy loss, not {self.loss!r}")
 
@@ -417,12 +520,7 @@ class TrainingSpec:
             del d["data"]["order"]
         if not self.schedule.warmup_steps:  # as in proofs made before warm-up existed
             del d["schedule"]["warmup_steps"]
-        d["optimizer"]["betas"] = list(self.optimizer.betas)
-        if self.optimizer.group_sizes:
-            d["optimizer"]["group_sizes"] = list(self.optimizer.group_sizes)
-            d["optimizer"]["group_lrs"] = list(self.optimizer.group_lrs)
-        else:  # one group: as in proofs made before groups were recorded
-            del d["optimizer"]["group_sizes"], d["optimizer"]["group_lrs"]
+        d["optimizer"] = self.optimizer.to_dict()
         d["schedule"]["milestones"] = list(self.schedule.milestones)
         return d
 

@@ -50,8 +50,10 @@ from pol.errors import ConfigError
 from pol.prover.recorder import Recorder
 from pol.spec import ModelSpec, ScheduleSpec, StepSpec
 from pol.step.context import step_context
-from pol.step.core import clip_gradients, make_loss, micro_batches, step_inputs
-from pol.step.optimizers import optimizer_spec_of
+from pol.step.amp import autocast as autocast_context
+from pol.step.amp import check_user_scaler, make_grad_scaler, scaler_of, set_scaler
+from pol.step.core import backward, make_loss, micro_batches, optimizer_step, step_inputs
+from pol.step.optimizers import clear_fresh_state, optimizer_spec_of
 from pol.step.randomness import epoch_order, seed_step
 
 __all__ = ["attach", "AttachedOptimizer", "AttachedLoader"]
@@ -177,6 +179,21 @@ class AttachedOptimizer(torch.optim.Optimizer):
         return self._run.rec.path
 
     @property
+    def scaler(self):
+        """The run's `torch.amp.GradScaler` (fp16 autocast; None otherwise)."""
+        return scaler_of(self._inner)
+
+    def autocast(self):
+        """The declared autocast context (`autocast=`) for the forward pass and the loss: the
+        replay runs exactly these under it (a no-op when none is declared)."""
+        return autocast_context(self._run.rec.spec.step, self._run.ctx.device)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """`loss.backward()`, through the GradScaler with fp16 autocast
+        (`scaler.scale(loss).backward()`)."""
+        backward(self._inner, loss)
+
+    @property
     def root_digest(self) -> str | None:
         """The proof's root digest once its last step is recorded (None before)."""
         return self._run.root_digest
@@ -227,8 +244,7 @@ class AttachedOptimizer(torch.optim.Optimizer):
                               "in train mode (call model.train() after evaluating)")
         idx = run.end_step()
         run.rec.record_batch(idx, seed_rng=False)  # the lr now in the groups: the step's lr
-        clip_gradients(run.rec.spec.step, self._inner)
-        self._inner.step()
+        optimizer_step(run.rec.spec.step, self._inner)  # clipping; the GradScaler with fp16
         self._inner.zero_grad(set_to_none=True)  # the next step starts as a replayed one does
         run.rec.step(loss)
         if run.rec.t == run.rec.total_steps:
@@ -252,10 +268,6 @@ def _check_optimizer(model: nn.Module, optimizer: Any) -> None:
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise ConfigError(f"optimizer must be a torch.optim.Optimizer, not "
                           f"{type(optimizer).__name__}")
-    if len(optimizer.param_groups) != 1:
-        raise ConfigError(f"the optimizer has {len(optimizer.param_groups)} parameter groups: "
-                          "per-parameter-group settings are not supported yet (one group over "
-                          "model.parameters())")
     theirs = [p for g in optimizer.param_groups for p in g["params"]]
     mine = list(model.parameters())
     if len(theirs) != len(mine) or any(a is not b for a, b in zip(theirs, mine)):
@@ -274,6 +286,7 @@ def _check_optimizer(model: nn.Module, optimizer: Any) -> None:
                           "a step that the replay would not")
     try:
         optimizer_spec_of(optimizer)
+        clear_fresh_state(optimizer)  # Adagrad's state as built: filled again at its first step
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -298,6 +311,49 @@ def _features(clip_grad_norm: float | None, norm_type: float, clip_grad_value: f
         raise ConfigError(str(e)) from None
 
 
+def _mixed_precision(features: StepSpec, autocast: str | None, grad_scaler: Any,
+                     model: nn.Module, optimizer: torch.optim.Optimizer) -> StepSpec:
+    """`autocast="bf16"` / `"fp16"`: run the forward pass and the loss under `opt.autocast()`.
+    fp16 adds a GradScaler: `grad_scaler` (yours, fresh, its settings recorded) or one pol makes
+    with torch's defaults; call `opt.backward(loss)` (= `opt.scaler.scale(loss).backward()`) and
+    `opt.step(loss=loss)`, which unscales, clips, steps (or skips the step when a gradient
+    overflowed, as the replay will) and updates the scale — never `scaler.step` / `update`
+    yourself. The scaler is kept with the optimizer and saved in every checkpoint."""
+    import dataclasses
+    if autocast in (None, "", "off"):
+        if grad_scaler is not None:
+            raise ConfigError("grad_scaler needs autocast='fp16'")
+        set_scaler(optimizer, None)
+        return features
+    if autocast not in ("bf16", "fp16"):
+        raise ConfigError(f"autocast={autocast!r}: 'bf16' or 'fp16' (or None)")
+    device = next(iter(model.parameters())).device
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"autocast on {device.type} is not supported (cpu, cuda)")
+    if autocast == "bf16" and grad_scaler is not None:
+        raise ConfigError("grad_scaler with bf16 autocast: bf16 needs no loss scaling (pass "
+                          "autocast='fp16' to use one)")
+    try:
+        if autocast == "fp16" and grad_scaler is not None:
+            s = grad_scaler
+            features = dataclasses.replace(
+                features, autocast="fp16", scaler_init_scale=float(s._init_scale),
+                scaler_growth_factor=float(s._growth_factor),
+                scaler_backoff_factor=float(s._backoff_factor),
+                scaler_growth_interval=int(s._growth_interval))
+        else:
+            features = dataclasses.replace(features, autocast=autocast)
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ConfigError(f"autocast={autocast!r}: {e}") from None
+    if autocast == "fp16":
+        if grad_scaler is not None:
+            check_user_scaler(grad_scaler, features, device)
+        set_scaler(optimizer, grad_scaler or make_grad_scaler(features, device))
+    else:
+        set_scaler(optimizer, None)
+    return features
+
+
 def attach(*, model: nn.Module, optimizer: torch.optim.Optimizer, data: Any,
            out: str | os.PathLike, model_spec: ModelSpec, batch_size: int, epochs: int,
            k: int = 10, seed: int = 0, loss: str = "cross_entropy", prepare: str = "float",
@@ -308,11 +364,12 @@ def attach(*, model: nn.Module, optimizer: torch.optim.Optimizer, data: Any,
            precision: str = "fp32", compress: bool = False, overwrite: bool = False,
            durable: bool = True, data_name: str = "user", data_params: dict | None = None,
            resume: bool = False,
-           num_workers: int = 0) -> tuple[AttachedOptimizer, AttachedLoader]:
+           num_workers: int = 0, autocast: str | None = None,
+           grad_scaler: Any = None) -> tuple[AttachedOptimizer, AttachedLoader]:
     """Attach pol to a training loop: returns `(optimizer, loader)` drop-ins that record a proof
     in `out` (see the module's docstring). Validates first: anything pol cannot replay (an
-    optimizer not in `pol.step.OPTIMIZERS`, amsgrad, a fused kernel, parameter groups, an
-    optimizer over other parameters, an unknown loss or feature) is a `ConfigError` that names it,
+    optimizer not in `pol.step.OPTIMIZERS`, a fused kernel, parameter groups that differ in more
+    than lr and weight decay, an optimizer over other parameters, an unknown loss or feature) is a `ConfigError` that names it,
     raised before anything is written.
 
     `batch_size`: the loader's micro-batch; `accumulation`: micro-batches per optimizer step;
@@ -327,12 +384,14 @@ def attach(*, model: nn.Module, optimizer: torch.optim.Optimizer, data: Any,
     `resume=True` continues an interrupted proof in `out` (same arguments) from its
     last complete checkpoint: the model and optimizer are loaded from it, `opt.recorder.t` is the
     step it continues at, and the loader hands out the batches from there (fast-forward your lr
-    scheduler by that many steps)."""
+    scheduler by that many steps). `autocast` "bf16" / "fp16": mixed precision (see
+    `_mixed_precision`)."""
     _check_optimizer(model, optimizer)
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ConfigError(f"num_workers={num_workers!r}: an integer >= 0")
     features = _features(clip_grad_norm, norm_type, clip_grad_value, accumulation,
                          label_smoothing, loss)
+    features = _mixed_precision(features, autocast, grad_scaler, model, optimizer)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size={batch_size!r}: a positive integer (the micro-batch)")
     rec = Recorder(out, model=model, optimizer=optimizer, data=data, model_spec=model_spec,

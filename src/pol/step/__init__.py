@@ -2,7 +2,8 @@
 
 | module | holds |
 |---|---|
-| `core` | `update()` — the one step shared by training, replay and the attacks (micro-batches, clipping); `StepContext`; losses |
+| `core` | `update()` — the one step shared by training, replay and the attacks (micro-batches, clipping, autocast); `StepContext`; losses |
+| `amp` | mixed precision: the spec's autocast context and the fp16 GradScaler kept with its optimizer |
 | `context` | `build_context(spec, device)` (model rebuilt from the spec) and `step_context(spec, model, optimizer)` (the caller's own): every field of a step from the spec |
 | `optimizers` | one table row per optimizer (factory, spec_of, state keys, storage dtypes; torch-free) |
 | `randomness` | seed derivation, data order, dropout seeding, augmentation and init generators |
@@ -25,6 +26,9 @@ _EXPORTS: dict[str, str] = {
     # core
     "update": "core", "StepContext": "core", "make_loss": "core", "LOSSES": "core",
     "clip_gradients": "core", "micro_batches": "core", "step_inputs": "core",
+    "backward": "core", "optimizer_step": "core",
+    # amp
+    "autocast": "amp", "make_grad_scaler": "amp", "scaler_of": "amp", "set_scaler": "amp",
     # context
     "build_context": "context", "build_model": "context", "step_context": "context", "spec_device": "context",
     "augment_rng_device": "context",
@@ -32,7 +36,8 @@ _EXPORTS: dict[str, str] = {
     "OPTIMIZERS": "optimizers", "make_optimizer": "optimizers",
     "optimizer_spec_of": "optimizers", "optimizer_row": "optimizers", "state_keys": "optimizers",
     "storage_dtype_name": "optimizers", "MODEL_PREFIX": "optimizers",
-    "OPTIM_PREFIX": "optimizers",
+    "OPTIM_PREFIX": "optimizers", "SCALER_PREFIX": "optimizers",
+    "clear_fresh_state": "optimizers",
     # randomness
     "derive_seed": "randomness", "epoch_order": "randomness", "seed_step": "randomness",
     "augment_generator": "randomness", "init_generator": "randomness",
@@ -69,14 +74,15 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what a type checker and an IDE see (the same names, imported eagerly)
     from pol.step.context import (augment_rng_device, build_context, build_model, spec_device,
                                   step_context)
-    from pol.step.core import (LOSSES, StepContext, clip_gradients, make_loss, micro_batches,
-                               step_inputs, update)
+    from pol.step.amp import autocast, make_grad_scaler, scaler_of, set_scaler
+    from pol.step.core import (LOSSES, StepContext, backward, clip_gradients, make_loss,
+                               micro_batches, optimizer_step, step_inputs, update)
     from pol.step.data import AUGMENT, PREPARE
     from pol.step.init import (INIT_STRATEGIES, InitDist, apply_init, draw_init,
                                expected_distributions, seeded_init_mismatch)
-    from pol.step.optimizers import (MODEL_PREFIX, OPTIM_PREFIX, OPTIMIZERS, make_optimizer,
-                                     optimizer_row, optimizer_spec_of, state_keys,
-                                     storage_dtype_name)
+    from pol.step.optimizers import (MODEL_PREFIX, OPTIM_PREFIX, OPTIMIZERS, SCALER_PREFIX,
+                                     clear_fresh_state, make_optimizer, optimizer_row,
+                                     optimizer_spec_of, state_keys, storage_dtype_name)
     from pol.step.randomness import (augment_generator, derive_seed, epoch_order,
                                      init_generator, seed_step)
     from pol.step.runtime import numerics

@@ -19,6 +19,7 @@ from pol.errors import ConfigError, ProofFormatError
 from pol.models import build_model as build_builtin_model
 from pol.registry import build_factory_model
 from pol.spec import ModelSpec, TrainingSpec
+from pol.step.amp import make_grad_scaler, scaler_of, set_scaler
 from pol.step.core import StepContext, make_loss
 from pol.step.data import AUGMENT, PREPARE
 from pol.step.init import draw_init
@@ -63,10 +64,20 @@ def _step_fields(spec: TrainingSpec) -> dict[str, Any]:
 def step_context(spec: TrainingSpec, model: nn.Module, optimizer: torch.optim.Optimizer,
                  device: torch.device | None = None) -> StepContext:
     """A step context around the caller's model and optimizer (on `device`, default: where the
-    model's parameters are)."""
+    model's parameters are). fp16 autocast: the GradScaler kept with the optimizer
+    (`pol.step.set_scaler`, as `pol.attach` does) before the first checkpoint was taken, since
+    every checkpoint holds its state; refused without one."""
     if device is None:
         device = next(iter(model.parameters())).device
-    return StepContext(model=model, optimizer=optimizer, device=device, **_step_fields(spec))
+    fields = _step_fields(spec)
+    if spec.step.autocast == "fp16" and scaler_of(optimizer) is None:
+        raise ConfigError("fp16 autocast needs its GradScaler kept with the optimizer before "
+                          "recording starts (every checkpoint holds its state): use pol.attach("
+                          "autocast='fp16'), or pol.step.set_scaler(optimizer, "
+                          "pol.step.make_grad_scaler(features, device)) before the Recorder")
+    if spec.step.autocast != "fp16" and scaler_of(optimizer) is not None:
+        raise ConfigError("the optimizer has a GradScaler, the spec declares no fp16 autocast")
+    return StepContext(model=model, optimizer=optimizer, device=device, **fields)
 
 
 def build_context(spec: TrainingSpec, device: torch.device | None = None,
@@ -79,5 +90,6 @@ def build_context(spec: TrainingSpec, device: torch.device | None = None,
     draw_init(model, spec.model, spec.seed)
     model.to(device)
     fields = _step_fields(spec)
-    return StepContext(model=model, optimizer=make_optimizer(spec.optimizer, model.parameters()),
-                       device=device, **fields)
+    optimizer = make_optimizer(spec.optimizer, model.parameters())
+    set_scaler(optimizer, make_grad_scaler(spec.step, device))
+    return StepContext(model=model, optimizer=optimizer, device=device, **fields)

@@ -18,10 +18,11 @@ import torch
 from torch import nn
 
 from pol.spec import StepSpec
+from pol.step.amp import autocast, scaler_of
 from pol.step.randomness import augment_generator, seed_step
 
-__all__ = ["LOSSES", "StepContext", "clip_gradients", "make_loss", "micro_batches", "step_inputs",
-           "update"]
+__all__ = ["LOSSES", "StepContext", "backward", "clip_gradients", "make_loss", "micro_batches",
+           "optimizer_step", "step_inputs", "update"]
 
 
 def _lm_cross_entropy(logits: torch.Tensor, y: torch.Tensor,
@@ -110,12 +111,37 @@ def clip_gradients(features: StepSpec, optimizer: torch.optim.Optimizer) -> None
         nn.utils.clip_grad_value_(params, features.clip_grad_value)
 
 
+def backward(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """A micro-batch's backward pass: through the GradScaler kept with the optimizer (fp16
+    autocast), else plain."""
+    scaler = scaler_of(optimizer)
+    (loss if scaler is None else scaler.scale(loss)).backward()
+
+
+def optimizer_step(features: StepSpec, optimizer: torch.optim.Optimizer) -> None:
+    """After the backward passes: the spec's clipping and the optimizer's step. With a GradScaler
+    (fp16 autocast): unscale (before clipping, as torch's recipe says), clip, `scaler.step`
+    (which skips the step when a gradient is inf/NaN) and `scaler.update()`. The prover's
+    wrapped optimizer and the replay both call this."""
+    scaler = scaler_of(optimizer)
+    if scaler is None:
+        clip_gradients(features, optimizer)
+        optimizer.step()
+        return
+    if features.clip_grad_norm or features.clip_grad_value:
+        scaler.unscale_(optimizer)
+        clip_gradients(features, optimizer)
+    scaler.step(optimizer)
+    scaler.update()
+
+
 def update(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, lrs: Sequence[float],
            t: int) -> torch.Tensor:
     """One SGD-family step at global step `t` on the raw batch (x, y): its micro-batches' forward
-    and backward passes (each loss / accumulation), clipping, the optimizer's step. Returns the
-    step's loss (the sum of the micro-batches' scaled losses; detached, on device, not
-    synchronized)."""
+    and backward passes (each loss / accumulation; forward and loss under the spec's autocast),
+    clipping, the optimizer's step (through the GradScaler with fp16). Returns the step's loss
+    (the sum of the micro-batches' scaled losses, unscaled by any GradScaler; detached, on
+    device, not synchronized)."""
     for group, lr in zip(ctx.optimizer.param_groups, lrs):
         group["lr"] = float(lr)
     seed_step(ctx.seed, t)
@@ -126,11 +152,11 @@ def update(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, lrs: Sequence[flo
     total = None
     for part in micro_batches(ctx, len(x)):
         inputs, targets = step_inputs(ctx, x[part], y[part], gen)
-        loss = ctx.loss_fn(ctx.model(inputs), targets)
+        with autocast(ctx.features, ctx.device):
+            loss = ctx.loss_fn(ctx.model(inputs), targets)
         if n_acc > 1:
             loss = loss / n_acc
-        loss.backward()
+        backward(ctx.optimizer, loss)
         total = loss.detach() if total is None else total + loss.detach()
-    clip_gradients(ctx.features, ctx.optimizer)
-    ctx.optimizer.step()
+    optimizer_step(ctx.features, ctx.optimizer)
     return total

@@ -1,7 +1,11 @@
-"""The replay state (model + optimizer) <-> the flat tensor dict a checkpoint stores.
+"""The replay state (model + optimizer, and an fp16 run's GradScaler) <-> the flat tensor dict a
+checkpoint stores.
 
-Names and shapes are checked exactly against the optimizer's table row (`pol.step.optimizers`):
-anything a proof holds beyond them is rejected.
+Names and shapes are checked exactly against the optimizer's table row (`pol.step.optimizers`) and
+the settings of its param groups (RMSprop's momentum buffer only with momentum, Adam's
+max_exp_avg_sq only with amsgrad): anything a proof holds beyond them is rejected. The GradScaler
+kept with the optimizer (`pol.step.amp.scaler_of`) adds `scaler.scale` and `scaler.growth_tracker`
+to every checkpoint, required like the model's entries.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import torch
 from torch import nn
 
 from pol.errors import ProofFormatError
+from pol.step.amp import SCALER_ENTRIES, load_scaler, scaler_of, scaler_problem, scaler_tensors
 from pol.step.optimizers import MODEL_PREFIX, OPTIM_PREFIX, optimizer_row, storage_dtype_name
 
 __all__ = ["state_tensors", "expected_state_shapes", "load_state", "storage_dtype", "storage_dtypes"]
@@ -25,6 +30,7 @@ def state_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[st
                 if isinstance(val, torch.Tensor):
                     out[f"{OPTIM_PREFIX}{i}.{key}"] = val
             i += 1
+    out.update(scaler_tensors(scaler_of(optimizer)))
     return out
 
 
@@ -34,14 +40,23 @@ def _params(optimizer: torch.optim.Optimizer):
 
 def expected_state_shapes(model: nn.Module, optimizer: torch.optim.Optimizer,
                           opt_name: str) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple]]:
-    """(required model entries, optional optimizer entries) with their shapes."""
+    """(required entries: the model's and a GradScaler's, optional optimizer entries) with their
+    shapes."""
     model_shapes = {MODEL_PREFIX + k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if scaler_of(optimizer) is not None:
+        model_shapes.update({name: () for name in SCALER_ENTRIES})
     opt_shapes: dict[str, tuple] = {}
-    state = optimizer_row(opt_name).state
     for i, p in enumerate(_params(optimizer)):
-        for key, entry in state.items():
+        for key, entry in _active_state(optimizer, opt_name).items():
             opt_shapes[f"{OPTIM_PREFIX}{i}.{key}"] = () if entry.shape == "scalar" else tuple(p.shape)
     return model_shapes, opt_shapes
+
+
+def _active_state(optimizer: torch.optim.Optimizer, opt_name: str):
+    """The optimizer's state entries that its param groups' settings make (all groups share
+    them: `optimizer_spec_of` refuses groups that differ in anything but lr and weight decay)."""
+    row = optimizer_row(opt_name)
+    return {k: row.state[k] for k in row.keys_for(optimizer.param_groups[0])}
 
 
 def storage_dtypes(model: nn.Module, optimizer: torch.optim.Optimizer, opt_name: str,
@@ -51,7 +66,9 @@ def storage_dtypes(model: nn.Module, optimizer: torch.optim.Optimizer, opt_name:
     before rounding, as the verifier has always assumed."""
     out = {MODEL_PREFIX + k: storage_dtype(MODEL_PREFIX + k, v, precision)
            for k, v in model.state_dict().items()}
-    state = optimizer_row(opt_name).state
+    if scaler_of(optimizer) is not None:
+        out.update(SCALER_ENTRIES)
+    state = _active_state(optimizer, opt_name)
     for i in range(len(_params(optimizer))):
         for key, entry in state.items():
             name = f"{OPTIM_PREFIX}{i}.{key}"
@@ -85,13 +102,19 @@ def load_state(model: nn.Module, optimizer: torch.optim.Optimizer, opt_name: str
             if src.is_floating_point() and not torch.isfinite(src).all():
                 raise ProofFormatError(f"checkpoint entry {MODEL_PREFIX + k} has NaN/Inf values")
             v.copy_(src.to(v.dtype))
+    scaler = scaler_of(optimizer)
+    if scaler is not None:
+        why = scaler_problem(tensors, _features_of(scaler))
+        if why:
+            raise ProofFormatError(f"checkpoint: {why}")
+        load_scaler(scaler, tensors)
     optimizer.state.clear()
     if not present:
         return
     row = optimizer_row(opt_name)
     for i, p in enumerate(_params(optimizer)):
         st = {}
-        for key in row.state:
+        for key in row.keys_for(optimizer.param_groups[0]):
             src = tensors[f"{OPTIM_PREFIX}{i}.{key}"]
             if not torch.isfinite(src.float()).all():
                 raise ProofFormatError(f"optimizer state {i}.{key} has NaN/Inf values")
@@ -106,3 +129,9 @@ def storage_dtype(name: str, tensor: torch.Tensor, precision: str) -> torch.dtyp
     """The dtype a proof of `precision` stores checkpoint entry `name` (this tensor) in."""
     return getattr(torch, storage_dtype_name(name, str(tensor.dtype).removeprefix("torch."),
                                              precision))
+
+
+def _features_of(scaler):
+    """The scaler's growth interval as a StepSpec-like object (what `scaler_problem` reads)."""
+    from types import SimpleNamespace
+    return SimpleNamespace(scaler_growth_interval=scaler._growth_interval)

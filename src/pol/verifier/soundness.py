@@ -24,6 +24,9 @@ checks here close the channels that forgery (and its variants) used, each a name
   left out unless drop_last).
 - **recorded losses**: a replayed step whose recorded loss is NaN or infinite fails loss replay
   (no silent skip).
+- **other optimizers' state** (RMSprop, Adagrad, amsgrad) and an fp16 run's **GradScaler**: see
+  `_other_state_problem` and `scaler_state_problem`; with fp16 autocast a step counter may lag
+  the checkpoint's step by the steps the GradScaler skipped.
 """
 
 from __future__ import annotations
@@ -69,10 +72,14 @@ def hyperparameter_problems(spec, bounds: Bounds = BOUNDS) -> list[str]:
         if lr < bounds.lr_min:
             out.append(f"base learning rate {lr:g} below the policy floor {bounds.lr_min:g}")
             break
-    if o.name == "sgd":
+    if o.name in ("sgd", "rmsprop"):
         if o.momentum > bounds.momentum_max:
             out.append(f"momentum {o.momentum:g} above the policy bound {bounds.momentum_max:g}")
-    else:
+    if o.name == "rmsprop" and (o.alpha > bounds.beta2_max or float(np.float32(o.alpha)) >= 1.0):
+        # alpha plays beta2's part: at 1 the squared-gradient average never moves
+        out.append(f"alpha {o.alpha!r} above the policy bound {bounds.beta2_max:g} (or 1 in "
+                   "float32)")
+    if o.name in ("adam", "adamw"):
         b1, b2 = o.betas
         for name, b, hi in (("beta1", b1, bounds.beta1_max), ("beta2", b2, bounds.beta2_max)):
             if b > hi or float(np.float32(b)) >= 1.0:
@@ -94,6 +101,10 @@ def optimizer_entries(tensors: dict[str, torch.Tensor]) -> list[str]:
 def state_problem(t: int, tensors: dict[str, torch.Tensor], spec) -> str | None:
     """The first implausibility in checkpoint t's optimizer state, or None."""
     keys = optimizer_entries(tensors)
+    if getattr(spec, "step", None) is not None:
+        why = scaler_state_problem(t, tensors, spec)
+        if why:
+            return why
     if t == 0:
         if keys:
             return ("checkpoint 0 holds optimizer state: a fresh optimizer has none (pol never "
@@ -101,13 +112,20 @@ def state_problem(t: int, tensors: dict[str, torch.Tensor], spec) -> str | None:
         return None
     opt = spec.optimizer
     C = moment_bound(*opt.betas) if opt.name in ("adam", "adamw") else None
+    # fp16 autocast: a step whose gradients overflow is skipped (the optimizer's counter stays)
+    skips = getattr(spec, "step", None) is not None and spec.step.autocast == "fp16"
     for k in keys:
         v = tensors[k]
         if not torch.isfinite(v.float()).all():
             return f"checkpoint {t}: {k} has NaN/Inf values"
-        if k.endswith(".step") and not bool((v.double() == t).all()):
-            return (f"checkpoint {t}: Adam's step counter {k} is {float(v.reshape(-1)[0]):g}, "
-                    f"not {t}")
+        if k.endswith(".step") and not bool((v.double() == t).all()) and not (
+                skips and bool(((v.double() >= 1) & (v.double() <= t)
+                                & (v.double() == v.double().round())).all())):
+            return (f"checkpoint {t}: the step counter {k} is {float(v.reshape(-1)[0]):g}, "
+                    f"not {t}" + (" (or fewer, with skipped steps)" if skips else ""))
+    why = _other_state_problem(tensors, keys, opt)
+    if why:
+        return f"checkpoint {t}: {why}"
     if C is not None:
         groups = sorted({k[len(OPTIM_PREFIX):].split(".")[0] for k in keys}, key=int)
         for i in groups:
@@ -127,6 +145,52 @@ def state_problem(t: int, tensors: dict[str, torch.Tensor], spec) -> str | None:
                 return (f"checkpoint {t}: {OPTIM_PREFIX}{i}.exp_avg[{j}] = "
                         f"{float(m.reshape(-1)[j]):.3g} exceeds what any gradients can produce "
                         f"with its exp_avg_sq ({C:.3g}·√v = {float(bound.reshape(-1)[j]):.3g})")
+    return None
+
+
+def scaler_state_problem(t: int, tensors: dict[str, torch.Tensor], spec) -> str | None:
+    """An fp16 run's GradScaler state in checkpoint t: present, plausible, and at checkpoint 0
+    the declared initial scale with a zero growth tracker."""
+    if spec.step.autocast != "fp16":
+        return None
+    from pol.step.amp import scaler_problem
+    why = scaler_problem(tensors, spec.step)
+    if why is None and t == 0 and not (
+            float(tensors["scaler.scale"].reshape(())) == spec.step.scaler_init_scale
+            and int(tensors["scaler.growth_tracker"].reshape(())) == 0):
+        why = "the GradScaler does not start from the declared init_scale"
+    return None if why is None else f"checkpoint {t}: {why}"
+
+
+def _other_state_problem(tensors: dict[str, torch.Tensor], keys: list[str], opt) -> str | None:
+    """RMSprop, Adagrad and amsgrad state: averages and sums of squares are non-negative (an
+    Adagrad sum never below its initial value), RMSprop's centered average of gradients is at most
+    the root of its average of squares (Cauchy–Schwarz), amsgrad's maximum at least the current
+    second moment."""
+    def bad(name: str, mask: torch.Tensor) -> str | None:
+        if bool(mask.any()):
+            j = int(torch.nonzero(mask.reshape(-1))[0])
+            return f"{name}[{j}] = {float(tensors[name].reshape(-1)[j]):.3g} is implausible"
+        return None
+
+    for k in keys:
+        i_key = k[len(OPTIM_PREFIX):].split(".")
+        prefix, key = f"{OPTIM_PREFIX}{i_key[0]}.", i_key[-1]
+        v = tensors[k].double()
+        why = None
+        if key in ("square_avg", "max_exp_avg_sq"):
+            why = bad(k, v < 0)
+        if key == "sum":
+            why = bad(k, v < opt.initial_accumulator_value * (1 - 2.0**-7))
+        if key == "max_exp_avg_sq" and prefix + "exp_avg_sq" in tensors:
+            why = why or bad(k, v < tensors[prefix + "exp_avg_sq"].double())
+        if key == "grad_avg" and prefix + "square_avg" in tensors:
+            sq = tensors[prefix + "square_avg"]
+            tiny = math.sqrt(torch.finfo(sq.dtype).smallest_normal)
+            why = bad(k, v.abs() > (1 + BOUNDS.moment_slack) * (sq.double().clamp_min(0).sqrt()
+                                                                 + 2 * tiny))
+        if why:
+            return why
     return None
 
 
