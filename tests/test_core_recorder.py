@@ -290,7 +290,7 @@ def test_model_spec_that_does_not_match_the_model_raises_config_error(tmp_path, 
 def test_recorder_refuses_unsupported_optimizers(tmp_path):
     model = user_model()
     with pytest.raises(ConfigError):
-        _recorder(tmp_path / "p", model=model, opt=torch.optim.RMSprop(model.parameters()))
+        _recorder(tmp_path / "p", model=model, opt=torch.optim.Adamax(model.parameters()))
 
 
 def test_recorder_refuses_a_non_empty_directory(tmp_path, user_proof):
