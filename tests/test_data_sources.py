@@ -216,10 +216,7 @@ def test_token_file_windows_and_cache(tmp_path, monkeypatch):
     assert np.array_equal(sample_leaves(lazy.x, lazy.y), leaves)
 
 
-def test_token_file_gpt_verifies(tmp_path, monkeypatch):
-    monkeypatch.setenv("POL_CACHE_DIR", "")
-    path = tmp_path / "train.bin"
-    _tokens(path)
+def _gpt_proof(tmp_path, path):
     model = pol.models.build_model("gpt", **GPT)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     opt, loader = pol.attach(model=model, optimizer=opt, data=TokenFile(path, BLOCK),
@@ -232,6 +229,14 @@ def test_token_file_gpt_verifies(tmp_path, monkeypatch):
             loss = opt.loss_fn(model(x), y)
             loss.backward()
             opt.step(loss=loss)
+    return opt
+
+
+def test_token_file_gpt_verifies(tmp_path, monkeypatch):
+    monkeypatch.setenv("POL_CACHE_DIR", "")
+    path = tmp_path / "train.bin"
+    _tokens(path)
+    opt = _gpt_proof(tmp_path, path)
     data = load_manifest(opt.proof)["spec"]["data"]
     assert data["name"] == "token-file" and data["params"]["block_size"] == BLOCK
     _check(opt.proof, str(path), tmp_path)
@@ -241,3 +246,20 @@ def test_token_file_gpt_verifies(tmp_path, monkeypatch):
     assert r.exit_code == 2 and "sha256" in r.output
     r = run_cli("verify", opt.proof)
     assert r.exit_code == 2 and "--data FILE" in r.output
+
+
+@pytest.mark.parametrize("share", [True, False], ids=["data-shared", "data-reloaded"])
+def test_token_file_replay_workers(tmp_path, monkeypatch, share):
+    """Replay workers that do not fork get the windows' values (small data) or reopen the file
+    and check its digest (large data), and replay as the parent does."""
+    import pol.verifier.parallel as par
+    monkeypatch.setenv("POL_CACHE_DIR", "")
+    path = tmp_path / "train.bin"
+    _tokens(path)
+    opt = _gpt_proof(tmp_path, path)
+    monkeypatch.setattr(par, "FORCE_START_METHOD", "forkserver")
+    if not share:
+        monkeypatch.setattr(par, "SHARE_DATA_MAX_BYTES", 0)
+    one = verify(opt.proof, data=str(path), all_segments=True)
+    two = verify(opt.proof, data=str(path), all_segments=True, workers=2)
+    assert two.valid and two.segments == one.segments and all(s.exact for s in two.segments)

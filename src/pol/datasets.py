@@ -676,6 +676,12 @@ class _Column:
     def __len__(self) -> int:
         return len(self.pol_source)
 
+    def __reduce__(self) -> tuple:
+        # pickled alone (the verifier hands small data to its replay workers this way): the
+        # column's values, as the ndarray an ArrayDataset holds. A whole LazyDataset pickles as
+        # its source instead (DataLoader workers started by spawn), never materialized.
+        return (np.ascontiguousarray, (self[np.arange(len(self), dtype=np.int64)],))
+
     @property
     def dtype(self) -> np.dtype:
         return self.pol_source.dtypes[self._which]
@@ -708,6 +714,12 @@ class LazyDataset:
 
     def __len__(self) -> int:
         return len(self.source)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"source": self.source}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["source"])
 
     def __repr__(self) -> str:
         return f"LazyDataset({self.source!r})"
