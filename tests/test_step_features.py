@@ -312,3 +312,32 @@ def test_implausible_new_optimizer_state_is_rejected():
                                    fp16) is None
     assert "init_scale" in soundness.state_problem(0, scaler, fp16)
     assert "missing" in soundness.state_problem(3, ok, fp16)
+
+
+def test_fp16_attach_resume_continues_with_the_checkpoints_scaler(tmp_path):
+    """An interrupted fp16 run resumed from its last checkpoint: the GradScaler's scale and
+    growth tracker come from it, and the proof is the uninterrupted one file for file."""
+    from pol.proof.reader import inspect_proof
+
+    def run(out, crash_at=None, resume=False):
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**17, growth_interval=2)
+        model, (opt, loader) = _attach(
+            tmp_path, lambda m: torch.optim.Adam(m.parameters(), lr=1e-2), out=out,
+            autocast="fp16", grad_scaler=scaler, resume=resume)
+        for _ in range(EPOCHS - opt.recorder.t // opt.recorder.steps_per_epoch):
+            for x, y in loader:
+                if opt.recorder.t == crash_at:
+                    opt.recorder.abort()
+                    return None
+                with opt.autocast():
+                    loss = F.cross_entropy(model(x), y)
+                opt.backward(loss)
+                opt.step(loss=loss)
+        return opt
+
+    full = run(tmp_path / "full")
+    assert run(tmp_path / "cut", crash_at=10) is None  # after checkpoint 8, mid-epoch
+    cut = run(tmp_path / "cut", resume=True)
+    assert float(cut.scaler._scale) == float(full.scaler._scale)
+    assert inspect_proof(tmp_path / "cut")["files"] == inspect_proof(tmp_path / "full")["files"]
+    _check_proof(tmp_path, cut.proof)
