@@ -169,6 +169,14 @@ def test_attach_with_dataloader_workers(factory, tmp_path):
     _check(opt.proof, "polds_rows:make", tmp_path)
 
 
+class _Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        yield np.zeros(3), 0
+
+    def __len__(self):
+        return 1
+
+
 def test_torch_dataset_refusals(factory, tmp_path):
     model = user_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -184,6 +192,15 @@ def test_torch_dataset_refusals(factory, tmp_path):
         pol.attach(data=make_user_data(), num_workers=-1, **kw)
     with pytest.raises(ConfigError, match="pairs"):
         TorchDatasetSource([np.zeros(3)])
+    with pytest.raises(ConfigError, match="label"):
+        TorchDatasetSource([(np.zeros(3), 0.5)])
+    with pytest.raises(ConfigError, match="IterableDataset"):
+        TorchDatasetSource(_Stream())
+    src = TorchDatasetSource([(np.zeros(3, np.float32), 0), (np.zeros(4, np.float32), 1)])
+    with pytest.raises(ConfigError, match="one dtype and shape"):
+        src.batch(np.array([0, 1]))
+    with pytest.raises(ConfigError, match="one dtype and shape"):
+        hashing.stream_leaves(src, workers=1)
 
 
 # ----- a memory-mapped token file

@@ -757,6 +757,10 @@ class TorchDatasetSource:
     one) names it itself; otherwise nothing is cached on disk."""
 
     def __init__(self, dataset: Any, content_key: str | None = None) -> None:
+        from torch.utils.data import IterableDataset
+        if isinstance(dataset, IterableDataset):
+            raise ConfigError(f"{type(dataset).__name__} is an IterableDataset: pol reads "
+                              "map-style datasets (it commits to every sample by its index)")
         try:
             n = len(dataset)
         except TypeError:
@@ -783,7 +787,12 @@ class TorchDatasetSource:
         return {**self.__dict__, "_last": None}
 
     def item(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        return _item_arrays(self.dataset[int(i)], int(i))
+        try:
+            item = self.dataset[int(i)]
+        except Exception as e:  # noqa: BLE001 - user code: a named error, never a crash
+            raise ConfigError(f"reading dataset item {int(i)} failed: {type(e).__name__}: "
+                              f"{e}") from None
+        return _item_arrays(item, int(i))
 
     def content_key(self) -> str | None:
         return None if self._key is None else f"torch-dataset:{self._key}:{self.n}"

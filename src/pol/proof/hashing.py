@@ -204,7 +204,8 @@ def stream_leaves(source, workers: int | None = None, chunk: int = STREAM_CHUNK)
     def task(a: int) -> tuple[int, np.ndarray]:
         xb, yb = source.batch(np.arange(a, min(a + chunk, n), dtype=np.int64))
         if xb.dtype != xd or xb.shape[1:] != xs:
-            raise ValueError(f"samples {a}.. read as {xb.dtype}{list(xb.shape[1:])}, sample 0 as "
+            from pol.errors import ConfigError
+            raise ConfigError(f"samples {a}.. read as {xb.dtype}{list(xb.shape[1:])}, sample 0 as "
                              f"{np.dtype(xd)}{list(xs)}: every sample needs one dtype and shape")
         return a, _hash_rows(header, xb, yb)
 
