@@ -341,3 +341,26 @@ def test_fp16_attach_resume_continues_with_the_checkpoints_scaler(tmp_path):
     assert float(cut.scaler._scale) == float(full.scaler._scale)
     assert inspect_proof(tmp_path / "cut")["files"] == inspect_proof(tmp_path / "full")["files"]
     _check_proof(tmp_path, cut.proof)
+
+
+def test_fp16_run_whose_first_steps_are_all_skipped(tmp_path):
+    """A scale far too large: the first steps overflow and are skipped until the scale has
+    backed off (whole segments move nothing). Skipped steps are recorded at lr 0, so the
+    verifier's data-dependence probe takes the first step that moved; VALID and exact."""
+    from pol.proof.reader import open_proof
+    scaler = torch.amp.GradScaler("cpu", init_scale=1e8, growth_interval=2)
+    model, (opt, loader) = _attach(tmp_path, lambda m: torch.optim.SGD(m.parameters(), lr=0.1,
+                                                                       momentum=0.9),
+                                   autocast="fp16", grad_scaler=scaler)
+    _train(model, opt, loader)
+    lrs = open_proof(opt.proof).lrs
+    assert (lrs[:K] == 0).all() and (lrs > 0).any()  # the first segment: every step skipped
+    _check_proof(tmp_path, opt.proof, opt.root_digest)
+
+
+def test_fp16_with_a_declared_schedule_is_refused(tmp_path):
+    from pol.spec import ScheduleSpec
+    with pytest.raises(ConfigError, match="declared schedule with fp16"):
+        _attach(tmp_path, lambda m: torch.optim.SGD(m.parameters(), lr=0.1), autocast="fp16",
+                schedule=ScheduleSpec(name="constant"))
+    assert not (tmp_path / "proof").exists()

@@ -243,8 +243,17 @@ class AttachedOptimizer(torch.optim.Optimizer):
             raise ConfigError(f"step {run.rec.t} ran with {name} in eval mode: the replay trains "
                               "in train mode (call model.train() after evaluating)")
         idx = run.end_step()
-        run.rec.record_batch(idx, seed_rng=False)  # the lr now in the groups: the step's lr
-        optimizer_step(run.rec.spec.step, self._inner)  # clipping; the GradScaler with fp16
+        # clipping; with fp16 the GradScaler, which may skip the step (an overflowed gradient)
+        skipped = optimizer_step(run.rec.spec.step, self._inner)
+        lrs = [g["lr"] for g in self._inner.param_groups]
+        if skipped:  # recorded at lr 0: it moved nothing (the verifier probes a step that moved)
+            for g in self._inner.param_groups:
+                g["lr"] = 0.0
+        try:
+            run.rec.record_batch(idx, seed_rng=False)  # the lr in the groups: the step's lr
+        finally:
+            for g, lr in zip(self._inner.param_groups, lrs):
+                g["lr"] = lr
         self._inner.zero_grad(set_to_none=True)  # the next step starts as a replayed one does
         run.rec.step(loss)
         if run.rec.t == run.rec.total_steps:
@@ -312,13 +321,16 @@ def _features(clip_grad_norm: float | None, norm_type: float, clip_grad_value: f
 
 
 def _mixed_precision(features: StepSpec, autocast: str | None, grad_scaler: Any,
-                     model: nn.Module, optimizer: torch.optim.Optimizer) -> StepSpec:
+                     model: nn.Module, optimizer: torch.optim.Optimizer,
+                     schedule: ScheduleSpec | None = None) -> StepSpec:
     """`autocast="bf16"` / `"fp16"`: run the forward pass and the loss under `opt.autocast()`.
     fp16 adds a GradScaler: `grad_scaler` (yours, fresh, its settings recorded) or one pol makes
     with torch's defaults; call `opt.backward(loss)` (= `opt.scaler.scale(loss).backward()`) and
     `opt.step(loss=loss)`, which unscales, clips, steps (or skips the step when a gradient
     overflowed, as the replay will) and updates the scale — never `scaler.step` / `update`
-    yourself. The scaler is kept with the optimizer and saved in every checkpoint."""
+    yourself. The scaler is kept with the optimizer and saved in every checkpoint. A skipped
+    step is recorded at lr 0 (it moved nothing; the verifier's data-dependence probe takes a
+    step that moved), so fp16 takes no declared schedule."""
     import dataclasses
     if autocast in (None, "", "off"):
         if grad_scaler is not None:
@@ -346,6 +358,10 @@ def _mixed_precision(features: StepSpec, autocast: str | None, grad_scaler: Any,
     except (TypeError, ValueError, AttributeError) as e:
         raise ConfigError(f"autocast={autocast!r}: {e}") from None
     if autocast == "fp16":
+        if schedule is not None and schedule.name != "recorded":
+            raise ConfigError("a declared schedule with fp16 autocast: a step the GradScaler "
+                              "skips is recorded at lr 0, off any schedule (leave schedule=None: "
+                              "the lr of every step is recorded)")
         if grad_scaler is not None:
             check_user_scaler(grad_scaler, features, device)
         set_scaler(optimizer, grad_scaler or make_grad_scaler(features, device))
@@ -391,7 +407,7 @@ def attach(*, model: nn.Module, optimizer: torch.optim.Optimizer, data: Any,
         raise ConfigError(f"num_workers={num_workers!r}: an integer >= 0")
     features = _features(clip_grad_norm, norm_type, clip_grad_value, accumulation,
                          label_smoothing, loss)
-    features = _mixed_precision(features, autocast, grad_scaler, model, optimizer)
+    features = _mixed_precision(features, autocast, grad_scaler, model, optimizer, schedule)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size={batch_size!r}: a positive integer (the micro-batch)")
     rec = Recorder(out, model=model, optimizer=optimizer, data=data, model_spec=model_spec,

@@ -118,21 +118,25 @@ def backward(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
     (loss if scaler is None else scaler.scale(loss)).backward()
 
 
-def optimizer_step(features: StepSpec, optimizer: torch.optim.Optimizer) -> None:
+def optimizer_step(features: StepSpec, optimizer: torch.optim.Optimizer) -> bool:
     """After the backward passes: the spec's clipping and the optimizer's step. With a GradScaler
     (fp16 autocast): unscale (before clipping, as torch's recipe says), clip, `scaler.step`
     (which skips the step when a gradient is inf/NaN) and `scaler.update()`. The prover's
-    wrapped optimizer and the replay both call this."""
+    wrapped optimizer and the replay both call this. Returns whether the GradScaler skipped the
+    step (read from what `scaler.step` synchronized already: no extra host sync)."""
     scaler = scaler_of(optimizer)
     if scaler is None:
         clip_gradients(features, optimizer)
         optimizer.step()
-        return
+        return False
     if features.clip_grad_norm or features.clip_grad_value:
         scaler.unscale_(optimizer)
         clip_gradients(features, optimizer)
     scaler.step(optimizer)
+    found = scaler._per_optimizer_states[id(optimizer)].get("found_inf_per_device", {})
+    skipped = any(bool(v.item()) for v in found.values())
     scaler.update()
+    return skipped
 
 
 def update(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, lrs: Sequence[float],
