@@ -658,7 +658,7 @@ def _load_user_npz(data: str | None):
 # arrays would hash, so the same data gives the same Merkle root however it is held.
 
 TOKEN_DTYPES = ("uint16", "uint32")
-_FACTORY_FORM = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+FACTORY_FORM = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 
 
 class _Column:
@@ -890,7 +890,7 @@ def _import_factory(ref: str) -> Any:
     import importlib.util
     import re
     import sys
-    if not re.match(_FACTORY_FORM, ref):
+    if not re.match(FACTORY_FORM, ref):
         raise ConfigError(f"--data {ref}: this proof's data comes from a torch Dataset; pass "
                           "the factory that builds it as --data module:callable")
     module_name, attr = ref.split(":")

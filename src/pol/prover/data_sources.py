@@ -28,13 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from pol.datasets import (ArrayDataset, LazyDataset, TokenFile, TorchDatasetSource,
-                          torch_dataset_from_factory)
+from pol.datasets import (FACTORY_FORM, ArrayDataset, LazyDataset, TokenFile,
+                          TorchDatasetSource, torch_dataset_from_factory)
 from pol.errors import ConfigError
 
 __all__ = ["resolve_data", "is_torch_dataset"]
 
-_FACTORY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+_FACTORY_RE = re.compile(FACTORY_FORM)
 
 
 def is_torch_dataset(data: Any) -> bool:
