@@ -7,6 +7,12 @@ are skipped, so every checkpoint holds them (`scaler.scale`, `scaler.growth_trac
 `pol.step.state`). It is kept with the optimizer it steps (`scaler_of(optimizer)`), so the
 state functions, which take the model and the optimizer, save and load it without any caller
 knowing about it.
+
+`pol.attach(autocast="fp16")` does all of it. A loop on the low-level Recorder keeps the scaler
+with its optimizer before the Recorder is made (`set_scaler(opt, make_grad_scaler(features,
+device))`, so that checkpoint 0 holds it), steps through `pol.step.optimizer_step(features, opt)`
+and records a step it reports skipped at lr 0 (the verifier probes data dependence at a step that
+moved).
 """
 
 from __future__ import annotations

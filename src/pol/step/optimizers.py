@@ -60,8 +60,9 @@ class OptimizerRow:
 
     @property
     def moments(self) -> int:
-        """Parameter-sized state tensors per parameter (what a snapshot buffer must hold)."""
-        return sum(e.shape == "param" for e in self.state.values())
+        """Parameter-sized state tensors per parameter with the optimizer's default settings
+        (what a snapshot buffer must hold; amsgrad, RMSprop's momentum or centering add one)."""
+        return sum(self.state[k].shape == "param" for k in self.keys_for({}))
 
 
 def _sgd_kwargs(s: OptimizerSpec) -> dict[str, Any]:
