@@ -59,9 +59,10 @@ def _torch_dataset(data: Any, data_name: str, data_params: dict | None) -> tuple
     ref = params.get("factory")
     if not isinstance(ref, str) or not _FACTORY_RE.match(ref):
         raise ConfigError("a torch Dataset as data needs the factory that rebuilds it, for the "
-                          "verifier: data_params={'factory': 'module:callable'} (and 'kwargs': "
-                          "{...} its JSON arguments); the factory must live in a module of its "
-                          "own, importable without training")
+                          "verifier: pass data_params={'factory': 'module:callable'} (and "
+                          "'kwargs': {...} its JSON arguments) to pol.attach or the Recorder; "
+                          "the factory must live in a module of its own, importable without "
+                          "training")
     extra = set(params) - {"factory", "kwargs"}
     if extra:
         raise ConfigError(f"torch-dataset data_params: unknown key(s) {', '.join(sorted(extra))} "
