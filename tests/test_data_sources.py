@@ -186,6 +186,10 @@ def test_torch_dataset_refusals(factory, tmp_path):
         pol.attach(data=factory.make(), **kw)
     with pytest.raises(ConfigError, match="differs"):
         pol.attach(data=factory.make(), data_params={"factory": "polds_rows:make_other"}, **kw)
+    (tmp_path / "polds_trains.py").write_text("import pol\n\npol.fit('x')\n\n\ndef make():\n"
+                                              "    return None\n")
+    with pytest.raises(ConfigError, match="dataset factory module polds_trains"):
+        pol.attach(data=factory.make(), data_params={"factory": "polds_trains:make"}, **kw)
     with pytest.raises(ConfigError, match="DataLoader"):
         pol.attach(data=torch.utils.data.DataLoader(factory.make()), **kw)
     with pytest.raises(ConfigError, match="num_workers"):

@@ -69,9 +69,21 @@ def _torch_dataset(data: Any, data_name: str, data_params: dict | None) -> tuple
                           "(factory, kwargs)")
     if not isinstance(params.get("kwargs", {}), dict):
         raise ConfigError("torch-dataset data_params: kwargs must be a dict of JSON values")
+    _check_module(ref)
     ds = LazyDataset(TorchDatasetSource(data))
     _check_factory(ds, ref, params.get("kwargs", {}))
     return ds, "torch-dataset", params
+
+
+def _check_module(ref: str) -> None:
+    """Refuse, as for model factories, a dataset factory in the running script or in a module
+    that trains when imported (the verifier imports it)."""
+    from pol.registry import check_factory_module
+    try:
+        check_factory_module(ref.split(":")[0], ref)
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("model factory", "dataset factory")
+                          .replace("the model class", "the dataset factory")) from None
 
 
 def _check_factory(ds: LazyDataset, ref: str, kwargs: dict) -> None:
