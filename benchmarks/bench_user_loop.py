@@ -1,0 +1,245 @@
+"""Overhead on the path the README tells users to take: a plain PyTorch loop, written as a user
+writes it (their model, optimizer, in-memory data, `.to(device)`, `F.cross_entropy`), against the
+same loop with
+
+  rec     the README's Recorder example: `rec.record_batch(idx, x, y)` before the forward pass
+          (inputs and targets, as the README shows them, on the training device) and
+          `rec.step(loss)` after `opt.step()`
+  attach  `pol.attach(...)`: the loop over its batches, `opt.step(loss=loss)`
+  plain2  the plain loop again: the A/A control (the noise floor of this machine, this run)
+
+at each k of `--ks`. Every run builds a fresh model and optimizer (the same weights: the
+recorders take them as `init="external"`), trains `--warmup` untimed steps then `--steps` timed
+ones on the same batches (the seed's order); a run's time is its loop plus the writer's drain at
+the end (the loop alone is reported too). Runs are interleaved in a shuffled order per round, and
+each ratio is the median over `--repeats` rounds of (mode time ÷ plain time in the same round).
+
+    python benchmarks/bench_user_loop.py --task digits-cnn --device cpu --steps 150 --repeats 7
+    python benchmarks/bench_user_loop.py --task resnet20 --device cuda --steps 300 --repeats 5
+    python benchmarks/bench_user_loop.py --task digits-cnn --profile rec --ks 1   # cProfile
+
+The proofs are written with the Recorder's defaults (durable: fsync per checkpoint), to a temporary
+directory (`--out` to choose where: the disk matters at k = 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import pstats
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+import pol
+from pol import ModelSpec, Recorder
+from pol.step import epoch_order
+
+LAST: dict[str, float] = {}
+DURABLE = [True]  # the Recorder's default: fsync at every checkpoint (`--no-durable`: off)
+
+
+def user_task(task: str, batch_size: int | None):
+    """(X, Y, make_model, make_optimizer, ModelSpec, batch size) as a user would write them."""
+    if task == "digits-cnn":
+        from sklearn.datasets import load_digits
+        x, y = load_digits(return_X_y=True)
+        X = (x.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
+        arch = {"in_channels": 1, "num_classes": 10, "image_size": 8}
+        from pol.models import lenet
+
+        def make_model():
+            return lenet(**arch)
+
+        def make_opt(m):
+            return torch.optim.Adam(m.parameters(), lr=2e-3)
+        return X, y.astype(np.int64), make_model, make_opt, ModelSpec("lenet", arch), \
+            batch_size or 32
+    if task == "resnet20":  # ResNet-20-shaped: CIFAR-sized inputs, SGD as in the paper
+        rng = np.random.default_rng(0)
+        X = rng.normal(size=(5120, 3, 32, 32)).astype(np.float32)
+        Y = rng.integers(0, 10, size=len(X)).astype(np.int64)
+        from pol.models import resnet20
+
+        def make_model():
+            return resnet20(num_classes=10)
+
+        def make_opt(m):
+            return torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+        return X, Y, make_model, make_opt, ModelSpec("resnet20", {"num_classes": 10}), \
+            batch_size or 128
+    raise SystemExit(f"unknown task {task!r} (digits-cnn, resnet20)")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run(mode: str, task, device: torch.device, steps: int, warmup: int, k: int,
+        out: Path) -> float:
+    X, Y, make_model, make_opt, model_spec, B = task
+    torch.manual_seed(0)
+    model = make_model().to(device)
+    opt = make_opt(model)
+    n, total = len(X), steps + warmup
+    epochs = -(-total * B // n) + 1
+    S = -(-n // B)
+    batches = [o[s * B:(s + 1) * B] for o in (epoch_order(0, e, n) for e in range(epochs))
+               for s in range(S)][:total]
+    rec = None
+    common = dict(model=model, data=(X, Y), model_spec=model_spec, epochs=epochs, k=k,
+                  init="external", overwrite=True, durable=DURABLE[0])
+    if mode == "rec":
+        rec = Recorder(out, optimizer=opt, batch_size=B, **common)
+    elif mode == "attach":
+        opt, loader = pol.attach(optimizer=opt, out=out, batch_size=B, **common)
+        rec = opt.recorder
+    t0 = 0.0
+    if mode == "attach":
+        t = 0
+        while t < total:
+            for x, y in loader:  # the user's loop over the attached loader
+                if t == warmup:
+                    _sync(device)
+                    t0 = time.perf_counter()
+                if t == total:
+                    break
+                opt.zero_grad()
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                opt.step(loss=loss)
+                t += 1
+    else:
+        for t, idx in enumerate(batches):
+            if t == warmup:
+                _sync(device)
+                t0 = time.perf_counter()
+            x = torch.from_numpy(X[idx]).to(device, non_blocking=True)
+            y = torch.from_numpy(Y[idx]).to(device, non_blocking=True)
+            if rec is not None:
+                rec.record_batch(idx, x, y)  # the README's call: inputs and targets
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            if rec is not None:
+                rec.step(loss)
+    _sync(device)
+    LAST["loop"] = time.perf_counter() - t0
+    if rec is not None:  # the run is cut short of its declared epochs: abort drains the writer
+        rec.abort()
+        LAST["writer"] = rec.writer.write_seconds  # its background thread's busy time
+    return time.perf_counter() - t0
+
+
+def profile(mode: str, task, device, steps: int, warmup: int, k: int, out: Path,
+            top: int) -> str:
+    run(mode, task, device, steps, warmup, k, out)  # first: imports and lazy inits, unprofiled
+    LAST.clear()
+    pr = cProfile.Profile()
+    pr.enable()
+    total = run(mode, task, device, steps, warmup, k, out)
+    pr.disable()
+    s = io.StringIO()
+    s.write(f"{mode} at k={k}: {1e3 * total / steps:.3f} ms/step (profiled), loop "
+            f"{LAST['loop']:.3f} s, writer thread busy {LAST.get('writer', 0.0):.3f} s\n")
+    st = pstats.Stats(pr, stream=s)
+    st.sort_stats("tottime").print_stats(top)
+    st.sort_stats("cumulative").print_stats("pol/", top)
+    return s.getvalue()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--task", default="digits-cnn", choices=["digits-cnn", "resnet20"])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--ks", default="1,10")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--modes", default="plain,plain2,rec,attach")
+    ap.add_argument("--out", default=None, help="where proofs are written (default: a temp dir)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads (default: torch's; 1 on a shared CPU is steadier)")
+    ap.add_argument("--no-durable", action="store_true",
+                    help="durable=False: no fsync per checkpoint (not the README's default)")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--profile", default=None, metavar="MODE",
+                    help="cProfile one run of MODE at the first k instead, print the top")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    DURABLE[0] = not args.no_durable
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    task = user_task(args.task, args.batch_size)
+    ks = [int(v) for v in args.ks.split(",")]
+    tmp = Path(args.out or tempfile.mkdtemp(prefix="pol-user-loop-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        if args.profile:
+            print(profile(args.profile, task, device, args.steps, args.warmup, ks[0],
+                          tmp / "prof", 25))
+            return
+        _measure(args, task, device, ks, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _measure(args, task, device, ks: list[int], tmp: Path) -> None:
+    modes = args.modes.split(",")
+    runs = [(m, None) for m in modes if m.startswith("plain")] + \
+        [(m, k) for k in ks for m in modes if not m.startswith("plain")]
+    times: dict[str, list[float]] = {}
+    loops: dict[str, list[float]] = {}
+    rng = random.Random(0)
+    for rep in range(args.repeats):
+        order = runs[:]
+        rng.shuffle(order)
+        for m, k in order:
+            key = m if k is None else f"{m}@{k}"
+            times.setdefault(key, []).append(run(m, task, device, args.steps, args.warmup,
+                                                 k or 10, tmp / key))
+            loops.setdefault(key, []).append(LAST["loop"])
+            shutil.rmtree(tmp / key, ignore_errors=True)
+        print(f"round {rep + 1}/{args.repeats}: " + ", ".join(
+            f"{key} {1e3 * v[-1] / args.steps:.2f} ms/step" for key, v in times.items()),
+            flush=True)
+    base = times["plain"]
+
+    def ratio(key: str, src=times) -> float:
+        return statistics.median(a / b for a, b in zip(src[key], src["plain"]))
+    res = {key: {"ratio": ratio(key), "ratio_loop": ratio(key, loops),
+                 "min_ratio": min(a / b for a, b in zip(times[key], base)),
+                 "max_ratio": max(a / b for a, b in zip(times[key], base)),
+                 "step_ms": 1e3 * statistics.median(times[key]) / args.steps}
+           for key in times}
+    dev = (torch.cuda.get_device_name() if device.type == "cuda"
+           else f"CPU, {torch.get_num_threads()} threads")
+    X, _, _, _, _, B = task
+    print(f"\n{args.task}, batch {B}, {len(X)} samples, {args.steps} timed steps "
+          f"(+{args.warmup}), median of {args.repeats} interleaved rounds, {dev}, "
+          f"torch {torch.__version__}")
+    print("| run | step ms | ÷ plain (median) | min–max | loop only ÷ plain |")
+    print("|---|---|---|---|---|")
+    for key, r in res.items():
+        print(f"| {key} | {r['step_ms']:.3f} | {r['ratio']:.4f} | {r['min_ratio']:.3f}–"
+              f"{r['max_ratio']:.3f} | {r['ratio_loop']:.4f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": dev, "task": args.task, "batch": B,
+                                               "steps": args.steps, "results": res,
+                                               "times": times}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
