@@ -86,8 +86,10 @@ def trust_module() -> Decorator:
                         help="Allow the proof's model factory from this Python package.")
 
 
-def data(help: str = "The proof's dataset when pol cannot rebuild it: a directory (CIFAR) "  # noqa: A002
-         "or an .npz with arrays x, y (user data). Built-in datasets take none.") -> Decorator:
+def data(help: str = "The proof's dataset when pol cannot rebuild it: a directory (CIFAR), "  # noqa: A002
+         "an .npz with arrays x, y (user data), a token file (its sha256 is checked), or "
+         "module:callable for a proof made on a torch Dataset. Built-in datasets take "
+         "none.") -> Decorator:
     return click.option("--data", "data", help=help)
 
 
