@@ -318,3 +318,11 @@ def test_seed_order_is_declared_by_fit_and_held_by_the_recorder(tmp_path):
     with pytest.raises(ConfigError, match="seed"):
         rec.record_batch(first[::-1].copy())
     rec.abort()
+
+
+def test_fp16_autocast_without_its_grad_scaler_is_refused(tmp_path):
+    from pol.errors import ConfigError
+    from pol.spec import StepSpec
+    with pytest.raises(ConfigError, match="GradScaler"):
+        _recorder(tmp_path / "p", features=StepSpec(autocast="fp16"))
+    assert not (tmp_path / "p").exists()

@@ -385,8 +385,8 @@ def attach(*, model: nn.Module, optimizer: torch.optim.Optimizer, data: Any,
     """Attach pol to a training loop: returns `(optimizer, loader)` drop-ins that record a proof
     in `out` (see the module's docstring). Validates first: anything pol cannot replay (an
     optimizer not in `pol.step.OPTIMIZERS`, a fused kernel, parameter groups that differ in more
-    than lr and weight decay, an optimizer over other parameters, an unknown loss or feature) is a `ConfigError` that names it,
-    raised before anything is written.
+    than lr and weight decay, an optimizer over other parameters, an unknown loss or feature) is
+    a `ConfigError` that names it, raised before anything is written.
 
     `batch_size`: the loader's micro-batch; `accumulation`: micro-batches per optimizer step;
     `drop_last` (default: on with accumulation, so that every step has all N micro-batches);

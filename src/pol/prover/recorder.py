@@ -273,6 +273,12 @@ class Recorder:
         self._closed = False
         self._state_cache: tuple[int, dict[str, torch.Tensor]] | None = None
         self._round_live = spec.precision == "fp16" and continue_from_stored
+        if spec.step.autocast == "fp16":
+            from pol.step.amp import scaler_of
+            if scaler_of(optimizer) is None:  # its state must be in every checkpoint
+                raise ConfigError("fp16 autocast needs its GradScaler recorded with the "
+                                  "optimizer: record the loop with pol.attach(autocast=\"fp16\", "
+                                  "grad_scaler=...), which drives the scaler")
         self.init = self._take_init("from-seed" if init is None and init_from_seed else init,
                                     resume)
         run_info = {"spec": spec.to_dict(), "total_steps": self.total_steps, "k": self.k,
