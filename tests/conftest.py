@@ -243,7 +243,7 @@ def user_proof(proofs_dir) -> UserProof:
 
 
 def record_until(rec, model: nn.Module, opt, x: np.ndarray, y: np.ndarray,
-                 stop_after: int | None = None):
+                 stop_after: int | None = None, scheduler=None):
     """A user's own training loop around a Recorder, resumable: steps already in the proof are
     skipped; with `stop_after`, the writer is aborted at that step (what a crash leaves: no
     manifest) and None is returned; else the proof's root digest."""
@@ -261,4 +261,6 @@ def record_until(rec, model: nn.Module, opt, x: np.ndarray, y: np.ndarray,
             loss.backward()
             opt.step()
             rec.step(loss)
+            if scheduler is not None:  # the user's lr scheduler, stepped after each step
+                scheduler.step()
     return rec.close()

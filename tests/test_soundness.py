@@ -230,28 +230,16 @@ def test_batch_order_other_than_the_seeds_fails_where_the_spec_says_seed(mlp_pro
 
 
 def _record_user_loop(out, make_opt, scheduler=None, k=1, epochs=1):
-    import torch.nn.functional as F
-    from conftest import USER_MODEL_KWARGS, make_user_data, user_model
+    from conftest import USER_MODEL_KWARGS, make_user_data, record_until, user_model
     from pol.prover.recorder import Recorder
     from pol.spec import ModelSpec
     x, y = make_user_data(n=96)
     model = user_model()
     opt = make_opt(model)
-    sched = scheduler(opt) if scheduler else None
     rec = Recorder(out, model=model, optimizer=opt, data=(x, y),
                    model_spec=ModelSpec("mlp", dict(USER_MODEL_KWARGS)), batch_size=32,
                    epochs=epochs, k=k, init="from-seed")
-    for e in range(epochs):
-        for idx in rec.epoch_batches(e):
-            rec.record_batch(idx)
-            opt.zero_grad()
-            loss = F.cross_entropy(model(torch.from_numpy(x[idx])), torch.from_numpy(y[idx]))
-            loss.backward()
-            opt.step()
-            rec.step(loss)
-            if sched is not None:
-                sched.step()
-    rec.close()
+    record_until(rec, model, opt, x, y, scheduler=scheduler(opt) if scheduler else None)
     return x, y
 
 

@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from pol.proof.reader import open_proof
 from pol.spec import ModelSpec
@@ -19,7 +18,7 @@ from pol.verifier.core import VerifyOptions
 from pol.verifier.policy import HARDENED, PAPER, Defence, resolve
 from pol.verifier import selection
 
-from conftest import USER_MODEL_KWARGS, check, make_user_data, save_npz, user_model
+from conftest import USER_MODEL_KWARGS, check, make_user_data, record_until, save_npz, user_model
 
 
 def test_policies_are_frozen_data():
@@ -78,15 +77,7 @@ def test_external_init_is_reported_not_failed(tmp_path):
     rec = Recorder(tmp_path / "p", model=model, optimizer=opt, data=(x, y),
                    model_spec=ModelSpec("mlp", dict(USER_MODEL_KWARGS)), batch_size=32,
                    epochs=2, k=3, init="external")
-    for epoch in range(2):
-        for idx in rec.epoch_batches(epoch):
-            rec.record_batch(idx)
-            opt.zero_grad()
-            loss = F.cross_entropy(model(torch.from_numpy(x[idx])), torch.from_numpy(y[idx]))
-            loss.backward()
-            opt.step()
-            rec.step(loss)
-    rec.close()
+    record_until(rec, model, opt, x, y)
     r = verify(tmp_path / "p", data=str(save_npz(tmp_path / "d.npz", x, y)))
     assert r.valid, r.render()
     assert check(r, "init regeneration").status == "skip"

@@ -207,11 +207,12 @@ def forward_loss(ctx: StepContext, data, idx: np.ndarray, t: int) -> float:
 
 def write_proof(out: str | os.PathLike, spec: TrainingSpec, states: dict[int, dict],
                 plan: Plan, leaves: np.ndarray, *, init: dict | None = None,
-                groups: int = 1) -> str:
+                groups: int = 1, claimed_steps_per_epoch: int | None = None) -> str:
     """Write a well-formed proof (format v1) from checkpoint states at 0, k, ..., T and the
-    per-step records. Returns the root digest."""
+    per-step records. Returns the root digest. `claimed_steps_per_epoch`: the epoch structure to
+    claim instead of the one the dataset gives (the sparse-epoch forgery)."""
     from pol._version import __version__
-    S = steps_per_epoch(spec)
+    S = int(claimed_steps_per_epoch) if claimed_steps_per_epoch else steps_per_epoch(spec)
     T = spec.epochs * S
     if plan.T != T:
         raise ValueError(f"plan has {plan.T} steps, the spec {T}")

@@ -28,10 +28,8 @@ in an epoch's last batch; each epoch's indices a permutation of the dataset).
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
 import os
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -41,55 +39,10 @@ import torch
 from pol.attacks.common import (DEFAULT_FORGER_SEED, AttackResult, Plan, Timer, clone_state,
                                 context, forged_spec, forward_loss, honest_cost,
                                 load_full_state, load_model_weights, load_public, optim_groups,
-                                param_names, run_steps)
+                                param_names, run_steps, write_proof)
 from pol.errors import ConfigError
-from pol.proof import format as fmt
-from pol.proof.writer import ProofWriter
-from pol.spec import ScheduleSpec, TrainingSpec
+from pol.spec import ScheduleSpec
 from pol.step import MODEL_PREFIX
-
-
-def write_proof_epochs(out: str | os.PathLike, spec: TrainingSpec, states: dict[int, dict],
-                       plan: Plan, leaves: np.ndarray, *, steps_per_epoch: int,
-                       init: dict | None = None, groups: int = 1) -> str:
-    """`pol.attacks.common.write_proof` with a claimed steps_per_epoch (spec.epochs × S steps)
-    instead of the one the dataset gives. Returns the root digest."""
-    from pol._version import __version__
-    S = int(steps_per_epoch)
-    T = spec.epochs * S
-    if plan.T != T:
-        raise ValueError(f"plan has {plan.T} steps, the claimed structure {T}")
-    steps = fmt.checkpoint_steps(T, spec.k)
-    missing = [t for t in steps if t not in states]
-    if missing:
-        raise ValueError(f"no state for checkpoint(s) {missing[:5]}")
-    init = init or {"kind": "strategy", "strategy": spec.model.init}
-    run_info = {"spec": spec.to_dict(), "total_steps": T, "k": spec.k, "steps_per_epoch": S,
-                "init": init, "param_groups": groups}
-    out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    w = ProofWriter(out, precision=spec.precision, overwrite=True, durable=False,
-                    run_info=run_info)
-    try:
-        w.put_checkpoint(0, states[0])
-        prev = 0
-        for t in steps[1:]:
-            rec = {"indices": plan.indices[prev:t], "lrs": plan.lrs[prev:t],
-                   "losses": plan.losses[prev:t].astype(np.float32)}
-            w.put_checkpoint(t, states[t], rec)
-            prev = t
-    except BaseException:
-        w.abort()
-        raise
-    body = {
-        "format": fmt.FORMAT_NAME, "version": fmt.FORMAT_VERSION,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "pol_version": __version__, "spec": spec.to_dict(), "epochs": spec.epochs,
-        "steps_per_epoch": S, "total_steps": T, "k": spec.k, "checkpoints": steps,
-        "init": init, "param_groups": groups, "dataset_size": spec.data.size,
-    }
-    return w.finalize(body, leaves)
 
 
 def _l2(a: dict, b: dict, names: list[str]) -> float:
@@ -205,7 +158,7 @@ def attack_sparse_epoch(target_proof: str | os.PathLike, out: str | os.PathLike,
             for t in range(a, a + kk):
                 plan.losses[t] = forward_loss(ctx, pub.train, plan.batch(t), t)
                 fwd += 1
-        write_proof_epochs(out, spec, states, plan, pub.leaves, steps_per_epoch=T, groups=G)
+        write_proof(out, spec, states, plan, pub.leaves, groups=G, claimed_steps_per_epoch=T)
     N = T // kk
     catch = p / max(N - 1, 1)
     notes = [f"claimed 1 epoch of {T} steps (the dataset gives S = {S_real}); {g} genuine "

@@ -51,16 +51,8 @@ def sample_leaves(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         hit = _cache.get(key)
     if hit is not None:
         return hit
-    x = np.ascontiguousarray(x)
-    labels = np.ascontiguousarray(y.astype("<i8", copy=False))
     header = LEAF_PREFIX + f"{x.dtype.str}|{list(x.shape[1:])}|".encode()
-    out = np.empty((len(x), 32), dtype=np.uint8)
-    base = hashlib.sha256(header)
-    for i in range(len(x)):
-        h = base.copy()
-        h.update(memoryview(x[i]).cast("B"))
-        h.update(labels[i].tobytes())
-        out[i] = np.frombuffer(h.digest(), dtype=np.uint8)
+    out = _hash_rows(header, x, y)
     out.setflags(write=False)
     with _cache_lock:
         if len(_cache) > 16:

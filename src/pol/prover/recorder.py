@@ -441,9 +441,10 @@ class Recorder:
         every epoch's indices are a permutation of the dataset)."""
         S, B, n = self.steps_per_epoch, self.spec.batch_size, len(self.dataset)
         s = self.t % S
-        if s == 0:
+        seed_order = self.spec.data.order == "seed"
+        if s == 0 and not seed_order:
             self._seen = np.zeros(n, dtype=bool)
-        if self.spec.data.order == "seed":  # the spec promises epoch_order: hold it to that
+        if seed_order:  # the spec promises epoch_order: hold it to that (a permutation already)
             if s == 0 or self._order is None:
                 self._order = epoch_order(self.spec.seed, self.t // S, n)
             if not np.array_equal(idx, self._order[s * B:s * B + len(idx)]):
@@ -454,7 +455,7 @@ class Recorder:
             raise ConfigError(f"step {self.t} (batch {s} of {S} in its epoch) has {len(idx)} "
                               f"samples, expected {want}: every batch but an epoch's last is "
                               f"full, and each epoch uses every sample once")
-        if self._seen is not None:
+        if self._seen is not None and not seed_order:
             if self._seen[idx].any() or np.unique(idx).size != idx.size:
                 raise ConfigError(f"step {self.t}: a sample is used twice in epoch "
                                   f"{self.t // S}: each epoch's indices must be a permutation "

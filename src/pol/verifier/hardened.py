@@ -28,8 +28,6 @@ named check in the report:
 
 from __future__ import annotations
 
-import hashlib
-import os
 from typing import Iterable
 
 import numpy as np
@@ -43,22 +41,6 @@ RELATIVE_ERROR_MAX = 0.5
 SPEARMAN_MAX = 1.0 - 1e-9  # exact rank agreement with W_T despite movement
 SPEARMAN_MIN_ELEMENTS = 64
 LOSS_RTOL = 0.05
-
-
-def random_segments(root_digest: str, by_epoch: dict[int, list[int]], per_epoch: int,
-                    exclude: set[int], entropy: bytes | None = None) -> list[int]:
-    """Segments chosen at random per epoch; the prover cannot predict the verifier's entropy."""
-    entropy = os.urandom(16) if entropy is None else entropy
-    seed = int.from_bytes(hashlib.sha256(entropy + bytes.fromhex(root_digest)).digest()[:8],
-                          "little")
-    rng = np.random.default_rng(seed)
-    out = []
-    for e in sorted(by_epoch):
-        pool = [i for i in by_epoch[e] if i not in exclude]
-        if pool:
-            out.extend(int(i) for i in rng.choice(pool, size=min(per_epoch, len(pool)),
-                                                  replace=False))
-    return out
 
 
 def regenerated_init_matches(spec, w0: dict[str, torch.Tensor], names: list[str],
