@@ -220,14 +220,22 @@ class AttachedOptimizer(torch.optim.Optimizer):
         run.loss = loss if run.loss is None else run.loss + loss
 
     def step(self, closure=None, *,  # type: ignore[override]
-             loss: torch.Tensor | float | None = None) -> None:
+             loss: torch.Tensor | float | None = None) -> Any:
         """Clip as declared, step the optimizer, clear the gradients, record the step with `loss`
-        (the step's loss; default: the sum of `record_loss` since the step began). At the run's
-        last step the proof is finished (`root_digest`)."""
+        (the step's loss; default: the sum of `record_loss` since the step began). A `closure`
+        (as torch optimizers take it, and as Lightning calls it) runs first, with grad enabled:
+        it computes the (last micro-batch's) loss and calls backward; the loss it returns is
+        added to the step's unless the closure passed it to `record_loss` itself. Returns the
+        closure's loss (None without a closure). At the run's last step the proof is finished
+        (`root_digest`)."""
         run = self._run
+        out = None
         if closure is not None:
-            raise ConfigError("optimizer.step(closure) is not supported: compute the loss, call "
-                              "backward, then opt.step(loss=loss)")
+            before = run.loss
+            with torch.enable_grad():
+                out = closure()
+            if loss is None and run.loss is before and isinstance(out, torch.Tensor):
+                self.record_loss(out)
         if loss is None:
             loss = run.loss
         if loss is None:
@@ -258,6 +266,7 @@ class AttachedOptimizer(torch.optim.Optimizer):
         run.rec.step(loss)
         if run.rec.t == run.rec.total_steps:
             run.root_digest = run.rec.close()
+        return out
 
     def close(self) -> str:
         """The root digest; the proof is finished by the last step (refused before it)."""
