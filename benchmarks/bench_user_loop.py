@@ -142,6 +142,109 @@ def run(mode: str, task, device: torch.device, steps: int, warmup: int, k: int,
     return time.perf_counter() - t0
 
 
+def blocks(mode: str, task, device: torch.device, n_blocks: int, block: int, warmup: int,
+           k: int, out: Path):
+    """The same loops as `run`, cut into blocks: a generator that trains `warmup` steps, then,
+    per `next()`, `block` more steps and returns (seconds, seconds inside pol's calls on the
+    training thread). A block ends with the device synchronized and, for the recorders, the
+    writer drained (its work on this block's checkpoints is the block's cost)."""
+    X, Y, make_model, make_opt, model_spec, B = task
+    torch.manual_seed(0)
+    model = make_model().to(device)
+    opt = make_opt(model)
+    n, total = len(X), warmup + n_blocks * block
+    epochs = -(-total * B // n) + 1
+    S = -(-n // B)
+    order = [o[s * B:(s + 1) * B] for o in (epoch_order(0, e, n) for e in range(epochs))
+             for s in range(S)]
+    common = dict(model=model, data=(X, Y), model_spec=model_spec, epochs=epochs, k=k,
+                  init="external", overwrite=True, durable=DURABLE[0])
+    rec = loader = None
+    if mode == "rec":
+        rec = Recorder(out, optimizer=opt, batch_size=B, **common)
+    elif mode == "attach":
+        opt, loader = pol.attach(optimizer=opt, out=out, batch_size=B, **common)
+        rec = opt.recorder
+    it = _attach_batches(loader) if loader is not None else None
+    clock = time.perf_counter
+    t, inside = 0, 0.0
+    for b in range(n_blocks + 1):
+        steps = warmup if b == 0 else block
+        _sync(device)
+        t0, inside = clock(), 0.0
+        for _ in range(steps):
+            if it is not None:
+                x, y = next(it)
+                opt.zero_grad()
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                c = clock()
+                opt.step(loss=loss)
+                inside += clock() - c
+            else:
+                idx = order[t]
+                x = torch.from_numpy(X[idx]).to(device, non_blocking=True)
+                y = torch.from_numpy(Y[idx]).to(device, non_blocking=True)
+                if rec is not None:
+                    c = clock()
+                    rec.record_batch(idx, x, y)
+                    inside += clock() - c
+                opt.zero_grad()
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                opt.step()
+                if rec is not None:
+                    c = clock()
+                    rec.step(loss)
+                    inside += clock() - c
+            t += 1
+        _sync(device)
+        if rec is not None:
+            rec.writer.drain()
+        if b:
+            yield clock() - t0, inside
+    if rec is not None:
+        rec.abort()
+
+
+def _attach_batches(loader):
+    while True:
+        yield from loader
+
+
+def measure_blocks(args, task, device, ks: list[int], tmp: Path) -> dict:
+    """Block-interleaved ratios: every round runs one block of each mode in a shuffled order;
+    a mode's ratio is the median over rounds of (its block time ÷ plain's block time in the
+    same round). Slow drifts of the machine (clocks, other tenants) cancel within a round."""
+    modes = args.modes.split(",")
+    runs = [(m, None) for m in modes if m.startswith("plain")] + \
+        [(m, k) for k in ks for m in modes if not m.startswith("plain")]
+    gens = {(m, k): blocks(m, task, device, args.blocks, args.block, args.warmup, k or 10,
+                           tmp / f"{m}-{k}") for m, k in runs}
+    times: dict[str, list[float]] = {}
+    inside: dict[str, list[float]] = {}
+    rng = random.Random(0)
+    for _ in range(args.blocks):
+        order = runs[:]
+        rng.shuffle(order)
+        for m, k in order:
+            key = m if k is None else f"{m}@{k}"
+            dt, ins = next(gens[(m, k)])
+            times.setdefault(key, []).append(dt)
+            inside.setdefault(key, []).append(ins)
+    for g in gens.values():
+        g.close()
+    base = times["plain"]
+    res = {}
+    for key, v in times.items():
+        r = [a / b for a, b in zip(v, base)]
+        res[key] = {"ratio": statistics.median(r),
+                    "q1": statistics.quantiles(r, n=4)[0], "q3": statistics.quantiles(r, n=4)[2],
+                    "step_ms": 1e3 * statistics.median(v) / args.block,
+                    "pol_us_per_step": 1e6 * statistics.median(inside[key]) / args.block}
+    return {"results": res, "times": times}
+
+
 def profile(mode: str, task, device, steps: int, warmup: int, k: int, out: Path,
             top: int) -> str:
     run(mode, task, device, steps, warmup, k, out)  # first: imports and lazy inits, unprofiled
@@ -175,6 +278,9 @@ def main() -> None:
     ap.add_argument("--no-durable", action="store_true",
                     help="durable=False: no fsync per checkpoint (not the README's default)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--blocks", type=int, default=0,
+                    help="block-interleaved: this many rounds of one block of each mode")
+    ap.add_argument("--block", type=int, default=50, help="steps per block (--blocks)")
     ap.add_argument("--profile", default=None, metavar="MODE",
                     help="cProfile one run of MODE at the first k instead, print the top")
     args = ap.parse_args()
@@ -191,7 +297,10 @@ def main() -> None:
             print(profile(args.profile, task, device, args.steps, args.warmup, ks[0],
                           tmp / "prof", 25))
             return
-        _measure(args, task, device, ks, tmp)
+        if args.blocks:
+            _report_blocks(args, task, device, ks, tmp)
+        else:
+            _measure(args, task, device, ks, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -239,6 +348,24 @@ def _measure(args, task, device, ks: list[int], tmp: Path) -> None:
         Path(args.json).write_text(json.dumps({"device": dev, "task": args.task, "batch": B,
                                                "steps": args.steps, "results": res,
                                                "times": times}, indent=1))
+
+
+def _report_blocks(args, task, device, ks: list[int], tmp: Path) -> None:
+    out = measure_blocks(args, task, device, ks, tmp)
+    dev = (torch.cuda.get_device_name() if device.type == "cuda"
+           else f"CPU, {torch.get_num_threads()} threads")
+    X, _, _, _, _, B = task
+    print(f"{args.task}, batch {B}, {args.blocks} rounds of {args.block}-step blocks per mode "
+          f"(+{args.warmup} warm-up), median of per-round ratios, {dev}, torch {torch.__version__}")
+    print("| run | step ms | ÷ plain (median) | quartiles | in pol's calls, µs/step |")
+    print("|---|---|---|---|---|")
+    for key, r in out["results"].items():
+        print(f"| {key} | {r['step_ms']:.3f} | {r['ratio']:.4f} | {r['q1']:.3f}–{r['q3']:.3f} "
+              f"| {r['pol_us_per_step']:.0f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": dev, "task": args.task, "batch": B,
+                                               "mode": "blocks", "block": args.block, **out},
+                                              indent=1))
 
 
 if __name__ == "__main__":

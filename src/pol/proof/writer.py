@@ -223,20 +223,27 @@ class ProofWriter:
                      json.dumps({"writing": True, "last_checkpoint": t, "rows": rows,
                                  "run": self.run_info}).encode(), self.durable)
 
+    def drain(self) -> None:
+        """Wait until every checkpoint given so far is written (or the writer failed)."""
+        self._q.join()
+        self._raise_if_failed()
+
     def _run(self) -> None:
         while True:
             item = self._q.get()
-            if item is None:
-                return
-            if self._error is not None:
-                continue  # drain after a failure so the trainer never blocks forever
             try:
+                if item is None:
+                    return
+                if self._error is not None:
+                    continue  # drain after a failure so the trainer never blocks forever
                 t0 = time.perf_counter()
                 self._write(*item)
                 self.write_seconds += time.perf_counter() - t0
             except BaseException as e:  # noqa: BLE001 - reported to the trainer
                 log.error("proof writer failed: %s", e)
                 self._error = e
+            finally:
+                self._q.task_done()
 
     def _write(self, t: int, snap: HostCheckpoint) -> None:
         if snap.ready is not None:
