@@ -274,6 +274,19 @@ def test_a_loss_that_is_not_the_declared_one_is_refused_at_the_first_step(tmp_pa
     assert trainer.gradient_clip_val == 1.0 and torch.equal(torch.get_rng_state(), rng)
 
 
+class StopAfterFirstEpoch(L.Callback):
+    def on_train_epoch_end(self, trainer, pl_module):
+        trainer.should_stop = True
+
+
+def test_a_fit_stopped_early_leaves_an_incomplete_proof_and_says_so(tmp_path):
+    with pytest.warns(UserWarning, match=f"step 7 of the declared {EPOCHS * 7}.*incomplete"):
+        cb = _callback(tmp_path)
+        L.Trainer(**QUIET, max_epochs=EPOCHS, callbacks=[cb, StopAfterFirstEpoch()]).fit(
+            LitNet(), train_dataloaders=cb.train_dataloader())
+    assert cb.root_digest is None and not (cb.proof / fmt.MANIFEST).exists()
+
+
 def test_one_proof_per_callback(tmp_path):
     cb, trainer = _fit(tmp_path)
     with pytest.raises(ConfigError, match="recorded a fit already"):

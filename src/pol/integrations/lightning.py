@@ -117,7 +117,7 @@ class PolCallback(pl.Callback):
         self._saved: dict[str, Any] | None = None  # what the fit changed, restored at its end
         self._fitting = False
         self._probe: _LossProbe | None = None
-        self._probed = False
+        self._probed = self._aborted = False
 
     # ------------------------------------------------------------------ public
 
@@ -188,17 +188,19 @@ class PolCallback(pl.Callback):
             probe, self._probe = self._probe, None
             probe.check(loss, self._opt, trainer.accumulate_grad_batches)
 
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._drop_probe()
+
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         rec = self.recorder
-        if rec is not None and self.root_digest is None:
+        if rec is not None and self.root_digest is None and not self._aborted:
             warnings.warn(f"the fit ended at step {rec.t} of the declared {rec.total_steps}: the "
                           f"proof in {rec.path} is incomplete (no manifest)", stacklevel=2)
-            rec.abort()
+            self._abort()
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        rec = self.recorder
-        if rec is not None and self.root_digest is None and not rec._closed:
-            rec.abort()  # the proof is left incomplete
+        self._abort()  # an unfinished proof is left incomplete
         self._restore()
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -218,9 +220,20 @@ class PolCallback(pl.Callback):
         self._trainer.strategy.optimizers = [self._opt]  # Lightning steps pol's optimizer
         return self._loader
 
+    def _abort(self) -> None:
+        if self._opt is not None and self.root_digest is None and not self._aborted:
+            self._aborted = True
+            self._opt.recorder.abort()
+
+    def _drop_probe(self) -> None:
+        if self._probe is not None:  # training_step called no backward: nothing to check
+            self._probe.handle.remove()
+            self._probe = None
+
     def _restore(self) -> None:
         """Give back what the fit changed: the Trainer's clipping and optimizer, the RNG."""
         self._fitting = False
+        self._drop_probe()
         if self._saved is None:
             return
         saved, self._saved = self._saved, None
@@ -322,10 +335,11 @@ def _check_module(pl_module: Any) -> None:
 
 def _check_trainer(trainer: Any, epochs: int | None) -> int:
     """Refuse what the proof cannot hold; returns the declared epochs."""
-    if trainer.world_size != 1 or trainer.num_devices != 1:
-        raise ConfigError(f"strategy {type(trainer.strategy).__name__} with world_size="
-                          f"{trainer.world_size}, devices={trainer.num_devices}: PolCallback "
-                          "records a single-process, single-device run")
+    if (not isinstance(trainer.strategy, pl.strategies.SingleDeviceStrategy)
+            or trainer.world_size != 1):
+        raise ConfigError(f"strategy {type(trainer.strategy).__name__} (world_size="
+                          f"{trainer.world_size}, devices={trainer.num_devices}): PolCallback "
+                          "records a single-device run (SingleDeviceStrategy)")
     if trainer.ckpt_path is not None:
         raise ConfigError(f"ckpt_path={str(trainer.ckpt_path)!r}: resuming from a Lightning "
                           "checkpoint is not supported (the proof records a run from its "
