@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ __all__ = [
     "LazyDataset",
     "TokenFile",
     "TorchDatasetSource",
+    "HFDatasetSource",
     "DATASETS",
     "DEFAULT_PREPARE",
     "CIFAR_MEAN",
@@ -925,6 +927,176 @@ def torch_dataset_from_factory(ref: str, kwargs: dict | None = None) -> LazyData
     return LazyDataset(TorchDatasetSource(ds))
 
 
+# ----- a Hugging Face `datasets.Dataset` (pip install 'pol[hf]'; pol never imports datasets itself:
+# an object can only be a datasets.Dataset once its user has imported the package)
+
+HF_LABEL_COLUMNS = ("labels", "label")
+
+
+def is_hf_dataset(obj: Any) -> bool:
+    """Whether `obj` is a (map-style) `datasets.Dataset`."""
+    mod = sys.modules.get("datasets")
+    return mod is not None and isinstance(obj, getattr(mod, "Dataset", ()))
+
+
+def hf_columns(names: list[str], columns: Any = None) -> tuple[str, str]:
+    """(input column, label column) of a datasets.Dataset with these column names: `columns` as
+    given, else `input_ids` with `labels` (a causal LM's: `input_ids` itself when there is no
+    labels column), else the one column beside `labels` / `label`."""
+    if columns is not None:
+        if (not isinstance(columns, (list, tuple)) or len(columns) != 2
+                or not all(isinstance(c, str) and c in names for c in columns)):
+            raise ConfigError(f"columns={columns!r}: two of the dataset's columns, [input, label] "
+                              f"(it has {', '.join(names)})")
+        return columns[0], columns[1]
+    if "input_ids" in names:
+        return "input_ids", "labels" if "labels" in names else "input_ids"
+    labels = [c for c in HF_LABEL_COLUMNS if c in names]
+    rest = [c for c in names if c not in labels]
+    if len(labels) == 1 and len(rest) == 1:
+        return rest[0], labels[0]
+    raise ConfigError(f"which columns of the datasets.Dataset are the input and the label? It has "
+                      f"{', '.join(names)}: pass data_params={{'columns': [input, label]}}")
+
+
+def _arrow_numpy(col: Any, name: str) -> np.ndarray:
+    """A pyarrow column of numbers, or of (nested) lists of one length, as the numpy array of its
+    raw values (their own dtype: int32 stays int32, float64 float64)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    shape = [len(arr)]
+    while True:
+        if isinstance(arr.type, pa.ExtensionType):
+            arr = arr.storage
+            continue
+        if arr.null_count:
+            raise ConfigError(f"column {name!r} holds missing values")
+        t = arr.type
+        if pa.types.is_fixed_size_list(t):
+            width = t.list_size
+        elif pa.types.is_list(t) or pa.types.is_large_list(t):
+            lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+            width = int(lengths[0]) if len(lengths) else 0
+            if np.any(lengths != width):
+                raise ConfigError(f"column {name!r} holds lists of different lengths: pol reads "
+                                  "samples of one shape (pad or cut them to one length)")
+        else:
+            break
+        arr, shape = arr.flatten(), shape + [width]
+    if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
+        raise ConfigError(f"column {name!r} is of type {t}: pol reads numbers or fixed-length "
+                          "lists of numbers")
+    out = arr.to_numpy(zero_copy_only=False)  # read-only where it is Arrow's own buffer
+    return (out if out.flags.writeable else out.copy()).reshape(shape)
+
+
+class HFDatasetSource:
+    """A Hugging Face `datasets.Dataset` read on demand: sample i is (row i of the input column,
+    row i of the label column) as numpy arrays of the Arrow data's own values (no formatting or
+    casting), the label as int64; `columns` as `hf_columns` picks them. Its `_fingerprint` names
+    its content, so its leaves are cached on disk under it."""
+
+    def __init__(self, dataset: Any, columns: Any = None) -> None:
+        mod = sys.modules.get("datasets")
+        if mod is not None and isinstance(dataset, getattr(mod, "IterableDataset", ())):
+            raise ConfigError("a datasets.IterableDataset (streaming): pol reads map-style "
+                              "datasets (it commits to every sample by its index)")
+        if not is_hf_dataset(dataset):
+            raise ConfigError(f"{type(dataset).__name__} is not a datasets.Dataset (a "
+                              "DatasetDict: pass the training split, e.g. ds['train'])")
+        self.columns = hf_columns(list(dataset.column_names), columns)
+        self.n = len(dataset)
+        if self.n < 1:
+            raise ConfigError("the dataset is empty")
+        fp = getattr(dataset, "_fingerprint", None)
+        self._key = fp if isinstance(fp, str) and fp else None
+        self._rows = dataset.with_format("arrow", columns=list(dict.fromkeys(self.columns)))
+        x0, y0 = self._read(np.zeros(1, dtype=np.int64))
+        self.dtypes = (x0.dtype, np.dtype(np.int64))
+        self.shapes = (x0.shape[1:], y0.shape[1:])
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _read(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        table = self._rows[idx.tolist()]
+        x = _arrow_numpy(table.column(self.columns[0]), self.columns[0])
+        y = _arrow_numpy(table.column(self.columns[1]), self.columns[1])
+        if x.dtype.kind not in "biuf":
+            raise ConfigError(f"column {self.columns[0]!r}: dtype {x.dtype} is not numeric")
+        if y.dtype.kind not in "iu":
+            raise ConfigError(f"label column {self.columns[1]!r} holds {y.dtype}, not integers")
+        return x, y.astype(np.int64)
+
+    def batch(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if len(idx) == 0:
+            return (np.empty((0,) + self.shapes[0], self.dtypes[0]),
+                    np.empty((0,) + self.shapes[1], np.int64))
+        x, y = self._read(idx)
+        if x.dtype != self.dtypes[0] or x.shape[1:] != self.shapes[0] \
+                or y.shape[1:] != self.shapes[1]:
+            raise ConfigError(f"samples read as {x.dtype}{list(x.shape[1:])} with labels "
+                              f"{list(y.shape[1:])}, sample 0 as {self.dtypes[0]}"
+                              f"{list(self.shapes[0])} with {list(self.shapes[1])}: every sample "
+                              "must have one dtype and shape")
+        return x, y
+
+    def content_key(self) -> str | None:
+        if self._key is None:
+            return None
+        return f"hf-dataset:{self._key}:{self.columns[0]}:{self.columns[1]}:{self.n}"
+
+    def __repr__(self) -> str:
+        return f"HFDatasetSource({self.n} rows, columns {list(self.columns)})"
+
+
+def hf_dataset_from(ref: str, kwargs: dict | None = None) -> Any:
+    """The datasets.Dataset that a `--data` argument names: a directory written by
+    `Dataset.save_to_disk`, or a `module:callable` factory (called with `kwargs`)."""
+    import re
+    if os.path.isdir(ref):
+        try:
+            import datasets
+        except ImportError:
+            raise ConfigError("this proof's data is a Hugging Face dataset: install datasets "
+                              "(pip install 'pol[hf]')") from None
+        try:
+            ds = datasets.load_from_disk(ref)
+        except Exception as e:  # noqa: BLE001 - a foreign directory: a named error
+            raise ConfigError(f"--data {ref}: not a dataset saved by Dataset.save_to_disk "
+                              f"({type(e).__name__}: {e})") from None
+    elif re.match(FACTORY_FORM, ref):
+        fn = _import_factory(ref)
+        try:
+            ds = fn(**dict(kwargs or {}))
+        except Exception as e:  # noqa: BLE001 - user code
+            raise ConfigError(f"dataset factory {ref} failed: {type(e).__name__}: {e}") from None
+    else:
+        raise ConfigError(f"--data {ref}: this proof's data is a Hugging Face datasets.Dataset; "
+                          "pass the directory it was saved to (Dataset.save_to_disk) or the "
+                          "factory that builds it (module:callable)")
+    if not is_hf_dataset(ds):
+        raise ConfigError(f"--data {ref} gives a {type(ds).__name__}, not a datasets.Dataset "
+                          "(a DatasetDict: save or return the training split)")
+    return ds
+
+
+def _load_hf_dataset(spec, data: str | None) -> LazyDataset:
+    p = spec.data.params
+    cols, kwargs = p.get("columns"), p.get("kwargs", {})
+    if (not isinstance(cols, list) or len(cols) != 2 or not all(isinstance(c, str) for c in cols)
+            or not isinstance(kwargs, dict)):
+        raise ProofFormatError("hf-dataset data params need columns [input, label] (and kwargs "
+                               "an object)")
+    if not data:
+        made = f" (the prover's factory was {p['factory']!r})" if "factory" in p else ""
+        raise ConfigError("this proof was made on a Hugging Face datasets.Dataset: pass it with "
+                          "--data DIR (saved by Dataset.save_to_disk) or --data module:callable "
+                          f"(a factory that returns it){made}; pol imports only the code you name")
+    return LazyDataset(HFDatasetSource(hf_dataset_from(data, kwargs), cols))
+
+
 def _load_token_file(spec, data: str | None) -> LazyDataset:
     p = spec.data.params
     if not data or os.path.isdir(data):
@@ -952,4 +1124,5 @@ def _load_torch_dataset(spec, data: str | None) -> LazyDataset:
     return torch_dataset_from_factory(data, kwargs)
 
 
-_LAZY_LOADERS = {"token-file": _load_token_file, "torch-dataset": _load_torch_dataset}
+_LAZY_LOADERS = {"token-file": _load_token_file, "torch-dataset": _load_torch_dataset,
+                 "hf-dataset": _load_hf_dataset}

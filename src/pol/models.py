@@ -23,6 +23,7 @@ __all__ = [
     "resnet50",
     "LeNet",
     "CifarResNet",
+    "hf_causal_lm",
 ]
 
 
@@ -279,6 +280,58 @@ def gpt(vocab_size: int = 256, block_size: int = 128, n_layer: int = 4, n_head: 
                _pos_int(n_embd, "n_embd"), _dropout(dropout))
 
 
+# --------------------------------------------------------------------------------------------------
+# Hugging Face transformers models (pip install 'pol[hf]'; transformers imported when one is built)
+# --------------------------------------------------------------------------------------------------
+
+# config entries that name where a config came from, not the architecture: left out of a spec
+HF_CONFIG_DROPPED = ("transformers_version", "_name_or_path", "_commit_hash")
+# attention kernels a proof may name: torch's own (any other name may fetch kernels from the Hub)
+HF_ATTENTION = ("eager", "sdpa")
+
+
+def _hf_logits(module: nn.Module, args: object, output: object) -> object:
+    """Forward hook: a transformers model's output -> its logits (the tensor pol's loss takes)."""
+    return getattr(output, "logits", output)
+
+
+def hf_causal_lm(config: dict, init_seed: int = 0,
+                 attn_implementation: str = "sdpa") -> nn.Module:
+    """A Hugging Face transformers causal language model (`AutoModelForCausalLM`) rebuilt from its
+    config: `config` is `PretrainedConfig.to_dict()` (JSON, with its `model_type`), W_0 the model's
+    own initialization drawn under `torch.manual_seed(init_seed)` (the global RNG restored after),
+    so W_0 is a pure function of (config, init_seed); `attn_implementation` "eager" or "sdpa".
+    `model(input_ids)` returns the logits [B, T, V] (a forward hook), for the loss
+    `causal_lm_cross_entropy`. transformers is imported here, only when such a model is built."""
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise ValueError("config must be a transformers config dict with its model_type")
+    if isinstance(init_seed, bool) or not isinstance(init_seed, int) or init_seed < 0:
+        raise ValueError(f"init_seed must be an integer >= 0, got {init_seed!r}")
+    if attn_implementation not in HF_ATTENTION:
+        raise ValueError(f"attn_implementation must be one of {', '.join(HF_ATTENTION)}, got "
+                         f"{attn_implementation!r}")
+    if "auto_map" in config or "quantization_config" in config:
+        raise ValueError("a config with auto_map (remote code) or quantization_config is not "
+                         "rebuilt")
+    try:
+        import transformers
+    except ImportError:
+        raise ValueError("this model is a Hugging Face transformers model: install transformers "
+                         "(pip install 'pol[hf]')") from None
+    kwargs = {k: v for k, v in config.items() if k not in HF_CONFIG_DROPPED and k != "model_type"}
+    try:
+        cfg = transformers.AutoConfig.for_model(config["model_type"], **kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            model = transformers.AutoModelForCausalLM.from_config(
+                cfg, attn_implementation=attn_implementation, trust_remote_code=False)
+    except (KeyError, TypeError, ValueError, AttributeError, ImportError, OSError) as e:
+        raise ValueError(f"transformers cannot build {config['model_type']!r} from this config: "
+                         f"{type(e).__name__}: {e}") from None
+    model.register_forward_hook(_hf_logits)
+    return model
+
+
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
     "lenet": lenet,
@@ -286,6 +339,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "resnet20": resnet20,
     "resnet50": resnet50,
     "gpt": gpt,
+    "hf-causal-lm": hf_causal_lm,
 }
 
 

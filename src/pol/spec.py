@@ -18,7 +18,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 AUTOCAST = ("", "bf16", "fp16")  # StepSpec.autocast: "" = off
 TF32_MODES = ("", "off", "conv", "matmul", "on")
 SCHEDULES = ("constant", "multistep", "cosine", "recorded")  # recorded: no declared schedule
-LOSSES = ("cross_entropy", "mse", "lm_cross_entropy")
+LOSSES = ("cross_entropy", "mse", "lm_cross_entropy", "causal_lm_cross_entropy")
 PRECISIONS = ("fp32", "fp16")
 
 # JSON scalars that may appear in factory keyword arguments (nested lists/dicts of these too).
@@ -357,7 +357,7 @@ class StepSpec:
     - `clip_grad_norm` > 0: `torch.nn.utils.clip_grad_norm_(params, clip_grad_norm,
       norm_type=clip_norm_type)` after the backward passes, before the optimizer's step;
       `clip_grad_value` > 0: `torch.nn.utils.clip_grad_value_(params, clip_grad_value)` (not both).
-    - `label_smoothing`: cross-entropy's `label_smoothing` (cross_entropy, lm_cross_entropy).
+    - `label_smoothing`: cross-entropy's `label_smoothing` (the cross-entropy losses).
     - `autocast` "bf16" / "fp16": every micro-batch's forward pass and loss run under
       `torch.autocast(device_type, dtype=bfloat16 / float16)` (the backward pass outside it).
       "fp16" steps through a `torch.amp.GradScaler(init_scale=scaler_init_scale,
@@ -503,7 +503,7 @@ class TrainingSpec:
                              "accumulation)")
         if self.step.autocast and self.device not in ("cpu", "cuda"):
             raise ValueError(f"autocast on {self.device} is not supported (cpu, cuda)")
-        if self.step.label_smoothing and self.loss not in ("cross_entropy", "lm_cross_entropy"):
+        if self.step.label_smoothing and self.loss == "mse":
             raise ValueError(f"label smoothing needs a cross-entropy loss, not {self.loss!r}")
 
     def to_dict(self) -> dict:

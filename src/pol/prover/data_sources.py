@@ -11,6 +11,12 @@
   user names), called with the recorded kwargs, and the dataset commitment holds it to the
   prover's bytes. A dataset with a `pol_content_key` (a string naming its content, e.g. a digest
   of its files) has its leaves cached on disk.
+- A Hugging Face `datasets.Dataset` (`pol.datasets.HFDatasetSource`: sample i is row i of an
+  input column and a label column, as the Arrow data holds them; `data_params={"columns": [input,
+  label]}` where `pol.datasets.hf_columns` cannot tell, and optionally the `factory` (and
+  `kwargs`) that rebuilds it). The spec's data is `hf-dataset` with the columns; the verifier is
+  given the dataset (`pol verify --data DIR`, a directory written by `Dataset.save_to_disk`, or
+  `--data module:callable`).
 - A token file (`pol.datasets.TokenFile(path, block_size)`: nanoGPT's `np.memmap` of uint16
   tokens, as non-overlapping windows of block_size + 1 tokens; the spec's data is `token-file`
   with the file's sha256, the block size and the dtype; the verifier is given the file
@@ -28,8 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from pol.datasets import (FACTORY_FORM, ArrayDataset, LazyDataset, TokenFile,
-                          TorchDatasetSource, torch_dataset_from_factory)
+from pol.datasets import (FACTORY_FORM, ArrayDataset, HFDatasetSource, LazyDataset, TokenFile,
+                          TorchDatasetSource, hf_dataset_from, is_hf_dataset,
+                          torch_dataset_from_factory)
 from pol.errors import ConfigError
 
 __all__ = ["resolve_data", "is_torch_dataset"]
@@ -71,8 +78,38 @@ def _torch_dataset(data: Any, data_name: str, data_params: dict | None) -> tuple
         raise ConfigError("torch-dataset data_params: kwargs must be a dict of JSON values")
     _check_module(ref)
     ds = LazyDataset(TorchDatasetSource(data))
-    _check_factory(ds, ref, params.get("kwargs", {}))
+    _check_factory(ds, torch_dataset_from_factory(ref, params.get("kwargs", {})), ref)
     return ds, "torch-dataset", params
+
+
+def _hf_dataset(data: Any, data_name: str, data_params: dict | None) -> tuple[Any, str, dict]:
+    """A datasets.Dataset: read on demand through `HFDatasetSource`; the spec's params are its
+    columns, and the factory that rebuilds it if one is given (checked as a torch Dataset's)."""
+    if data_name not in ("user", "hf-dataset"):
+        raise ConfigError(f"data_name={data_name!r} with a datasets.Dataset: its data is "
+                          "'hf-dataset'")
+    params = dict(data_params or {})
+    extra = set(params) - {"columns", "factory", "kwargs"}
+    if extra:
+        raise ConfigError(f"hf-dataset data_params: unknown key(s) {', '.join(sorted(extra))} "
+                          "(columns, factory, kwargs)")
+    source = HFDatasetSource(data, params.get("columns"))
+    ds = LazyDataset(source)
+    out: dict[str, Any] = {"columns": list(source.columns)}
+    ref = params.get("factory")
+    if ref is not None:
+        if not isinstance(ref, str) or not _FACTORY_RE.match(ref):
+            raise ConfigError(f"hf-dataset data_params: factory {ref!r} is not module:callable")
+        kwargs = params.get("kwargs", {})
+        if not isinstance(kwargs, dict):
+            raise ConfigError("hf-dataset data_params: kwargs must be a dict of JSON values")
+        _check_module(ref)
+        _check_factory(ds, LazyDataset(HFDatasetSource(hf_dataset_from(ref, kwargs),
+                                                       source.columns)), ref)
+        out.update(factory=ref, kwargs=kwargs)
+    elif "kwargs" in params:
+        raise ConfigError("hf-dataset data_params: kwargs without a factory")
+    return ds, "hf-dataset", out
 
 
 def _check_module(ref: str) -> None:
@@ -86,11 +123,10 @@ def _check_module(ref: str) -> None:
                           .replace("the model class", "the dataset factory")) from None
 
 
-def _check_factory(ds: LazyDataset, ref: str, kwargs: dict) -> None:
-    """The factory the verifier will call must build this dataset: same length and the same
-    first, last and 14 evenly spaced items (a spot check before training; the full check is the
-    verifier's dataset commitment)."""
-    rebuilt = torch_dataset_from_factory(ref, kwargs)
+def _check_factory(ds: LazyDataset, rebuilt: LazyDataset, ref: str) -> None:
+    """The factory the verifier will call must build this dataset (`rebuilt`, what it built):
+    same length and the same first, last and 14 evenly spaced items (a spot check before
+    training; the full check is the verifier's dataset commitment)."""
     n = len(ds)
     same = len(rebuilt) == n
     if same:
@@ -107,7 +143,7 @@ def resolve_data(data: Any, data_name: str = "user",
                  data_params: dict | None = None) -> tuple[Any, str, dict]:
     """(dataset, spec data name, spec data params) for what a caller passes as `data=`: arrays and
     ArrayDatasets as they are (returned unchanged, with the caller's name and params), a torch
-    Dataset or a TokenFile read on demand (see the module's docstring)."""
+    Dataset, a datasets.Dataset or a TokenFile read on demand (see the module's docstring)."""
     _refuse_loader(data)
     if isinstance(data, TokenFile):
         if data_name not in ("user", "token-file") or data_params:
@@ -116,6 +152,8 @@ def resolve_data(data: Any, data_name: str = "user",
         return LazyDataset(data), "token-file", data.params
     if isinstance(data, LazyDataset):
         raise ConfigError("pass the torch Dataset or the TokenFile itself as data")
+    if is_hf_dataset(data) or type(data).__module__.startswith("datasets."):
+        return _hf_dataset(data, data_name, data_params)
     if isinstance(data, (ArrayDataset, tuple, list)) or not is_torch_dataset(data):
         return data, data_name, dict(data_params or {})
     return _torch_dataset(data, data_name, data_params)

@@ -56,6 +56,7 @@ from pol.spec import (DataSpec, ModelSpec, ScheduleSpec, StepSpec, TrainingSpec,
                       current_cpu_capability, current_tf32)
 from pol.step import (derive_seed, epoch_order, optimizer_spec_of, seed_step,  # noqa: F401
                       state_tensors)
+from pol.step.runtime import check_recordable_numerics
 from pol.step.init import draw_init, seeded_init_mismatch
 from pol.step.optimizers import optimizer_row
 from pol.step.state import storage_dtype
@@ -175,7 +176,8 @@ class Recorder:
                  resume: bool = False, init_from_seed: bool | None = None,
                  compress: bool = False, keyframe_interval: int | None = None,
                  continue_from_stored: bool = True, data_order: str = "",
-                 features: StepSpec | None = None, drop_last: bool = False) -> None:
+                 features: StepSpec | None = None, drop_last: bool = False,
+                 allow_nondeterministic: bool = False) -> None:
         # long: every check of what the caller gives runs here, before anything is written
         """`compress`: store checkpoints with the lossless codec (proof format v2: XOR with the
         previous checkpoint, byte shuffle, zstd; a keyframe every `keyframe_interval`
@@ -202,7 +204,12 @@ class Recorder:
         `features`: the step's clipping, accumulation and label smoothing (`pol.spec.StepSpec`),
         recorded in the spec for the replay; the loop must do exactly that (`pol.attach` does).
         With accumulation N, `batch_size` is the optimizer step's batch (N micro-batches of
-        batch_size / N) and `record_batch` takes all of the step's indices."""
+        batch_size / N) and `record_batch` takes all of the step's indices.
+
+        On a GPU, recording needs `torch.use_deterministic_algorithms(True)` (ConfigError
+        otherwise): without it a proof replays only approximately, even on the same GPU.
+        `allow_nondeterministic=True` records anyway (with a `spec`, as `pol train
+        --no-deterministic` passes it, the spec's own choice stands)."""
         from pol.registry import importing_factory_module
         importing = importing_factory_module()
         if importing is not None:
@@ -225,6 +232,7 @@ class Recorder:
         n = len(self.dataset)
         device = next(iter(model.parameters())).device.type
         if spec is None:
+            check_recordable_numerics(device, allow_nondeterministic)
             if model_spec is None or batch_size is None or epochs is None:
                 raise ConfigError("Recorder needs model_spec, batch_size and epochs (or a spec)")
             try:
@@ -346,8 +354,10 @@ class Recorder:
             raise ConfigError("init must be a string, a dict or None")
         rebuilt = self._check_model_spec()
         ms = self.spec.model
-        if not resume and ms.init != "none":  # a resumed run's weights come from its checkpoint
-            if init == "from-seed":
+        if not resume:  # a resumed run's weights come from its checkpoint
+            if init == "from-seed" and ms.init == "none":  # W_0: the factory's own (seeded) init
+                self.model.load_state_dict(rebuilt.state_dict())
+            elif init == "from-seed":
                 draw_init(self.model, ms, self.spec.seed)
             elif init is None:
                 self._check_seeded_init(rebuilt)

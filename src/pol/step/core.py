@@ -32,11 +32,23 @@ def _lm_cross_entropy(logits: torch.Tensor, y: torch.Tensor,
                                        label_smoothing=label_smoothing)
 
 
+def _causal_lm_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                             label_smoothing: float = 0.0) -> torch.Tensor:
+    """Causal-LM loss as Hugging Face transformers computes it from `labels` (ForCausalLMLoss,
+    without num_items_in_batch): logits [B, T, V] in float32, labels [B, T] of the input
+    positions, position i predicting labels[i + 1], -100 ignored, the mean over the rest."""
+    shifted = nn.functional.pad(labels, (0, 1), value=-100)[..., 1:].contiguous()
+    return nn.functional.cross_entropy(logits.float().view(-1, logits.shape[-1]),
+                                       shifted.view(-1), ignore_index=-100,
+                                       label_smoothing=label_smoothing)
+
+
 # The spec's loss names. One function object per name, so two contexts of one spec hold the same.
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "cross_entropy": nn.functional.cross_entropy,
     "mse": nn.functional.mse_loss,
     "lm_cross_entropy": _lm_cross_entropy,
+    "causal_lm_cross_entropy": _causal_lm_cross_entropy,
 }
 
 
@@ -50,7 +62,7 @@ def make_loss(name: str, label_smoothing: float = 0.0
         raise ValueError(f"unknown loss {name!r}") from None
     if not label_smoothing:
         return fn
-    if name not in ("cross_entropy", "lm_cross_entropy"):
+    if name not in ("cross_entropy", "lm_cross_entropy", "causal_lm_cross_entropy"):
         raise ValueError(f"label smoothing needs a cross-entropy loss, not {name!r}")
     return functools.partial(fn, label_smoothing=float(label_smoothing))
 

@@ -21,6 +21,11 @@ def initialization(model: torch.nn.Module, spec, w0: dict[str, torch.Tensor], na
                    alpha: float) -> CheckResult:
     """KS test of W_0 against the declared strategy, per layer, Bonferroni-corrected."""
     from pol.verifier.initcheck import check_init
+    if spec.model.init == "none":  # the model's own init (a transformers model's): no table
+        return CheckResult(CheckName.INITIALIZATION, None,
+                           "init strategy 'none' (the model constructor's own init, e.g. a "
+                           "transformers model's): no distribution to test; W_0 is regenerated "
+                           "from the spec and compared bitwise instead (init regeneration)")
     try:
         ok, layers, thr = check_init(model, spec.model.init,
                                      {n[len("model."):]: w0[n] for n in names}, alpha)
