@@ -28,6 +28,7 @@ import argparse
 import cProfile
 import io
 import json
+import os
 import pstats
 import random
 import shutil
@@ -45,7 +46,8 @@ from pol import ModelSpec, Recorder
 from pol.step import epoch_order
 
 LAST: dict[str, float] = {}
-DURABLE = [True]  # the Recorder's default: fsync at every checkpoint (`--no-durable`: off)
+DURABLE = [True]
+ALLOW: dict = {}  # allow_nondeterministic=True with --nondeterministic  # the Recorder's default: fsync at every checkpoint (`--no-durable`: off)
 
 
 def user_task(task: str, batch_size: int | None):
@@ -98,7 +100,7 @@ def run(mode: str, task, device: torch.device, steps: int, warmup: int, k: int,
                for s in range(S)][:total]
     rec = None
     common = dict(model=model, data=(X, Y), model_spec=model_spec, epochs=epochs, k=k,
-                  init="external", overwrite=True, durable=DURABLE[0])
+                  init="external", overwrite=True, durable=DURABLE[0], **ALLOW)
     if mode == "rec":
         rec = Recorder(out, optimizer=opt, batch_size=B, **common)
     elif mode == "attach":
@@ -158,7 +160,7 @@ def blocks(mode: str, task, device: torch.device, n_blocks: int, block: int, war
     order = [o[s * B:(s + 1) * B] for o in (epoch_order(0, e, n) for e in range(epochs))
              for s in range(S)]
     common = dict(model=model, data=(X, Y), model_spec=model_spec, epochs=epochs, k=k,
-                  init="external", overwrite=True, durable=DURABLE[0])
+                  init="external", overwrite=True, durable=DURABLE[0], **ALLOW)
     rec = loader = None
     if mode == "rec":
         rec = Recorder(out, optimizer=opt, batch_size=B, **common)
@@ -283,8 +285,18 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=50, help="steps per block (--blocks)")
     ap.add_argument("--profile", default=None, metavar="MODE",
                     help="cProfile one run of MODE at the first k instead, print the top")
+    ap.add_argument("--nondeterministic", action="store_true",
+                    help="on a GPU: PyTorch's default kernels (the recorders then need "
+                    "allow_nondeterministic=True); default: deterministic algorithms, as the "
+                    "README tells GPU users")
     args = ap.parse_args()
     device = torch.device(args.device)
+    if device.type == "cuda":
+        if args.nondeterministic:
+            ALLOW["allow_nondeterministic"] = True
+        else:  # every mode, plain included, runs with them
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
     DURABLE[0] = not args.no_durable
     if args.threads:
         torch.set_num_threads(args.threads)

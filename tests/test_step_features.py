@@ -364,3 +364,17 @@ def test_fp16_with_a_declared_schedule_is_refused(tmp_path):
         _attach(tmp_path, lambda m: torch.optim.SGD(m.parameters(), lr=0.1), autocast="fp16",
                 schedule=ScheduleSpec(name="constant"))
     assert not (tmp_path / "proof").exists()
+
+
+def test_recording_on_a_gpu_needs_deterministic_algorithms(monkeypatch):
+    """The check the Recorder and attach run first: on a GPU without deterministic algorithms a
+    proof replays only approximately, so recording is refused (unless allowed); the CPU and a
+    GPU with them on pass."""
+    from pol.step.runtime import check_recordable_numerics
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: False)
+    with pytest.raises(ConfigError, match="use_deterministic_algorithms.*allow_nondeterministic"):
+        check_recordable_numerics("cuda")
+    check_recordable_numerics("cuda", allow_nondeterministic=True)
+    check_recordable_numerics("cpu")
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    check_recordable_numerics("cuda")

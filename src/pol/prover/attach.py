@@ -390,7 +390,8 @@ def attach(*, model: nn.Module, optimizer: torch.optim.Optimizer, data: Any,
            durable: bool = True, data_name: str = "user", data_params: dict | None = None,
            resume: bool = False,
            num_workers: int = 0, autocast: str | None = None,
-           grad_scaler: Any = None) -> tuple[AttachedOptimizer, AttachedLoader]:
+           grad_scaler: Any = None,
+           allow_nondeterministic: bool = False) -> tuple[AttachedOptimizer, AttachedLoader]:
     """Attach pol to a training loop: returns `(optimizer, loader)` drop-ins that record a proof
     in `out` (see the module's docstring). Validates first: anything pol cannot replay (an
     optimizer not in `pol.step.OPTIMIZERS`, a fused kernel, parameter groups that differ in more
@@ -425,6 +426,7 @@ def attach(*, model: nn.Module, optimizer: torch.optim.Optimizer, data: Any,
                    schedule=schedule, data_name=data_name, data_params=data_params,
                    overwrite=overwrite, durable=durable, init=init, compress=compress,
                    data_order="seed", features=features, resume=resume,
-                   drop_last=features.accumulation > 1 if drop_last is None else drop_last)
+                   drop_last=features.accumulation > 1 if drop_last is None else drop_last,
+                   allow_nondeterministic=allow_nondeterministic)
     run = _Run(rec, optimizer)
     return AttachedOptimizer(optimizer, run), AttachedLoader(run, num_workers)

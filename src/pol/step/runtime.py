@@ -22,9 +22,10 @@ from typing import Iterator
 
 import torch
 
+from pol.errors import ConfigError
 from pol.spec import TrainingSpec, set_tf32
 
-__all__ = ["numerics", "CUBLAS_WORKSPACE"]
+__all__ = ["numerics", "CUBLAS_WORKSPACE", "check_recordable_numerics"]
 
 CUBLAS_WORKSPACE = ":4096:8"  # what deterministic cuBLAS needs (torch's reproducibility notes)
 _CUBLAS_ENV = "CUBLAS_WORKSPACE_CONFIG"
@@ -61,3 +62,20 @@ def numerics(spec: TrainingSpec, device: torch.device | str | None = None) -> It
             os.environ.pop(_CUBLAS_ENV, None)
         else:
             os.environ[_CUBLAS_ENV] = saved_env
+
+
+def check_recordable_numerics(device_type: str, allow_nondeterministic: bool = False) -> None:
+    """Refuse to record on a GPU without deterministic algorithms, unless asked to: such a proof
+    replays only approximately even on the same GPU, and the verifier's tolerance does not
+    always cover it (an honest 114M-parameter GPT proof made with PyTorch's default kernels was
+    rejected on the same H200). Raises ConfigError naming both ways on."""
+    if (device_type != "cuda" or allow_nondeterministic
+            or torch.are_deterministic_algorithms_enabled()):
+        return
+    raise ConfigError(
+        "recording on a GPU needs deterministic algorithms, so that the proof replays bitwise on "
+        "the same kind of GPU: call torch.use_deterministic_algorithms(True) before training (and "
+        f"start Python with {_CUBLAS_ENV}={CUBLAS_WORKSPACE} in the environment, which "
+        "deterministic cuBLAS needs). A proof made with PyTorch's default (nondeterministic) "
+        "kernels replays only approximately and may be rejected even on the same GPU; to record "
+        "one anyway, pass allow_nondeterministic=True")
