@@ -378,3 +378,28 @@ def test_recording_on_a_gpu_needs_deterministic_algorithms(monkeypatch):
     check_recordable_numerics("cpu")
     monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
     check_recordable_numerics("cuda")
+
+
+def test_a_scheduler_that_cycles_momentum_is_refused(tmp_path):
+    """OneCycleLR's default cycle_momentum changes Adam's betas every step; pol records only the
+    lr per step, so the run is stopped with a ConfigError naming the setting (not recorded into
+    a proof the verifier would reject); with cycle_momentum=False it records and verifies."""
+    for cycle in (True, False):
+        model, (opt, loader) = _attach(
+            tmp_path / str(cycle), lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2))
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=100,
+                                                    cycle_momentum=cycle)
+
+        def run():
+            for _ in range(EPOCHS):
+                for x, y in loader:
+                    loss = F.cross_entropy(model(x), y)
+                    loss.backward()
+                    opt.step(loss=loss)
+                    sched.step()
+        if cycle:
+            with pytest.raises(ConfigError, match="'betas'.*cycle_momentum=False"):
+                run()
+        else:
+            run()
+            _check_proof(tmp_path / str(cycle), opt.proof, opt.root_digest)

@@ -81,6 +81,13 @@ def _as_dataset(data: Any) -> ArrayDataset:
                       "pol.datasets.TokenFile")
 
 
+def _hyperparameters(optimizer: torch.optim.Optimizer) -> list[dict]:
+    """Each group's step hyperparameters other than the lr (the keys of the optimizer's
+    defaults: momentum, betas, eps, weight decay, ...), to notice one that changes mid-run."""
+    keys = [k for k in optimizer.defaults if k not in ("lr", "initial_lr")]
+    return [{k: g.get(k) for k in keys} for g in optimizer.param_groups]
+
+
 class _TargetCheck:
     """`record_batch`'s check that the targets are the dataset's labels at the indices, without a
     device→host synchronization on the training thread: host targets are compared at once (no
@@ -279,6 +286,7 @@ class Recorder:
         self._rows_loss: list[torch.Tensor] = []
         self._targets = _TargetCheck(self.dataset.y)
         self._closed = False
+        self._hyper = _hyperparameters(optimizer)  # what the spec recorded: must not change
         self._state_cache: tuple[int, dict[str, torch.Tensor]] | None = None
         self._round_live = spec.precision == "fp16" and continue_from_stored
         if spec.step.autocast == "fp16":
@@ -440,10 +448,26 @@ class Recorder:
         if targets is not None:
             self._targets.add(self.t, idx, targets)
         self._pending_idx = idx.astype(np.int64)
+        if _hyperparameters(self.optimizer) != self._hyper:
+            self._hyperparameters_changed()
         lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
         self._rows_lr.append(lrs)
         if seed_rng:  # pol's own loop leaves this to update(), which seeds the same value
             seed_step(self.spec.seed, self.t)
+
+    def _hyperparameters_changed(self) -> None:
+        now = _hyperparameters(self.optimizer)
+        i, key, was, is_ = next((i, k, a[k], b.get(k)) for i, (a, b) in
+                                enumerate(zip(self._hyper, now)) if a != b
+                                for k in a if a[k] != b.get(k))
+        self.abort()
+        raise ConfigError(
+            f"step {self.t}: the optimizer's {key!r} (parameter group {i}) changed from {was!r} "
+            f"to {is_!r} during the run. pol records every step's lr, but the other "
+            "hyperparameters only once, so the replay would run this step with the old value: "
+            "a scheduler that cycles momentum (OneCycleLR, CyclicLR: pass "
+            "cycle_momentum=False) or code that edits param_groups cannot be recorded. The "
+            "proof is aborted")
 
     def _check_epoch_structure(self, idx: np.ndarray) -> None:
         """Refuse up front a batch the verifier's epoch-structure check would reject: within an
