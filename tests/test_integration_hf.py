@@ -119,16 +119,18 @@ def _windows(n=16, t=12, labels=False):
 
 
 def test_accumulation_bf16_sgd_and_masked_labels_replay(tmp_path):
-    """gradient_accumulation_steps=2, bf16 autocast, SGD with momentum (optim_args), -100 labels,
-    a user-built optimizer-free run without weight decay: VALID, bitwise exact."""
+    """gradient_accumulation_steps=2, bf16 autocast, SGD with momentum (optim_args), label
+    smoothing, -100 labels, no weight decay (one group): VALID, bitwise exact."""
     ds = _windows(labels=True)
     trainer = _trainer(tmp_path, ds, gradient_accumulation_steps=2, bf16=True, use_cpu=True,
-                       optim="sgd", optim_args="momentum=0.9", learning_rate=0.05)
+                       optim="sgd", optim_args="momentum=0.9", learning_rate=0.05,
+                       label_smoothing_factor=0.1)
     run = attach_trainer(trainer, out=tmp_path / "proof", k=1, init="from-seed")
     trainer.train()
     spec = run.recorder.spec
     assert spec.step.accumulation == 2 and spec.step.autocast == "bf16"
     assert spec.optimizer.name == "sgd" and spec.optimizer.momentum == 0.9
+    assert spec.step.label_smoothing == 0.1
     ds.save_to_disk(str(tmp_path / "data"))
     r = verify(run.proof, data=str(tmp_path / "data"), all_segments=True)
     assert r.valid, r.render(verbose=True)

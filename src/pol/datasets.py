@@ -994,10 +994,12 @@ def _arrow_numpy(col: Any, name: str) -> np.ndarray:
 class HFDatasetSource:
     """A Hugging Face `datasets.Dataset` read on demand: sample i is (row i of the input column,
     row i of the label column) as numpy arrays of the Arrow data's own values (no formatting or
-    casting), the label as int64; `columns` as `hf_columns` picks them. Its `_fingerprint` names
-    its content, so its leaves are cached on disk under it."""
+    casting), the label as int64; `columns` as `hf_columns` picks them. With `fingerprint_key`
+    (the prover's own data), its `_fingerprint` names its content and its leaves are cached on
+    disk under it; a verifier hashes the bytes it is given (a saved dataset's fingerprint is a
+    file that whoever made the directory wrote)."""
 
-    def __init__(self, dataset: Any, columns: Any = None) -> None:
+    def __init__(self, dataset: Any, columns: Any = None, fingerprint_key: bool = True) -> None:
         mod = sys.modules.get("datasets")
         if mod is not None and isinstance(dataset, getattr(mod, "IterableDataset", ())):
             raise ConfigError("a datasets.IterableDataset (streaming): pol reads map-style "
@@ -1010,7 +1012,7 @@ class HFDatasetSource:
         if self.n < 1:
             raise ConfigError("the dataset is empty")
         fp = getattr(dataset, "_fingerprint", None)
-        self._key = fp if isinstance(fp, str) and fp else None
+        self._key = fp if fingerprint_key and isinstance(fp, str) and fp else None
         self._rows = dataset.with_format("arrow", columns=list(dict.fromkeys(self.columns)))
         x0, y0 = self._read(np.zeros(1, dtype=np.int64))
         self.dtypes = (x0.dtype, np.dtype(np.int64))
@@ -1094,7 +1096,8 @@ def _load_hf_dataset(spec, data: str | None) -> LazyDataset:
         raise ConfigError("this proof was made on a Hugging Face datasets.Dataset: pass it with "
                           "--data DIR (saved by Dataset.save_to_disk) or --data module:callable "
                           f"(a factory that returns it){made}; pol imports only the code you name")
-    return LazyDataset(HFDatasetSource(hf_dataset_from(data, kwargs), cols))
+    return LazyDataset(HFDatasetSource(hf_dataset_from(data, kwargs), cols,
+                                       fingerprint_key=False))
 
 
 def _load_token_file(spec, data: str | None) -> LazyDataset:
