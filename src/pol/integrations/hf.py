@@ -22,8 +22,8 @@ writes checkpoint 0, and sets on the instance:
   step ran with, so the Trainer's scheduler (linear with warm-up, any) replays.
 - `get_train_dataloader`: attach's batches, `{"input_ids", "labels"}` in the order pol draws from
   `seed` (the verifier checks every index); `per_device_train_batch_size` micro-batches,
-  `gradient_accumulation_steps` of them per step (attach's `accumulation`; a last partial step is
-  dropped), read in `dataloader_num_workers` workers.
+  `gradient_accumulation_steps` of them per step (attach's `accumulation`; with accumulation an
+  epoch's last partial step is dropped), read in `dataloader_num_workers` workers.
 - `compute_loss` (for those batches; evaluation keeps the Trainer's): the logits of
   `model(input_ids=...)` and the loss `causal_lm_cross_entropy` — what the model computes from
   `labels` (shifted inside, -100 ignored, the mean), so the Trainer divides it by the accumulation
