@@ -49,7 +49,7 @@ from torch import nn
 from pol.errors import ConfigError
 from pol.prover.recorder import Recorder
 from pol.spec import ModelSpec, ScheduleSpec, StepSpec
-from pol.step.context import step_context
+from pol.step.context import step_context, uncompiled
 from pol.step.amp import autocast as autocast_context
 from pol.step.amp import check_user_scaler, make_grad_scaler, scaler_of, set_scaler
 from pol.step.core import backward, make_loss, micro_batches, optimizer_step, step_inputs
@@ -395,8 +395,9 @@ def attach(*, model: nn.Module, optimizer: torch.optim.Optimizer, data: Any,
     """Attach pol to a training loop: returns `(optimizer, loader)` drop-ins that record a proof
     in `out` (see the module's docstring). Validates first: anything pol cannot replay (an
     optimizer not in `pol.step.OPTIMIZERS`, a fused kernel, parameter groups that differ in more
-    than lr and weight decay, an optimizer over other parameters, an unknown loss or feature) is
-    a `ConfigError` that names it, raised before anything is written.
+    than lr and weight decay, an optimizer over other parameters, an unknown loss or feature, a
+    `torch.compile` backend other than aot_eager / eager: `pol.step.context.uncompiled`) is a
+    `ConfigError` that names it, raised before anything is written.
 
     `batch_size`: the loader's micro-batch; `accumulation`: micro-batches per optimizer step;
     `drop_last` (default: on with accumulation, so that every step has all N micro-batches);
@@ -412,6 +413,7 @@ def attach(*, model: nn.Module, optimizer: torch.optim.Optimizer, data: Any,
     step it continues at, and the loader hands out the batches from there (fast-forward your lr
     scheduler by that many steps). `autocast` "bf16" / "fp16": mixed precision (see
     `_mixed_precision`)."""
+    model = uncompiled(model)  # torch.compile: the module underneath (or ConfigError)
     _check_optimizer(model, optimizer)
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ConfigError(f"num_workers={num_workers!r}: an integer >= 0")

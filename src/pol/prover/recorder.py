@@ -57,6 +57,7 @@ from pol.spec import (DataSpec, ModelSpec, ScheduleSpec, StepSpec, TrainingSpec,
 from pol.step import (derive_seed, epoch_order, optimizer_spec_of, seed_step,  # noqa: F401
                       state_tensors)
 from pol.step.runtime import check_recordable_numerics
+from pol.step.context import uncompiled
 from pol.step.init import draw_init, seeded_init_mismatch
 from pol.step.optimizers import optimizer_row
 from pol.step.state import storage_dtype
@@ -231,6 +232,7 @@ class Recorder:
                               "from earlier steps: a proof starts from a fresh optimizer (the "
                               "verifier rejects state at checkpoint 0). Record from the start, or "
                               "record those earlier steps as a parent proof and warm-start from it")
+        model = uncompiled(model)  # torch.compile: the module underneath (or ConfigError)
         self.model = model
         self.optimizer = optimizer
         data, data_name, data_params = resolve_data(data, data_name, data_params)
