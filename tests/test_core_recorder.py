@@ -138,6 +138,11 @@ def test_recorder_refuses_what_the_verifier_would_reject(tmp_path):
         rec.record_batch(batches[0])
     with pytest.raises(ConfigError, match="expected"):
         rec.record_batch(batches[1][:3])
+    dup = batches[1].copy()
+    dup[-1] = dup[0]  # twice within one batch
+    with pytest.raises(ConfigError, match="twice"):
+        rec.record_batch(dup)
+    rec.record_batch(batches[1])  # the same batch without the duplicate is fine
     model, opt, _ = fresh("c")
     opt.zero_grad()
     F.cross_entropy(model(torch.from_numpy(x[:8])), torch.from_numpy(y[:8])).backward()

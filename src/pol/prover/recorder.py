@@ -283,6 +283,8 @@ class Recorder:
         # samples used so far in the current epoch (None: not tracked, after a resume mid-epoch)
         self._seen: np.ndarray | None = np.zeros(n, dtype=bool)
         self._order: np.ndarray | None = None  # this epoch's order (spec.data.order "seed")
+        self._stamp = np.zeros(n, dtype=np.int64)  # scratch of the duplicate check
+        self._positions = np.arange(spec.batch_size, dtype=np.int64)
         self._rows_idx: list[np.ndarray] = []
         self._rows_lr: list[list[float]] = []
         self._rows_loss: list[torch.Tensor] = []
@@ -492,7 +494,12 @@ class Recorder:
                               f"samples, expected {want}: every batch but an epoch's last is "
                               f"full, and each epoch uses every sample once")
         if self._seen is not None and not seed_order:
-            if self._seen[idx].any() or np.unique(idx).size != idx.size:
+            # a sample seen earlier in the epoch, or twice in this batch (where a later position
+            # overwrites an earlier one's stamp): O(batch), not a sort of the batch per step
+            stamp = self._stamp
+            stamp[idx] = self._positions[:len(idx)]
+            if (self._seen[idx].any()
+                    or not np.array_equal(stamp[idx], self._positions[:len(idx)])):
                 raise ConfigError(f"step {self.t}: a sample is used twice in epoch "
                                   f"{self.t // S}: each epoch's indices must be a permutation "
                                   "of the dataset (sampling with replacement is not supported)")
