@@ -88,7 +88,8 @@ def trust_module() -> Decorator:
 
 def data(help: str = "The proof's dataset when pol cannot rebuild it: a directory (CIFAR), "  # noqa: A002
          "an .npz with arrays x, y (user data), a token file (its sha256 is checked), or "
-         "module:callable for a proof made on a torch Dataset. Built-in datasets take "
+         "module:callable for a proof made on a torch Dataset (or a Hugging Face dataset; its "
+         "save_to_disk directory works too). Built-in datasets take "
          "none.") -> Decorator:
     return click.option("--data", "data", help=help)
 
