@@ -219,9 +219,13 @@ class ProofWriter:
         self._files[name] = (hashlib.sha256(data).hexdigest(), len(data))
 
     def _write_progress(self, t: int, rows: int) -> None:
+        # the run's JSON is serialized once: each checkpoint's record costs the writer thread
+        # (and, through the GIL, the training thread) no re-serialization of the spec
+        if getattr(self, "_run_json", None) is None:
+            self._run_json = json.dumps(self.run_info)
         atomic_write(self.dir / fmt.PROGRESS,
-                     json.dumps({"writing": True, "last_checkpoint": t, "rows": rows,
-                                 "run": self.run_info}).encode(), self.durable)
+                     (f'{{"writing": true, "last_checkpoint": {int(t)}, "rows": {int(rows)}, '
+                      f'"run": {self._run_json}}}').encode(), self.durable)
 
     def drain(self) -> None:
         """Wait until every checkpoint given so far is written (or the writer failed)."""
