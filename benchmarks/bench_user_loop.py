@@ -7,6 +7,8 @@ same loop with
           `rec.step(loss)` after `opt.step()`
   attach  `pol.attach(...)`: the loop over its batches, `opt.step(loss=loss)`
   plain2  the plain loop again: the A/A control (the noise floor of this machine, this run)
+  rec-nowrite  (diagnostic, --blocks only) the Recorder whose writer thread writes nothing: the
+          training thread's own share of the recorder's cost
 
 at each k of `--ks`. Every run builds a fresh model and optimizer (the same weights: the
 recorders take them as `init="external"`), trains `--warmup` untimed steps then `--steps` timed
@@ -162,8 +164,11 @@ def blocks(mode: str, task, device: torch.device, n_blocks: int, block: int, war
     common = dict(model=model, data=(X, Y), model_spec=model_spec, epochs=epochs, k=k,
                   init="external", overwrite=True, durable=DURABLE[0], **ALLOW)
     rec = loader = None
-    if mode == "rec":
+    if mode in ("rec", "rec-nowrite"):
         rec = Recorder(out, optimizer=opt, batch_size=B, **common)
+        if mode == "rec-nowrite":  # diagnostic: the writer thread waits for each snapshot's
+            # copy and frees it, but writes nothing: the training thread's own share of the cost
+            rec.writer._write_ready = lambda t, snap: None
     elif mode == "attach":
         opt, loader = pol.attach(optimizer=opt, out=out, batch_size=B, **common)
         rec = opt.recorder
