@@ -5,7 +5,8 @@
 2. checks of the claims (`checks.inputs`): learning rates, hyperparameters, epoch structure;
 3. one checkpoint pass: every checkpoint read once (digest, shapes, dtypes, plausibility of the
    optimizer state), the claimed update d1 of every segment; replays start during the pass while
-   a segment's two checkpoints are in memory (`executors`);
+   a segment's two checkpoints are in memory (`executors`); on a GPU the next checkpoint is read
+   on a thread meanwhile (`CheckpointStore.stream`);
 4. checks of the start (`checks.init`): KS on W_0, init regeneration, the parent for a warm start;
 5. δ (exact mode where the prover's kind of hardware allows it) and the selection
    (`selection.choose`: top-Q per epoch + random, or all);
@@ -32,7 +33,6 @@ from tqdm import tqdm
 
 from pol.errors import ConfigError, IntegrityError
 from pol.proof import format as fmt
-from pol.proof.hashing import sample_leaves
 from pol.proof.reader import open_proof
 from pol.verifier import selection
 from pol.verifier.budget import check_verify_budget
@@ -44,8 +44,8 @@ from pol.verifier.distances import METRICS, flat_params
 from pol.verifier.parallel import distances
 from pol.verifier.policy import Defence, Policy, resolve
 from pol.verifier.report import Report, SegmentResult
-from pol.verifier.session import (CheckpointStore, build_step_context, load_verifier_data,
-                                  model_source_matches, param_names)
+from pol.verifier.session import (CheckpointStore, build_step_context, dataset_leaves,
+                                  load_verifier_data, model_source_matches, param_names)
 from pol.verifier.soundness import state_problem
 
 _param_names = param_names  # older name, kept for callers outside the package
@@ -174,6 +174,9 @@ class Session:
     device: torch.device | None = None
     ctx: Any = None
     store: CheckpointStore | None = None
+    data_digest: str = ""  # content digest of in-memory data ("" where not computed)
+    init_ks: Any = None  # the KS check of W_0 running on a thread (a Future), or None
+    overlap: bool = False  # work beside the replays runs on threads (`_overlaps`)
 
 
 class _NoBar:
@@ -234,6 +237,7 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions) -> Report:
                    else f"model code differs from the prover's (proof {theirs[:12]}…, installed "
                    f"{mine[:12]}…)", warn=True)
     s.store = CheckpointStore(proof, s.ctx)
+    s.overlap = _overlaps(s)
 
     from pol.verifier.executors import make_executor
     n_planned, _ = selection.planned(m, o.q, o.all_segments, policy.extra_random)
@@ -258,8 +262,8 @@ def _load_data(s: Session, o: VerifyOptions, report: Report) -> bool:
                    "root" if not problems else "; ".join(problems))
         return True
     s.data = load_verifier_data(s.spec, o.data)
-    s.leaves = sample_leaves(s.data.x, s.data.y)
-    c = inputs.dataset_commitment(s.data, s.leaves, s.spec)
+    s.leaves, root, s.data_digest = dataset_leaves(s.data)
+    c = inputs.dataset_commitment(s.data, s.leaves, s.spec, root)
     c.add_to(report)
     return bool(c.ok)
 
@@ -334,18 +338,20 @@ def _checkpoint_pass(o: VerifyOptions, policy: Policy, s: Session, report: Repor
     stream = selection.TopQStream(o.q, m.steps_per_epoch, ck)
     prev = store.load(0)
     w0 = prev
+    s.init_ks = _init_ks_ahead(o, s, w0)
     if policy.has(Defence.OPTIMIZER_STATE):
         _add(report, [init_checks.initial_optimizer_state(prev, spec)])
     regen_pre = None
     if (policy.has(Defence.INIT_REGENERATION) and m.init.get("kind") != "parent"
-            and m.init.get("external") is not True and s.device.type == "cpu"):
-        # the model built above is still untouched (replays below change it)
+            and m.init.get("external") is not True):
+        # the model built above is still untouched (replays below change it); on any device,
+        # this spares building a second model on the CPU (seconds at 100M parameters)
         regen_pre = init_checks.seeded_init_equal(s.ctx.model, w0, names)
     prev_vec = flat_params(prev, names)
     prev_norm = torch.linalg.vector_norm(prev_vec)
-    for i, t in enumerate(tqdm(ck[1:], desc="reading checkpoints", leave=False)
-                          if o.progress else ck[1:]):
-        cur = store.load(t)
+    reads = store.stream(ck[1:], ahead=s.overlap)
+    for i, (t, cur) in enumerate(tqdm(reads, total=len(ck) - 1, desc="reading checkpoints",
+                                      leave=False) if o.progress else reads):
         if policy.has(Defence.OPTIMIZER_STATE) and not state_probs:
             prob = state_problem(t, cur, spec)
             if prob:
@@ -365,6 +371,27 @@ def _checkpoint_pass(o: VerifyOptions, policy: Policy, s: Session, report: Repor
     return updates, w0, prev_vec, state_probs, regen_pre
 
 
+def _overlaps(s: Session) -> bool:
+    """Whether work beside the replays runs on threads (the next checkpoint's read, the KS test of
+    W_0): on a GPU, whose host CPU is free while it replays; not on a CPU, whose cores the replay
+    uses (a thread beside it slows every step)."""
+    return s.device.type != "cpu"
+
+
+def _init_ks_ahead(o: VerifyOptions, s: Session, w0):
+    """The KS test of W_0 started on a thread, to run while the checkpoint pass reads and replays
+    (its result is taken in turn, by `_check_start`); None where it runs in turn (`_overlaps`),
+    and for a warm start (no KS). It reads W_0 and the model's structure, never the weights the
+    replays change."""
+    if not s.overlap or s.manifest.init.get("kind") == "parent":
+        return None
+    from concurrent.futures import ThreadPoolExecutor
+    ex = ThreadPoolExecutor(1, thread_name_prefix="pol-init-ks")
+    fut = ex.submit(init_checks.initialization, s.ctx.model, s.spec, w0, s.store.names, o.alpha)
+    ex.shutdown(wait=False)
+    return fut
+
+
 def _check_start(o: VerifyOptions, policy: Policy, s: Session, report: Report, w0,
                  regen_pre: bool | None) -> None:
     """W_0: the parent's final weights for a warm start, else KS (and, hardened, regeneration
@@ -374,7 +401,8 @@ def _check_start(o: VerifyOptions, policy: Policy, s: Session, report: Report, w
         from pol.protocol.chain import check_parent
         check_parent(report, m, w0, o, verify)
         return
-    _add(report, [init_checks.initialization(s.ctx.model, spec, w0, names, o.alpha)])
+    _add(report, [s.init_ks.result() if s.init_ks is not None else
+                  init_checks.initialization(s.ctx.model, spec, w0, names, o.alpha)])
     if not policy.has(Defence.INIT_REGENERATION):
         return
     final = s.store.load(m.checkpoints[-1])

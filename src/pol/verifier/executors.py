@@ -48,9 +48,13 @@ class InProcess:
 
     def results(self, segments: Sequence[Segment], bar) -> list[SegmentOutcome]:
         outs = []
+        later = [seg for seg in segments if seg not in self._early]
+        after = dict(zip(later, later[1:]))  # the next segment replayed here, not early
         for a, b in segments:
             out = self._early.get((a, b))
             if out is None:
+                if getattr(self.s, "overlap", False) and (a, b) in after:
+                    self.s.store.prefetch(after[(a, b)])  # its reads, while this one replays
                 out = self._replay(a, b, self.s.store.load, lambda: bar.update(1))
             else:
                 if isinstance(out, BaseException):
@@ -72,7 +76,8 @@ class Pool:
         method = start_method(s.device)
         job = ReplayJob(proof=str(path), root_digest=s.manifest.root_digest,
                         limits=options.limits, data=options.data,
-                        data_digest="" if method == "fork" else content_digest(s.data.x, s.data.y),
+                        data_digest="" if method == "fork" else
+                        (s.data_digest or content_digest(s.data.x, s.data.y)),
                         leaves=s.leaves, device=options.device,
                         trusted_modules=tuple(options.trusted_modules), metrics=tuple(metrics),
                         hardened=probe, torch_settings=torch_settings())

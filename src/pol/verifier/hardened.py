@@ -32,7 +32,6 @@ from typing import Iterable
 
 import numpy as np
 import torch
-from scipy import stats
 
 from pol.errors import ConfigError, PolError, ProofFormatError
 
@@ -67,6 +66,7 @@ def regenerated_init_matches(spec, w0: dict[str, torch.Tensor], names: list[str]
 
 def rank_correlations(w0: dict[str, torch.Tensor], wT: dict[str, torch.Tensor],
                       names: list[str]) -> list[tuple[str, float]]:
+    from scipy import stats  # on use: scipy.stats takes about a second to import
     out = []
     for n in names:
         a = w0[n].detach().reshape(-1).to(torch.float64).numpy()

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import stats
 
 MIN_KS_ELEMENTS = 8  # below this a KS test says nothing useful; such tensors are skipped
 
@@ -30,6 +29,8 @@ class LayerResult:
 def check_init(model: torch.nn.Module, strategy: str, w0: dict[str, torch.Tensor],
                alpha: float = 0.01) -> tuple[bool, list[LayerResult], float]:
     """Returns (passed, per-layer results, per-layer threshold α/L)."""
+    from scipy import stats  # on use: scipy.stats takes about a second to import
+
     from pol.step.init import expected_distributions
 
     dists = expected_distributions(model, strategy)

@@ -100,44 +100,72 @@ def replay_segment(ctx, proof, data, leaves: np.ndarray, names: list[str], a: in
                    load: Callable[[int], dict[str, torch.Tensor]],
                    step_done: Callable[[], Any] | None = None) -> SegmentOutcome:
     """Replay steps a..b-1 from the checkpoint at a with the shared `update()`, checking every
-    batch's hash and (hardened) recorded loss, and compare the result with the checkpoint at b."""
+    batch's hash and (hardened) recorded loss, and compare the result with the checkpoint at b.
+
+    No step waits for the device: the losses are read back once, after the last step (a training
+    loop does not read them either), and a GPU's batches are copied from pinned memory."""
     spec = proof.manifest.spec
-    data_ok = True
-    loss_bad: list[int] = []
     start = load(a)
     load_state(ctx.model, ctx.optimizer, spec.optimizer.name, start)
-    flipped = None
     # data dependence is probed at the segment's first step whose every lr is positive (a step
     # at lr 0, e.g. a warm-up from 0, moves nothing whatever its data); none: nothing to probe
     probe_t = next((t for t in range(a, b) if (proof.lrs[t] > 0).all()), None) \
         if hardened else None
     flip = float("inf") if hardened and probe_t is None else float("nan")
+    data_ok, losses, probed = _replay_steps(ctx, proof, data, leaves, a, b, start, probe_t,
+                                            step_done)
+    if probed is not None:
+        flip = probed
+    loss_bad: list[int] = []
+    if hardened:  # a recorded loss that is NaN or infinite matches nothing
+        for t, my_loss in zip(range(a, b), _host_losses(losses)):
+            rec_loss = float(proof.losses[t])
+            if not (abs(rec_loss - my_loss) <= 5e-2 * max(abs(my_loss), 1e-6)):
+                loss_bad.append(t)
+    return _outcome(ctx, spec, names, metrics, a, b, start, load(b), data_ok, loss_bad, flip)
+
+
+def _replay_steps(ctx, proof, data, leaves: np.ndarray, a: int, b: int, start: dict,
+                  probe_t: int | None, step_done):
+    """Steps a..b-1 with `update()`: (every batch's hash matched, the steps' losses as `update`
+    returned them, the flip ratio measured at `probe_t` or None)."""
+    data_ok, losses, flip = True, [], None
+    opt_name = proof.manifest.spec.optimizer.name
+    pin = ctx.device.type == "cuda"
     for t in range(a, b):
         idx = proof.batch(t)
         if merkle_root(leaves[idx]) != proof.batch_hashes[t].tobytes():
             data_ok = False
         x, y, lrs = torch.from_numpy(data.x[idx]), torch.from_numpy(data.y[idx]), \
             proof.lrs[t].tolist()
+        if pin:  # copied to the device without waiting for the steps queued before (no sync)
+            x, y = x.pin_memory(), y.pin_memory()
         try:
             if t == probe_t:  # data dependence: the same step with the gradient flipped
-                w_a = _flat_params(ctx)
-                here = start if t == a else {k: v.detach().clone() for k, v in
-                                             state_tensors(ctx.model, ctx.optimizer).items()}
-                flipped = _flipped_step(ctx, x, y, lrs, t)
-                load_state(ctx.model, ctx.optimizer, spec.optimizer.name, here)
-            loss = update(ctx, x, y, lrs, t)
+                loss, flip = _probed_step(ctx, opt_name, x, y, lrs, t,
+                                          start if t == a else None)
+            else:
+                loss = update(ctx, x, y, lrs, t)
         except (RuntimeError, ValueError, IndexError, TypeError) as e:
             raise ProofFormatError(f"the proof's spec does not run on its data (step {t}): "
                                    f"{str(e).splitlines()[0][:200]}") from None
-        if t == probe_t:
-            flip = _flip_ratio(_flat_params(ctx), flipped, w_a)
-        if hardened:  # a recorded loss that is NaN or infinite matches nothing
-            rec_loss, my_loss = float(proof.losses[t]), float(loss)
-            if not (abs(rec_loss - my_loss) <= 5e-2 * max(abs(my_loss), 1e-6)):
-                loss_bad.append(t)
+        losses.append(loss)
         if step_done is not None:
             step_done()
-    end = load(b)
+    return data_ok, losses, flip
+
+
+def _host_losses(losses: list) -> list[float]:
+    """`float(loss)` of every step, read back from the device in one synchronization (each value
+    converted exactly: every float dtype widens to float64 without rounding)."""
+    if losses and all(isinstance(v, torch.Tensor) and v.numel() == 1 for v in losses):
+        return torch.cat([v.detach().reshape(1).double() for v in losses]).tolist()
+    return [float(v) for v in losses]
+
+
+def _outcome(ctx, spec, names: list[str], metrics: Sequence[str], a: int, b: int, start: dict,
+             end: dict, data_ok: bool, loss_bad: list[int], flip: float) -> SegmentOutcome:
+    """The replayed state against the claimed checkpoint at b."""
     mine = state_tensors(ctx.model, ctx.optimizer)
     mine_vec = flat_params({n: mine[n].to(storage_dtype(n, mine[n], spec.precision))
                             for n in names}, names)
@@ -165,6 +193,63 @@ def replay_segment(ctx, proof, data, leaves: np.ndarray, names: list[str], a: in
                            for k in end if k.endswith(".step") and k in mine)
     return SegmentOutcome(a, b, err, bool(exact), loss_bad, data_ok, state_error, state_change,
                           bool(steps_ok), flip)
+
+
+def _probed_step(ctx, opt_name: str, x: torch.Tensor, y: torch.Tensor, lrs, t: int,
+                 here: dict[str, torch.Tensor] | None) -> tuple[torch.Tensor, float]:
+    """Step t, and the data-dependence ratio ‖W(g) − W(−g)‖ ÷ ‖W(g) − W_a‖ measured on it. `here`:
+    the state before the step when the caller holds it (the segment's checkpoint), else copied.
+
+    Without a GradScaler, W(−g) is the optimizer's step on the real step's gradients, negated: the
+    forward and backward passes of a step on the negated loss give exactly these (negation is exact
+    and every backward op is linear in its incoming gradient, rounded symmetrically), so the ratio
+    is the one `_flipped_step` gives, for one optimizer step instead of a whole training step. With a
+    GradScaler (whose skipped steps and scale updates depend on the pass), the step is run again on
+    the negated loss."""
+    opt = ctx.optimizer
+    w_a = _flat_params(ctx)
+    if here is None:
+        here = {k: v.detach().clone() for k, v in state_tensors(ctx.model, opt).items()}
+    from pol.step import scaler_of
+    if scaler_of(opt) is not None:
+        flipped = _flipped_step(ctx, x, y, lrs, t)
+        load_state(ctx.model, opt, opt_name, here)
+        loss = update(ctx, x, y, lrs, t)
+        return loss, _flip_ratio(_flat_params(ctx), flipped, w_a)
+    grads: list[torch.Tensor | None] = []
+
+    def keep(opt, args, kwargs) -> None:  # the gradients the optimizer steps on (clipped)
+        grads[:] = [None if p.grad is None else p.grad.detach().clone()
+                    for g in opt.param_groups for p in g["params"]]
+    hook = opt.register_step_pre_hook(keep)
+    try:
+        loss = update(ctx, x, y, lrs, t)
+    finally:
+        hook.remove()
+    return loss, _flip_ratio(_flat_params(ctx), _negated_step(ctx, opt_name, here, grads), w_a)
+
+
+def _negated_step(ctx, name: str, here: dict[str, torch.Tensor], grads: list) -> torch.Tensor:
+    """The parameters after the optimizer's step from `here` on the negated `grads`; the state the
+    real step left is put back as it was (the model's tensors copied back, the optimizer's own
+    state objects, which `load_state` replaces rather than changes, handed back)."""
+    opt, model = ctx.optimizer, ctx.model
+    kept_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    kept_opt = dict(opt.state)
+    load_state(model, opt, name, here)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            p.grad = None if g is None else g.neg_()
+    opt.step()
+    flipped = _flat_params(ctx)
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            v.copy_(kept_model[k])
+    opt.state.clear()
+    opt.state.update(kept_opt)
+    opt.zero_grad(set_to_none=True)
+    return flipped
 
 
 def _flat_params(ctx) -> torch.Tensor:

@@ -5,16 +5,92 @@ The session is built once, in order of cost: the proof (digests), the data (its 
 check of `pol.verifier.checks.inputs`), the model and optimizer (`pol.step.build_context`, the
 same constructor the prover used). Checkpoints are read through `CheckpointStore.load`: digest,
 names, shapes, dtypes and finite weights checked, the last two kept in memory.
+
+The data's per-sample leaves and their Merkle root (what the dataset commitment is checked against)
+are cached on disk under the data's content digest (`dataset_leaves`), so a second verification of
+the same data hashes its bytes once instead of hashing every sample and building the tree.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import threading
+from typing import Any
+
+import numpy as np
 import torch
 
 from pol.datasets import load_training_set as load_verifier_data  # noqa: F401 - re-export
 from pol.errors import ConfigError, ProofFormatError
 from pol.proof import format as fmt
 from pol.step import MODEL_PREFIX, expected_state_shapes, storage_dtypes
+
+
+COMMITMENT_CACHE_VERSION = "pol.dataset-commitment.v1"
+
+
+def dataset_leaves(data) -> tuple[np.ndarray, bytes | None, str]:
+    """(per-sample leaves [N, 32], their Merkle root or None when not cached, content digest) of
+    the verifier's data.
+
+    In-memory arrays are cached on disk (`pol.proof.hashing.leaf_cache_dir()`: $POL_CACHE_DIR,
+    else $XDG_CACHE_HOME/pol; POL_CACHE_DIR="" turns it off) in a file named by the data's content
+    digest, which is computed from the bytes every time: an entry is only used for the very bytes
+    it was made from (a cache file that does not fit is ignored and rewritten). Data read on demand
+    has its own cache (`source_leaves`); its content digest is "" here."""
+    from pol.proof.hashing import content_digest, merkle_root, sample_leaves
+    if getattr(data.x, "pol_source", None) is not None:
+        return sample_leaves(data.x, data.y), None, ""
+    digest = content_digest(data.x, data.y)
+    path = _commitment_file(digest)
+    n = len(data.y)
+    hit = _read_commitment(path, n)
+    if hit is not None:
+        return hit[0], hit[1], digest
+    leaves = sample_leaves(data.x, data.y)
+    root = merkle_root(leaves)
+    _write_commitment(path, root, leaves)
+    return leaves, root, digest
+
+
+def _commitment_file(digest: str) -> str | None:
+    from pol.proof.hashing import LEAF_CACHE_VERSION, leaf_cache_dir
+    d = leaf_cache_dir()
+    if d is None:
+        return None
+    name = hashlib.sha256(f"{COMMITMENT_CACHE_VERSION}|{LEAF_CACHE_VERSION}|array|{digest}"
+                          .encode()).hexdigest()
+    return os.path.join(d, name + ".commitment")
+
+
+def _read_commitment(path: str | None, n: int) -> tuple[np.ndarray, bytes] | None:
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(32 * (n + 1) + 1)
+    except OSError:
+        return None
+    if len(raw) != 32 * (n + 1):
+        return None  # another size: recomputed (and rewritten)
+    leaves = np.frombuffer(raw, dtype=np.uint8, offset=32).reshape(n, 32)
+    leaves.setflags(write=False)
+    return leaves, raw[:32]
+
+
+def _write_commitment(path: str | None, root: bytes, leaves: np.ndarray) -> None:
+    if path is None:
+        return
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(root)
+            f.write(np.ascontiguousarray(leaves, dtype=np.uint8).tobytes())
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a cache: never a reason to fail
 
 
 def param_names(model: torch.nn.Module) -> list[str]:
@@ -67,16 +143,44 @@ class CheckpointStore:
         self.dtypes = storage_dtypes(ctx.model, ctx.optimizer, spec.optimizer.name,
                                      spec.precision)
         self._recent: dict[int, dict[str, torch.Tensor]] = {}
+        self._pending: dict[int, Any] = {}  # step -> Future of a read started by `prefetch`
+        self._reader = None
 
     def load(self, t: int) -> dict[str, torch.Tensor]:
         hit = self._recent.get(t)
         if hit is not None:
             return hit
-        tensors = self._load_checked(t)
+        pending = self._pending.pop(t, None)
+        tensors = pending.result() if pending is not None else self._load_checked(t)
+        self._keep(t, tensors)
+        return tensors
+
+    def prefetch(self, steps) -> None:
+        """Start reading (and checking) these checkpoints on a background thread, each once:
+        `load` takes them in turn, and raises a read's error then. File reads, SHA-256 and the
+        checks run outside the GIL, so a replay on a GPU hides them."""
+        for t in steps:
+            if t in self._recent or t in self._pending:
+                continue
+            if self._reader is None:
+                from concurrent.futures import ThreadPoolExecutor
+                self._reader = ThreadPoolExecutor(1, thread_name_prefix="pol-checkpoint-read")
+            self._pending[t] = self._reader.submit(self._load_checked, t)
+
+    def stream(self, steps, ahead: bool = False):
+        """(t, checkpoint) for every step in `steps`, in order, each read and checked once (as
+        `load`). `ahead`: the next one is read on a background thread (`prefetch`) while the
+        caller works on the current one."""
+        steps = list(steps)
+        for j, t in enumerate(steps):
+            if ahead and j + 1 < len(steps):
+                self.prefetch(steps[j + 1:j + 2])
+            yield t, self.load(t)
+
+    def _keep(self, t: int, tensors: dict[str, torch.Tensor]) -> None:
         self._recent[t] = tensors
         while len(self._recent) > 2:
             self._recent.pop(next(iter(self._recent)))
-        return tensors
 
     def _load_checked(self, t: int) -> dict[str, torch.Tensor]:
         tensors = self.proof.load_checkpoint(t)

@@ -43,9 +43,12 @@ def initialization(model: torch.nn.Module, spec, w0: dict[str, torch.Tensor], na
 def seeded_init_equal(model: torch.nn.Module, w0: dict[str, torch.Tensor],
                       names: list[str]) -> bool:
     """W_0 bitwise equal to a freshly built (still untouched) model's weights: the init pol draws
-    from the proof's seed, built as `hardened.regenerated_init_matches` does."""
+    from the proof's seed, built as `hardened.regenerated_init_matches` does (`build_context`
+    draws W_0 on the CPU and then moves the model, so a model built for a GPU holds the same
+    bits)."""
     mine = {"model." + k: v for k, v in model.state_dict().items()}
-    return all(n in mine and torch.equal(mine[n].to(w0[n].dtype), w0[n].cpu()) for n in names)
+    return all(n in mine and torch.equal(mine[n].detach().to("cpu", w0[n].dtype), w0[n].cpu())
+               for n in names)
 
 
 def init_regeneration(regen: bool) -> CheckResult:

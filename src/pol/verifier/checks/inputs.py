@@ -9,9 +9,10 @@ from pol.verifier import soundness
 from pol.verifier.checks import CheckName, CheckResult
 
 
-def dataset_commitment(data, leaves: np.ndarray, spec) -> CheckResult:
-    """The verifier's data must hash to the committed Merkle root (else replay proves nothing)."""
-    root = merkle_root(leaves).hex()
+def dataset_commitment(data, leaves: np.ndarray, spec, root: bytes | None = None) -> CheckResult:
+    """The verifier's data must hash to the committed Merkle root (else replay proves nothing).
+    `root`: the leaves' root where the caller has it already (`session.dataset_leaves`)."""
+    root = (root if root is not None else merkle_root(leaves)).hex()
     ok = len(data) == spec.data.size and root == spec.data.root
     return CheckResult(CheckName.DATASET_COMMITMENT, ok,
                        "the data hashes to the committed Merkle root" if ok else
