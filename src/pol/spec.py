@@ -20,6 +20,9 @@ TF32_MODES = ("", "off", "conv", "matmul", "on")
 SCHEDULES = ("constant", "multistep", "cosine", "recorded")  # recorded: no declared schedule
 LOSSES = ("cross_entropy", "mse", "lm_cross_entropy", "causal_lm_cross_entropy")
 PRECISIONS = ("fp32", "fp16")
+# exact mode's rounding-log window (StepSpec.exact_window), in float32 ulps: the default and bounds
+EXACT_WINDOW = 2.0 ** -12
+EXACT_WINDOW_MIN, EXACT_WINDOW_MAX = 2.0 ** -24, 2.0 ** -4
 
 # JSON scalars that may appear in factory keyword arguments (nested lists/dicts of these too).
 _JSON_SCALARS = (str, int, float, bool, type(None))
@@ -366,6 +369,11 @@ class StepSpec:
       micro-batch, then `scaler.unscale_` (only when clipping), the clipping, `scaler.step`
       (skipped when a gradient is inf/NaN: replayed as skipped) and `scaler.update()`; its state
       (scale, growth tracker) is in every checkpoint (`scaler.scale`, `scaler.growth_tracker`).
+    - `exact`: the step computes in float64 and rounds to float32 values at its boundaries (the
+      gradients after the backward passes; after the optimizer's step every parameter, optimizer
+      state tensor and floating buffer; the loss), logging the direction of every value within
+      `exact_window` float32 ulps of a rounding tie (`pol.step.exact`): the proof replays bitwise
+      on other hardware. `exact_window` is written whenever `exact` is (no autocast with it).
     """
 
     clip_grad_norm: float = 0.0  # 0 = off
@@ -378,6 +386,8 @@ class StepSpec:
     scaler_growth_factor: float = 2.0
     scaler_backoff_factor: float = 0.5
     scaler_growth_interval: int = 2000
+    exact: bool = False  # float64 step, rounded to float32 at its boundaries, with a rounding log
+    exact_window: float = EXACT_WINDOW  # logged: within this many float32 ulps of a tie
 
     def __post_init__(self) -> None:
         if self.clip_grad_norm < 0 or self.clip_grad_value < 0:
@@ -408,15 +418,25 @@ class StepSpec:
                 or not isinstance(self.scaler_growth_interval, int) \
                 or not 1 <= self.scaler_growth_interval <= 2**31 - 1:
             raise ValueError("GradScaler growth_interval must be an integer >= 1")
+        if not isinstance(self.exact, bool):
+            raise ValueError("exact must be true or false")
+        if (isinstance(self.exact_window, bool) or not isinstance(self.exact_window, (int, float))
+                or not EXACT_WINDOW_MIN <= self.exact_window <= EXACT_WINDOW_MAX):
+            raise ValueError(f"exact_window must be in [2^-24, 2^-4], got {self.exact_window!r}")
+        if self.exact_window != EXACT_WINDOW and not self.exact:
+            raise ValueError("exact_window needs exact=True")
+        if self.exact and self.autocast:
+            raise ValueError("exact mode computes the step in float64: no autocast with it")
 
     @property
     def is_default(self) -> bool:
         return self == StepSpec()
 
     def to_dict(self) -> dict:
-        """Only the fields that differ from their defaults."""
+        """Only the fields that differ from their defaults (and the window with exact mode)."""
         return {f.name: getattr(self, f.name) for f in fields(self)
-                if getattr(self, f.name) != f.default}
+                if getattr(self, f.name) != f.default
+                or (f.name == "exact_window" and self.exact)}
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "spec.step") -> "StepSpec":
@@ -443,7 +463,11 @@ class StepSpec:
                                                   optional=True, default=0.5),
                        scaler_growth_interval=_num(d, "scaler_growth_interval", where, lo=1,
                                                    hi=2**31 - 1, integer=True, optional=True,
-                                                   default=2000))
+                                                   default=2000),
+                       exact=_bool(d, "exact", where, False),
+                       exact_window=float(_num(d, "exact_window", where, lo=EXACT_WINDOW_MIN,
+                                               hi=EXACT_WINDOW_MAX, optional=True,
+                                               default=EXACT_WINDOW)))
         except ValueError as e:
             raise ProofFormatError(f"{where}: {e}") from None
         # one spelling: defaults are left out, and the whole step when all are
@@ -503,6 +527,8 @@ class TrainingSpec:
                              "accumulation)")
         if self.step.autocast and self.device not in ("cpu", "cuda"):
             raise ValueError(f"autocast on {self.device} is not supported (cpu, cuda)")
+        if self.step.exact and self.precision != "fp32":
+            raise ValueError("exact mode stores float32 checkpoints: precision must be fp32")
         if self.step.label_smoothing and self.loss == "mse":
             raise ValueError(f"label smoothing needs a cross-entropy loss, not {self.loss!r}")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from pol.errors import ConfigError
-from pol.spec import (DataSpec, ModelSpec, OptimizerSpec, ScheduleSpec, TrainingSpec,
+from pol.spec import (DataSpec, ModelSpec, OptimizerSpec, ScheduleSpec, StepSpec, TrainingSpec,
                       current_cpu_capability)
 
 DEFAULT_TASK = "digits-mlp"
@@ -110,9 +110,11 @@ def make_schedule(kind: str, total_steps: int, warmup: int = 0) -> ScheduleSpec:
 def build_spec(task_name: str, *, epochs: int | None = None, k: int | None = None, seed: int = 0,
                lr: float | None = None, batch_size: int | None = None, precision: str = "fp32",
                device: str = "cpu", deterministic: bool = False, data_dir: str | None = None,
-               dataset_params: dict | None = None, tf32: bool = False, warmup: int = 0):
+               dataset_params: dict | None = None, tf32: bool = False, warmup: int = 0,
+               exact: bool = False):
     """(spec, train set, test set) for a built-in task, with overrides applied. On a GPU the
-    spec records TF32 off unless `tf32` (full fp32: what a CPU verifier can reproduce)."""
+    spec records TF32 off unless `tf32` (full fp32: what a CPU verifier can reproduce).
+    `exact`: exact mode (`StepSpec.exact`: replays bitwise on other hardware)."""
     from pol.datasets import load_dataset
     from pol.proof.hashing import merkle_root, sample_leaves
 
@@ -142,5 +144,6 @@ def build_spec(task_name: str, *, epochs: int | None = None, k: int | None = Non
         task=task.name, device=device, deterministic=deterministic,
         torch_version=torch.__version__, cpu_capability=current_cpu_capability(),
         cpu_threads=torch.get_num_threads(),
-        tf32=("on" if tf32 else "off") if device == "cuda" else "")
+        tf32=("on" if tf32 else "off") if device == "cuda" else "",
+        step=StepSpec(exact=True) if exact else StepSpec())
     return spec, train, test

@@ -137,6 +137,10 @@ def training_spec() -> Decorator:
                      show_default=True, help="Linear lr warm-up over this many steps (part of "
                      "the schedule; damps the early growth that dominates cross-hardware replay "
                      "error)."),
+        click.option("--exact", is_flag=True, help="Exact mode: the step computes in float64 "
+                     "and rounds to float32 with a log of the values near a rounding tie, so the "
+                     "proof replays bitwise on other hardware (a GPU proof on a CPU). Refuses "
+                     "dropout, fp16 and layers outside a supported list."),
         click.option("--data", "data_dir", type=click.Path(),
                      help="Local dataset directory (CIFAR)."),
     )

@@ -31,7 +31,7 @@ from pol.cli.exits import handle_errors
               "checkpoint, byte shuffle, zstd): proof format v2, exact mode unaffected.")
 @handle_errors
 def train(task, epochs, k, seed, lr, batch_size, precision, device, deterministic, tf32, warmup,
-          data_dir, out, force, resume_dir, init_from, ledger_db, sign_with, commitment,
+          exact, data_dir, out, force, resume_dir, init_from, ledger_db, sign_with, commitment,
           passphrase_env, compress):
     """Train a built-in task and write its proof-of-learning (Algorithm 1)."""
     from pol.errors import ConfigError
@@ -51,7 +51,8 @@ def train(task, epochs, k, seed, lr, batch_size, precision, device, deterministi
                     precision=precision, device=device, deterministic=deterministic,
                     data_dir=data_dir, overwrite=force, progress=progress, init_from=init_from,
                     ledger=ledger_db, signing_key=sign_with, commitment=commitment,
-                    passphrase_env=passphrase_env, compress=compress, tf32=tf32, warmup=warmup))
+                    passphrase_env=passphrase_env, compress=compress, tf32=tf32, warmup=warmup,
+                    exact=exact))
     render.trained(r, init_from, ledger_db, commitment)
 
 
@@ -65,7 +66,7 @@ def train(task, epochs, k, seed, lr, batch_size, precision, device, deterministi
 @opt.force("Overwrite --out if it exists.")
 @handle_errors
 def commit(task, epochs, k, seed, lr, batch_size, precision, device, deterministic, tf32, warmup,
-           data_dir, ledger_db, sign_with, passphrase_env, out, force):
+           exact, data_dir, ledger_db, sign_with, passphrase_env, out, force):
     """Commit to a training run before it starts: append the signed commitment (spec digest,
     salted seed, data root) for the spec `pol train` builds with the same options."""
     from pathlib import Path
@@ -82,7 +83,7 @@ def commit(task, epochs, k, seed, lr, batch_size, precision, device, determinist
     spec, _, _ = build_spec(task, epochs=epochs, k=k, seed=seed, lr=lr, batch_size=batch_size,
                             precision=precision, device=dev,
                             deterministic=default_deterministic(deterministic, dev),
-                            data_dir=data_dir, tf32=tf32, warmup=warmup)
+                            data_dir=data_dir, tf32=tf32, warmup=warmup, exact=exact)
     side = c.commit(ledger_db, key, spec)
     c.write_commitment_file(out, side, overwrite=force)
     render.committed(spec, side, ledger_db, out)

@@ -9,6 +9,8 @@ Layout of a proof directory::
     lrs.npy                          float64 [T, G] learning rate of every parameter group per step
     losses.npy                       float32 [T]   training loss per step (informational)
     checkpoints/step_<t:09d>.safetensors   model + optimizer state at step t (t = 0, k, 2k, ..., T)
+    roundlog.polr                    exact-mode proofs only (spec.step.exact): the rounding log,
+                                     `pol.proof.roundlog`
 
 Format v2 (written only with the lossless checkpoint codec, `pol train --compress`) is v1 with
 each checkpoint stored as `checkpoints/step_<t:09d>.polz` (see `pol.proof.codec`) instead of
@@ -56,6 +58,7 @@ INDICES = "indices.npy"
 BATCH_HASHES = "batch_hashes.npy"
 LRS = "lrs.npy"
 LOSSES = "losses.npy"
+ROUNDLOG = "roundlog.polr"
 CKPT_DIR = "checkpoints"
 
 # The one table of the tensor dtypes a proof stores, by name (torch's dtype name, which is numpy's
@@ -243,7 +246,8 @@ def parse_manifest(raw_bytes: bytes, limits: Limits) -> Manifest:
     if (not isinstance(ckpts, list) or len(ckpts) != n_ck
             or any(type(c) is not int for c in ckpts) or ckpts != checkpoint_steps(T, k)):
         raise ProofFormatError("manifest.checkpoints: expected steps 0, k, 2k, ..., T")
-    files, stored, codec = _manifest_files(raw, version, ckpts, limits)
+    extra = (ROUNDLOG,) if spec.step.exact else ()
+    files, stored, codec = _manifest_files(raw, version, ckpts, limits, extra)
     init, rd, created = _check_init_and_digest(raw, spec)
     return Manifest(version=version, spec=spec, epochs=E, steps_per_epoch=S, total_steps=T, k=k,
                     checkpoints=tuple(ckpts), files=files, init=init, root_digest=rd,
@@ -278,23 +282,27 @@ def _load_manifest(raw_bytes: bytes, limits: Limits) -> tuple[dict, int]:
     return raw, version
 
 
-def _manifest_files(raw: dict, version: int, ckpts: list[int], limits: Limits
+def _manifest_files(raw: dict, version: int, ckpts: list[int], limits: Limits,
+                    extra: tuple[str, ...] = ()
                     ) -> tuple[dict[str, tuple[str, int]], dict[str, tuple[str, int]] | None,
                                dict | None]:
-    """(files, stored, codec) of `Manifest`: the file entries, each under its limits."""
+    """(files, stored, codec) of `Manifest`: the file entries, each under its limits. `extra`:
+    the files the spec adds (an exact-mode proof's rounding log)."""
     n_ck = len(ckpts)
     files_raw = raw.get("files")
     if not isinstance(files_raw, dict) or len(files_raw) > limits.max_files:
         raise ProofFormatError("manifest.files: expected an object of file entries")
-    if len(files_raw) != n_ck + 4:  # the four per-step arrays and one file per checkpoint
-        raise ProofFormatError(f"manifest.files: {len(files_raw)} entries, expected {n_ck + 4} "
-                               f"(the per-step arrays and {n_ck} checkpoints)")
+    # the four per-step arrays, one file per checkpoint, the spec's extra files
+    if len(files_raw) != n_ck + 4 + len(extra):
+        raise ProofFormatError(f"manifest.files: {len(files_raw)} entries, expected "
+                               f"{n_ck + 4 + len(extra)} (the per-step arrays"
+                               + "".join(f", {e}" for e in extra) + f" and {n_ck} checkpoints)")
     codec = _parse_codec(raw.get("codec"), version) if version >= CODEC_FORMAT_VERSION else None
     files, total = _file_entries(files_raw, "files", limits)
     if total > limits.max_total_bytes:
         raise ProofFormatError(f"proof is {total} bytes, over the reader's limit of "
                                f"{limits.max_total_bytes} (raise it with --max-proof-gb)")
-    required = ({INDICES, BATCH_HASHES, LRS, LOSSES}
+    required = ({INDICES, BATCH_HASHES, LRS, LOSSES, *extra}
                 | {stored_checkpoint_name(t, version) for t in ckpts})
     if set(files) != required:
         missing = sorted(required - set(files))[:3]

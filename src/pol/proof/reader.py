@@ -158,6 +158,9 @@ class Proof:
     # v2: the last decoded checkpoints (step -> (raw bytes, segments)), so that a streaming pass
     # decodes each checkpoint once and a random read decodes at most keyframe_interval - 1 others
     _decoded: dict[int, tuple[np.ndarray, tuple]] = field(default_factory=dict, repr=False)
+    # exact-mode proofs: the rounding log, int64 [N, 4] rows (step, point, index, up), validated
+    # (`pol.proof.roundlog`); None for any other proof
+    roundlog: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def spec(self):
@@ -280,6 +283,12 @@ def open_proof(path: str | os.PathLike, limits: fmt.Limits | None = None) -> Pro
         raise ProofFormatError("indices.npy: padding in the middle of a batch")
     if not np.isfinite(lrs).all() or (lrs < 0).any() or (lrs > 1e3).any():
         raise ProofFormatError("lrs.npy: learning rates must be finite and in [0, 1000]")
+    roundlog = None
+    if spec.step.exact:
+        from pol.proof import roundlog as _roundlog
+        sha, size = m.files[fmt.ROUNDLOG]
+        roundlog = _roundlog.decode(_read_file(root, fmt.ROUNDLOG, size, sha), fmt.ROUNDLOG, T,
+                                    limits.max_file_bytes)
     extra = []
     for dirpath, dirnames, filenames in os.walk(root):
         rel = Path(dirpath).relative_to(root)
@@ -290,7 +299,7 @@ def open_proof(path: str | os.PathLike, limits: fmt.Limits | None = None) -> Pro
             if name not in m.stored_files and name != fmt.MANIFEST:
                 extra.append(name)
     return Proof(path=root, manifest=m, indices=indices, batch_hashes=hashes, lrs=lrs,
-                 losses=losses, limits=limits, extra_files=sorted(extra))
+                 losses=losses, limits=limits, extra_files=sorted(extra), roundlog=roundlog)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ GPU state without stalling training (CUDA graphs, a side stream, pinned buffers)
 knows no device.
 
 While writing, `.pol-writing/` holds an append-only journal of per-step records (indices, lrs,
-losses) and `progress.json` names the last checkpoint that is fully on disk with its records. A
+losses; an exact-mode run's rounding log) and `progress.json` names the last checkpoint that is
+fully on disk with its records. A
 crash at any moment leaves a directory without `manifest.json`, which every reader reports as an
 incomplete proof; `finalize()` writes the final arrays, then the manifest atomically, then removes
 the journal.
@@ -83,6 +84,7 @@ class ProofWriter:
         self._decoded: dict[str, tuple[str, int]] = {}  # v2: logical name -> decoded sha, size
         self._last_t = -1
         self._rows = 0
+        self._log_rows = 0  # rows of the rounding log written (exact mode)
         self._index = 0  # number of checkpoints written
         self._encoder: _codec.Encoder | None = None
         if resume is not None:
@@ -90,6 +92,7 @@ class ProofWriter:
             self._files = dict(resume.files)
             self._decoded = dict(resume.decoded)
             self._last_t, self._rows = resume.t, resume.rows
+            self._log_rows = resume.log_rows
             self._index = resume.count
             codec = self.run_info.get("codec")
             if codec is not None:
@@ -117,8 +120,10 @@ class ProofWriter:
         self._error: BaseException | None = None
         self.snapshotter = snapshotter if snapshotter is not None else HostSnapshotter()
         self._q: queue.Queue[tuple[int, HostCheckpoint] | None] = queue.Queue(maxsize=queue_size)
+        self.exact = _exact(self.run_info)
         self._journals = {name: open(self.dir / WRITING_DIR / f"{name}.bin", "ab")
-                          for name in ("indices", "lrs", "losses")}
+                          for name in ("indices", "lrs", "losses") + (("roundlog",) if self.exact
+                                                                       else ())}
         self.write_seconds = 0.0
         self._thread = threading.Thread(target=self._run, name="pol-proof-writer", daemon=True)
         self._thread.start()
@@ -136,7 +141,7 @@ class ProofWriter:
         """Snapshot `tensors` (a state dict) now through the snapshotter (the caller may keep
         training right after) and write them in the background. `records` holds the rows of the
         steps (last_t, t]: indices int64 [n, B], lrs float64 [n, G], losses float32 [n] (a tensor
-        on any device)."""
+        on any device); an exact-mode run's rounding log too (roundlog int64 [m, 4])."""
         self._raise_if_failed()
         self._check_step(t)
         self.put(t, self.snapshotter.take(tensors, records, self.precision))
@@ -180,6 +185,8 @@ class ProofWriter:
                       fmt.BATCH_HASHES: batch_hashes(leaves, indices)}
             for name, arr in arrays.items():
                 self._save_npy(name, arr)
+            if self.exact:
+                self._save_roundlog(np.fromfile(wd / "roundlog.bin", dtype="<i8"), T)
             body = dict(manifest_body)
             body["files"] = {n: {"sha256": d, "size": s} for n, (d, s) in sorted(self._files.items())}
             if self._encoder is not None:
@@ -218,14 +225,25 @@ class ProofWriter:
         atomic_write(self.dir / name, data, self.durable)
         self._files[name] = (hashlib.sha256(data).hexdigest(), len(data))
 
+    def _save_roundlog(self, flat: np.ndarray, T: int) -> None:
+        from pol.proof import roundlog
+        if flat.size % roundlog.COLUMNS:
+            raise ProofWriteError("journal of the rounding log is inconsistent")
+        rows = flat.reshape(-1, roundlog.COLUMNS)
+        roundlog.validate(rows, fmt.ROUNDLOG, T)
+        data = roundlog.encode(rows)
+        atomic_write(self.dir / fmt.ROUNDLOG, data, self.durable)
+        self._files[fmt.ROUNDLOG] = (hashlib.sha256(data).hexdigest(), len(data))
+
     def _write_progress(self, t: int, rows: int) -> None:
         # the run's JSON is serialized once: each checkpoint's record costs the writer thread
         # (and, through the GIL, the training thread) no re-serialization of the spec
         if getattr(self, "_run_json", None) is None:
             self._run_json = json.dumps(self.run_info)
+        log_rows = f'"log_rows": {int(self._log_rows)}, ' if _exact(self.run_info) else ""
         atomic_write(self.dir / fmt.PROGRESS,
                      (f'{{"writing": true, "last_checkpoint": {int(t)}, "rows": {int(rows)}, '
-                      f'"run": {self._run_json}}}').encode(), self.durable)
+                      f'{log_rows}"run": {self._run_json}}}').encode(), self.durable)
 
     def drain(self) -> None:
         """Wait until every checkpoint given so far is written (or the writer failed)."""
@@ -267,7 +285,13 @@ class ProofWriter:
             n_rows = len(idx)
             if not (len(lrs) == len(losses) == n_rows):
                 raise ProofWriteError("per-step records have different lengths")
-            for name, arr in (("indices", idx), ("lrs", lrs), ("losses", losses)):
+            parts = [("indices", idx), ("lrs", lrs), ("losses", losses)]
+            if self.exact:
+                log = np.ascontiguousarray(snap.records.get("roundlog", np.zeros((0, 4))),
+                                           dtype="<i8").reshape(-1, 4)
+                parts.append(("roundlog", log))
+                self._log_rows += len(log)
+            for name, arr in parts:
                 f = self._journals[name]
                 f.write(arr.tobytes())
                 f.flush()
@@ -316,6 +340,7 @@ class ResumePoint:
     files: dict[str, tuple[str, int]]
     count: int = 0  # checkpoints on disk
     decoded: dict[str, tuple[str, int]] = field(default_factory=dict)  # v2
+    log_rows: int = 0  # exact mode: rows of the rounding log up to the checkpoint
     base: np.ndarray | None = None  # v2: raw bytes of the last checkpoint (the next XOR base)
     base_segments: tuple | None = None
 
@@ -351,13 +376,19 @@ def prepare_resume(proof_dir: str | os.PathLike) -> ResumePoint:
     wd = d / WRITING_DIR
     batch = run["spec"]["batch_size"]
     groups = run.get("param_groups", 1)
-    for name, width in (("indices", 8 * batch), ("lrs", 8 * groups), ("losses", 4)):
+    log_rows = prog.get("log_rows", 0)
+    if _exact(run) and (not isinstance(log_rows, int) or log_rows < 0):
+        raise ProofWriteError(f"{d}/progress.json is inconsistent; cannot resume")
+    journals = [("indices", 8 * batch, rows), ("lrs", 8 * groups, rows), ("losses", 4, rows)]
+    if _exact(run):
+        journals.append(("roundlog", 32, log_rows))
+    for name, width, n in journals:
         path = wd / f"{name}.bin"
-        if not path.exists() or path.stat().st_size < rows * width:
+        if not path.exists() or path.stat().st_size < n * width:
             raise ProofWriteError(f"{d}: the journal {path.name} is shorter than its progress "
                                   "record; cannot resume")
         with open(path, "r+b") as f:
-            f.truncate(rows * width)
+            f.truncate(n * width)
     codec = run.get("codec")
     version = fmt.CODEC_FORMAT_VERSION if codec is not None else fmt.FORMAT_VERSION
     files, decoded = {}, {}
@@ -385,7 +416,15 @@ def prepare_resume(proof_dir: str | os.PathLike) -> ResumePoint:
     for tmp in [*(d / fmt.CKPT_DIR).glob(".*.tmp*"), *d.glob(".*.tmp*")]:
         tmp.unlink(missing_ok=True)
     return ResumePoint(t=t, rows=rows, run_info=run, files=files, count=count, decoded=decoded,
-                       base=base, base_segments=segs, dir=d)
+                       base=base, base_segments=segs, dir=d,
+                       log_rows=log_rows if _exact(run) else 0)
+
+
+def _exact(run_info: dict) -> bool:
+    """Whether the run a writer records is in exact mode (its spec's step says so)."""
+    spec = run_info.get("spec") if isinstance(run_info, dict) else None
+    step = spec.get("step") if isinstance(spec, dict) else None
+    return isinstance(step, dict) and step.get("exact") is True
 
 
 def _frame_raw_size(path: Path) -> int:

@@ -293,6 +293,10 @@ class Recorder:
         self._hyper = _hyperparameters(optimizer)  # what the spec recorded: must not change
         self._state_cache: tuple[int, dict[str, torch.Tensor]] | None = None
         self._round_live = spec.precision == "fp16" and continue_from_stored
+        self._rounding = None  # exact mode: the steps' rounding log (`use_rounding_log`)
+        if spec.step.exact:
+            from pol.step.exact import check_model
+            check_model(model)
         if spec.step.autocast == "fp16":
             from pol.step.amp import scaler_of
             if scaler_of(optimizer) is None:  # its state must be in every checkpoint
@@ -537,10 +541,22 @@ class Recorder:
                   else torch.stack(self._rows_loss))
         records = {"indices": np.stack(self._rows_idx), "lrs": np.asarray(self._rows_lr),
                    "losses": losses}
+        if self.spec.step.exact:
+            if self._rounding is None:
+                self.abort()
+                raise ConfigError("an exact-mode proof records its steps' rounding log: train "
+                                  "through pol's step (pol.fit, pol train --exact), which hands "
+                                  "it over (Recorder.use_rounding_log)")
+            records["roundlog"] = self._rounding.take()
         self._rows_idx, self._rows_lr, self._rows_loss = [], [], []
         state = self._state()
         self._round_to_stored(state)
         self.writer.put_checkpoint(self.t, state, records)
+
+    def use_rounding_log(self, log) -> None:
+        """Exact mode: the `pol.step.exact.RoundingLog` the steps record into (the step
+        context's `exact`); each checkpoint writes the entries since the previous one."""
+        self._rounding = log
 
     def _round_to_stored(self, state: dict[str, torch.Tensor]) -> None:
         """fp16 proofs: round the live state, in place, to what the proof stores (the writer's
@@ -626,6 +642,8 @@ def run_loop(rec: Recorder, ctx, schedule_lr: Callable[[int], list[float]] | Non
     from pol.step import update
     ds = rec.dataset
     loss = None
+    if ctx.exact is not None:
+        rec.use_rounding_log(ctx.exact)
     bar = tqdm(total=rec.total_steps, desc=desc, disable=not progress, unit="step", leave=False)
     t0 = time.perf_counter()
     try:

@@ -90,7 +90,7 @@ def train_task(task: str, out: str | os.PathLike, *, epochs: int | None = None,
                ledger: str | os.PathLike | None = None, signing_key=None,
                commitment: str | os.PathLike | dict | None = None,
                passphrase_env: str | None = None, compress: bool = False,
-               continue_from_stored: bool = True) -> TrainResult:
+               continue_from_stored: bool = True, exact: bool = False) -> TrainResult:
     """Train a built-in task (see `pol.tasks.TASKS`) and write its proof to `out`.
 
     `init_from`: warm start from a parent proof (W_0 = its final model weights, fresh optimizer
@@ -102,7 +102,9 @@ def train_task(task: str, out: str | os.PathLike, *, epochs: int | None = None,
     `passphrase_env`: environment variable holding the key file's passphrase.
     `compress`: store checkpoints with the lossless codec (proof format v2).
     `continue_from_stored`: fp16 only; see `Recorder` (False: training continues from the unrounded
-    state, and replay is only within δ — what a replay on other hardware looks like)."""
+    state, and replay is only within δ — what a replay on other hardware looks like).
+    `exact`: exact mode (`pol.step.exact`): the step in float64 rounded to float32 with a rounding
+    log, so the proof replays bitwise on other hardware (a task with dropout is refused)."""
     from pol.registry import resolve_device
     from pol.tasks import build_spec
     dev = resolve_device(device)
@@ -110,7 +112,8 @@ def train_task(task: str, out: str | os.PathLike, *, epochs: int | None = None,
                                    batch_size=batch_size, precision=precision, device=dev.type,
                                    deterministic=default_deterministic(deterministic, dev.type),
                                    data_dir=data_dir,
-                                   dataset_params=dataset_params, tf32=tf32, warmup=warmup)
+                                   dataset_params=dataset_params, tf32=tf32, warmup=warmup,
+                                   exact=exact)
     init = initial_state = None
     if init_from is not None:
         from pol.errors import ConfigError

@@ -28,6 +28,7 @@ from pol.spec import ModelSpec, TrainingSpec
 from pol.step.amp import make_grad_scaler, scaler_of, set_scaler
 from pol.step.core import StepContext, make_loss
 from pol.step.data import AUGMENT, PREPARE
+from pol.step.exact import RoundingLog, check_model
 from pol.step.init import draw_init
 from pol.step.optimizers import make_optimizer
 
@@ -146,7 +147,8 @@ def _step_fields(spec: TrainingSpec) -> dict[str, Any]:
                 prepare=PREPARE[spec.data.prepare],
                 augment=None if spec.data.augment == "none" else AUGMENT[spec.data.augment],
                 seed=spec.seed, rng_device=augment_rng_device(spec), features=spec.step,
-                micro_batch=spec.batch_size // spec.step.accumulation)
+                micro_batch=spec.batch_size // spec.step.accumulation,
+                exact=RoundingLog(spec.step.exact_window) if spec.step.exact else None)
 
 
 def step_context(spec: TrainingSpec, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -165,6 +167,8 @@ def step_context(spec: TrainingSpec, model: nn.Module, optimizer: torch.optim.Op
                           "pol.step.make_grad_scaler(features, device)) before the Recorder")
     if spec.step.autocast != "fp16" and scaler_of(optimizer) is not None:
         raise ConfigError("the optimizer has a GradScaler, the spec declares no fp16 autocast")
+    if spec.step.exact:
+        check_model(model)
     return StepContext(model=model, optimizer=optimizer, device=device, **fields)
 
 
@@ -175,6 +179,8 @@ def build_context(spec: TrainingSpec, device: torch.device | None = None,
     objects."""
     device = spec_device(spec) if device is None else device
     model = build_model(spec.model, trusted_modules)
+    if spec.step.exact:
+        check_model(model)
     draw_init(model, spec.model, spec.seed)
     model.to(device)
     fields = _step_fields(spec)

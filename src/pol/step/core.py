@@ -19,6 +19,7 @@ from torch import nn
 
 from pol.spec import StepSpec
 from pol.step.amp import autocast, scaler_of
+from pol.step.exact import ExactStep, RoundingLog
 from pol.step.randomness import augment_generator, seed_step
 
 __all__ = ["LOSSES", "StepContext", "backward", "clip_gradients", "make_loss", "micro_batches",
@@ -87,6 +88,9 @@ class StepContext:
     # micro-batch size is the spec's batch size / accumulation
     features: StepSpec = field(default_factory=StepSpec)
     micro_batch: int = 0  # 0: the whole batch at once (accumulation 1)
+    # exact mode (`features.exact`): the rounding log the steps record (prover) or replay
+    # (verifier, `RoundingLog.replay`); None otherwise
+    exact: RoundingLog | None = None
 
     def generator(self, t: int) -> torch.Generator:
         return augment_generator(self.seed, t, self.rng_device or self.device)
@@ -157,22 +161,35 @@ def update(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, lrs: Sequence[flo
     and backward passes (each loss / accumulation; forward and loss under the spec's autocast),
     clipping, the optimizer's step (through the GradScaler with fp16). Returns the step's loss
     (the sum of the micro-batches' scaled losses, unscaled by any GradScaler; detached, on
-    device, not synchronized)."""
+    device, not synchronized). Exact mode (`ctx.exact`): the step in float64, rounded to float32
+    at its boundaries with the rounding log (`pol.step.exact`); the loss returned in float32."""
     for group, lr in zip(ctx.optimizer.param_groups, lrs):
         group["lr"] = float(lr)
     seed_step(ctx.seed, t)
     gen = ctx.generator(t) if ctx.augment is not None else None
     ctx.model.train()
     ctx.optimizer.zero_grad(set_to_none=True)
-    n_acc = ctx.features.accumulation
-    total = None
-    for part in micro_batches(ctx, len(x)):
-        inputs, targets = step_inputs(ctx, x[part], y[part], gen)
-        with autocast(ctx.features, ctx.device):
-            loss = ctx.loss_fn(ctx.model(inputs), targets)
-        if n_acc > 1:
-            loss = loss / n_acc
-        backward(ctx.optimizer, loss)
-        total = loss.detach() if total is None else total + loss.detach()
-    optimizer_step(ctx.features, ctx.optimizer)
+    ex = ExactStep(ctx.exact, ctx.model, ctx.optimizer, t) if ctx.exact is not None else None
+    try:
+        n_acc = ctx.features.accumulation
+        total = None
+        for part in micro_batches(ctx, len(x)):
+            inputs, targets = step_inputs(ctx, x[part], y[part], gen)
+            if ex is not None:
+                inputs, targets = ex.inputs(inputs, targets)
+            with autocast(ctx.features, ctx.device):
+                loss = ctx.loss_fn(ctx.model(inputs), targets)
+            if n_acc > 1:
+                loss = loss / n_acc
+            backward(ctx.optimizer, loss)
+            total = loss.detach() if total is None else total + loss.detach()
+        if ex is not None:
+            ex.round_grads()
+        optimizer_step(ctx.features, ctx.optimizer)
+        if ex is not None:
+            total = ex.finish(total)
+    except BaseException:
+        if ex is not None:
+            ex.restore()
+        raise
     return total

@@ -8,7 +8,7 @@ on exit (the environment variable included).
 
 What is set, from the spec:
 - threads: `spec.cpu_threads`, where the proof was made on a CPU and the step runs on one (0: not
-  recorded, left alone);
+  recorded, left alone; an exact-mode proof, `spec.step.exact`, replays on any thread count);
 - deterministic algorithms: switched on when `spec.deterministic` (never switched off: a caller
   that wants them on keeps them), with `CUBLAS_WORKSPACE_CONFIG` set when the process has none;
 - TF32: `spec.tf32` ("" — a proof from before the field — leaves torch's settings alone).
@@ -36,7 +36,8 @@ def numerics(spec: TrainingSpec, device: torch.device | str | None = None) -> It
     """Run the body under the numerics `spec` records, on `device` (default: the spec's device);
     restore every setting changed on exit."""
     dev = torch.device(device if device is not None else spec.device)
-    threads = spec.cpu_threads if spec.device == "cpu" and dev.type == "cpu" else 0
+    threads = (spec.cpu_threads if spec.device == "cpu" and dev.type == "cpu"
+               and not spec.step.exact else 0)
     saved_threads = torch.get_num_threads()
     saved_det = torch.are_deterministic_algorithms_enabled()
     saved_warn = torch.is_deterministic_algorithms_warn_only_enabled()

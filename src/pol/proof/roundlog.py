@@ -1,0 +1,129 @@
+"""The rounding log of an exact-mode proof (`roundlog.polr`): encoding, decoding, validation.
+
+The log is a sorted int64 array [N, 4] of rows (step, point, index, up): at step `step`, value
+`index` of rounding point `point`'s vector lay near a float32 rounding tie and rounded up (1) or
+down (0) (`pol.step.exact`). Rows are strictly increasing in (step, point, index).
+
+Stored file::
+
+    b"POLR" | u8 version (1) | 3 zero bytes | u64 LE number of rows N
+    one zstd frame (content size = 32 N): the delta-coded columns, each N little-endian int64,
+    byte-shuffled (all first bytes of a column, then all second bytes, ...)
+
+Delta coding: step − previous step (0 for the first row: its step), point, index − previous
+index where the row continues the previous row's (step, point) (else the index), up. Most bytes
+are zero, and a step's few thousand rows compress to a few bytes each.
+
+Decoding checks the header, refuses a frame that declares any other content size (a
+decompression bomb is refused before anything is decompressed), and validates every column of the
+decoded rows (`validate`); nothing is unpickled. Torch-free, like the rest of the format.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from pol.errors import LimitExceeded, ProofFormatError
+
+MAGIC = b"POLR"
+VERSION = 1
+COLUMNS = 4
+MAX_POINT = 1 << 16  # points a step may have (pol's steps have 3)
+MAX_INDEX = 1 << 48  # values in one rounding point's vector
+_HEAD = struct.Struct("<4sB3xQ")  # 16 bytes
+_LEVEL = 3
+
+
+def _zstd():
+    from pol.proof.codec import _zstd as zstd
+    return zstd()
+
+
+def _planes(cols: np.ndarray, inverse: bool) -> np.ndarray:
+    """[4, N] int64 columns <-> their byte planes (uint8, 32 N)."""
+    if inverse:
+        n = cols.size // (8 * COLUMNS)
+        return np.ascontiguousarray(cols.reshape(COLUMNS, 8, n).transpose(0, 2, 1)).view(
+            "<i8").reshape(COLUMNS, n)
+    n = cols.shape[1]
+    return np.ascontiguousarray(cols.astype("<i8").view(np.uint8).reshape(COLUMNS, n, 8)
+                                .transpose(0, 2, 1)).reshape(-1)
+
+
+def encode(rows: np.ndarray) -> bytes:
+    """The file's bytes for `rows` (int64 [N, 4], sorted as `validate` requires)."""
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1, COLUMNS)
+    n = len(rows)
+    cols = rows.T.copy()
+    if n:
+        same = np.zeros(n, dtype=bool)
+        same[1:] = (rows[1:, 0] == rows[:-1, 0]) & (rows[1:, 1] == rows[:-1, 1])
+        cols[0, 1:] = np.diff(rows[:, 0])
+        cols[2, 1:] = np.where(same[1:], np.diff(rows[:, 2]), rows[1:, 2])
+    payload = _zstd().ZstdCompressor(level=_LEVEL, write_content_size=True,
+                                      write_checksum=True).compress(_planes(cols, False))
+    return _HEAD.pack(MAGIC, VERSION, n) + payload
+
+
+def decode(data: bytes, name: str, total_steps: int, max_bytes: int) -> np.ndarray:
+    """The validated rows (int64 [N, 4]) of a stored log; `max_bytes` bounds the decoded size
+    (the reader's per-file limit)."""
+    if len(data) < _HEAD.size:
+        raise ProofFormatError(f"{name}: truncated rounding log")
+    magic, version, n = _HEAD.unpack_from(data, 0)
+    if magic != MAGIC or version != VERSION:
+        raise ProofFormatError(f"{name}: not a pol rounding log (version {version})")
+    size = 8 * COLUMNS * n
+    if size > max_bytes:
+        raise LimitExceeded(f"{name} decodes to {size:,} bytes", "max_file_bytes", max_bytes)
+    zstd = _zstd()
+    payload = memoryview(data)[_HEAD.size:]
+    try:
+        declared = zstd.frame_content_size(payload)
+        if declared != size:
+            raise ProofFormatError(f"{name}: zstd frame declares {declared} bytes, expected {size}")
+        raw = zstd.ZstdDecompressor().decompress(payload, max_output_size=size,
+                                                 allow_extra_data=False) if size else b""
+    except zstd.ZstdError as e:
+        raise ProofFormatError(f"{name}: corrupt zstd frame ({e})") from None
+    if len(raw) != size:
+        raise ProofFormatError(f"{name}: decoded {len(raw)} bytes, expected {size}")
+    cols = _planes(np.frombuffer(raw, dtype=np.uint8), True).astype(np.int64)
+    rows = np.empty((n, COLUMNS), dtype=np.int64)
+    if n:
+        # modular sums (a forged file may overflow them): the result is validated below
+        with np.errstate(over="ignore"):
+            rows[:, 0] = np.cumsum(cols[0].view(np.uint64)).view(np.int64)
+            rows[:, 1] = cols[1]
+            same = np.zeros(n, dtype=bool)
+            same[1:] = (rows[1:, 0] == rows[:-1, 0]) & (cols[1, 1:] == cols[1, :-1])
+            starts = np.flatnonzero(~same)
+            c = np.cumsum(cols[2].view(np.uint64))
+            base = np.repeat(c[starts] - cols[2, starts].view(np.uint64),
+                             np.diff(np.append(starts, n)))
+            rows[:, 2] = (c - base).view(np.int64)
+        rows[:, 3] = cols[3]
+    validate(rows, name, total_steps)
+    return rows
+
+
+def validate(rows: np.ndarray, name: str, total_steps: int) -> None:
+    """Bounds on every column and strictly increasing (step, point, index): ProofFormatError."""
+    if rows.ndim != 2 or rows.shape[1] != COLUMNS or rows.dtype != np.int64:
+        raise ProofFormatError(f"{name}: expected int64 rows of {COLUMNS} columns")
+    if not len(rows):
+        return
+    for j, (what, hi) in enumerate((("step", total_steps), ("point", MAX_POINT),
+                                    ("index", MAX_INDEX), ("direction", 2))):
+        col = rows[:, j]
+        if col.min() < 0 or col.max() >= hi:
+            raise ProofFormatError(f"{name}: a row's {what} is outside [0, {hi})")
+    a, b = rows[:-1], rows[1:]
+    later = (b[:, 0] > a[:, 0]) | ((b[:, 0] == a[:, 0]) & (
+        (b[:, 1] > a[:, 1]) | ((b[:, 1] == a[:, 1]) & (b[:, 2] > a[:, 2]))))
+    if not later.all():
+        i = int(np.flatnonzero(~later)[0]) + 1
+        raise ProofFormatError(f"{name}: rows are not strictly increasing in (step, point, "
+                               f"index) (row {i})")

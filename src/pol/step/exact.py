@@ -1,0 +1,432 @@
+"""Exact mode: a training step that replays bitwise on other hardware (`StepSpec.exact`).
+
+The step computes in float64 from float32 values and rounds its results to float32 at its
+boundaries only: the gradients after the backward passes (before clipping and the optimizer), and
+after the optimizer's step every parameter, every optimizer state tensor (Adam's step counter
+aside) and every floating buffer (BatchNorm's running statistics); the loss too. Between steps
+the model and optimizer hold float32 tensors, as in a float32 run (the checkpoints are those of an
+fp32 proof); during a step they hold float64 copies (`ExactStep`), rounded back into the same
+float32 tensors at its end.
+
+Two devices compute a float64 step with different kernels, so their float64 values differ in the
+last bits; rounded to float32 they agree, except where a value lies so close to the midpoint
+between two float32 neighbours that the difference decides the rounding. The prover logs every
+value within `window` float32 ulps of such a tie (`StepSpec.exact_window`, default 2^-12): the step,
+the rounding point (the tensor, numbered in the order the step rounds them), the flat index and
+the direction it rounded (up or down). The verifier's replay rounds each logged value in the
+logged direction, after checking that the value is near a tie in its own computation too (within
+`REPLAY_FACTOR` × window: a log entry naming any other value is a forger's handle, and the
+segment fails); every other value rounds to nearest. Float64 differences between honest devices
+are ~1e-16 relative, far inside the window (2^-12 ulp of float32 is ~3e-11 relative).
+
+Which values are near a tie is found without a per-element loop: the low 29 bits of a float64's
+significand are what float32 rounding drops, and the value lies exactly on a tie when they are
+2^28, so |low - 2^28| ≤ window · 2^29 is the test (float32's normal range; values that round to
+float32 subnormals are checked one by one, as are all candidates, with `tie_distance`).
+
+What exact mode cannot replay across devices is refused up front (`check_model`, and the spec's
+own validation): dropout with p > 0 (each device draws its own masks), fp16/bf16 autocast and
+storage, and layers outside `SUPPORTED_LAYERS`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pol.errors import ConfigError
+
+__all__ = ["RoundingLog", "ExactStep", "check_model", "tie_distance", "round_exact",
+           "use_proof_log", "SUPPORTED_LAYERS", "REPLAY_FACTOR", "LOG_COLUMNS", "POINTS"]
+
+REPLAY_FACTOR = 4  # the verifier accepts a logged value within this many windows of a tie
+LOG_COLUMNS = ("step", "point", "index", "up")  # one int64 row per logged value
+
+_LOW29 = (1 << 29) - 1  # the float64 significand bits that float32 rounding drops
+_HALF29 = 1 << 28  # ... and their value on a tie
+_MAGNITUDE = (1 << 63) - 1  # a float64's bits without the sign
+# magnitudes whose float32 rounding is subnormal (or the smallest normal): [2^-151, 2^-126], as
+# float64 bit patterns (biased exponents 872 and 897), given by their centre and half-width
+_TINY_LO, _TINY_HI = 872 << 52, 897 << 52
+_TINY_MID, _TINY_HALF = (_TINY_LO + _TINY_HI) // 2, (_TINY_HI - _TINY_LO) // 2
+
+SUPPORTED_LAYERS: tuple[type, ...] = (
+    nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm,
+    nn.Embedding, nn.Flatten, nn.Unflatten, nn.Identity, nn.Sequential, nn.ModuleList,
+    nn.ModuleDict,
+    # activations
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+    nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus,
+    nn.Softmax, nn.LogSoftmax, nn.Tanhshrink, nn.Softsign,
+    # pooling
+    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+)
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+            nn.FeatureAlphaDropout)
+
+
+def _pol_blocks() -> tuple[type, ...]:
+    """pol's own architectures and their blocks: made of supported layers and float64-safe tensor
+    ops (their attention is `scaled_dot_product_attention`, float64 on every device)."""
+    from pol import models
+    return (models.LeNet, models.CifarResNet, models._BasicBlock, models._Bottleneck,
+            models._ShortcutA, models.GPT, models._Block)
+
+
+def check_model(model: nn.Module) -> None:
+    """ConfigError naming the first layer (or setting) exact mode cannot replay across devices:
+    dropout with p > 0, a torch layer outside `SUPPORTED_LAYERS`, a module of the user's own that
+    holds parameters or buffers itself (its forward is not known to be float64-safe), or a
+    float tensor other than float32. A module of the user's own that only composes others is
+    accepted: its own code must compute in the dtype it is given (no `.float()`, `.half()`, no
+    functional dropout)."""
+    pol_blocks = _pol_blocks()
+    for name, m in model.named_modules():
+        where = f"layer {name!r} ({type(m).__name__})" if name else f"the model ({type(m).__name__})"
+        if isinstance(m, _DROPOUT):
+            if m.p > 0:
+                raise ConfigError(f"exact mode: {where} has dropout p = {m.p}; CUDA and the CPU "
+                                  "draw different dropout masks for one seed, so the step cannot "
+                                  "replay on other hardware. Set its p to 0 (or record without "
+                                  "exact mode)")
+            continue
+        if isinstance(m, nn.Embedding) and m.sparse:
+            raise ConfigError(f"exact mode: {where} has sparse gradients; use sparse=False")
+        if isinstance(m, nn.MultiheadAttention) and m.dropout > 0:
+            raise ConfigError(f"exact mode: {where} has attention dropout {m.dropout}: set it to "
+                              "0 (each device draws its own dropout masks)")
+        if isinstance(m, SUPPORTED_LAYERS) or type(m) in pol_blocks:
+            continue
+        if type(m).__module__.startswith("torch."):
+            raise ConfigError(f"exact mode does not support {where}: supported are "
+                              f"{_supported_names()}")
+        own = [n for n, _ in m.named_parameters(recurse=False)] + \
+            [n for n, _ in m.named_buffers(recurse=False)]
+        if own:
+            raise ConfigError(f"exact mode: {where} holds its own tensors ({', '.join(own[:3])}) "
+                              "and computes with them in code pol does not know to be "
+                              "float64-safe; build it from supported layers ("
+                              f"{_supported_names()})")
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_floating_point() and t.dtype != torch.float32:
+            raise ConfigError(f"exact mode: {name} is {t.dtype}; exact mode trains float32 "
+                              "values (computed in float64): keep the model in float32")
+
+
+def _supported_names() -> str:
+    return ("Linear, Conv1d/2d, BatchNorm1d/2d, LayerNorm, Embedding, activations, pooling, "
+            "Flatten, Dropout with p = 0, and pol's own models")
+
+
+# ----------------------------------------------------------------------------- rounding
+
+
+def tie_distance(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """|x − m| ÷ gap for float64 values `x` and their float32 roundings `r` (1-D, same length):
+    m the midpoint between the two float32 neighbours of x, gap their distance (exact in float64:
+    both neighbours and their mean are float64 values, gap a power of two). 0 on a tie, 0.5 for a
+    float32 value; NaN where x is not finite or overflows."""
+    rd = r.double()
+    d = x - rd  # exact: |d| ≤ gap / 2
+    inf = torch.tensor(float("inf"), dtype=torch.float32, device=r.device)
+    other = torch.nextafter(r, torch.where(d > 0, inf, -inf))  # the neighbour on x's side
+    gap = (other.double() - rd).abs()
+    return (d.abs() - gap * 0.5).abs() / gap
+
+
+def _candidates(x: torch.Tensor, window: float) -> torch.Tensor:
+    """Indices of a superset of the values of `x` (flat float64) within `window` float32 ulps of a
+    rounding tie: exact in float32's normal range (the dropped significand bits), and every
+    value between 2^-151 and 2^-126, where float32 rounds to subnormals (`tie_distance` checks
+    them). Smaller magnitudes (zero among them) are at least 2^-151 from the first tie."""
+    bits = x.view(torch.int64)
+    work = bits & _LOW29
+    near = work.sub_(_HALF29).abs_() <= int(window * 2 ** 29)
+    torch.bitwise_and(bits, _MAGNITUDE, out=work)
+    near |= work.sub_(_TINY_MID).abs_() <= _TINY_HALF
+    return near.nonzero().squeeze(1)
+
+
+def _neighbours(x: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lower, upper) float32 neighbours of float64 values `x` whose nearest float32 is `r`."""
+    inf = torch.tensor(float("inf"), dtype=torch.float32, device=r.device)
+    below = r.double() <= x
+    other = torch.nextafter(r, torch.where(below, inf, -inf))
+    return torch.where(below, r, other), torch.where(below, other, r)
+
+
+def round_exact(x: torch.Tensor, log: "RoundingLog", t: int, point: int,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """`x` (float64) rounded to float32 at rounding point `point` of step `t`: to nearest, and in
+    the logged direction where the log says (replay); near ties logged (record). Into `out`
+    (a float32 tensor of x's shape) when given, else a new tensor."""
+    x = x.detach()
+    if not x.is_contiguous():
+        x = x.contiguous()
+    r = x.to(torch.float32)
+    fx, fr = x.view(-1), r.view(-1)
+    if log.replaying:
+        log.apply(t, point, fx, fr)
+    else:
+        idx = _candidates(fx, log.window)
+        if idx.numel():
+            idx = idx[tie_distance(fx[idx], fr[idx]) <= log.window]
+            if idx.numel():
+                log.add(t, point, idx, fr[idx].double() > fx[idx])
+    if out is None:
+        return r
+    out.copy_(r)
+    return out
+
+
+class RoundingLog:
+    """The rounding log of exact mode: recorded by the prover's steps (`take` hands the entries
+    since the last call to the proof writer), replayed by the verifier's (`replay`). Entries are
+    int64 rows (step, point, index, up), sorted, as `roundlog.npy` stores them."""
+
+    def __init__(self, window: float) -> None:
+        self.window = float(window)
+        self._rows: list[torch.Tensor] = []  # recording: [n, 4] per rounding point
+        self._entries: np.ndarray | None = None  # replaying: the proof's rows
+        self._todo: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # this step's, by point
+        self._step = -1
+        self.problems: dict[int, str] = {}  # replaying: step -> what was wrong with its log
+
+    @property
+    def replaying(self) -> bool:
+        return self._entries is not None
+
+    # ----- recording
+
+    def add(self, t: int, point: int, idx: torch.Tensor, up: torch.Tensor) -> None:
+        n = idx.numel()
+        head = torch.tensor([t, point], dtype=torch.int64, device=idx.device).expand(n, 2)
+        self._rows.append(torch.cat([head, idx.view(n, 1), up.view(n, 1).long()], 1))
+
+    def take(self) -> np.ndarray:
+        """The entries recorded since the last call, int64 [n, 4], in order."""
+        if not self._rows:
+            return np.zeros((0, 4), dtype=np.int64)
+        rows = torch.cat(self._rows).cpu().numpy()
+        self._rows = []
+        return rows
+
+    # ----- replaying
+
+    def replay(self, entries: np.ndarray) -> None:
+        """Replay with a proof's entries (int64 [N, 4], validated by the reader)."""
+        self._entries = entries
+        self._step = -1
+
+    def begin(self, t: int) -> None:
+        """Step t starts: its entries by rounding point (the last replay of a step counts)."""
+        if not self.replaying:
+            return
+        self.problems.pop(t, None)
+        e = self._entries
+        lo, hi = np.searchsorted(e[:, 0], [t, t + 1])
+        rows = e[lo:hi]
+        self._todo = {}
+        if len(rows):
+            points, starts = np.unique(rows[:, 1], return_index=True)
+            for p, a, b in zip(points, starts, [*starts[1:], len(rows)]):
+                self._todo[int(p)] = (rows[a:b, 2], rows[a:b, 3].astype(bool))
+        self._step = t
+
+    def apply(self, t: int, point: int, fx: torch.Tensor, fr: torch.Tensor) -> None:
+        """Round the logged values of this point in their logged direction (in `fr`), after
+        checking that each is near a tie here too."""
+        todo = self._todo.pop(point, None)
+        if todo is None:
+            return
+        idx_np, up_np = todo
+        if idx_np[-1] >= fx.numel():
+            self.problem(t, f"an entry names value {int(idx_np[-1])} of the {_point(point)}, "
+                            f"which has {fx.numel()}")
+            return
+        idx = torch.from_numpy(idx_np).to(fx.device)
+        xi, ri = fx[idx], fr[idx]
+        dist = tie_distance(xi, ri)
+        bad = ~(dist <= REPLAY_FACTOR * self.window)
+        if bool(bad.any()):
+            j = int(bad.nonzero()[0, 0])
+            self.problem(t, f"it names value {int(idx_np[j])} of the {_point(point)}, which "
+                            f"lies {float(dist[j]):.3g} float32 ulps from a rounding tie here "
+                            f"(a logged value must lie within {REPLAY_FACTOR * self.window:.3g})")
+        lo, hi = _neighbours(xi, ri)
+        up = torch.from_numpy(up_np).to(fx.device)
+        fr[idx] = torch.where(up & ~bad, hi, torch.where(bad, ri, lo))
+
+    def end(self, t: int, points: int) -> None:
+        """Step t's rounding is done: entries for a point it does not have are a problem."""
+        if self.replaying and self._todo:
+            p = min(self._todo)
+            self.problem(t, f"it names rounding point {p}; the step has {points} "
+                            f"({', '.join(POINTS)})")
+        self._todo = {}
+
+    def problem(self, t: int, why: str) -> None:
+        self.problems.setdefault(t, f"step {t}: the rounding log does not fit the replay: {why}")
+
+    def problems_in(self, a: int, b: int) -> list[int]:
+        """The steps in [a, b) whose log did not fit their replay, in order."""
+        return sorted(t for t in self.problems if a <= t < b)
+
+
+def use_proof_log(log: RoundingLog, entries: np.ndarray | None, a: int, b: int) -> bool:
+    """The verifier's replay of steps [a, b): `log` replays the proof's entries of those steps
+    (`Proof.roundlog`, validated by the reader). True (an exact-mode replay)."""
+    rows = np.zeros((0, len(LOG_COLUMNS)), dtype=np.int64) if entries is None else entries
+    lo, hi = np.searchsorted(rows[:, 0], [a, b])
+    log.replay(rows[lo:hi])
+    return True
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+def _point(point: int) -> str:
+    return f"{POINTS[point]} vector" if 0 <= point < len(POINTS) else f"rounding point {point}"
+
+# the rounding points of a step, in the order it rounds them; a log entry's index is an offset
+# into the point's vector
+GRADIENTS, STATE, LOSS = 0, 1, 2
+POINTS = ("gradients", "state", "loss")
+
+
+def _optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for g in optimizer.param_groups for p in g["params"]]
+
+
+def _is_state(key: str, v: Any, p: torch.Tensor) -> bool:
+    """An optimizer state tensor exact mode rounds: per-element (Adam's step counter aside)."""
+    return (isinstance(v, torch.Tensor) and key != "step" and v.is_floating_point()
+            and v.shape == p.shape)
+
+
+class ExactStep:
+    """One step of exact mode around a model and its optimizer.
+
+    `__init__` puts float64 copies of the float32 parameters, optimizer state tensors and floating
+    buffers in their places, as views of one flat vector; `round_grads` (after the backward
+    passes) rounds the gradients to float32 values (kept in float64 for the optimizer);
+    `finish` (after the optimizer's step) rounds the state into the original float32 tensors and
+    puts them back (whoever holds them, a proof writer's cached state dict, sees the new values),
+    and rounds the loss. `restore` puts the float32 tensors back after a failure.
+
+    Rounding points (`POINTS`) and what their vectors hold, in order: GRADIENTS — the gradient of
+    each of the optimizer's parameters that has one (param_groups order); STATE — every model
+    parameter (`model.parameters()` order), every optimizer state tensor (parameters in
+    param_groups order, keys sorted), every floating buffer (`model.modules()` order); LOSS."""
+
+    def __init__(self, log: RoundingLog, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 t: int) -> None:
+        self.log, self.model, self.optimizer, self.t = log, model, optimizer, t
+        self.params = [p for p in model.parameters() if p.dtype == torch.float32]
+        self.buffers: list[tuple[nn.Module, str]] = []
+        seen: set[int] = set()
+        for m in model.modules():
+            for name, b in m._buffers.items():
+                if b is not None and b.dtype == torch.float32 and id(b) not in seen:
+                    seen.add(id(b))
+                    self.buffers.append((m, name))
+        self.originals = ([p.data for p in self.params] + self._states()
+                          + [m._buffers[n] for m, n in self.buffers])
+        self.views: list[torch.Tensor] = []
+        self.flat: torch.Tensor | None = None
+        log.begin(t)
+        if not self.originals:
+            return
+        with torch.no_grad():
+            flat = torch.cat([o.reshape(-1) for o in self.originals]).double()
+            self.views = [v.view(o.shape) for v, o in
+                          zip(flat.split([o.numel() for o in self.originals]), self.originals)]
+            self._place(self.views)
+        self.flat = flat
+
+    def _states(self) -> list[torch.Tensor]:
+        return [st[key] for p in _optimizer_params(self.optimizer)
+                for st in [self.optimizer.state.get(p, {})] for key in sorted(st)
+                if _is_state(key, st[key], p)]
+
+    def _place(self, tensors: list[torch.Tensor]) -> None:
+        """Put `tensors` (in `originals` order) in the places of the parameters, optimizer state
+        and buffers."""
+        it = iter(tensors)
+        for p in self.params:
+            p.data = next(it)
+        for p in _optimizer_params(self.optimizer):
+            st = self.optimizer.state.get(p, {})
+            for key in sorted(st):
+                if _is_state(key, st[key], p):
+                    st[key] = next(it)
+        for m, name in self.buffers:
+            m._buffers[name] = next(it)
+
+    def inputs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A micro-batch's model input and targets in float64 where they are floating."""
+        return (x.double() if x.is_floating_point() else x,
+                y.double() if y.is_floating_point() else y)
+
+    def round_grads(self) -> None:
+        """Rounding point GRADIENTS: the gradients rounded to float32 values, kept in float64."""
+        grads = [p.grad for p in _optimizer_params(self.optimizer) if p.grad is not None]
+        if not grads:
+            return
+        with torch.no_grad():
+            r = round_exact(torch.cat([g.reshape(-1) for g in grads]), self.log, self.t,
+                            GRADIENTS)
+            torch._foreach_copy_(grads, [v.view(g.shape) for v, g in
+                                         zip(r.split([g.numel() for g in grads]), grads)])
+
+    def finish(self, loss: torch.Tensor | None) -> torch.Tensor | None:
+        """After the optimizer's step: rounding point STATE into the float32 tensors, put back in
+        place (optimizer state the step created: new float32 tensors), the gradients dropped;
+        rounding point LOSS (returned as a float32 scalar)."""
+        with torch.no_grad():
+            for p in self.params:
+                p.grad = None
+            # the parameters' data are the views put in place (`p.data` makes a new object
+            # at every access: never compared by identity); the state and buffers as they are
+            live = (self.views[:len(self.params)] + self._states()
+                    + [m._buffers[n] for m, n in self.buffers])
+            if live:
+                self._round_state(live)
+            if loss is not None:
+                loss = round_exact(loss.reshape(1), self.log, self.t, LOSS).reshape(())
+        self.log.end(self.t, len(POINTS))
+        self.views, self.originals, self.flat = [], [], None
+        return loss
+
+    def _round_state(self, live: list[torch.Tensor]) -> None:
+        """Round `live` (the state now in place, `originals` order plus any optimizer state the
+        step created) as one vector into the float32 tensors, and put those back."""
+        same = len(live) == len(self.views) and all(a is b for a, b in zip(live, self.views))
+        vec = self.flat if same else torch.cat([v.reshape(-1) for v in live])
+        r = round_exact(vec, self.log, self.t, STATE)
+        parts = [v.view(x.shape) for v, x in zip(r.split([x.numel() for x in live]), live)]
+        known = {id(v): o for v, o in zip(self.views, self.originals)}
+        out = [known.get(id(x)) for x in live]
+        torch._foreach_copy_([o for o in out if o is not None],
+                             [q for q, o in zip(parts, out) if o is not None])
+        self._place([q.clone() if o is None else o for q, o in zip(parts, out)])
+
+    def restore(self) -> None:
+        """After a failure inside the step: the float32 tensors back in place (their values from
+        before the step), optimizer state the step created dropped."""
+        with torch.no_grad():
+            for p in self.params:
+                p.grad = None
+            if self.views:
+                known = {id(v) for v in self.views}
+                for p in _optimizer_params(self.optimizer):
+                    st = self.optimizer.state.get(p, {})
+                    for key in [k for k in st if _is_state(k, st[k], p)
+                                and st[k].dtype == torch.float64 and id(st[k]) not in known]:
+                        del st[key]
+                self._place(self.originals)
+        self.views, self.originals, self.flat = [], [], None
