@@ -85,8 +85,9 @@ def replay_shared(segments: Sequence[tuple[int, int]], replay_one: Callable[[int
     r, world = dist.get_rank(), dist.get_world_size()
     M = len(metrics)
     # per segment: M errors, exact, data_ok, number of loss mismatches, first mismatch, failed,
-    # optimizer-state error, its claimed change, step counters equal, data-dependence ratio
-    table = torch.zeros(len(segments), M + 9, dtype=torch.float64)
+    # optimizer-state error, its claimed change, step counters equal, data-dependence ratio,
+    # exact mode's steps whose rounding log did not fit (-1: not an exact-mode proof), the first
+    table = torch.zeros(len(segments), M + 11, dtype=torch.float64)
     mine: dict[int, BaseException] = {}
     for j, (a, b) in enumerate(segments):
         if j % world != r or mine:
@@ -107,6 +108,9 @@ def replay_shared(segments: Sequence[tuple[int, int]], replay_one: Callable[[int
         table[j, M + 6] = out.state_change
         table[j, M + 7] = float(out.steps_ok)
         table[j, M + 8] = out.flip
+        bad_log = getattr(out, "roundlog_bad", None)
+        table[j, M + 9] = -1 if bad_log is None else len(bad_log)
+        table[j, M + 10] = bad_log[0] if bad_log else -1
     dist.all_reduce(table)  # each row is filled by exactly one rank
     failed = torch.nonzero(table[:, M + 4]).flatten().tolist()
     if failed:
@@ -120,12 +124,14 @@ def replay_shared(segments: Sequence[tuple[int, int]], replay_one: Callable[[int
     for j, (a, b) in enumerate(segments):
         row = table[j].tolist()
         n_bad, first = int(row[M + 2]), int(row[M + 3])
+        n_log, first_log = int(row[M + 9]), int(row[M + 10])
         # the report uses the number of mismatching steps and the first one
         outs.append(SegmentOutcome(start=a, end=b, error={m: row[i] for i, m in enumerate(metrics)},
                                    exact=bool(row[M]), loss_bad=[first] * n_bad,
                                    data_ok=bool(row[M + 1]), state_error=row[M + 5],
                                    state_change=row[M + 6], steps_ok=bool(row[M + 7]),
-                                   flip=row[M + 8]))
+                                   flip=row[M + 8],
+                                   roundlog_bad=None if n_log < 0 else [first_log] * n_log))
     return outs
 
 

@@ -37,6 +37,7 @@ from pol.errors import IntegrityError, ProofFormatError
 from pol.proof import format as fmt
 from pol.proof.hashing import merkle_root
 from pol.step import load_state, state_tensors, storage_dtype, update
+from pol.step.exact import use_proof_log
 from pol.verifier.distances import METRICS, flat_params
 
 
@@ -93,6 +94,9 @@ class SegmentOutcome:
     # hardened: ‖W(g) − W(−g)‖ ÷ ‖W(g) − W_a‖ after the segment's first step, replayed with the
     # gradient and with its sign flipped (NaN: not measured)
     flip: float = float("nan")
+    # exact mode: the replayed steps whose rounding log did not fit the replay (a logged value
+    # not near a tie here); None: not an exact-mode proof
+    roundlog_bad: list[int] | None = None
 
 
 def replay_segment(ctx, proof, data, leaves: np.ndarray, names: list[str], a: int, b: int,
@@ -107,6 +111,7 @@ def replay_segment(ctx, proof, data, leaves: np.ndarray, names: list[str], a: in
     spec = proof.manifest.spec
     start = load(a)
     load_state(ctx.model, ctx.optimizer, spec.optimizer.name, start)
+    exact = ctx.exact is not None and use_proof_log(ctx.exact, proof.roundlog, a, b)
     # data dependence is probed at the segment's first step whose every lr is positive (a step
     # at lr 0, e.g. a warm-up from 0, moves nothing whatever its data); none: nothing to probe
     probe_t = next((t for t in range(a, b) if (proof.lrs[t] > 0).all()), None) \
@@ -122,7 +127,9 @@ def replay_segment(ctx, proof, data, leaves: np.ndarray, names: list[str], a: in
             rec_loss = float(proof.losses[t])
             if not (abs(rec_loss - my_loss) <= 5e-2 * max(abs(my_loss), 1e-6)):
                 loss_bad.append(t)
-    return _outcome(ctx, spec, names, metrics, a, b, start, load(b), data_ok, loss_bad, flip)
+    out = _outcome(ctx, spec, names, metrics, a, b, start, load(b), data_ok, loss_bad, flip)
+    out.roundlog_bad = ctx.exact.problems_in(a, b) if exact else None
+    return out
 
 
 def _replay_steps(ctx, proof, data, leaves: np.ndarray, a: int, b: int, start: dict,
@@ -240,7 +247,7 @@ def _negated_step(ctx, name: str, here: dict[str, torch.Tensor], grads: list) ->
     params = [p for g in opt.param_groups for p in g["params"]]
     with torch.no_grad():
         for p, g in zip(params, grads):
-            p.grad = None if g is None else g.neg_()
+            p.grad = None if g is None else g.neg_().to(p.dtype)  # exact mode: float64
     opt.step()
     flipped = _flat_params(ctx)
     with torch.no_grad():

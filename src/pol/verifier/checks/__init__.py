@@ -45,6 +45,7 @@ class CheckName(str, Enum):
     DATA_HASHES = "data hashes"
     REPLAY = "replay"
     EXACT_REPLAY = "exact replay"
+    ROUNDING_LOG = "rounding log"
 
 
 class Status(str, Enum):

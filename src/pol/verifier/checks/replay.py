@@ -22,6 +22,9 @@ DELTA_RULE = ("auto δ per metric = max(ρ · mean single-step update over the p
               "prover's kind of hardware. For other hardware, calibrate δ with `pol calibrate`.")
 EXACT_RULE = ("exact mode: the proof was made on this device type with this torch version (fp32, "
               "CPU or deterministic), so replay must be bitwise equal (δ = 0)")
+EXACT_STEP_RULE = ("exact mode: the proof's steps compute in float64 and round to float32 with "
+                   "a rounding log (spec.step.exact), so replay on any device and thread count "
+                   "must be bitwise equal (δ = 0)")
 
 
 def auto_deltas(updates: list[dict[str, float]], lengths: list[int], metrics: Iterable[str],
@@ -38,8 +41,11 @@ def auto_deltas(updates: list[dict[str, float]], lengths: list[int], metrics: It
 
 
 def expect_exact(spec, device: torch.device) -> bool:
-    """Replay here should be bitwise the prover's: same device type, torch version and (CPU) kernel
-    family and threads, fp32, CPU or deterministic algorithms."""
+    """Replay here should be bitwise the prover's: an exact-mode proof (`spec.step.exact`) on any
+    device; else the same device type, torch version and (CPU) kernel family and threads, fp32,
+    CPU or deterministic algorithms."""
+    if spec.step.exact:
+        return True
     return (spec.device == device.type and spec.precision == "fp32"
             and (device.type == "cpu" or spec.deterministic)
             and spec.torch_version == torch.__version__
@@ -52,7 +58,7 @@ def choose_deltas(delta, exact: bool, policy: Policy, updates, lengths, metrics,
                   spec, rho: float, floor_factor: float) -> tuple[dict[str, float], str]:
     """(δ per metric, the rule that set it)."""
     if policy.has(Defence.EXACT_MODE) and exact and delta == "auto":
-        return {m: 0.0 for m in metrics}, EXACT_RULE
+        return {m: 0.0 for m in metrics}, EXACT_STEP_RULE if spec.step.exact else EXACT_RULE
     auto = auto_deltas(updates, lengths, metrics, final_vec, spec.precision, rho, floor_factor)
     if delta == "auto":
         return auto, DELTA_RULE
@@ -88,6 +94,8 @@ class Tally:
     sizes: list[float] = field(default_factory=list)  # claimed ℓ2 update ÷ δ, non-exact
     state_bad: list[tuple[int, int, str]] = field(default_factory=list)
     flip_bad: list[tuple[int, int, float]] = field(default_factory=list)
+    # exact mode: the steps whose rounding log did not fit the replay; None: no exact-mode replay
+    roundlog_bad: list[int] | None = None
 
 
 def judge_segment(out, update: dict[str, float], deltas: dict[str, float], metrics,
@@ -97,6 +105,10 @@ def judge_segment(out, update: dict[str, float], deltas: dict[str, float], metri
     tally.data_ok = tally.data_ok and out.data_ok
     tally.loss_bad.extend(out.loss_bad)
     passed = all(err[m] <= deltas[m] for m in metrics)
+    bad_log = getattr(out, "roundlog_bad", None)
+    if bad_log is not None:
+        tally.roundlog_bad = (tally.roundlog_bad or []) + list(bad_log)
+        passed = passed and not bad_log
     if policy.has(Defence.RELATIVE_ERROR) and not out.exact and "l2" in err:
         rel = err["l2"] / max(update["l2"], 1e-300)
         if rel > policy.relative_error_max:
@@ -194,10 +206,18 @@ def update_size(tally: Tally, any_segments: bool, policy: Policy) -> CheckResult
 
 def final_checks(tally: Tally, segments, deltas: dict[str, float], metrics, mode: str,
                  expect_exact_here: bool) -> list[CheckResult]:
-    """data hashes, replay (δ) and exact replay."""
+    """data hashes, replay (δ), exact replay and (exact mode) the rounding log."""
     out = [CheckResult(CheckName.DATA_HASHES, tally.data_ok,
                        "every replayed batch matches its recorded hash" if tally.data_ok else
                        "a replayed batch's data does not match the hash recorded in the proof")]
+    if tally.roundlog_bad is not None:
+        bad = sorted(tally.roundlog_bad)
+        out.append(CheckResult(
+            CheckName.ROUNDING_LOG, not bad,
+            "every replayed step's rounding log names values near a rounding tie in the replay"
+            if not bad else f"{len(bad)} replayed step(s) have a rounding log that names a value "
+            f"not near a rounding tie in the replay (first: step {bad[0]}): the log can only "
+            "settle ties, never move a value", value=bad[0] if bad else None))
     n_bad = sum(not s.passed for s in segments)
     worst_ratio = max((max(s.error[m] / deltas[m] if deltas[m] > 0 else
                            (0.0 if s.error[m] == 0 else float("inf")) for m in metrics)
