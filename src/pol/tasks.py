@@ -119,6 +119,8 @@ def build_spec(task_name: str, *, epochs: int | None = None, k: int | None = Non
     from pol.proof.hashing import merkle_root, sample_leaves
 
     task = get_task(task_name)
+    if exact and precision != "fp32":
+        raise ConfigError("exact mode stores float32 checkpoints: precision must be fp32")
     if task.needs_data_dir and not data_dir:
         raise ConfigError(f"task {task.name} reads {task.dataset} from a local directory: pass "
                           "--data DIR (pol never downloads)")

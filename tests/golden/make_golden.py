@@ -3,6 +3,7 @@ output, never regenerate an existing version's proofs):
 
     python tests/golden/make_golden.py            # the version the writer writes by default (v1)
     python tests/golden/make_golden.py --version 2  # v2: the lossless checkpoint codec
+    python tests/golden/make_golden.py --exact      # exact/: exact-mode proofs (a rounding log)
 """
 
 import argparse
@@ -29,10 +30,39 @@ CASES = {
 }
 
 
+# exact mode (format v1 with roundlog.polr): a wide rounding window (2^-6 float32 ulps), so that
+# a model of 15 parameters logs a value at most steps
+EXACT_CASES = {
+    "iris-logreg-exact": dict(task="iris-logreg", epochs=3, k=5, seed=11, window=2.0 ** -6),
+}
+
+
+def main_exact() -> None:
+    from pol.prover.trainer import train_spec
+    from pol.spec import StepSpec
+    from pol.tasks import build_spec
+    out = HERE / "exact"
+    if out.exists():
+        raise SystemExit(f"{out} exists: golden proofs are never rewritten")
+    index = {}
+    for name, kw in EXACT_CASES.items():
+        kw = dict(kw)
+        window = kw.pop("window")
+        spec, train, test = build_spec(kw.pop("task"), exact=True, **kw)
+        spec = spec.with_(step=StepSpec(exact=True, exact_window=window))
+        r = train_spec(spec, train, test, out / name)
+        index[name] = {"root_digest": r.root_digest, "task": r.spec.task}
+    (out / "GOLDEN.json").write_text(json.dumps(index, indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--version", type=int, default=FORMAT_VERSION, choices=sorted(CASES))
-    version = ap.parse_args().version
+    ap.add_argument("--exact", action="store_true", help="the exact-mode proofs (exact/)")
+    args = ap.parse_args()
+    if args.exact:
+        return main_exact()
+    version = args.version
     out = HERE / f"v{version}"
     if out.exists():
         raise SystemExit(f"{out} exists: golden proofs of a released version are never rewritten")

@@ -1,0 +1,316 @@
+"""Exact mode (`StepSpec.exact`, `pol train --exact`, `pol.step.exact`): a proof whose steps replay
+bitwise on other hardware. Another thread count stands in for other hardware here: a CPU's
+reductions split by thread, so a plain fp32 proof made with 2 threads does not replay bitwise with
+1, while an exact-mode proof does, with the verifier's own thread count."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import check
+from pol.errors import ConfigError
+from pol.proof import format as fmt
+from pol.proof import roundlog
+from pol.proof.reader import open_proof
+from pol.proof.writer import rehash_manifest
+from pol.prover.trainer import train_task
+from pol.spec import StepSpec, TrainingSpec
+from pol.step import build_context, load_state, state_tensors, update
+from pol.step.exact import STATE, check_model, round_exact, RoundingLog, tie_distance
+from pol.verifier import verify
+
+GOLDEN = Path(__file__).parent / "golden" / "exact"
+TASK = dict(task="digits-cnn", epochs=1, k=3, batch_size=160, seed=4)  # 9 steps, 3 segments
+K = TASK["k"]
+
+
+def _train(out: Path, threads: int, **kw):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return train_task(out=out, **TASK, **kw)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def proofs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("exact")
+    _train(d / "exact", 2, exact=True)
+    _train(d / "fp32", 2)
+    return d
+
+
+def _replay_exact_segments(path: Path, threads: int) -> list[bool]:
+    """Every segment replayed with `update` at `threads` threads, outside the verifier (which
+    replays a plain CPU proof with the prover's thread count): bitwise equal to the claim?"""
+    from pol.datasets import load_training_set
+    from pol.step.exact import use_proof_log
+    p = open_proof(path)
+    spec = p.manifest.spec
+    data = load_training_set(spec, None)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ctx = build_context(spec, torch.device("cpu"))
+        out = []
+        ck = p.manifest.checkpoints
+        for a, b in zip(ck, ck[1:]):
+            load_state(ctx.model, ctx.optimizer, spec.optimizer.name, p.load_checkpoint(a))
+            if ctx.exact is not None:
+                use_proof_log(ctx.exact, p.roundlog, a, b)
+            for t in range(a, b):
+                idx = p.batch(t)
+                update(ctx, torch.from_numpy(data.x[idx]), torch.from_numpy(data.y[idx]),
+                       p.lrs[t].tolist(), t)
+            end, mine = p.load_checkpoint(b), state_tensors(ctx.model, ctx.optimizer)
+            out.append(all(torch.equal(mine[k], end[k]) for k in end))
+        return out
+    finally:
+        torch.set_num_threads(before)
+
+
+def _verify_1_thread(path: Path):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return verify(path, all_segments=True)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_an_exact_proof_made_with_2_threads_verifies_bitwise_with_1(proofs):
+    spec = open_proof(proofs / "exact").manifest.spec
+    assert spec.step.exact and spec.cpu_threads == 2 and spec.step.exact_window == 2.0 ** -12
+    r = _verify_1_thread(proofs / "exact")
+    assert r.valid, r.render()
+    assert len(r.segments) == 3 and all(s.exact for s in r.segments)
+    assert all(v == 0 for v in r.deltas.values())
+    assert check(r, "rounding log").status == "pass"
+    assert check(r, "exact replay").status == "pass"
+    assert _replay_exact_segments(proofs / "exact", 1) == [True] * 3
+
+
+def test_a_plain_fp32_proof_made_with_2_threads_does_not_replay_bitwise_with_1(proofs):
+    # the control: without exact mode, another thread count lands elsewhere (so the test above
+    # could fail); with the prover's own count it is bitwise
+    assert not any(_replay_exact_segments(proofs / "fp32", 1))
+    assert all(_replay_exact_segments(proofs / "fp32", 2))
+
+
+def _tampered(proofs: Path, tmp_path: Path, change) -> Path:
+    out = tmp_path / "tampered"
+    shutil.copytree(proofs / "exact", out)
+    rows = open_proof(out).roundlog.copy()
+    rows = change(rows)
+    (out / fmt.ROUNDLOG).write_bytes(roundlog.encode(rows))
+    rehash_manifest(out)
+    return out
+
+
+def _last_state_entry(rows: np.ndarray, k: int) -> int:
+    """A log entry of the state vector (stored in the next checkpoint) at a segment's last step."""
+    j = np.flatnonzero((rows[:, 1] == STATE) & (rows[:, 0] % k == k - 1))
+    assert len(j), "no state entry at a segment's last step"
+    return int(j[0])
+
+
+def test_a_flipped_rounding_direction_fails_its_segment(proofs, tmp_path):
+    rows = open_proof(proofs / "exact").roundlog
+    j = _last_state_entry(rows, K)
+    step = int(rows[j, 0])
+
+    def flip(r):
+        r[j, 3] ^= 1
+        return r
+    r = _verify_1_thread(_tampered(proofs, tmp_path, flip))
+    assert not r.valid
+    bad = [s for s in r.segments if not s.passed]
+    assert [(s.start, s.end) for s in bad] == [(step - step % K, step - step % K + K)]
+    assert f"steps {bad[0].start}–{bad[0].end}" in check(r, "replay").reason
+    assert check(r, "rounding log").status == "pass"  # the value is near a tie: only its bits
+
+
+def test_a_log_entry_moved_off_a_tie_fails_with_its_step(proofs, tmp_path):
+    rows = open_proof(proofs / "exact").roundlog
+    logged = {(int(t), int(p), int(i)) for t, p, i, _ in rows}
+    j = next(j for j, (t, p, i, _) in enumerate(rows)
+             if (t, p, i + 1) not in logged and p == STATE)
+    step = int(rows[j, 0])
+
+    def move(r):
+        r[j, 2] += 1
+        return r
+    r = _verify_1_thread(_tampered(proofs, tmp_path, move))
+    assert not r.valid
+    c = check(r, "rounding log")
+    assert c.status == "fail" and f"first: step {step})" in c.reason, c.reason
+
+
+def test_an_altered_weight_fails(proofs, tmp_path):
+    out = tmp_path / "weight"
+    shutil.copytree(proofs / "exact", out)
+    path = out / fmt.checkpoint_name(2 * K)
+    data = bytearray(path.read_bytes())
+    n = int.from_bytes(data[:8], "little")
+    entry = json.loads(data[8:8 + n])["model.classifier.1.weight"]
+    at = 8 + n + entry["data_offsets"][0] + 4 * 7
+    data[at:at + 4] = (int.from_bytes(data[at:at + 4], "little") + 1).to_bytes(4, "little")
+    path.write_bytes(bytes(data))  # one weight one ulp away
+    rehash_manifest(out)
+    r = _verify_1_thread(out)
+    assert not r.valid
+    assert {(s.start, s.end) for s in r.segments if not s.passed} == {(K, 2 * K), (2 * K, 3 * K)}
+
+
+def test_dropout_fp16_and_unsupported_layers_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="dropout p = 0.1"):
+        train_task("digits-mlp", tmp_path / "mlp", epochs=1, exact=True)
+    assert not (tmp_path / "mlp").exists()
+    with pytest.raises(ConfigError, match="LSTM"):
+        check_model(nn.Sequential(nn.Linear(4, 4), nn.LSTM(4, 4)))
+    with pytest.raises(ConfigError, match="float64"):
+        check_model(nn.Linear(2, 2).double())
+
+    class Own(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(3))
+    with pytest.raises(ConfigError, match="holds its own tensors"):
+        check_model(nn.Sequential(nn.Linear(3, 3), Own()))
+    check_model(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Dropout(0.0),
+                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2)))
+    with pytest.raises(ValueError, match="autocast"):
+        StepSpec(exact=True, autocast="bf16")
+    with pytest.raises(ConfigError, match="precision must be fp32"):
+        train_task("digits-cnn", tmp_path / "fp16", epochs=1, exact=True, precision="fp16")
+
+
+def test_the_spec_writes_exact_mode_only_when_set():
+    assert StepSpec().to_dict() == {}
+    d = StepSpec(exact=True).to_dict()
+    assert d == {"exact": True, "exact_window": 2.0 ** -12}
+    assert StepSpec.from_dict(d) == StepSpec(exact=True)
+    from pol.errors import ProofFormatError
+    with pytest.raises(ProofFormatError):
+        StepSpec.from_dict({"exact": True})  # the window is written with exact mode
+    with pytest.raises(ProofFormatError):
+        StepSpec.from_dict({"exact": True, "exact_window": 0.5})
+
+
+def _reference_distance(x: float) -> float:
+    """|x − midpoint| ÷ gap of x's float32 neighbours, in exact rational arithmetic."""
+    r = np.float32(x)
+    other = np.nextafter(r, np.float32(np.inf) if float(r) <= x else np.float32(-np.inf))
+    lo, hi = sorted((Fraction(float(r)), Fraction(float(other))))
+    return float(abs(Fraction(x) - (lo + hi) / 2) / (hi - lo))
+
+
+def test_near_ties_are_found_exactly_in_every_range():
+    rng = np.random.default_rng(0)
+    w = 2.0 ** -8
+    base = np.concatenate([rng.normal(size=300), rng.normal(size=200) * 1e-40,  # subnormals
+                           np.float32(rng.normal(size=100)).astype(np.float64)])  # exact
+    # values placed on and around ties: midpoints of random float32 neighbours, nudged
+    r32 = np.float32(rng.normal(size=300) * np.exp(rng.uniform(-90, 40, size=300)))
+    up = np.nextafter(r32, np.float32(np.inf))
+    mid = (r32.astype(np.float64) + up.astype(np.float64)) / 2
+    gap = up.astype(np.float64) - r32.astype(np.float64)
+    nudged = mid + gap * rng.uniform(-2 * w, 2 * w, size=300)
+    x = torch.from_numpy(np.concatenate([base, mid, nudged, [0.0, -0.0, 2.0 ** -150]]))
+    log = RoundingLog(w)
+    r = round_exact(x, log, 3, STATE)
+    assert torch.equal(r, x.float())  # record mode rounds to nearest
+    rows = log.take()
+    want = {i for i, v in enumerate(x.tolist()) if _reference_distance(v) <= w}
+    assert set(rows[:, 2].tolist()) == want and len(want) > 300
+    assert (rows[:, 0] == 3).all() and (rows[:, 1] == STATE).all()
+    assert np.array_equal(rows[:, 3], (r[rows[:, 2]].double() > x[rows[:, 2]]).numpy())
+    d = tie_distance(x, x.float()).tolist()
+    assert all(abs(a - _reference_distance(v)) < 1e-9 for a, v in zip(d, x.tolist()))
+    # replay: every logged value rounds the logged way, even mirrored across its tie (where
+    # rounding to nearest goes the other way)
+    idx = torch.from_numpy(rows[:, 2])
+    xi, ri = x[idx], r[idx]
+    other = torch.nextafter(ri, torch.where(ri.double() <= xi, float("inf"), float("-inf"))
+                            .float())
+    mirrored = x.clone()
+    mirrored[idx] = (ri.double() + other.double()) - xi  # 2 · midpoint − x, exact
+    assert not torch.equal(mirrored.float(), r)
+    log.replay(rows)
+    log.begin(3)
+    assert torch.equal(round_exact(mirrored, log, 3, STATE), r) and not log.problems
+    # a logged value that is not near a tie is a problem of its step
+    log.begin(3)
+    far = x.clone()
+    far[idx[0]] = float(r[idx[0]])
+    round_exact(far, log, 3, STATE)
+    assert list(log.problems) == [3] and "float32 ulps from a rounding tie" in log.problems[3]
+
+
+def test_the_log_file_round_trips_and_is_validated():
+    rows = np.array([[0, 0, 5, 1], [0, 1, 2, 0], [0, 1, 9, 1], [4, 0, 0, 0], [4, 2, 0, 1]],
+                    dtype=np.int64)
+    assert np.array_equal(roundlog.decode(roundlog.encode(rows), "x", 5, 1 << 20), rows)
+    from pol.errors import ProofFormatError
+    with pytest.raises(ProofFormatError, match="step"):
+        roundlog.decode(roundlog.encode(rows), "x", 4, 1 << 20)  # step 4 of a 4-step run
+    with pytest.raises(ProofFormatError, match="increasing"):
+        roundlog.decode(roundlog.encode(rows[::-1]), "x", 5, 1 << 20)
+    bad = rows.copy()
+    bad[1, 3] = 2
+    with pytest.raises(ProofFormatError, match="direction"):
+        roundlog.decode(roundlog.encode(bad), "x", 5, 1 << 20)
+    data = bytearray(roundlog.encode(rows))
+    data[8] += 1  # one more row than the frame holds
+    with pytest.raises(ProofFormatError):
+        roundlog.decode(bytes(data), "x", 5, 1 << 20)
+
+
+def test_the_golden_exact_proof_reads_and_verifies_bitwise():
+    index = json.loads((GOLDEN / "GOLDEN.json").read_text())
+    for name, info in index.items():
+        p = open_proof(GOLDEN / name)
+        assert p.manifest.root_digest == info["root_digest"]
+        assert p.manifest.spec.step.exact and len(p.roundlog) > 0
+        r = verify(GOLDEN / name, all_segments=True)
+        assert r.valid and all(s.exact for s in r.segments), r.render()
+        assert check(r, "rounding log").status == "pass"
+
+
+def test_an_interrupted_exact_run_resumes_to_the_same_proof(tmp_path, monkeypatch):
+    from pol.errors import IncompleteProofError
+    from pol.proof.reader import inspect_proof
+    from pol.prover import recorder
+    from pol.prover.trainer import resume_task
+    kw = dict(task="iris-logreg", epochs=2, k=3, seed=2, exact=True)
+    train_task(out=tmp_path / "full", **kw)
+    real = recorder.Recorder.step
+
+    def crash(self, loss=None):
+        if self.t == 7:
+            raise KeyboardInterrupt
+        real(self, loss)
+    monkeypatch.setattr(recorder.Recorder, "step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_task(out=tmp_path / "cut", **kw)
+    monkeypatch.setattr(recorder.Recorder, "step", real)
+    with pytest.raises(IncompleteProofError):
+        open_proof(tmp_path / "cut")
+    resume_task(tmp_path / "cut")
+    assert inspect_proof(tmp_path / "cut")["files"] == inspect_proof(tmp_path / "full")["files"]
+
+
+def test_a_spec_with_exact_mode_round_trips_through_the_manifest(proofs):
+    m = json.loads((proofs / "exact" / fmt.MANIFEST).read_text())
+    assert m["spec"]["step"] == {"exact": True, "exact_window": 2.0 ** -12}
+    assert fmt.ROUNDLOG in m["files"]
+    assert TrainingSpec.from_dict(m["spec"]).step.exact
