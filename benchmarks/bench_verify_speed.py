@@ -344,12 +344,32 @@ def summarize(res: dict) -> dict:
     return s
 
 
+def bytecode_cached() -> bool:
+    """Whether torch's compiler stack has compiled bytecode to import (else every process
+    compiles its sources first: seconds, on hosts whose packages ship no .pyc and forbid
+    writing them, e.g. PYTHONDONTWRITEBYTECODE=1)."""
+    import importlib.util
+    spec = importlib.util.find_spec("torch._dynamo.symbolic_convert")
+    try:
+        return spec is not None and os.path.exists(importlib.util.cache_from_source(spec.origin))
+    except (NotImplementedError, ValueError):
+        return False
+
+
 def cli_runs(a, proof: str, cache: Path, out: Path) -> dict:
     env = {**os.environ, "POL_CACHE_DIR": str(cache)}
     shutil.rmtree(cache, ignore_errors=True)
     base = ["verify", proof, "--device", a.device, "--policy", a.policy, "--q", str(a.q)]
     if a.data:
         base += ["--data", a.data]
+    if a.pycache:  # compiled bytecode kept for every process after the first (untimed) one
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(Path(a.pycache).resolve())
+        run_cli(base, env)
+        shutil.rmtree(cache, ignore_errors=True)
+    elif not bytecode_cached():
+        print("note: torch's modules have no compiled bytecode here; every pol process compiles "
+              "their sources (seconds). --pycache DIR measures with a bytecode cache", flush=True)
     runs = {"topq_cold_cache": run_cli(base, env)}
     for r in range(a.cli_repeats):
         runs[f"topq_{r}"] = run_cli(base, env)
@@ -484,6 +504,9 @@ def parse(argv=None):
     ap.add_argument("--cli-repeats", type=int, default=2, help="pol verify processes per mode "
                     "(after one with an empty dataset cache)")
     ap.add_argument("--no-cli", action="store_true", help="skip the pol verify processes")
+    ap.add_argument("--pycache", help="pol verify processes keep compiled bytecode here "
+                    "(PYTHONPYCACHEPREFIX; filled by an untimed call first): for hosts whose "
+                    "packages ship no .pyc and PYTHONDONTWRITEBYTECODE=1 is set")
     ap.add_argument("--profile", action="store_true",
                     help="also cProfile one pol verify --all and record its imports")
     ap.add_argument("--work", help="where proofs are written (default: a temporary directory)")
@@ -514,7 +537,7 @@ def main(argv=None) -> None:
         if out:
             doc = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
                    "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": _machine(a),
-                   "args": vars(a), "summary": s, "cli_summary": cli, "init_checks": init,
+                   "args": vars(a), "bytecode_cached": bytecode_cached(), "summary": s, "cli_summary": cli, "init_checks": init,
                    "commitment": com, "cli_runs": runs, "rounds": res["rounds"]}
             name = f"verify_speed_{a.task}_{a.device}.json"
             (out / name).write_text(json.dumps(doc, indent=1, default=str) + "\n")

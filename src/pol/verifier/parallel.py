@@ -205,24 +205,26 @@ def _outcome(ctx, spec, names: list[str], metrics: Sequence[str], a: int, b: int
 def _probed_step(ctx, opt_name: str, x: torch.Tensor, y: torch.Tensor, lrs, t: int,
                  here: dict[str, torch.Tensor] | None) -> tuple[torch.Tensor, float]:
     """Step t, and the data-dependence ratio ‖W(g) − W(−g)‖ ÷ ‖W(g) − W_a‖ measured on it. `here`:
-    the state before the step when the caller holds it (the segment's checkpoint), else copied.
+    the state before the step when the caller holds it (the segment's checkpoint), else None.
 
     Without a GradScaler, W(−g) is the optimizer's step on the real step's gradients, negated: the
     forward and backward passes of a step on the negated loss give exactly these (negation is exact
     and every backward op is linear in its incoming gradient, rounded symmetrically), so the ratio
-    is the one `_flipped_step` gives, for one optimizer step instead of a whole training step. With a
-    GradScaler (whose skipped steps and scale updates depend on the pass), the step is run again on
-    the negated loss."""
+    is the one `_flipped_step` gives, for one optimizer step instead of a whole training step; the
+    states around it are copies on the device (no checkpoint loaded again). With a GradScaler
+    (whose skipped steps and scale updates depend on the pass), the step is run again on the
+    negated loss."""
     opt = ctx.optimizer
     w_a = _flat_params(ctx)
-    if here is None:
-        here = {k: v.detach().clone() for k, v in state_tensors(ctx.model, opt).items()}
     from pol.step import scaler_of
     if scaler_of(opt) is not None:
+        if here is None:
+            here = {k: v.detach().clone() for k, v in state_tensors(ctx.model, opt).items()}
         flipped = _flipped_step(ctx, x, y, lrs, t)
         load_state(ctx.model, opt, opt_name, here)
         loss = update(ctx, x, y, lrs, t)
         return loss, _flip_ratio(_flat_params(ctx), flipped, w_a)
+    before = _snapshot(ctx, clone_optimizer=True)
     grads: list[torch.Tensor | None] = []
 
     def keep(opt, args, kwargs) -> None:  # the gradients the optimizer steps on (clipped)
@@ -233,28 +235,41 @@ def _probed_step(ctx, opt_name: str, x: torch.Tensor, y: torch.Tensor, lrs, t: i
         loss = update(ctx, x, y, lrs, t)
     finally:
         hook.remove()
-    return loss, _flip_ratio(_flat_params(ctx), _negated_step(ctx, opt_name, here, grads), w_a)
+    return loss, _flip_ratio(_flat_params(ctx), _negated_step(ctx, before, grads), w_a)
 
 
-def _negated_step(ctx, name: str, here: dict[str, torch.Tensor], grads: list) -> torch.Tensor:
-    """The parameters after the optimizer's step from `here` on the negated `grads`; the state the
-    real step left is put back as it was (the model's tensors copied back, the optimizer's own
-    state objects, which `load_state` replaces rather than changes, handed back)."""
-    opt, model = ctx.optimizer, ctx.model
-    kept_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    kept_opt = dict(opt.state)
-    load_state(model, opt, name, here)
+def _snapshot(ctx, clone_optimizer: bool) -> tuple[dict, dict]:
+    """The model's tensors (copied) and the optimizer's per-parameter state (copied, or the
+    state objects themselves, for a caller that swaps in other ones until it puts these back)."""
+    model = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
+    if not clone_optimizer:
+        return model, dict(ctx.optimizer.state)
+    return model, {p: {k: v.detach().clone() if isinstance(v, torch.Tensor) else v
+                       for k, v in st.items()} for p, st in ctx.optimizer.state.items()}
+
+
+def _restore(ctx, snap: tuple[dict, dict]) -> None:
+    model, opt_state = snap
+    with torch.no_grad():
+        for k, v in ctx.model.state_dict().items():
+            v.copy_(model[k])
+    ctx.optimizer.state.clear()
+    ctx.optimizer.state.update(opt_state)
+
+
+def _negated_step(ctx, before: tuple[dict, dict], grads: list) -> torch.Tensor:
+    """The parameters after the optimizer's step from `before` (a `_snapshot`, used up) on the
+    negated `grads`; the state the real step left is put back as it was."""
+    opt = ctx.optimizer
+    after = _snapshot(ctx, clone_optimizer=False)
+    _restore(ctx, before)
     params = [p for g in opt.param_groups for p in g["params"]]
     with torch.no_grad():
         for p, g in zip(params, grads):
             p.grad = None if g is None else g.neg_().to(p.dtype)  # exact mode: float64
     opt.step()
     flipped = _flat_params(ctx)
-    with torch.no_grad():
-        for k, v in model.state_dict().items():
-            v.copy_(kept_model[k])
-    opt.state.clear()
-    opt.state.update(kept_opt)
+    _restore(ctx, after)
     opt.zero_grad(set_to_none=True)
     return flipped
 
