@@ -4,7 +4,7 @@ Layout: `options.py` (options shared by several commands, defaults read from the
 `exits.py` (exit codes; the one handler mapping exceptions to them), `render.py` (everything
 printed), and one module per command family: `train.py` (train, commit), `verify.py` (verify,
 calibrate, inspect, dispute), `protocol.py` (keygen, seal, open, ledger, reveal), `attack.py`,
-`demo.py` (demo, tasks).
+`demo.py` (demo, tasks), `cluster.py` (distributed).
 
 Commands are loaded when used (`COMMANDS`), so that `pol --help` and `pol --version` import
 neither torch nor pol.crypto; tests/test_cli_structure.py checks that, and that the short help
@@ -48,6 +48,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                "`pol train` builds with the same options."),
     "demo": ("pol.cli.demo", "demo", "Train with a proof, verify it, tamper with a copy, and "
              "show that verification rejects it."),
+    "distributed": ("pol.cli.cluster", "distributed", "Train TASK spread over untrusted workers "
+                    "on torch.distributed: every update comes with a proof, the coordinator "
+                    "verifies a budget of it and aggregates only verified work."),
     "dispute": ("pol.cli.verify", "dispute", "Settle an ownership dispute: which proof (if "
                 "any) shows who trained MODEL first."),
     "inspect": ("pol.cli.verify", "inspect", "Show what a proof holds (task, spec, E, S, k, T, "

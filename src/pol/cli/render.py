@@ -284,5 +284,13 @@ def attack(res: Any, json_out: str | None) -> None:
     write_json(json_out, res.to_dict(), sort_keys=True, default=str)
 
 
+def distributed(result: Any, json_out: str | None) -> None:
+    """A distributed job's rounds (nothing on a worker rank under torchrun: result None)."""
+    if result is None:
+        return
+    echo(result.render())
+    write_json(json_out, result.to_dict(), default=float)
+
+
 def demo_finished(seconds: float, kept: Path | None) -> None:
     echo(f"demo finished in {seconds:.1f}s" + (f"; proofs kept in {kept}" if kept else ""))

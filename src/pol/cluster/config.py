@@ -47,6 +47,7 @@ BYZANTINE = ("noise", "signflip", "scale", "lazy", "stale", "freerider", "copyca
              "forge", "sparse")
 FAULTS = ("crash", "hang")  # no update at all from the round they act in
 AGGREGATES = ("pol", "mean", "median")
+KIND_NAMES = ", ".join(k for k in KINDS if k != "honest")
 
 
 @dataclass(frozen=True)
