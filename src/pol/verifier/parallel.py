@@ -174,12 +174,11 @@ def _outcome(ctx, spec, names: list[str], metrics: Sequence[str], a: int, b: int
              end: dict, data_ok: bool, loss_bad: list[int], flip: float) -> SegmentOutcome:
     """The replayed state against the claimed checkpoint at b."""
     mine = state_tensors(ctx.model, ctx.optimizer)
-    mine_vec = flat_params({n: mine[n].to(storage_dtype(n, mine[n], spec.precision))
-                            for n in names}, names)
+    host = _host_state(mine, spec.precision)
+    mine_vec = flat_params(host, names)
     err = distances(mine_vec, flat_params(end, names), metrics)
-    exact = all(k in mine and torch.equal(
-        mine[k].detach().to("cpu", storage_dtype(k, mine[k], spec.precision)),
-        end[k]) for k in end) and len(end) == len(mine)
+    exact = all(k in host and torch.equal(host[k], end[k]) for k in end) \
+        and len(end) == len(mine)
     from pol.verifier import soundness
     keys = soundness.float_state_keys(end)
     mine_keys = soundness.float_state_keys(mine)
@@ -189,8 +188,7 @@ def _outcome(ctx, spec, names: list[str], metrics: Sequence[str], a: int, b: int
         if keys != mine_keys:
             state_error, steps_ok = float("inf"), False
         else:
-            mine_state = soundness.flat_optimizer(
-                {k: mine[k].to(storage_dtype(k, mine[k], spec.precision)) for k in keys}, keys)
+            mine_state = soundness.flat_optimizer(host, keys)
             claimed = soundness.flat_optimizer(end, keys)
             state_error = float(torch.linalg.vector_norm(mine_state - claimed))
             before = (soundness.flat_optimizer(start, keys) if all(k in start for k in keys)
@@ -200,6 +198,22 @@ def _outcome(ctx, spec, names: list[str], metrics: Sequence[str], a: int, b: int
                            for k in end if k.endswith(".step") and k in mine)
     return SegmentOutcome(a, b, err, bool(exact), loss_bad, data_ok, state_error, state_change,
                           bool(steps_ok), flip)
+
+
+def _host_state(mine: dict[str, torch.Tensor], precision: str) -> dict[str, torch.Tensor]:
+    """Every replayed tensor in its storage dtype, on the CPU: a device's tensors come over in one
+    copy per dtype (not one synchronizing copy per tensor)."""
+    conv = {k: v.detach().to(storage_dtype(k, v, precision)) for k, v in mine.items()}
+    out = {k: v for k, v in conv.items() if v.device.type == "cpu"}
+    groups: dict[tuple, list[str]] = {}
+    for k, v in conv.items():
+        if v.device.type != "cpu":
+            groups.setdefault((v.device, v.dtype), []).append(k)
+    for keys in groups.values():
+        flat = torch.cat([conv[k].reshape(-1) for k in keys]).cpu()
+        for k, part in zip(keys, flat.split([conv[k].numel() for k in keys])):
+            out[k] = part.view(conv[k].shape)
+    return out
 
 
 def _probed_step(ctx, opt_name: str, x: torch.Tensor, y: torch.Tensor, lrs, t: int,
