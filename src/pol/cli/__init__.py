@@ -4,7 +4,7 @@ Layout: `options.py` (options shared by several commands, defaults read from the
 `exits.py` (exit codes; the one handler mapping exceptions to them), `render.py` (everything
 printed), and one module per command family: `train.py` (train, commit), `verify.py` (verify,
 calibrate, inspect, dispute), `protocol.py` (keygen, seal, open, ledger, reveal), `attack.py`,
-`demo.py` (demo, tasks), `cluster.py` (distributed).
+`demo.py` (demo, tasks), `cluster.py` (distributed), `experiment.py` (experiment, report).
 
 Commands are loaded when used (`COMMANDS`), so that `pol --help` and `pol --version` import
 neither torch nor pol.crypto; tests/test_cli_structure.py checks that, and that the short help
@@ -51,6 +51,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "distributed": ("pol.cli.cluster", "distributed", "Train TASK spread over untrusted workers "
                     "on torch.distributed: every update comes with a proof, the coordinator "
                     "verifies a budget of it and aggregates only verified work."),
+    "experiment": ("pol.cli.experiment", "experiment", "Re-run the paper's experiment NAME (or "
+                   "all): a CSV, a PNG plot and a markdown fragment with the paper's numbers "
+                   "beside ours; `all` also writes REPRODUCTION.md."),
     "dispute": ("pol.cli.verify", "dispute", "Settle an ownership dispute: which proof (if "
                 "any) shows who trained MODEL first."),
     "inspect": ("pol.cli.verify", "inspect", "Show what a proof holds (task, spec, E, S, k, T, "
@@ -62,6 +65,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
              "directory."),
     "reveal": ("pol.cli.protocol", "reveal", "Lazy verification, prover side: reveal only the "
                "requested samples, with Merkle paths."),
+    "report": ("pol.cli.experiment", "report", "Write one self-contained HTML page for a "
+               "verification: SOURCE is the JSON of `pol verify --json` or a proof directory "
+               "(verified first). Exit code as `pol verify`'s."),
     "seal": ("pol.cli.protocol", "seal", "Sign and encrypt the proof directory PROOF for one "
              "verifier."),
     "tasks": ("pol.cli.demo", "tasks", "List the built-in tasks."),

@@ -88,6 +88,23 @@ def verified(report: Any, data: str | None, verbose: bool, json_out: str | None,
     return code
 
 
+def html_written(path: object) -> None:
+    echo(f"HTML report written to {path}")
+
+
+def report_written(report: Any, path: object) -> int:
+    """`pol report`: the verdict and the page; the exit code `pol verify` would give."""
+    echo(f"verdict: {report.verdict.upper()}; HTML report written to {path}")
+    return verify_exit_code(report, None)
+
+
+def experiments_written(outputs: list, document: object) -> None:
+    for o in outputs:
+        echo(f"{o.name}: {o.csv}, {o.png}, {o.md}")
+    if document is not None:
+        echo(f"reproduction report: {document}")
+
+
 def verdict_recorded(record_to: str, entry: Any) -> None:
     echo(f"verdict recorded in {record_to}: seq {entry.seq} ({entry.entry_hash})")
 

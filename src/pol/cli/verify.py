@@ -41,6 +41,8 @@ METRICS = list(opt.default_of(V, "metrics"))
 @opt.device(opt.default_of(V, "device"))
 @opt.trust_module()
 @opt.json_file("Write the report here.")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False),
+              help="Also write the report as one self-contained HTML page (plots embedded).")
 @opt.limits()
 @click.option("-V", "--verbose-segments", is_flag=True, help="List every replayed segment.")
 @opt.parents()
@@ -85,7 +87,7 @@ def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trus
            json_out, max_proof_gb, max_checkpoints, max_checkpoint_gb, max_replay_steps,
            max_dataset_gb, verbose_segments, parents, registry, ledger_db, record_to, sign_with,
            passphrase_env, request_data, reveal, policy, random_per_epoch, open_key, open_from,
-           workers, min_update, require_exact):
+           workers, min_update, require_exact, html_out):
     """Verify a proof (Algorithm 2): a proof directory, or a sealed proof file (with --key).
     Exit 0 valid, 1 invalid, 2 unusable input, 3 pending (--request-data)."""
     from pol.protocol.chain import record_verdict
@@ -109,6 +111,9 @@ def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trus
     def report(r):  # rank 0 (or the only process): print, then record a valid verdict
         render.opened_sealed(source)
         code = render.verified(r, data, verbose_segments, json_out, request_data)
+        if html_out and code != 2:
+            from pol.verifier.html import write_html
+            render.html_written(write_html(html_out, r, source.path))
         if record_to and r.valid and code != 2:
             render.verdict_recorded(record_to, record_verdict(record_to, sign_with, r,
                                                               source.path, passphrase_env))

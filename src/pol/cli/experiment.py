@@ -1,0 +1,73 @@
+"""`pol experiment`, `pol report`: the paper's experiments re-run (pol.experiments); one
+self-contained HTML page for a verification (pol.verifier.html)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from pol.cli import options as opt
+from pol.cli import render
+from pol.cli.exits import handle_errors
+
+EXPERIMENT_NAMES = ["table1", "table5", "fig1", "fig2", "fig6", "fig3", "table2", "fig4",
+                    "table3", "fig5", "fig7", "appendix-d", "all"]
+SIZE_NAMES = ["tiny", "small", "paper"]
+
+
+@click.command("experiment")
+@click.argument("name", type=click.Choice(EXPERIMENT_NAMES))
+@click.option("--task", help="Task of the reproduction-error experiments (default: the size's).")
+@opt.device("cpu", "cpu or cuda: where training and replays run.")
+@click.option("--out", default="experiments", show_default=True, type=click.Path(file_okay=False),
+              help="Directory for NAME.csv, NAME.png, NAME.md (and the runs).")
+@click.option("--size", type=click.Choice(SIZE_NAMES), default="small", show_default=True,
+              help="tiny: CI smoke test; small: minutes on a CPU; paper: the paper's CIFAR-scale "
+              "setup (a GPU).")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False),
+              help="Local CIFAR directory: paper size uses real CIFAR-10/100 (else a labelled "
+              "CIFAR-format synthetic set).")
+@click.option("--epochs", type=click.IntRange(1), help="Override the size's epochs.")
+@click.option("--runs", type=click.IntRange(1), help="Override the size's repetitions.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--noise", type=click.Choice(["auto", "emulated", "none"]), default="auto",
+              show_default=True, help="Replay noise: auto = emulated fp32 rounding on a CPU, the "
+              "hardware's own on a GPU.")
+@click.option("--doc", type=click.Path(dir_okay=False),
+              help="all: write REPRODUCTION.md here (default OUT/REPRODUCTION.md).")
+@handle_errors
+def experiment(name, task, device, out, size, data_dir, epochs, runs, seed, noise, doc):
+    """Re-run the paper's experiment NAME (or all): a CSV, a PNG plot and a markdown fragment
+    with the paper's numbers beside ours; `all` also writes REPRODUCTION.md."""
+    from pathlib import Path
+
+    from pol.experiments import Config, run_experiments
+    cfg = Config(size=size, task=task, device=device, out=Path(out), data_dir=data_dir,
+                 epochs=epochs, runs=runs, seed=seed, noise=noise, progress=sys.stderr.isatty())
+    outputs, written = run_experiments(name, cfg, doc, " ".join(["pol", *sys.argv[1:]]))
+    render.experiments_written(outputs, written)
+
+
+@click.command("report")
+@click.argument("source", type=click.Path(exists=True))
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="The HTML file to write.")
+@click.option("--proof", type=click.Path(file_okay=False),
+              help="For a JSON SOURCE: the proof directory (default: the path the report names, "
+              "if it is there), for every segment's update and the KS p-values per layer.")
+@opt.data()
+@click.option("--q", "q", type=click.IntRange(1), default=1, show_default=True,
+              help="For a proof SOURCE: largest updates replayed per epoch.")
+@click.option("--all", "all_segments", is_flag=True, help="For a proof SOURCE: replay all.")
+@click.option("--policy", type=click.Choice(["hardened", "paper"]), default="hardened",
+              show_default=True)
+@opt.device("cpu")
+@handle_errors
+def report(source, out, proof, data, q, all_segments, policy, device):
+    """Write one self-contained HTML page for a verification: SOURCE is the JSON of
+    `pol verify --json` or a proof directory (verified first). Exit code as `pol verify`'s."""
+    from pol.verifier.html import report_page
+    r, path = report_page(source, out, proof=proof, data=data, q=q, all_segments=all_segments,
+                          policy=policy, device=device)
+    sys.exit(render.report_written(r, path))
