@@ -123,7 +123,7 @@ def _spawn(config: ClusterConfig) -> int:
     procs[0].join()
     code = procs[0].exitcode
     try:
-        store.set("pol.cluster/attempt0/done", "1")  # whatever happened: workers leave
+        transport.job_store(store).set(transport.Keys.done, "1")  # whatever happened: leave
     except Exception:  # noqa: BLE001
         pass
     for p in procs[1:]:

@@ -49,8 +49,13 @@ def connect(rank: int, timeout: float):
     store = dist.TCPStore(os.environ.get("MASTER_ADDR", "127.0.0.1"), _env_int("MASTER_PORT"),
                           None, rank == 0 and not hosted,
                           timeout=datetime.timedelta(seconds=timeout), wait_for_workers=False)
-    attempt = _env_int("TORCHELASTIC_RESTART_COUNT", 0)
-    return dist.PrefixStore(f"pol.cluster/attempt{attempt}/", store)
+    return job_store(store, _env_int("TORCHELASTIC_RESTART_COUNT", 0))
+
+
+def job_store(store, attempt: int = 0):
+    """The keys of one attempt of the job (torchrun restarts a failed job as a new attempt)."""
+    import torch.distributed as dist
+    return dist.PrefixStore(f"pol.cluster/attempt{attempt}", store)
 
 
 def init_group(backend: str, store, rank: int, world_size: int, timeout: float) -> bool:
