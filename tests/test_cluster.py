@@ -11,6 +11,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -193,3 +199,29 @@ def test_a_tampered_checkpoint_stops_the_restart(tmp_path):
     ck.write_bytes(assign.weights_bytes(w))
     with pytest.raises(StateError, match="does not match"):
         run_inprocess(cfg.with_(rounds=2))
+
+
+TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which(
+    "torchrun")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(TORCHRUN is None or not os.environ.get("POL_TORCHRUN_TESTS"),
+                    reason="torchrun job: ~50 s on 2 cores (every rank imports torch and "
+                    "sklearn); set POL_TORCHRUN_TESTS=1")
+def test_pol_distributed_under_torchrun(tmp_path):
+    """`torchrun -m pol.cli distributed`: torchrun's env rendezvous and agent store, rank 0
+    coordinates and alone prints the rounds."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    cmd = [TORCHRUN, "--nproc_per_node", "3", "--master-addr", "127.0.0.1", "--master-port",
+           str(port), "-m", "pol.cli", "distributed", "--workers", "2", "--rounds", "2",
+           "--model-arg", "hidden=[16]", "--local-steps", "8", "--batch-size", "8", "--budget",
+           "0.625", "--byzantine", "2:noise", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("round 1: accepted [1]") == 1
+    assert [p["counted"][0][0] for p in accepted_rounds(out)] == [1, 1]
