@@ -1,0 +1,209 @@
+"""Exact mode across hardware (issue 14): record an exact-mode proof on `--device`, verify it on
+`--verify-device` with the default (hardened) verifier, and measure what exact mode costs.
+
+Per task: training time of the exact proof ÷ the same run in plain float32 (and ÷ bf16 autocast on a
+GPU), each recording a proof, interleaved over `--repeats`; the rounding log's size (entries per
+step, bytes per step ÷ one checkpoint's bytes, whole log ÷ one checkpoint); the verification on the
+other device (valid, segments bitwise exact / replayed, the rounding-log check); where a segment is
+not bitwise exact, which tensors differ (and in how many elements) after its replay, and with
+`--no-log-control` how many segments would replay exactly without the log.
+
+    python benchmarks/bench_exact.py --tasks digits-cnn --device cpu --verify-device cpu
+    python benchmarks/bench_exact.py --tasks digits-cnn,resnet20,gpt --device cuda \\
+        --verify-device cpu --k 100 --resnet-steps 200 --gpt-layers 8 --gpt-embd 512 --json r.json
+
+Tasks: `digits-cnn`; `resnet20` (ResNet-20 on the seeded CIFAR-shaped synthetic set,
+`--resnet-steps` steps of batch 128, augmentation on); `gpt` (pol's GPT, AdamW, synthetic tokens,
+size from `--gpt-*`). `--k` applies to all tasks (default: each task's own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from pol.proof import format as fmt
+from pol.proof.reader import open_proof
+from pol.prover.trainer import train_spec
+from pol.registry import resolve_device
+from pol.spec import StepSpec
+from pol.tasks import build_spec
+from pol.verifier import verify
+
+
+def task_spec(name: str, args, device: torch.device):
+    """(plain fp32 spec, train set, test set) of a benchmark task on `device`."""
+    det = device.type == "cuda"  # pol's default on a GPU (pol train): bitwise on that GPU
+    common = dict(device=device.type, deterministic=det, seed=args.seed)
+    if args.k:
+        common["k"] = args.k
+    if name == "digits-cnn":
+        return build_spec("digits-cnn", epochs=args.epochs, **common)
+    if name == "resnet20":
+        dp = {"seed": 0, "n_train": args.resnet_steps * 128, "n_test": 256}
+        return build_spec("synthetic-resnet20", epochs=1, dataset_params=dp, **common)
+    if name == "gpt":
+        dp = {"seed": 0, "n_train": args.gpt_steps * args.gpt_batch, "n_test": 64,
+              "block_size": args.gpt_block, "vocab_size": args.gpt_vocab}
+        spec, train, test = build_spec("synthetic-gpt", epochs=1, batch_size=args.gpt_batch,
+                                       dataset_params=dp, **common)
+        kw = {**spec.model.kwargs, "n_layer": args.gpt_layers, "n_head": args.gpt_heads,
+              "n_embd": args.gpt_embd, "block_size": args.gpt_block,
+              "vocab_size": args.gpt_vocab}
+        return spec.with_(model=replace(spec.model, kwargs=kw)), train, test
+    raise SystemExit(f"unknown task {name!r} (digits-cnn, resnet20, gpt)")
+
+
+def modes(device: torch.device) -> dict[str, StepSpec]:
+    out = {"fp32": StepSpec(), "exact": StepSpec(exact=True)}
+    if device.type == "cuda":
+        out["bf16"] = StepSpec(autocast="bf16")
+    return out
+
+
+def train_times(spec, train, device, tmp: Path, repeats: int) -> tuple[dict, Path]:
+    """Median training seconds (recording a proof) per mode, interleaved; the exact proof kept."""
+    ms = modes(device)
+    times: dict[str, list[float]] = {m: [] for m in ms}
+    names = list(ms)
+    keep = tmp / "exact-proof"
+    if device.type == "cuda":  # CUDA context, cuDNN/cuBLAS handles, kernels loaded: not timed
+        train_spec(spec, train, None, tmp / "warmup", device=device, durable=False,
+                   overwrite=True)
+    for rep in range(repeats):
+        for m in names[rep % len(names):] + names[:rep % len(names)]:
+            out = keep if m == "exact" and rep == 0 else tmp / m
+            r = train_spec(spec.with_(step=ms[m]), train, None, out, device=device,
+                           durable=False, overwrite=True)
+            times[m].append(r.train_seconds)
+            if out != keep:
+                shutil.rmtree(out, ignore_errors=True)
+    return {m: statistics.median(v) for m, v in times.items()}, keep
+
+
+def log_sizes(path: Path) -> dict:
+    p = open_proof(path)
+    m = p.manifest
+    ck = [m.files[fmt.checkpoint_name(t)][1] for t in m.checkpoints[1:]]  # with optimizer state
+    log_bytes = m.files[fmt.ROUNDLOG][1]
+    per_point = {name: int((p.roundlog[:, 1] == i).sum())
+                 for i, name in enumerate(("gradients", "state", "loss"))}
+    ck_bytes = statistics.mean(ck)
+    return {"entries": len(p.roundlog), "entries_per_step": len(p.roundlog) / m.total_steps,
+            "entries_by_point": per_point, "log_bytes": log_bytes,
+            "bytes_per_entry": log_bytes / max(len(p.roundlog), 1),
+            "checkpoint_bytes": ck_bytes,
+            "log_per_step_over_checkpoint": log_bytes / m.total_steps / ck_bytes,
+            "log_over_checkpoint": log_bytes / ck_bytes}
+
+
+def diagnose(path: Path, device: torch.device, segments, use_log: bool = True) -> list[dict]:
+    """Replay `segments` [(a, b)] on `device` with pol's step: per segment, the tensors that
+    differ from the claim (how many elements) and the rounding-log problems."""
+    from pol.datasets import load_training_set
+    from pol.step import build_context, load_state, numerics, state_tensors, update
+    from pol.step.exact import use_proof_log
+    p = open_proof(path)
+    spec = p.manifest.spec
+    data = load_training_set(spec, None)
+    out = []
+    with numerics(spec, device):
+        ctx = build_context(spec, device)
+        for a, b in segments:
+            load_state(ctx.model, ctx.optimizer, spec.optimizer.name, p.load_checkpoint(a))
+            use_proof_log(ctx.exact, p.roundlog if use_log else None, a, b)
+            for t in range(a, b):
+                idx = p.batch(t)
+                update(ctx, torch.from_numpy(data.x[idx]), torch.from_numpy(data.y[idx]),
+                       p.lrs[t].tolist(), t)
+            end, mine = p.load_checkpoint(b), state_tensors(ctx.model, ctx.optimizer)
+            differ = {k: int((mine[k].detach().cpu() != end[k]).sum()) for k in end
+                      if not torch.equal(mine[k].detach().cpu(), end[k])}
+            out.append({"segment": [a, b], "exact": not differ, "differ": differ,
+                        "log_problems": [ctx.exact.problems[t]
+                                         for t in ctx.exact.problems_in(a, b)]})
+    return out
+
+
+def verify_on(path: Path, device: torch.device, all_segments: bool) -> dict:
+    t0 = time.perf_counter()
+    r = verify(path, device=device.type, all_segments=all_segments)
+    return {"valid": r.valid, "segments_exact": sum(s.exact for s in r.segments),
+            "segments": len(r.segments), "seconds": time.perf_counter() - t0,
+            "replayed": [[s.start, s.end] for s in r.segments],
+            "not_exact": [[s.start, s.end] for s in r.segments if not s.exact],
+            "failed": [f"{c.name}: {c.reason}" for c in r.checks if c.status == "fail"]}
+
+
+def bench_task(name: str, args, device, vdevice, tmp: Path) -> dict:
+    spec, train, _ = task_spec(name, args, device)
+    secs, proof = train_times(spec, train, device, tmp, args.repeats)
+    from pol.step import build_model
+    row = {"task": name, "device": device.type, "verify_device": vdevice.type,
+           "params": sum(q.numel() for q in build_model(spec.model).parameters()),
+           "steps": open_proof(proof).manifest.total_steps, "k": spec.k,
+           "threads": torch.get_num_threads(), "train_seconds": secs,
+           "exact_over_fp32": secs["exact"] / secs["fp32"]}
+    if "bf16" in secs:
+        row["exact_over_bf16"] = secs["exact"] / secs["bf16"]
+    row["log"] = log_sizes(proof)
+    row["verify"] = verify_on(proof, vdevice, args.all)
+    bad = row["verify"]["not_exact"]
+    if bad:  # where exactness fails: which tensors, how many elements
+        row["diagnosis"] = diagnose(proof, vdevice, bad[:args.diagnose])
+    if args.no_log_control:
+        segs = row["verify"]["replayed"][:args.diagnose]
+        ctl = diagnose(proof, vdevice, segs, use_log=False)
+        row["without_log_exact"] = f"{sum(c['exact'] for c in ctl)}/{len(ctl)}"
+    shutil.rmtree(proof, ignore_errors=True)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tasks", default="digits-cnn")
+    ap.add_argument("--device", default="cpu", help="where the proofs are recorded: cpu, cuda")
+    ap.add_argument("--verify-device", default="cpu", help="where the exact proof is verified")
+    ap.add_argument("--k", type=int, default=0, help="checkpoint interval (0: each task's)")
+    ap.add_argument("--epochs", type=int, default=2, help="digits-cnn epochs")
+    ap.add_argument("--resnet-steps", type=int, default=100, help="resnet20: steps (batch 128)")
+    ap.add_argument("--gpt-layers", type=int, default=4)
+    ap.add_argument("--gpt-heads", type=int, default=4)
+    ap.add_argument("--gpt-embd", type=int, default=128)
+    ap.add_argument("--gpt-block", type=int, default=128)
+    ap.add_argument("--gpt-vocab", type=int, default=256)
+    ap.add_argument("--gpt-batch", type=int, default=16)
+    ap.add_argument("--gpt-steps", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=2, help="timed runs per mode (median)")
+    ap.add_argument("--all", action="store_true", help="verify every segment (default: top-1 "
+                    "per epoch and the hardened policy's random ones)")
+    ap.add_argument("--diagnose", type=int, default=2, help="segments diagnosed / controlled")
+    ap.add_argument("--no-log-control", action="store_true",
+                    help="also replay the verified segments without the rounding log")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    device, vdevice = resolve_device(args.device), resolve_device(args.verify_device)
+    tmp = Path(tempfile.mkdtemp(prefix="pol-exact-"))
+    rows = []
+    try:
+        for name in args.tasks.split(","):
+            row = bench_task(name, args, device, vdevice, tmp)
+            rows.append(row)
+            print(json.dumps(row, indent=1), flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
