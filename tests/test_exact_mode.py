@@ -314,3 +314,11 @@ def test_a_spec_with_exact_mode_round_trips_through_the_manifest(proofs):
     assert m["spec"]["step"] == {"exact": True, "exact_window": 2.0 ** -12}
     assert fmt.ROUNDLOG in m["files"]
     assert TrainingSpec.from_dict(m["spec"]).step.exact
+
+
+def test_the_hardened_verifier_bounds_the_rounding_window(proofs):
+    from pol.verifier.soundness import hyperparameter_problems
+    spec = open_proof(proofs / "exact").manifest.spec
+    assert hyperparameter_problems(spec) == []
+    wide = spec.with_(step=StepSpec(exact=True, exact_window=2.0 ** -6))
+    assert any("rounding-log window" in p for p in hyperparameter_problems(wide))

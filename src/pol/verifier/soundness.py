@@ -59,6 +59,11 @@ class Bounds:
     # relatively larger (an honest ResNet-20 GPU proof replayed on a CPU measured 0.78 on its
     # first segment); the data-dependence check, not this bound, is what closes the state channel
     state_relative_max: float = 1.0
+    # exact mode: the rounding-log window (spec.step.exact_window, in float32 ulps). The replay
+    # rounds a logged value the logged way within 4 windows of a tie, so a wide window lets a
+    # prover choose the last bit of that many values (2^-8: 1 in 32); honest replay needs only
+    # the float64 noise between devices (~2^-40 ulps), pol's default is 2^-12
+    exact_window_max: float = 2.0 ** -8
 
 
 BOUNDS = Bounds()
@@ -84,6 +89,10 @@ def hyperparameter_problems(spec, bounds: Bounds = BOUNDS) -> list[str]:
         for name, b, hi in (("beta1", b1, bounds.beta1_max), ("beta2", b2, bounds.beta2_max)):
             if b > hi or float(np.float32(b)) >= 1.0:
                 out.append(f"{name} {b!r} above the policy bound {hi:g} (or 1 in float32)")
+    if spec.step.exact and spec.step.exact_window > bounds.exact_window_max:
+        out.append(f"exact mode's rounding-log window {spec.step.exact_window:g} above the "
+                   f"policy bound {bounds.exact_window_max:g} (it lets the prover choose the "
+                   "rounding of values that far from a tie)")
     return out
 
 
