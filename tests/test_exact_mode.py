@@ -322,3 +322,45 @@ def test_the_hardened_verifier_bounds_the_rounding_window(proofs):
     assert hyperparameter_problems(spec) == []
     wide = spec.with_(step=StepSpec(exact=True, exact_window=2.0 ** -6))
     assert any("rounding-log window" in p for p in hyperparameter_problems(wide))
+
+
+def test_attach_records_an_exact_proof_that_verifies_bitwise(tmp_path):
+    import torch.nn.functional as F
+
+    import pol
+    from pol import ModelSpec
+    arch = {"in_features": 6, "num_classes": 3, "hidden": [16]}
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(96, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 1).astype(np.int64)
+    model = pol.models.mlp(**arch)
+    inner = torch.optim.Adam(model.parameters(), lr=1e-2)
+    opt, loader = pol.attach(model=model, optimizer=inner, data=(x, y), out=tmp_path / "p",
+                             model_spec=ModelSpec("mlp", arch), batch_size=8, epochs=2, k=4,
+                             init="from-seed", clip_grad_norm=0.5, accumulation=2, exact=True)
+    for _ in range(2):
+        for i, (xb, yb) in enumerate(loader):
+            assert xb.dtype == torch.float64
+            loss = F.cross_entropy(model(xb), yb) / 2
+            loss.backward()
+            opt.record_loss(loss)
+            if i % 2 == 1:
+                opt.step()
+    assert model[1].weight.dtype == torch.float32  # float32 between steps
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    r = verify(tmp_path / "p", data=str(tmp_path / "d.npz"), all_segments=True)
+    assert r.valid and all(s.exact for s in r.segments), r.render()
+    assert open_proof(tmp_path / "p").manifest.spec.step.exact
+
+
+def test_a_recorder_around_a_loop_of_ones_own_refuses_exact_mode(tmp_path):
+    from pol import ModelSpec, Recorder
+    arch = {"in_features": 4, "num_classes": 2, "hidden": [4]}
+    model = __import__("pol").models.mlp(**arch)
+    x = np.zeros((8, 4), dtype=np.float32)
+    rec = Recorder(tmp_path / "p", model=model, optimizer=torch.optim.SGD(model.parameters(), 0.1),
+                   data=(x, np.zeros(8, dtype=np.int64)), model_spec=ModelSpec("mlp", arch),
+                   batch_size=4, epochs=1, k=1, init="from-seed", features=StepSpec(exact=True))
+    with pytest.raises(ConfigError, match="only pol's step makes"):
+        rec.record_batch(np.arange(4))
+    rec.abort()

@@ -53,6 +53,7 @@ from pol.step.context import step_context, uncompiled
 from pol.step.amp import autocast as autocast_context
 from pol.step.amp import check_user_scaler, make_grad_scaler, scaler_of, set_scaler
 from pol.step.core import backward, make_loss, micro_batches, optimizer_step, step_inputs
+from pol.step.exact import ExactStep
 from pol.step.optimizers import clear_fresh_state, optimizer_spec_of
 from pol.step.randomness import epoch_order, seed_step
 
@@ -75,6 +76,9 @@ class _Run:
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.modules = list(rec.model.modules())
         self.root_digest: str | None = None
+        self.exact: ExactStep | None = None  # exact mode: the step in float64 (one per step)
+        if self.ctx.exact is not None:
+            rec.use_rounding_log(self.ctx.exact)
 
     def begin_step(self, idx: np.ndarray) -> None:
         if self.idx is not None:
@@ -86,6 +90,16 @@ class _Run:
         self.parts = sum(1 for _ in micro_batches(self.ctx, len(idx)))
         seed_step(self.rec.spec.seed, self.rec.t)  # dropout: what update() seeds at this step
         self.gen = self.ctx.generator(self.rec.t) if self.ctx.augment is not None else None
+        if self.ctx.exact is not None:  # as update() does: the model in float64 for the step
+            if self.exact is not None:
+                self.exact.restore()
+            self.exact = ExactStep(self.ctx.exact, self.ctx.model, self.ctx.optimizer,
+                                   self.rec.t)
+
+    def batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A micro-batch as the model takes it (float64 in exact mode)."""
+        x, y = step_inputs(self.ctx, x, y, self.gen)
+        return (x, y) if self.exact is None else self.exact.inputs(x, y)
 
     def end_step(self) -> np.ndarray:
         if self.idx is None:
@@ -127,7 +141,7 @@ class AttachedLoader:
             run.begin_step(idx)
             for part in micro_batches(ctx, len(idx)):
                 run.drawn += 1
-                yield step_inputs(ctx, x[part], y[part], run.gen)
+                yield run.batch(x[part], y[part])
 
 
 class _Gather(torch.utils.data.Dataset):
@@ -222,8 +236,9 @@ class AttachedOptimizer(torch.optim.Optimizer):
     def record_loss(self, loss: torch.Tensor) -> None:
         """Add a micro-batch's (scaled) loss to the step's loss: with accumulation, call it after
         each micro-batch's backward, then `step()` without a loss. Stays on the device."""
-        loss = loss.detach().float().reshape(())
         run = self._run
+        loss = loss.detach().reshape(())
+        loss = loss.double() if run.exact is not None else loss.float()
         run.loss = loss if run.loss is None else run.loss + loss
 
     def step(self, closure=None, *,  # type: ignore[override]
@@ -258,8 +273,14 @@ class AttachedOptimizer(torch.optim.Optimizer):
             raise ConfigError(f"step {run.rec.t} ran with {name} in eval mode: the replay trains "
                               "in train mode (call model.train() after evaluating)")
         idx = run.end_step()
+        if run.exact is not None:  # exact mode: the gradients rounded, as update() does
+            run.exact.round_grads()
         # clipping; with fp16 the GradScaler, which may skip the step (an overflowed gradient)
         skipped = optimizer_step(run.rec.spec.step, self._inner)
+        if run.exact is not None:  # the state (and the loss) rounded into the float32 tensors
+            ex, run.exact = run.exact, None
+            loss = ex.finish(torch.as_tensor(loss, dtype=torch.float64,
+                                             device=run.ctx.device).detach())
         lrs = [g["lr"] for g in self._inner.param_groups]
         if skipped:  # recorded at lr 0: it moved nothing (the verifier probes a step that moved)
             for g in self._inner.param_groups:
@@ -399,7 +420,8 @@ def attach(*, model: nn.Module, optimizer: torch.optim.Optimizer, data: Any,
            resume: bool = False,
            num_workers: int = 0, autocast: str | None = None,
            grad_scaler: Any = None,
-           allow_nondeterministic: bool = False) -> tuple[AttachedOptimizer, AttachedLoader]:
+           allow_nondeterministic: bool = False,
+           exact: bool = False) -> tuple[AttachedOptimizer, AttachedLoader]:
     """Attach pol to a training loop: returns `(optimizer, loader)` drop-ins that record a proof
     in `out` (see the module's docstring). Validates first: anything pol cannot replay (an
     optimizer not in `pol.step.OPTIMIZERS`, a fused kernel, parameter groups that differ in more
@@ -420,7 +442,10 @@ def attach(*, model: nn.Module, optimizer: torch.optim.Optimizer, data: Any,
     last complete checkpoint: the model and optimizer are loaded from it, `opt.recorder.t` is the
     step it continues at, and the loader hands out the batches from there (fast-forward your lr
     scheduler by that many steps). `autocast` "bf16" / "fp16": mixed precision (see
-    `_mixed_precision`)."""
+    `_mixed_precision`). `exact=True`: exact mode (`pol.step.exact`): the loader hands out
+    float64 batches and the model computes in float64 between the first batch of a step and
+    `opt.step()`, which rounds to float32 with the rounding log, so the proof replays bitwise on
+    other hardware (compute the loss from the model's output as it is: no `.float()`)."""
     model = uncompiled(model)  # torch.compile: the module underneath (or ConfigError)
     _check_optimizer(model, optimizer)
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
@@ -428,6 +453,12 @@ def attach(*, model: nn.Module, optimizer: torch.optim.Optimizer, data: Any,
     features = _features(clip_grad_norm, norm_type, clip_grad_value, accumulation,
                          label_smoothing, loss)
     features = _mixed_precision(features, autocast, grad_scaler, model, optimizer, schedule)
+    if exact:
+        import dataclasses
+        try:
+            features = dataclasses.replace(features, exact=True)
+        except ValueError as e:
+            raise ConfigError(f"exact=True: {e}") from None
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size={batch_size!r}: a positive integer (the micro-batch)")
     rec = Recorder(out, model=model, optimizer=optimizer, data=data, model_spec=model_spec,

@@ -443,6 +443,11 @@ class Recorder:
             raise ConfigError(f"all {self.total_steps} steps of the declared run are recorded")
         if self._pending_idx is not None:
             raise ConfigError("record_batch called twice without step()")
+        if self.spec.step.exact and self._rounding is None:
+            raise ConfigError("an exact-mode proof records its steps' rounding log, which only "
+                              "pol's step makes: train with pol.fit, pol.attach(exact=True) or "
+                              "pol train --exact (a loop of your own around a Recorder cannot "
+                              "round its steps as the replay does)")
         if isinstance(indices, torch.Tensor):
             indices = indices.detach().cpu().numpy()
         idx = np.asarray(indices)
@@ -542,11 +547,6 @@ class Recorder:
         records = {"indices": np.stack(self._rows_idx), "lrs": np.asarray(self._rows_lr),
                    "losses": losses}
         if self.spec.step.exact:
-            if self._rounding is None:
-                self.abort()
-                raise ConfigError("an exact-mode proof records its steps' rounding log: train "
-                                  "through pol's step (pol.fit, pol train --exact), which hands "
-                                  "it over (Recorder.use_rounding_log)")
             records["roundlog"] = self._rounding.take()
         self._rows_idx, self._rows_lr, self._rows_loss = [], [], []
         state = self._state()
@@ -685,17 +685,24 @@ def fit(out: str | os.PathLike, *, model: nn.Module, optimizer: torch.optim.Opti
         loss: str = "cross_entropy", prepare: str = "float", augment: str = "none",
         precision: str = "fp32", schedule: ScheduleSpec | None = None, overwrite: bool = False,
         progress: bool = False, init: str | dict | None = None,
-        features: StepSpec | None = None) -> FitResult:
+        features: StepSpec | None = None, exact: bool = False) -> FitResult:
     """Train `model` on `data` for `epochs` with a proof: the common DataLoader + optimizer loop in
     one call (shuffled batches from `seed`, the lr schedule applied per step). `init`: as for the
     `Recorder` (`init="from-seed"` lets pol draw W_0 from the seed first); `features`: the step's
     clipping, accumulation and label smoothing (`StepSpec`; `batch_size` is the optimizer step's
-    batch, split into `features.accumulation` micro-batches)."""
+    batch, split into `features.accumulation` micro-batches); `exact=True`: exact mode
+    (`pol.step.exact`: the proof replays bitwise on other hardware)."""
     import time
 
     from pol.step.runtime import numerics
     from pol.step.schedule import lrs_at
 
+    if exact:
+        import dataclasses
+        try:
+            features = dataclasses.replace(features or StepSpec(), exact=True)
+        except ValueError as e:
+            raise ConfigError(f"exact=True: {e}") from None
     rec = Recorder(out, model=model, optimizer=optimizer, data=data, model_spec=model_spec,
                    batch_size=batch_size, epochs=epochs, k=k, seed=seed, loss=loss,
                    prepare=prepare, augment=augment, precision=precision,
