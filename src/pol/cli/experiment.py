@@ -36,15 +36,18 @@ SIZE_NAMES = ["tiny", "small", "paper"]
               "hardware's own on a GPU.")
 @click.option("--doc", type=click.Path(dir_okay=False),
               help="all: write REPRODUCTION.md here (default OUT/REPRODUCTION.md).")
+@click.option("--keep-runs", is_flag=True, help="Keep the proofs trained on the way in OUT/runs.")
 @handle_errors
-def experiment(name, task, device, out, size, data_dir, epochs, runs, seed, noise, doc):
+def experiment(name, task, device, out, size, data_dir, epochs, runs, seed, noise, doc,
+               keep_runs):
     """Re-run the paper's experiment NAME (or all): a CSV, a PNG plot and a markdown fragment
     with the paper's numbers beside ours; `all` also writes REPRODUCTION.md."""
     from pathlib import Path
 
     from pol.experiments import Config, run_experiments
     cfg = Config(size=size, task=task, device=device, out=Path(out), data_dir=data_dir,
-                 epochs=epochs, runs=runs, seed=seed, noise=noise, progress=sys.stderr.isatty())
+                 epochs=epochs, runs=runs, seed=seed, noise=noise, progress=sys.stderr.isatty(),
+                 keep_runs=keep_runs)
     outputs, written = run_experiments(name, cfg, doc, " ".join(["pol", *sys.argv[1:]]))
     render.experiments_written(outputs, written)
 
