@@ -74,8 +74,8 @@ def fig7(ws: Workspace) -> Output:
         + ("exactly the analytic fraction in every run." if exact else
            "the analytic fraction up to segments that straddle epochs (pol assigns a segment "
            "to the epoch it starts in) and the last, shorter segment.")
-        + " The wall-clock ratio is higher: verification also reads and hashes every "
+        + " Wall-clock time follows it only roughly: verification also reads and hashes every "
         "checkpoint, checks the data commitment and runs the KS test, a fixed cost that "
-        "dominates at these tiny sizes.", ""])
+        "dominates when little is replayed of a short run.", ""])
     return emit(ws, "fig7", ["k", "q", "S", "analytic", "measured", "verify_seconds",
                              "train_seconds", "time_ratio", "verdict"], rows, fig, md)

@@ -53,12 +53,12 @@ SIZES: dict[str, Size] = {
     "small": Size(
         "small", task="digits-mlp", epochs=5, runs=3, fixed_ks=(1, 2, 5, 10, 20),
         fig3_lrs=(1e-3, 1e-2, 5e-2, 1e-1, 5e-1, 1.0), fig3_k=12,
-        ks_setups=(("synthetic-resnet20", {"n_train": 2000, "n_test": 500},
+        ks_setups=(("synthetic-resnet20", {"n_train": 2000, "n_test": 250},
                     "ResNet-20, 2,000 CIFAR-shaped synthetic samples"),),
-        ks_steps=15, inverse_task="digits-mlp", inverse_epochs=1, inverse_maxiter=20,
+        ks_steps=12, inverse_task="digits-mlp", inverse_epochs=1, inverse_maxiter=20,
         inverse_batch=256,
         fig7_ks=(1, 5, 15, 45), fig7_qs=(1, 2, 3), solver_steps=20,
-        solver_lrs=(0.01, 0.1, 1.0, 5.0), solver_lenet=True, cpu_threads=1,
+        solver_lrs=(0.01, 0.1, 1.0, 5.0), solver_lenet=False, cpu_threads=1,
         note="CPU-small stand-in for the paper's CIFAR-scale runs"),
     "paper": Size(
         "paper", task="synthetic-resnet20", epochs=200, runs=1,

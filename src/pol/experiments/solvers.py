@@ -82,10 +82,13 @@ class Inverter:
         if method == "gd":
             return self._gd(x0, w_next, x, y, lr, maxiter, history)
         fn = so.newton_krylov if method == "newton_krylov" else so.broyden1
-        try:
-            return fn(F, x0, f_tol=TOL, maxiter=maxiter, callback=cb)
-        except (so.NoConvergence, ValueError, FloatingPointError) as e:
-            return e.args[0] if e.args and isinstance(e.args[0], np.ndarray) else x0
+        import warnings
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)  # a diverging solve says so below
+            try:
+                return fn(F, x0, f_tol=TOL, maxiter=maxiter, callback=cb)
+            except (so.NoConvergence, ValueError, FloatingPointError) as e:
+                return e.args[0] if e.args and isinstance(e.args[0], np.ndarray) else x0
 
     def _gd(self, w, w_next, x, y, lr, maxiter, history) -> np.ndarray:
         """Gradient descent on ½‖β‖²: w ← w − (β − η(Hβ + λβ)), step size 1."""
