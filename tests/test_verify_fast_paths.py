@@ -188,3 +188,11 @@ def test_overlapped_pass_gives_the_same_report(mlp_proof, proof_copy, monkeypatc
         assert _checks(got) == _checks(rep) and got.valid == rep.valid
     assert want[mlp_proof].valid and not want[forged].valid
     assert any(c.name == "initialization" and c.status == "fail" for c in want[forged].checks)
+    import threading
+    import time
+    deadline = time.monotonic() + 10  # the reader and the KS thread end with the verification
+    while any(t.name.startswith(("pol-checkpoint-read", "pol-init-ks"))
+              for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [t.name for t in threading.enumerate()
+                if t.name.startswith(("pol-checkpoint-read", "pol-init-ks"))]

@@ -246,6 +246,7 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions) -> Report:
         return _replay_pass(path, o, policy, s, report, executor, t_start)
     finally:
         executor.close()
+        s.store.close()
 
 
 def _load_data(s: Session, o: VerifyOptions, report: Report) -> bool:

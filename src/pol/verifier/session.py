@@ -177,6 +177,13 @@ class CheckpointStore:
                 self.prefetch(steps[j + 1:j + 2])
             yield t, self.load(t)
 
+    def close(self) -> None:
+        """Stop the background reader (reads not yet taken are dropped)."""
+        if self._reader is not None:
+            self._reader.shutdown(wait=False, cancel_futures=True)
+            self._reader = None
+        self._pending.clear()
+
     def _keep(self, t: int, tensors: dict[str, torch.Tensor]) -> None:
         self._recent[t] = tensors
         while len(self._recent) > 2:
