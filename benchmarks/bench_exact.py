@@ -133,6 +133,75 @@ def diagnose(path: Path, device: torch.device, segments, use_log: bool = True) -
     return out
 
 
+def _timed_steps(ctx, spec, train, device, steps: int) -> float:
+    """Seconds per step of `update` over `steps` steps (after 3 untimed), synchronized."""
+    import numpy as np
+
+    from pol.step import epoch_order, update
+    order = np.concatenate([epoch_order(spec.seed, e, len(train)) for e in range(64)])
+    B = spec.batch_size
+
+    def go(t0: int, n: int) -> None:
+        for t in range(t0, t0 + n):
+            idx = np.sort(order[(t * B) % (len(order) - B):][:B])
+            update(ctx, torch.from_numpy(train.x[idx]), torch.from_numpy(train.y[idx]),
+                   [spec.optimizer.lr] * len(ctx.optimizer.param_groups), t)
+    go(0, 3)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    go(3, steps)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def breakdown(spec, train, device, steps: int) -> dict:
+    """ms per step of pol's step (no proof written): float32; the same model and optimizer in
+    float64 without rounding; exact mode, and the part of it spent rounding (with the nonzero()
+    that finds the near ties)."""
+    import dataclasses
+
+    from pol.step import build_context, make_optimizer, numerics
+    from pol.step import exact as ex
+    out = {}
+    with numerics(spec, device):
+        ctx = build_context(spec, device)
+        out["fp32_ms"] = 1e3 * _timed_steps(ctx, spec, train, device, steps)
+        ctx.model.double()
+        prep = ctx.prepare
+
+        def prep64(x: torch.Tensor) -> torch.Tensor:
+            x = prep(x)
+            return x.double() if x.is_floating_point() else x
+        ctx64 = dataclasses.replace(
+            ctx, optimizer=make_optimizer(spec.optimizer, ctx.model.parameters()), prepare=prep64)
+        out["fp64_ms"] = 1e3 * _timed_steps(ctx64, spec, train, device, steps)
+        spent = {"round": 0.0, "calls": 0}
+        real = ex.round_exact
+
+        def timed(*a, **kw):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            r = real(*a, **kw)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            spent["round"] += time.perf_counter() - t0
+            spent["calls"] += 1
+            return r
+        ex.round_exact = timed
+        try:
+            exact_spec = spec.with_(step=StepSpec(exact=True))
+            ctxe = build_context(exact_spec, device)
+            out["exact_ms"] = 1e3 * _timed_steps(ctxe, exact_spec, train, device, steps)
+        finally:
+            ex.round_exact = real
+    out["rounding_ms"] = 1e3 * spent["round"] / (steps + 3)
+    out["rounding_calls_per_step"] = spent["calls"] / (steps + 3)
+    return out
+
+
 def verify_on(path: Path, device: torch.device, all_segments: bool) -> dict:
     t0 = time.perf_counter()
     r = verify(path, device=device.type, all_segments=all_segments)
@@ -146,6 +215,7 @@ def verify_on(path: Path, device: torch.device, all_segments: bool) -> dict:
 def bench_task(name: str, args, device, vdevice, tmp: Path) -> dict:
     spec, train, _ = task_spec(name, args, device)
     secs, proof = train_times(spec, train, device, tmp, args.repeats)
+    step_ms = breakdown(spec, train, device, args.breakdown) if args.breakdown else None
     from pol.step import build_model
     row = {"task": name, "device": device.type, "verify_device": vdevice.type,
            "params": sum(q.numel() for q in build_model(spec.model).parameters()),
@@ -154,6 +224,8 @@ def bench_task(name: str, args, device, vdevice, tmp: Path) -> dict:
            "exact_over_fp32": secs["exact"] / secs["fp32"]}
     if "bf16" in secs:
         row["exact_over_bf16"] = secs["exact"] / secs["bf16"]
+    if step_ms:
+        row["step_ms"] = step_ms
     row["log"] = log_sizes(proof)
     row["verify"] = verify_on(proof, vdevice, args.all)
     bad = row["verify"]["not_exact"]
@@ -189,6 +261,9 @@ def main() -> None:
     ap.add_argument("--diagnose", type=int, default=2, help="segments diagnosed / controlled")
     ap.add_argument("--no-log-control", action="store_true",
                     help="also replay the verified segments without the rounding log")
+    ap.add_argument("--breakdown", type=int, default=0, metavar="STEPS",
+                    help="also time STEPS steps of pol's step without a proof: float32, float64 "
+                    "without rounding, exact mode and its rounding")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     device, vdevice = resolve_device(args.device), resolve_device(args.verify_device)

@@ -3,6 +3,7 @@
 | module | holds |
 |---|---|
 | `core` | `update()` — the one step shared by training, replay and the attacks (micro-batches, clipping, autocast); `StepContext`; losses |
+| `exact` | exact mode: the float64 step rounded to float32 with the rounding log (`ExactStep`, `RoundingLog`), the layers it supports (`check_model`) |
 | `amp` | mixed precision: the spec's autocast context and the fp16 GradScaler kept with its optimizer |
 | `context` | `build_context(spec, device)` (model rebuilt from the spec) and `step_context(spec, model, optimizer)` (the caller's own): every field of a step from the spec |
 | `optimizers` | one table row per optimizer (factory, spec_of, state keys, storage dtypes; torch-free) |
