@@ -12,8 +12,8 @@ Two devices compute a float64 step with different kernels, so their float64 valu
 last bits; rounded to float32 they agree, except where a value lies so close to the midpoint
 between two float32 neighbours that the difference decides the rounding. The prover logs every
 value within `window` float32 ulps of such a tie (`StepSpec.exact_window`, default 2^-12): the step,
-the rounding point (the tensor, numbered in the order the step rounds them), the flat index and
-the direction it rounded (up or down). The verifier's replay rounds each logged value in the
+the rounding point (`POINTS`: the gradients, the state, the loss, each rounded as one vector), the
+index in that vector and the direction it rounded (up or down). The verifier's replay rounds each logged value in the
 logged direction, after checking that the value is near a tie in its own computation too (within
 `REPLAY_FACTOR` × window: a log entry naming any other value is a forger's handle, and the
 segment fails); every other value rounds to nearest. Float64 differences between honest devices
@@ -186,14 +186,14 @@ def round_exact(x: torch.Tensor, log: "RoundingLog", t: int, point: int,
 class RoundingLog:
     """The rounding log of exact mode: recorded by the prover's steps (`take` hands the entries
     since the last call to the proof writer), replayed by the verifier's (`replay`). Entries are
-    int64 rows (step, point, index, up), sorted, as `roundlog.npy` stores them."""
+    int64 rows (step, point, index, up), sorted, as `roundlog.polr` stores them
+    (`pol.proof.roundlog`)."""
 
     def __init__(self, window: float) -> None:
         self.window = float(window)
         self._rows: list[torch.Tensor] = []  # recording: [n, 4] per rounding point
         self._entries: np.ndarray | None = None  # replaying: the proof's rows
         self._todo: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # this step's, by point
-        self._step = -1
         self.problems: dict[int, str] = {}  # replaying: step -> what was wrong with its log
 
     @property
@@ -220,7 +220,6 @@ class RoundingLog:
     def replay(self, entries: np.ndarray) -> None:
         """Replay with a proof's entries (int64 [N, 4], validated by the reader)."""
         self._entries = entries
-        self._step = -1
 
     def begin(self, t: int) -> None:
         """Step t starts: its entries by rounding point (the last replay of a step counts)."""
@@ -235,7 +234,6 @@ class RoundingLog:
             points, starts = np.unique(rows[:, 1], return_index=True)
             for p, a, b in zip(points, starts, [*starts[1:], len(rows)]):
                 self._todo[int(p)] = (rows[a:b, 2], rows[a:b, 3].astype(bool))
-        self._step = t
 
     def apply(self, t: int, point: int, fx: torch.Tensor, fr: torch.Tensor) -> None:
         """Round the logged values of this point in their logged direction (in `fr`), after
@@ -291,6 +289,7 @@ def use_proof_log(log: RoundingLog, entries: np.ndarray | None, a: int, b: int) 
 
 def _point(point: int) -> str:
     return f"{POINTS[point]} vector" if 0 <= point < len(POINTS) else f"rounding point {point}"
+
 
 # the rounding points of a step, in the order it rounds them; a log entry's index is an offset
 # into the point's vector
