@@ -188,9 +188,10 @@ def test_beta_that_rounds_to_one_fails(cnn_proof, proof_copy):
 def test_hyperparameter_bounds_accept_builtin_tasks():
     from types import SimpleNamespace
 
+    from pol.spec import StepSpec
     from pol.tasks import TASKS
     for task in TASKS.values():
-        spec = SimpleNamespace(optimizer=task.optimizer)
+        spec = SimpleNamespace(optimizer=task.optimizer, step=StepSpec())
         assert soundness.hyperparameter_problems(spec) == [], task.name
 
 
