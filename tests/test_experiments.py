@@ -14,9 +14,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pol.experiments import EXPERIMENTS, Config, Workspace, run_one
+from pol.errors import ConfigError
+from pol.experiments import EXPERIMENTS, Config, Workspace, parse_names, run_one
 from pol.experiments.common import Shadow, setup, train_run
-from pol.experiments.document import write_reproduction
+from pol.experiments.document import record_invocation, write_reproduction
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -159,13 +160,21 @@ def test_a_noise_free_shadow_replays_bitwise(ws):
 
 
 def test_reproduction_document(ws, outputs, tmp_path):
-    doc = write_reproduction(ws, list(outputs.values()), tmp_path / "docs" / "R.md", "pol x")
+    record_invocation(ws, list(outputs), "pol x")
+    doc = write_reproduction(ws.out, tmp_path / "docs" / "R.md", list(EXPERIMENTS))
     text = doc.read_text()
     assert "CPU-small stand-ins" in text and "`pol x`" in text
     for out in outputs.values():
         rel = Path(os.path.relpath(out.png, doc.parent)).as_posix()
         assert f"]({rel})" in text
-    assert "{img}" not in text
+    assert text.index("### Table I") < text.index("### Appendix D")
+
+
+def test_names():
+    assert parse_names("table1, fig6,table1") == ["table1", "fig2"]
+    assert parse_names("all")[-1] == "doc" and len(parse_names("all")) == len(EXPERIMENTS) + 1
+    with pytest.raises(ConfigError, match="nope"):
+        parse_names("table1,nope")
 
 
 def test_cli(tmp_path):
@@ -175,4 +184,9 @@ def test_cli(tmp_path):
     assert r.exit_code == 0, r.output
     assert (tmp_path / "fig7.csv").exists() and "fig7:" in r.output
     r = CliRunner().invoke(main, ["experiment", "nope", "--size", "tiny"])
-    assert r.exit_code == 2
+    assert r.exit_code == 2 and "unknown experiment" in r.output
+    r = CliRunner().invoke(main, ["experiment", "doc", "--out", str(tmp_path), "--doc",
+                                  str(tmp_path / "R.md")])
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "R.md").read_text()
+    assert "### Fig. 7" in text and "](fig7.png)" in text and "experiment fig7" in text

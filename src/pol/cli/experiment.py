@@ -11,13 +11,11 @@ from pol.cli import options as opt
 from pol.cli import render
 from pol.cli.exits import handle_errors
 
-EXPERIMENT_NAMES = ["table1", "table5", "fig1", "fig2", "fig6", "fig3", "table2", "fig4",
-                    "table3", "fig5", "fig7", "appendix-d", "all"]
 SIZE_NAMES = ["tiny", "small", "paper"]
 
 
 @click.command("experiment")
-@click.argument("name", type=click.Choice(EXPERIMENT_NAMES))
+@click.argument("name", metavar="NAME[,NAME...]")
 @click.option("--task", help="Task of the reproduction-error experiments (default: the size's).")
 @opt.device("cpu", "cpu or cuda: where training and replays run.")
 @click.option("--out", default="experiments", show_default=True, type=click.Path(file_okay=False),
@@ -41,14 +39,18 @@ SIZE_NAMES = ["tiny", "small", "paper"]
 def experiment(name, task, device, out, size, data_dir, epochs, runs, seed, noise, doc,
                keep_runs):
     """Re-run the paper's experiment NAME (or all): a CSV, a PNG plot and a markdown fragment
-    with the paper's numbers beside ours; `all` also writes REPRODUCTION.md."""
+    with the paper's numbers beside ours; `all` also writes REPRODUCTION.md.
+
+    NAME: table1, table5, fig1, fig2 (fig6), fig3, table2, fig4, table3, fig5, fig7,
+    appendix-d; several comma-separated (they share their training runs); all; or doc
+    (REPRODUCTION.md from the fragments already in --out)."""
     from pathlib import Path
 
     from pol.experiments import Config, run_experiments
     cfg = Config(size=size, task=task, device=device, out=Path(out), data_dir=data_dir,
                  epochs=epochs, runs=runs, seed=seed, noise=noise, progress=sys.stderr.isatty(),
                  keep_runs=keep_runs)
-    outputs, written = run_experiments(name, cfg, doc, " ".join(["pol", *sys.argv[1:]]))
+    outputs, written = run_experiments(name, cfg, doc)
     render.experiments_written(outputs, written)
 
 

@@ -1,6 +1,7 @@
 """The paper's experiments re-run with pol (`pol experiment NAME`): each writes NAME.csv, NAME.png
 and NAME.md (a markdown fragment with the paper's numbers beside ours) into the output
-directory; `all` runs every one and writes REPRODUCTION.md.
+directory; `all` runs every one and writes REPRODUCTION.md (`doc` writes it alone, from the
+fragments an earlier invocation, or several, left in the directory).
 
 | name | module | paper |
 |---|---|---|
@@ -45,7 +46,20 @@ ALIASES = {"fig6": "fig2"}
 
 
 def names() -> list[str]:
-    return [*EXPERIMENTS, "all"]
+    return [*EXPERIMENTS, *ALIASES, "all", "doc"]
+
+
+def parse_names(spec: str) -> list[str]:
+    """`table1`, `table1,fig1,fig2` (one workspace: shared runs), `all`, or `doc` (only
+    REPRODUCTION.md, from the fragments already in the output directory)."""
+    out = [ALIASES.get(n.strip(), n.strip()) for n in spec.split(",") if n.strip()]
+    bad = [n for n in out if n not in EXPERIMENTS and n not in ("all", "doc")]
+    if bad or not out:
+        raise ConfigError(f"unknown experiment {', '.join(bad) or repr(spec)}; known: "
+                          f"{', '.join(names())} (or several, comma-separated)")
+    if "all" in out:
+        return [*EXPERIMENTS, "doc"]
+    return list(dict.fromkeys(out))
 
 
 def run_one(name: str, ws: Workspace) -> Output:
@@ -59,20 +73,27 @@ def run_one(name: str, ws: Workspace) -> Output:
 
 
 def run_experiments(name: str, cfg: Config, doc: str | os.PathLike | None = None,
-                    command: str = "") -> tuple[list[Output], Path | None]:
-    """Run experiment `name` (or `all`) with `cfg`; `all` also writes REPRODUCTION.md (to `doc`,
-    default OUT/REPRODUCTION.md). Returns (outputs, the document written or None)."""
-    ws = Workspace(cfg)
-    try:
-        if name != "all":
-            return [run_one(name, ws)], None
-        outs = [run_one(n, ws) for n in EXPERIMENTS]
-        from pol.experiments.document import write_reproduction
-        path = Path(doc) if doc is not None else ws.out / "REPRODUCTION.md"
-        return outs, write_reproduction(ws, outs, path, command)
-    finally:
-        ws.close()
+                    command: str | None = None) -> tuple[list[Output], Path | None]:
+    """Run the experiments `name` names (see `parse_names`) with `cfg` in one workspace; `all`
+    and `doc` also write REPRODUCTION.md (to `doc`, default OUT/REPRODUCTION.md) from every
+    fragment in the output directory. Returns (outputs, the document written or None)."""
+    from pol.experiments import document
+    todo = parse_names(name)
+    runs = [n for n in todo if n != "doc"]
+    outs: list[Output] = []
+    if runs:
+        ws = Workspace(cfg)
+        try:
+            outs = [run_one(n, ws) for n in runs]
+        finally:
+            ws.close()
+        from pol.experiments.common import command_line
+        document.record_invocation(ws, runs, command or command_line(name, cfg, doc))
+    if "doc" not in todo:
+        return outs, None
+    path = Path(doc) if doc is not None else Path(cfg.out) / "REPRODUCTION.md"
+    return outs, document.write_reproduction(Path(cfg.out), path, list(EXPERIMENTS))
 
 
-__all__ = ["ALIASES", "Config", "EXPERIMENTS", "Output", "Workspace", "names", "run_experiments",
-           "run_one"]
+__all__ = ["ALIASES", "Config", "EXPERIMENTS", "Output", "Workspace", "names", "parse_names",
+           "run_experiments", "run_one"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
+import os
 import platform
 import time
 from dataclasses import dataclass, field, replace
@@ -53,6 +54,19 @@ class Config:
     noise: str = "auto"  # auto: emulated on a CPU, the hardware's own on a GPU | emulated | none
     progress: bool = False
     keep_runs: bool = False  # keep the proofs trained on the way (OUT/runs), else a temp dir
+
+
+def command_line(name: str, cfg: Config, doc: str | os.PathLike | None = None) -> str:
+    """The `pol experiment` command that runs `name` with `cfg` (for the record)."""
+    parts = ["pol experiment", name, f"--size {cfg.size}"]
+    opts = (("--task", cfg.task, None), ("--device", cfg.device, "cpu"),
+            ("--data", cfg.data_dir, None), ("--epochs", cfg.epochs, None),
+            ("--runs", cfg.runs, None), ("--seed", cfg.seed, 0), ("--noise", cfg.noise, "auto"))
+    parts += [f"{flag} {value}" for flag, value, default in opts if value != default]
+    parts.append(f"--out {cfg.out}")
+    if doc is not None:
+        parts.append(f"--doc {doc}")
+    return " ".join(parts)
 
 
 class _NoBar:
@@ -156,7 +170,9 @@ class Workspace:
         if dev.type == "cuda":
             what = torch.cuda.get_device_name(dev)
         else:
-            what = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+            threads = self.size.cpu_threads or torch.get_num_threads()
+            what = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                    f"{threads} torch thread(s)")
         return f"{dev.type} ({what}), torch {torch.__version__}, Python {platform.python_version()}"
 
 
@@ -193,19 +209,20 @@ def default_task(ws: Workspace) -> str:
 def setup(ws: Workspace, task: str | None = None, *, seed: int = 0, epochs: int | None = None,
           k: int | None = None, lr: float | None = None, momentum: float | None = None,
           batch_size: int | None = None, dataset_params: dict | None = None,
-          deterministic: bool | None = None) -> Setup:
+          deterministic: bool | None = None, real_cifar: bool = True) -> Setup:
     """A built-in task's spec (`pol.tasks.build_spec`, as `pol train` builds it) with the
-    experiment's overrides. At paper size with --data, the synthetic CIFAR-shaped tasks become
-    the real CIFAR-10/100 ones."""
+    experiment's overrides. With --data (and `real_cifar`), the synthetic CIFAR-shaped tasks
+    become the real CIFAR-10/100 ones; the size's dataset parameters apply to synthetic sets."""
     from pol.prover.trainer import default_deterministic
-    from pol.tasks import build_spec
+    from pol.tasks import build_spec, get_task
     task = task or default_task(ws)
-    params = dict(ws.size.dataset_params if task == default_task(ws) else {})
-    params.update(dataset_params or {})
-    if ws.cfg.data_dir and task in REAL_CIFAR:
-        task, params = REAL_CIFAR[task], {}
+    if ws.cfg.data_dir and real_cifar and task in REAL_CIFAR:
+        task, dataset_params = REAL_CIFAR[task], None
     base, change = VARIANTS.get(task, (task, {}))
-    if change.get("model_kwargs", {}).get("num_classes"):
+    synthetic_set = get_task(base).dataset.startswith("synthetic")
+    params = dict(ws.size.dataset_params) if synthetic_set and task == default_task(ws) else {}
+    params.update(dataset_params or {})
+    if synthetic_set and change.get("model_kwargs", {}).get("num_classes"):
         params.setdefault("num_classes", change["model_kwargs"]["num_classes"])
     det = default_deterministic(deterministic, ws.device.type)
     spec, train, test = build_spec(base, epochs=epochs or ws.epochs, k=k, seed=seed, lr=lr,

@@ -1,62 +1,92 @@
 """REPRODUCTION.md: every experiment's fragment (the paper's numbers beside ours, a sentence on
-each difference), under a header naming the command, the machine and what stands in for what."""
+each difference) found in an output directory, under a header naming the invocations that made
+them (command, machine, size, time; `runs.json` in that directory, appended by every
+`pol experiment` run) and what stands in for what. Written from the files, so experiments run in
+several invocations (a GPU's per-command time limit) make one document."""
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import time
 from pathlib import Path
 
-from pol.experiments.common import Output, Workspace
+from pol.errors import ConfigError
+from pol.experiments.common import Workspace
 
-GPU_COMMAND = ("pol experiment all --device cuda --size paper --out docs/reproduction-gpu "
-               "--doc docs/REPRODUCTION-gpu.md [--data CIFAR_DIR] [--epochs E]")
+INVOCATIONS = "runs.json"
+GPU_COMMAND = ("pol experiment all --device cuda --size paper --epochs E --out "
+               "docs/reproduction-gpu --doc docs/REPRODUCTION-gpu.md [--data CIFAR_DIR]")
 
 
-def _header(ws: Workspace, command: str) -> str:
-    size = ws.size
-    minutes = (time.time() - ws.started) / 60
-    stand_in = size.name != "paper" or ws.cfg.data_dir is None
+def record_invocation(ws: Workspace, names: list[str], command: str) -> None:
+    """Append this invocation to OUT/runs.json."""
+    path = ws.out / INVOCATIONS
+    entries = json.loads(path.read_text()) if path.exists() else []
+    entries.append({
+        "experiments": names, "command": command, "machine": ws.machine(),
+        "size": ws.size.name, "note": ws.size.note, "epochs": ws.epochs, "runs": ws.runs,
+        "noise": ws.noise_label, "device": ws.device.type, "data": ws.cfg.data_dir,
+        "wall_minutes": round((time.time() - ws.started) / 60, 2),
+        "cpu_minutes": round(time.process_time() / 60, 2),
+        "date": _dt.date.today().isoformat()})
+    path.write_text(json.dumps(entries, indent=1))
+
+
+def _header(entries: list[dict]) -> str:
     lines = [
         "# Reproduction of the paper's experiments",
         "",
         "Jia et al., *Proof-of-Learning: Definitions and Practice* (IEEE S&P 2021), re-run with "
         "pol (`pol experiment`). Every table and figure below has the paper's number beside ours "
-        "and a sentence on each difference. This file is generated; the CSV, PNG and markdown "
-        "fragment of every experiment sit beside the figures.",
-        "",
-        f"- Command: `{command or 'pol experiment all --size ' + size.name}`",
-        f"- Machine: {ws.machine()}",
-        f"- Size: `{size.name}` ({size.note}); E = {ws.epochs}, {ws.runs} run(s) per "
-        "configuration",
-        f"- Replay noise: {ws.noise_label}",
-        f"- Run time: {minutes:.1f} min; written {_dt.date.today().isoformat()}",
+        "and a sentence on each difference. This file is generated (`pol experiment all`, or "
+        "`pol experiment doc` after several invocations); the CSV, PNG and markdown fragment of "
+        "every experiment sit beside the figures.",
         "",
     ]
-    if stand_in:
+    for e in entries:
+        lines += [f"- `{e['command'] or 'pol experiment ' + ','.join(e['experiments'])}` "
+                  f"({', '.join(e['experiments'])})",
+                  f"  - machine: {e['machine']}",
+                  f"  - size `{e['size']}` ({e['note']}); E = {e['epochs']}, {e['runs']} run(s) "
+                  f"per configuration; replay noise: {e['noise']}",
+                  f"  - {e['wall_minutes']} min wall-clock, {e['cpu_minutes']} min CPU "
+                  f"(the process); {e['date']}"]
+    lines.append("")
+    if any(e["size"] != "paper" or e["data"] is None for e in entries):
         lines += [
-            "**These are CPU-small stand-ins, not the paper's CIFAR-scale runs.** The paper "
-            "trains ResNet-20 on CIFAR-10 and ResNet-50 on CIFAR-100 (50,000 images, batch 128, "
-            "S = 390, E = 200) on GPUs; here the tasks are the small ones each section names. "
-            "The shapes (which quantity is ≪ which) are what carries over; the absolute numbers "
-            "do not. The CIFAR-scale rows are produced on a GPU with",
+            "**Rows from the `tiny` and `small` sizes are CPU-small stand-ins, not the paper's "
+            "CIFAR-scale runs**, and so are `paper`-size rows without `--data` (a CIFAR-format "
+            "synthetic set). The paper trains ResNet-20 on CIFAR-10 and ResNet-50 on CIFAR-100 "
+            "(50,000 images, batch 128, S = 390, E = 200) on GPUs; each section names the task "
+            "it ran. The shapes (which quantity is ≪ which) are what carries over; the absolute "
+            "numbers do not. The CIFAR-scale runs are made on a GPU with",
             "",
             f"    {GPU_COMMAND}",
             "",
-            "(real CIFAR-10/100 with `--data`, else a CIFAR-format synthetic set, labelled as "
-            "such in every section).",
+            "(real CIFAR-10/100 with `--data`, else the synthetic set, labelled as such; several "
+            "comma-separated names per invocation share their training runs, and `pol experiment "
+            "doc --out DIR` assembles the document).",
             ""]
     return "\n".join(lines)
 
 
-def write_reproduction(ws: Workspace, outputs: list[Output], path: Path, command: str) -> Path:
-    """Write the document to `path`; figure links relative to its directory."""
-    path = Path(path)
+def write_reproduction(out: Path, path: Path, names: list[str]) -> Path:
+    """Write the document for the fragments of experiments `names` (in that order) found in
+    `out` to `path`; figure links relative to it."""
+    out, path = Path(out), Path(path)
+    inv = out / INVOCATIONS
+    entries = json.loads(inv.read_text()) if inv.exists() else []
+    parts = [_header(entries)]
+    for name in names:
+        md = out / f"{name}.md"
+        if not md.exists():
+            continue
+        rel = Path(os.path.relpath(out / f"{name}.png", path.parent)).as_posix()
+        parts.append(md.read_text().replace(f"]({name}.png)", f"]({rel})"))
+    if len(parts) == 1:
+        raise ConfigError(f"no experiment fragments (NAME.md) in {out}: run pol experiment first")
     path.parent.mkdir(parents=True, exist_ok=True)
-    parts = [_header(ws, command)]
-    for o in outputs:
-        rel = Path(os.path.relpath(o.png, path.parent)).as_posix()
-        parts.append(o.summary["fragment"].replace("{img}", rel))
     path.write_text("\n".join(parts))
     return path

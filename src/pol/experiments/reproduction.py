@@ -279,7 +279,7 @@ def _table1_differences(ws: Workspace, col: str, full: float, one: float,
     growth = full / one if one else math.nan
     p_full, p_one = paper.TABLE1[col]["k=E·S"]["l2"][0], paper.TABLE1[col]["k=1"]["l2"][0]
     noise = ("emulated (one fp32 rounding per weight per step), not measured on a GPU"
-             if ws.noise else f"the {ws.device.type}'s own non-determinism")
+             if ws.noise else f"the {ws.device.type} device's own non-determinism")
     out = [f"- k = E·S: ours {fmt(full)} against the paper's {p_full}. Our replay noise is "
            f"{noise}; from k = 1 to k = E·S it grows {fmt(growth)}× over T = {ref['T']} steps. "
            + ("The paper's 78,000 steps of a ResNet amplify it to the size of d_ref; a short run "

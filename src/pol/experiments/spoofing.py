@@ -34,7 +34,7 @@ def _inverse(ws: Workspace) -> dict:
         # the attack toolkit reads and writes CPU proofs: the target is trained on the CPU
         cpu_ws = ws if ws.device.type == "cpu" else _cpu_view(ws)
         kw = dict(momentum=0.0, batch_size=size.inverse_batch, dataset_params=size.inverse_params,
-                  epochs=size.inverse_train_epochs, deterministic=False)
+                  epochs=size.inverse_train_epochs, deterministic=False, real_cifar=False)
         st = setup(cpu_ws, task, seed=ws.cfg.seed, **kw)
         st_ind = setup(cpu_ws, task, seed=ws.cfg.seed + INDEPENDENT_SEED_OFFSET, **kw)
         from dataclasses import replace
