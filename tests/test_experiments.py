@@ -190,3 +190,21 @@ def test_cli(tmp_path):
     assert r.exit_code == 0, r.output
     text = (tmp_path / "R.md").read_text()
     assert "### Fig. 7" in text and "](fig7.png)" in text and "experiment fig7" in text
+
+
+def test_paper_size_setups(tmp_path):
+    """The paper size's setups by review's eye: the 100-class ResNet-50 variant on a CIFAR-shaped
+    synthetic set (labelled so), and --data switching to the real CIFAR tasks."""
+    ws = Workspace(Config(size="paper", out=tmp_path))
+    try:
+        st = setup(ws, "synthetic-resnet50", dataset_params={"n_train": 64, "n_test": 8})
+        assert st.spec.model.arch == "resnet50" and st.spec.model.kwargs["num_classes"] == 100
+        assert st.spec.data.params["num_classes"] == 100 and st.paper_column == "cifar100"
+        assert st.synthetic and "synthetic set, not CIFAR" in st.label
+        assert st.spec.batch_size == 128 and st.spec.epochs == 200
+        real = Workspace(Config(size="paper", out=tmp_path, data_dir=str(tmp_path / "none")))
+        with pytest.raises(ConfigError, match="cifar"):
+            setup(real, "synthetic-resnet20")
+        real.close()
+    finally:
+        ws.close()
