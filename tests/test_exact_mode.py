@@ -364,3 +364,44 @@ def test_a_recorder_around_a_loop_of_ones_own_refuses_exact_mode(tmp_path):
     with pytest.raises(ConfigError, match="only pol's step makes"):
         rec.record_batch(np.arange(4))
     rec.abort()
+
+
+def test_a_gradient_zero_in_exact_arithmetic_stays_zero():
+    # attention's key bias: softmax ignores a shift of a row's logits, so its gradient is
+    # float64 noise (~1e-20 here), different on every device; exact mode takes it as zero
+    from dataclasses import replace
+    from pol.tasks import build_spec
+    dp = {"seed": 0, "n_train": 64, "n_test": 4, "block_size": 16, "vocab_size": 32}
+    spec, train, _ = build_spec("synthetic-gpt", epochs=1, batch_size=16, dataset_params=dp,
+                                exact=True)
+    spec = spec.with_(model=replace(spec.model, kwargs={
+        **spec.model.kwargs, "block_size": 16, "vocab_size": 32, "n_layer": 1, "n_embd": 16,
+        "n_head": 2}))
+    ctx = build_context(spec, torch.device("cpu"))
+    bias = ctx.model.blocks[0].qkv.bias
+    before = bias.detach().clone()
+    for t in range(2):
+        idx = np.arange(16 * t, 16 * t + 16)
+        update(ctx, torch.from_numpy(train.x[idx]), torch.from_numpy(train.y[idx]), [1e-3], t)
+    assert torch.equal(bias[16:32], before[16:32])  # the key third: never moved
+    assert not torch.equal(bias[:16], before[:16]) and not torch.equal(bias[32:], before[32:])
+    assert not ctx.optimizer.state[bias]["exp_avg"][16:32].any()
+
+
+def test_exact_mode_prepares_the_input_on_the_cpu():
+    import dataclasses
+
+    from pol.step import step_inputs
+    from pol.tasks import build_spec
+    spec, _, _ = build_spec("digits-cnn", epochs=1, exact=True)
+    seen = []
+
+    def prepare(x):
+        seen.append(x.device.type)
+        return x.float() / 255.0
+    for exact in (True, False):
+        ctx = build_context(spec if exact else spec.with_(step=StepSpec()), torch.device("cpu"))
+        ctx = dataclasses.replace(ctx, device=torch.device("meta"), prepare=prepare)
+        x, _ = step_inputs(ctx, torch.zeros(2, 64), torch.zeros(2, dtype=torch.long), None)
+        assert x.device.type == "meta"
+    assert seen == ["cpu", "meta"]

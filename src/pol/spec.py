@@ -373,7 +373,9 @@ class StepSpec:
       gradients after the backward passes; after the optimizer's step every parameter, optimizer
       state tensor and floating buffer; the loss), logging the direction of every value within
       `exact_window` float32 ulps of a rounding tie (`pol.step.exact`): the proof replays bitwise
-      on other hardware. `exact_window` is written whenever `exact` is (no autocast with it).
+      on other hardware. Gradient values below 2^-30 of the step's largest are taken as zero, and
+      the input is prepared on the CPU. `exact_window` is written whenever `exact` is (no
+      autocast with it).
     """
 
     clip_grad_norm: float = 0.0  # 0 = off

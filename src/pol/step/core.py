@@ -107,8 +107,14 @@ def micro_batches(ctx: StepContext, n: int) -> Iterator[slice]:
 def step_inputs(ctx: StepContext, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Model input and targets of a raw (micro-)batch: on the step's device, prepared, augmented
-    from `generator` (the step's, `ctx.generator(t)`; None when the spec does not augment)."""
-    inputs = ctx.prepare(x.to(ctx.device, non_blocking=True))
+    from `generator` (the step's, `ctx.generator(t)`; None when the spec does not augment).
+    Exact mode prepares on the CPU, then moves the input: a GPU's kernels may round the
+    preparation's float32 arithmetic otherwise (CUDA divides by a scalar as a multiplication by
+    its reciprocal, so `x / 255` differs from the CPU's in the last bit)."""
+    if ctx.exact is not None:
+        inputs = ctx.prepare(x.cpu()).to(ctx.device, non_blocking=True)
+    else:
+        inputs = ctx.prepare(x.to(ctx.device, non_blocking=True))
     if ctx.augment is not None:
         inputs = ctx.augment(inputs, generator)
     return inputs, y.to(ctx.device, non_blocking=True)

@@ -19,6 +19,14 @@ logged direction, after checking that the value is near a tie in its own computa
 segment fails); every other value rounds to nearest. Float64 differences between honest devices
 are ~1e-16 relative, far inside the window (2^-12 ulp of float32 is ~3e-11 relative).
 
+Two things the rounding cannot absorb are removed from the step itself. A gradient that is zero in
+exact arithmetic (attention's key bias, a bias before BatchNorm) comes out as float64 noise whose
+every bit differs between devices, and Adam turns noise into full-size steps: gradient values
+below 2^-FLUSH_BITS of the step's largest are set to zero before rounding (`flush_small`). And the
+input is prepared on the CPU (`pol.step.core.step_inputs`), whose float32 arithmetic is IEEE on
+every machine, where a GPU may round it otherwise (CUDA's division by a scalar multiplies by the
+reciprocal).
+
 Which values are near a tie is found without a per-element loop: the low 29 bits of a float64's
 significand are what float32 rounding drops, and the value lies exactly on a tie when they are
 2^28, so |low - 2^28| ≤ window · 2^29 is the test (float32's normal range; values that round to
@@ -43,6 +51,8 @@ __all__ = ["RoundingLog", "ExactStep", "check_model", "tie_distance", "round_exa
            "use_proof_log", "SUPPORTED_LAYERS", "REPLAY_FACTOR", "LOG_COLUMNS", "POINTS"]
 
 REPLAY_FACTOR = 4  # the verifier accepts a logged value within this many windows of a tie
+# gradient values below 2^-FLUSH_BITS of the step's largest gradient value are taken as zero
+FLUSH_BITS = 30
 LOG_COLUMNS = ("step", "point", "index", "up")  # one int64 row per logged value
 
 _LOW29 = (1 << 29) - 1  # the float64 significand bits that float32 rounding drops
@@ -149,6 +159,21 @@ def _candidates(x: torch.Tensor, window: float) -> torch.Tensor:
     torch.bitwise_and(bits, _MAGNITUDE, out=work)
     near |= work.sub_(_TINY_MID).abs_() <= _TINY_HALF
     return near.nonzero().squeeze(1)
+
+
+def flush_small(g: torch.Tensor) -> torch.Tensor:
+    """`g` (the step's gradients as one float64 vector) with every value below 2^-FLUSH_BITS of
+    the largest |value| set to zero, in place. A gradient that is zero in exact arithmetic (the
+    key bias of attention: softmax ignores a shift of a row's logits; a bias before BatchNorm)
+    is computed as float64 rounding noise, ~2^-55 of the gradients around it, which differs
+    between devices and which Adam scales up to full-size steps; no real gradient is that small
+    next to the step's largest. The threshold is a power of two from the largest value's
+    exponent, the same on every device unless that value lies within float64 noise of a power
+    of two."""
+    a = g.abs()
+    _, e = torch.frexp(a.max())
+    thr = torch.ldexp(torch.ones((), dtype=g.dtype, device=g.device), e - FLUSH_BITS)
+    return g.masked_fill_(a < thr, 0.0)
 
 
 def _neighbours(x: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -372,13 +397,14 @@ class ExactStep:
                 y.double() if y.is_floating_point() else y)
 
     def round_grads(self) -> None:
-        """Rounding point GRADIENTS: the gradients rounded to float32 values, kept in float64."""
+        """Rounding point GRADIENTS: the gradients rounded to float32 values, kept in float64,
+        after `flush_small`."""
         grads = [p.grad for p in _optimizer_params(self.optimizer) if p.grad is not None]
         if not grads:
             return
         with torch.no_grad():
-            r = round_exact(torch.cat([g.reshape(-1) for g in grads]), self.log, self.t,
-                            GRADIENTS)
+            flat = flush_small(torch.cat([g.reshape(-1) for g in grads]))
+            r = round_exact(flat, self.log, self.t, GRADIENTS)
             torch._foreach_copy_(grads, [v.view(g.shape) for v, g in
                                          zip(r.split([g.numel() for g in grads]), grads)])
 
