@@ -28,7 +28,7 @@ from pol.step.exact import STATE, check_model, round_exact, RoundingLog, tie_dis
 from pol.verifier import verify
 
 GOLDEN = Path(__file__).parent / "golden" / "exact"
-TASK = dict(task="digits-cnn", epochs=1, k=2, batch_size=240, seed=4)  # 6 steps, 3 segments
+TASK = dict(task="digits-cnn", epochs=1, k=1, batch_size=480, seed=4)  # 3 steps, 3 segments
 K = TASK["k"]
 
 
