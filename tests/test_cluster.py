@@ -71,6 +71,13 @@ def test_segment_plan_and_the_hypergeometric_detection():
     assert detection_probability(Behaviour("lazy"), ClusterConfig(**TINY))[0] == 1.0
 
 
+def test_the_coordinators_policy_is_hardened_with_an_exact_mode_data_dependence_bound():
+    from pol.cluster.audit import coordinator_policy
+    from pol.verifier import HARDENED
+    exact = coordinator_policy(ClusterConfig())
+    assert exact.defences == HARDENED.defences and 0 < exact.bounds.flip_min < 1e-100
+    assert coordinator_policy(ClusterConfig(require_exact=False)) is HARDENED
+
 def test_byzantine_spec_parses_and_refuses_nonsense():
     b = parse_byzantine("1:noise, 2:lazy=0.25,5:crash=1")
     assert b == {1: Behaviour("noise"), 2: Behaviour("lazy", 0.25), 5: Behaviour("crash", 1.0)}
@@ -199,6 +206,27 @@ def test_a_tampered_checkpoint_stops_the_restart(tmp_path):
     ck.write_bytes(assign.weights_bytes(w))
     with pytest.raises(StateError, match="does not match"):
         run_inprocess(cfg.with_(rounds=2))
+
+
+def test_the_readme_example_runs_as_written(tmp_path, monkeypatch):
+    """README's `pol distributed` command: a real job (5 processes); the noisy and the
+    free-riding workers are rejected in both rounds, the honest ones counted."""
+    import re
+    import shlex
+
+    from click.testing import CliRunner
+
+    from pol.cli import main
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Distributed training", 1)[1].split("\n## ", 1)[0]
+    (cmd,) = re.findall(r"```bash\n(.*?)```", section, re.S)
+    args = shlex.split(cmd.replace("\\\n", " "))
+    assert args[:2] == ["pol", "distributed"]
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, args[1:])
+    assert r.exit_code == 0, r.output
+    assert "round 0: accepted [1, 2]" in r.output and "round 1: accepted [1, 2]" in r.output
+    assert [p["round"] for p in accepted_rounds(tmp_path / "cluster-run")] == [0, 1]
 
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which(

@@ -124,9 +124,9 @@ class ClusterConfig:
     task: str = "digits-mlp"
     model_kwargs: dict = field(default_factory=dict)  # overrides of the task's model arguments
     lr: float | None = None
-    local_steps: int = 20
+    local_steps: int = 100
     segment: int = 1
-    batch_size: int = 16
+    batch_size: int = 8
     seed: int = 0
     budget: float = 0.1
     q: int = 1
