@@ -9,8 +9,8 @@ process where it needs many worker-rounds, as real processes where wall time is 
   probability; the cost of an audit against the worker's training;
 - sparse: the sparse cheater's detection against the fraction of steps it fakes and the budget,
   measured by auditing its proofs again with fresh coordinator entropy, next to the analytic curve;
-- honest: as many honest worker-rounds as fit in --honest-seconds (per core), every rejection a
-  false one;
+- honest: as many honest worker-rounds as fit in --honest-seconds (per core), every segment
+  replayed (a proof accepted whole is accepted at any budget), every rejection a false one;
 - accuracy: test accuracy after R rounds with 3 Byzantine workers of 8 (noise σ = 1, sign flip,
   scale 10) under PoL-gated averaging, plain averaging and the coordinate-wise median, and with no
   Byzantine worker;
@@ -135,14 +135,16 @@ def sparse(fraction: float, budgets: list[float], rounds: int, repeats: int, tmp
 
 
 def honest(seconds: float, tmp: str, tag: str) -> dict:
-    """Honest worker-rounds until the time is up (jobs of 8 workers × 10 rounds)."""
+    """Honest worker-rounds until the time is up (jobs of 8 workers × 10 rounds), every segment
+    replayed."""
     from pol.cluster import run_inprocess
     end = time.monotonic() + seconds
     n = steps = jobs = 0
     bad: list[dict] = []
     while time.monotonic() < end:
         out = f"{tmp}/honest-{tag}-{jobs}"
-        res = run_inprocess(_config(out, workers=8, rounds=10, seed=1000 * jobs + ord(tag)))
+        res = run_inprocess(_config(out, workers=8, rounds=10, seed=1000 * jobs + ord(tag),
+                                    budget=1.0))
         n += len(res.verdicts)
         bad += [{k: v[k] for k in ("round", "worker", "verdict", "reason", "failed_checks",
                                    "segments", "entropy")} | {"job": jobs}
@@ -199,7 +201,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=20, help="rounds of the detection job")
     ap.add_argument("--honest-seconds", type=float, default=240.0)
-    ap.add_argument("--acc-rounds", type=int, default=15)
+    ap.add_argument("--acc-rounds", type=int, default=10)
     ap.add_argument("--wall-rounds", type=int, default=6)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", default="benchmarks/results/cluster.json")
