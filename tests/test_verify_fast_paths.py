@@ -85,7 +85,12 @@ def _data(seed: int = 0, n: int = 50):
     return ArrayDataset(rng.random((n, 6), dtype=np.float32), rng.integers(0, 3, n))
 
 
-def test_commitment_cache_hit_only_for_the_same_bytes(tmp_path, monkeypatch):
+@pytest.fixture
+def small_sets_cached(monkeypatch):
+    monkeypatch.setattr(sess, "COMMITMENT_CACHE_MIN_SAMPLES", 0)
+
+
+def test_commitment_cache_hit_only_for_the_same_bytes(tmp_path, monkeypatch, small_sets_cached):
     from pol.proof import hashing
     monkeypatch.setenv("POL_CACHE_DIR", str(tmp_path / "c"))
     calls = []
@@ -108,7 +113,7 @@ def test_commitment_cache_hit_only_for_the_same_bytes(tmp_path, monkeypatch):
     assert np.array_equal(sess.dataset_leaves(_data())[0], want) and calls == [1, 1, 1]
 
 
-def test_commitment_cache_location(tmp_path, monkeypatch):
+def test_commitment_cache_location(tmp_path, monkeypatch, small_sets_cached):
     monkeypatch.setenv("POL_CACHE_DIR", "")  # off
     sess.dataset_leaves(_data(1))
     monkeypatch.delenv("POL_CACHE_DIR")
@@ -118,7 +123,14 @@ def test_commitment_cache_location(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("*.commitment"))
 
 
-def test_verify_with_cached_commitment(mlp_proof, tmp_path, monkeypatch):
+def test_small_sets_are_not_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("POL_CACHE_DIR", str(tmp_path / "c"))
+    leaves, root, _ = sess.dataset_leaves(_data(2, n=sess.COMMITMENT_CACHE_MIN_SAMPLES - 1))
+    assert root is not None and len(leaves) == sess.COMMITMENT_CACHE_MIN_SAMPLES - 1
+    assert not (tmp_path / "c").exists()
+
+
+def test_verify_with_cached_commitment(mlp_proof, tmp_path, monkeypatch, small_sets_cached):
     from pol.verifier import verify
     monkeypatch.setenv("POL_CACHE_DIR", str(tmp_path / "c"))
     first = verify(mlp_proof, entropy=b"e")

@@ -28,6 +28,9 @@ from pol.step import MODEL_PREFIX, expected_state_shapes, storage_dtypes
 
 
 COMMITMENT_CACHE_VERSION = "pol.dataset-commitment.v1"
+# below this many samples the leaves and root cost less to compute (about 10 µs a sample) than a
+# cache file is worth: nothing is written
+COMMITMENT_CACHE_MIN_SAMPLES = 4096
 
 
 def dataset_leaves(data) -> tuple[np.ndarray, bytes | None, str]:
@@ -37,14 +40,15 @@ def dataset_leaves(data) -> tuple[np.ndarray, bytes | None, str]:
     In-memory arrays are cached on disk (`pol.proof.hashing.leaf_cache_dir()`: $POL_CACHE_DIR,
     else $XDG_CACHE_HOME/pol; POL_CACHE_DIR="" turns it off) in a file named by the data's content
     digest, which is computed from the bytes every time: an entry is only used for the very bytes
-    it was made from (a cache file that does not fit is ignored and rewritten). Data read on demand
-    has its own cache (`source_leaves`); its content digest is "" here."""
+    it was made from (a cache file that does not fit is ignored and rewritten); sets smaller than
+    COMMITMENT_CACHE_MIN_SAMPLES are not cached. Data read on demand has its own cache
+    (`source_leaves`); its content digest is "" here."""
     from pol.proof.hashing import content_digest, merkle_root, sample_leaves
     if getattr(data.x, "pol_source", None) is not None:
         return sample_leaves(data.x, data.y), None, ""
     digest = content_digest(data.x, data.y)
-    path = _commitment_file(digest)
     n = len(data.y)
+    path = _commitment_file(digest) if n >= COMMITMENT_CACHE_MIN_SAMPLES else None
     hit = _read_commitment(path, n)
     if hit is not None:
         return hit[0], hit[1], digest
