@@ -134,7 +134,7 @@ def test_every_behaviour_in_one_process(tmp_path):
 
 
 def test_baselines_take_everything_and_the_noise_hurts_them(tmp_path):
-    kw = dict(workers=3, rounds=2, byzantine=parse_byzantine("3:noise=3"))
+    kw = dict(workers=3, rounds=2, local_steps=24, byzantine=parse_byzantine("3:noise=3"))
     pol_run = run_inprocess(_config(tmp_path, "pol", **kw))
     mean = run_inprocess(_config(tmp_path, "mean", aggregate="mean", **kw))
     median = run_inprocess(_config(tmp_path, "median", aggregate="median", **kw))
