@@ -134,17 +134,20 @@ def sparse(fraction: float, budgets: list[float], rounds: int, repeats: int, tmp
                                            cfg.with_(budget=b))[0]} for b in budgets]}
 
 
-def honest(seconds: float, tmp: str, tag: str) -> dict:
-    """Honest worker-rounds until the time is up (jobs of 8 workers × 10 rounds), every segment
-    replayed."""
+def honest(seconds: float, tmp: str, tag: str, budget: float = 1.0,
+           progress: str | None = None, target: int = 0) -> dict:
+    """Honest worker-rounds until the time is up or `target` are done (jobs of 8 workers × 10
+    rounds); budget 1: every segment replayed (a proof accepted whole is accepted at any budget).
+    `progress`: a JSON file rewritten after every job (a long run keeps what it has measured)."""
     from pol.cluster import run_inprocess
     end = time.monotonic() + seconds
     n = steps = jobs = 0
     bad: list[dict] = []
-    while time.monotonic() < end:
+    t0 = time.perf_counter()
+    while time.monotonic() < end and not (target and n >= target):
         out = f"{tmp}/honest-{tag}-{jobs}"
         res = run_inprocess(_config(out, workers=8, rounds=10, seed=1000 * jobs + ord(tag),
-                                    budget=1.0))
+                                    budget=budget))
         n += len(res.verdicts)
         bad += [{k: v[k] for k in ("round", "worker", "verdict", "reason", "failed_checks",
                                    "segments", "entropy")} | {"job": jobs}
@@ -152,8 +155,13 @@ def honest(seconds: float, tmp: str, tag: str) -> dict:
         steps += sum(v["replayed_steps"] for v in res.verdicts)
         jobs += 1
         shutil.rmtree(out, ignore_errors=True)
+        row = {"worker_rounds": n, "false_rejections": len(bad), "replayed_steps": steps,
+               "rejections": bad[:20], "seed_tag": tag, "budget": budget,
+               "seconds": time.perf_counter() - t0}
+        if progress:
+            Path(progress).write_text(json.dumps(row, indent=1, default=float))
     return {"worker_rounds": n, "false_rejections": len(bad), "replayed_steps": steps,
-            "rejections": bad[:20], "seed_tag": tag}
+            "rejections": bad[:20], "seed_tag": tag, "budget": budget}
 
 
 def accuracy(aggregate: str, byzantine: str, rounds: int, tmp: str) -> dict:
@@ -205,7 +213,20 @@ def main() -> None:
     ap.add_argument("--wall-rounds", type=int, default=6)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", default="benchmarks/results/cluster.json")
+    ap.add_argument("--honest-only", metavar="TAG", help="only honest worker-rounds, at the "
+                    "default budget (0.1), until --honest-rounds or --honest-seconds; progress "
+                    "rewritten to --json after every job")
+    ap.add_argument("--honest-rounds", type=int, default=0)
     args = ap.parse_args()
+    if args.honest_only:
+        tmp = tempfile.mkdtemp(prefix="pol-bench-cluster-")
+        try:
+            row = honest(args.honest_seconds, tmp, args.honest_only, budget=BASE["budget"],
+                         progress=args.json, target=args.honest_rounds)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        print(json.dumps(row, default=float))
+        return
     if args.quick:
         args.rounds, args.honest_seconds, args.acc_rounds, args.wall_rounds = 3, 20.0, 2, 2
     tmp = tempfile.mkdtemp(prefix="pol-bench-cluster-")

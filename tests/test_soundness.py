@@ -283,3 +283,19 @@ def test_warm_up_from_lr_zero_verifies(tmp_path):
         r = verify(out, data=str(save_npz(tmp_path / "d.npz", x, y)), all_segments=True)
         assert r.valid, r.render()
         assert check(r, "data dependence").status == "pass"
+
+
+def test_data_dependence_bound_is_any_movement_where_the_segment_replays_bitwise():
+    """An honest step whose gradient is small against SGD's momentum moves by 2‖g‖ ÷ ‖μm + g‖
+    of its update: 0.0004–0.0006 was measured on honest, bitwise-exact digits-mlp segments, below
+    the tolerant bound 1e-3. Replayed bitwise, any movement proves the gradient was computed; an
+    absorbed gradient (0) and an unmeasured one (NaN) fail either way."""
+    from types import SimpleNamespace as Seg
+    from pol.verifier.checks.replay import flip_passes
+    b = soundness.BOUNDS
+    assert flip_passes(Seg(exact=True, flip=4e-4), b)
+    assert not flip_passes(Seg(exact=False, flip=4e-4), b)
+    assert flip_passes(Seg(exact=False, flip=b.flip_min), b)
+    for exact in (True, False):
+        assert not flip_passes(Seg(exact=exact, flip=0.0), b)
+        assert not flip_passes(Seg(exact=exact, flip=float("nan")), b)
