@@ -25,6 +25,8 @@ def _d(name: str):
 @click.option("--task", default=_d("task"), show_default=True, help="A built-in task (pol tasks).")
 @click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
               help="Override an argument of the task's model (JSON value), e.g. hidden=[32].")
+@click.option("--dataset-arg", "dataset_args", multiple=True, metavar="KEY=VALUE",
+              help="Override a parameter of the task's dataset (JSON value), e.g. n_train=16000.")
 @click.option("--lr", type=float, help="The optimizer's lr (default: the task's).")
 @click.option("--local-steps", type=click.IntRange(1), default=_d("local_steps"),
               show_default=True, help="Steps each worker trains per round (one pass over its "
@@ -57,22 +59,30 @@ def _d(name: str):
               help="Workers needed before round 0 starts (0: all).")
 @click.option("--keep-proofs", type=click.Choice(["all", "rejected", "none"]),
               default=_d("keep_proofs"), show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=_d("device"),
+              show_default=True, help="Where workers train and the coordinator replays (cuda: the "
+              "ranks of this machine share its GPU(s)).")
+@click.option("--backend", type=click.Choice(["gloo", "nccl"]), default=_d("backend"),
+              show_default=True, help="torch.distributed's backend (the rounds travel over its "
+              "store either way; nccl: one GPU per rank).")
 @click.option("--tolerant", is_flag=True, help="Do not require exact (bitwise) replay: workers on "
               "other hardware than the coordinator's.")
 @opt.json_file("Also write the job's summary and every verdict as JSON here.")
 @handle_errors
-def distributed(workers, rounds, task, model_args, lr, local_steps, segment, batch_size, seed,
-                budget, q, aggregate, byzantine, out, resume, launcher, round_timeout,
-                heartbeat_timeout, quorum, keep_proofs, tolerant, json_out):
+def distributed(workers, rounds, task, model_args, dataset_args, lr, local_steps, segment,
+                batch_size, seed, budget, q, aggregate, byzantine, out, resume, launcher,
+                round_timeout, heartbeat_timeout, quorum, keep_proofs, device, backend, tolerant,
+                json_out):
     """Train TASK spread over untrusted workers on torch.distributed: every update comes with a
     proof, the coordinator verifies a budget of it and aggregates only verified work."""
     from pol.cluster import run
     from pol.cluster.config import parse_byzantine
     config = ClusterConfig(
         out=out, workers=workers, rounds=rounds, task=task, lr=lr,
-        model_kwargs=opt.parse_settings(model_args), local_steps=local_steps, segment=segment,
+        model_kwargs=opt.parse_settings(model_args),
+        dataset_params=opt.parse_settings(dataset_args), local_steps=local_steps, segment=segment,
         batch_size=batch_size, seed=seed, budget=budget, q=q, aggregate=aggregate,
         byzantine=parse_byzantine(byzantine), resume=resume, round_timeout=round_timeout,
         heartbeat_timeout=heartbeat_timeout, quorum=quorum, keep_proofs=keep_proofs,
-        require_exact=not tolerant)
+        device=device, backend=backend, require_exact=not tolerant)
     render.distributed(run(config, launcher), json_out)

@@ -29,29 +29,42 @@ MAX_HEADER = 1 << 20
 HARDWARE_FIELDS = ("device", "deterministic", "torch_version", "cpu_capability", "tf32")
 
 
+def task_data(task: str, params: dict | None = None):
+    """(train, test) of a built-in task's dataset: the task's parameters with `params` over them
+    (a job's `dataset_params`, e.g. {"n_train": 16000})."""
+    return _task_data(task, json.dumps(params or {}, sort_keys=True))
+
+
 @lru_cache(maxsize=4)
-def task_data(task: str):
-    """(train, test) of a built-in task's dataset, as the task's defaults load it."""
+def _task_data(task: str, params: str):
     from pol.datasets import load_dataset
     from pol.tasks import get_task
     t = get_task(task)
     if t.needs_data_dir:
         raise ConfigError(f"task {task} reads its data from a local directory; the distributed "
                           "job takes self-contained tasks only")
-    return load_dataset(t.dataset, dict(t.dataset_params))
+    return load_dataset(t.dataset, {**t.dataset_params, **json.loads(params)})
 
 
 def base_spec(config: ClusterConfig) -> TrainingSpec:
     """The job's spec before a shard is assigned: the task's model, optimizer, loss and
     preparation, one epoch of `local_steps` batches, a checkpoint every `segment` steps."""
+    return _base_spec(config.to_json())
+
+
+@lru_cache(maxsize=4)
+def _base_spec(config_json: str) -> TrainingSpec:  # once per process: it loads the dataset
     from pol.tasks import build_spec
+    config = ClusterConfig.from_json(config_json)
     spec, train, _ = build_spec(config.task, epochs=1, k=config.segment, seed=config.seed,
                                 lr=config.lr, batch_size=config.batch_size, device=config.device,
-                                deterministic=config.device == "cuda")
+                                deterministic=config.device == "cuda",
+                                dataset_params=config.dataset_params)
     need = config.local_steps * config.batch_size
     if need > len(train):
         raise ConfigError(f"{config.local_steps} local steps of batch {config.batch_size} need "
-                          f"{need} distinct samples per shard; {config.task} has {len(train)}")
+                          f"{need} distinct samples per shard; {config.task} has {len(train)}"
+                          " (a synthetic set takes more: --dataset-arg n_train=N)")
     model = replace(spec.model, kwargs={**spec.model.kwargs, **config.model_kwargs})
     return replace(spec, model=model, cpu_threads=config.threads, schedule=replace(
         spec.schedule, total_steps=config.local_steps) if spec.schedule.name == "cosine"

@@ -61,6 +61,7 @@ class Verdict:
     segments: list[list] = field(default_factory=list)  # [start, why, passed]
     entropy: str = ""
     seconds: float = 0.0
+    worker_seconds: float | None = None  # what the worker says its assignment took (untrusted)
     behaviour: str = "honest"  # the simulation's ground truth (never used for the verdict)
     acts: bool = False
     weights: dict | None = field(default=None, repr=False)
@@ -114,6 +115,9 @@ def _audit(inp: RoundInputs, worker: int, data: bytes, v: Verdict) -> None:
     if msg.header.get("round") != inp.round or msg.header.get("worker") != worker:
         _reject(v, "the message is not this worker's result for this round")
         return
+    told = msg.header.get("seconds")
+    if isinstance(told, (int, float)) and not isinstance(told, bool) and 0 <= told < 1e9:
+        v.worker_seconds = float(told)
     if set(msg.blobs) != {"weights", "proof"}:
         _reject(v, "the message does not hold weights and a proof")
         return

@@ -54,7 +54,9 @@ class Produced:
 
 
 def _model_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {MODEL_PREFIX + k: v.detach().clone() for k, v in model.state_dict().items()}
+    """Host copies (the received weights are host tensors, and a message carries host bytes)."""
+    return {MODEL_PREFIX + k: v.detach().to("cpu", copy=True) for k, v in
+            model.state_dict().items()}
 
 
 def _load(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
@@ -206,21 +208,20 @@ def forge(job: Job, b: Behaviour) -> Produced:
     """No training: one gradient step on the first assigned batch, extrapolated over the round,
     and checkpoints on the straight line from the received weights to that claim (no optimizer
     state), with the assigned batches and lrs and forward-pass losses recorded."""
-    from pol.attacks.common import (context, forward_loss, make_plan, model_only, optim_groups,
-                                    run_steps, write_proof)
+    from pol.attacks.common import forward_loss, make_plan, optim_groups, run_steps, write_proof
     from pol.proof import format as fmt
     from pol.proof.hashing import sample_leaves
-    from pol.step import numerics
+    from pol.step import build_context, numerics
     spec = job.spec
-    with numerics(spec, torch.device(spec.device)):
-        ctx = context(spec)
+    dev = torch.device(spec.device)
+    with numerics(spec, dev):
+        ctx = build_context(spec, dev)  # on the assigned device, as an honest worker's steps
         _load(ctx.model, job.weights)
         plan = make_plan(spec, optim_groups(ctx))
         T = plan.T
         w0 = _model_weights(ctx.model)
-        got: dict[int, dict] = {}
-        run_steps(ctx, job.data, plan, 0, 1, lambda t: True, got)
-        w1 = model_only(got[1])
+        run_steps(ctx, job.data, plan, 0, 1, lambda t: False, {})
+        w1 = _model_weights(ctx.model)  # host copies: every state below is on the host
         claim = {k: w0[k] + T * (w1[k] - w0[k]) if w0[k].is_floating_point() else w0[k]
                  for k in w0}
         states = {}

@@ -116,13 +116,16 @@ class ClusterConfig:
     steps; the coordinator replays `budget` of each worker's steps (top-`q` segments by claimed
     update, the rest at random from its own entropy; `budget` 1: every segment) and averages the
     accepted updates (`aggregate` "pol"; "mean" and "median" aggregate everything unverified, the
-    baselines)."""
+    baselines). `device` is where workers train and the coordinator replays (the proofs record it;
+    exact replay needs the same kind of device); the rounds travel over the c10d store whatever
+    the `backend` (gloo: many workers may share one GPU; nccl: one GPU per rank)."""
 
     out: str = "cluster-run"
     workers: int = 3
     rounds: int = 3
     task: str = "digits-mlp"
     model_kwargs: dict = field(default_factory=dict)  # overrides of the task's model arguments
+    dataset_params: dict = field(default_factory=dict)  # overrides of the task's dataset parameters
     lr: float | None = None
     local_steps: int = 100
     segment: int = 1
@@ -161,6 +164,8 @@ class ClusterConfig:
             raise ConfigError("--device: cpu or cuda")
         if self.backend not in ("gloo", "nccl"):
             raise ConfigError("--backend: gloo or nccl")
+        if self.backend == "nccl" and self.device != "cuda":
+            raise ConfigError("--backend nccl needs --device cuda")
         bad = [r for r in self.byzantine if not 1 <= int(r) <= self.workers]
         if bad:
             raise ConfigError(f"--byzantine: worker rank(s) {bad} outside 1..{self.workers}")
@@ -178,7 +183,7 @@ class ClusterConfig:
         """What a resumed run must share with the run it continues (the rest may change:
         timeouts, retention, the number of rounds to run)."""
         keep = ("task", "model_kwargs", "lr", "local_steps", "segment", "batch_size", "seed",
-                "threads", "device")
+                "threads", "device") + (("dataset_params",) if self.dataset_params else ())
         return {k: getattr(self, k) for k in keep}
 
     def to_dict(self) -> dict[str, Any]:

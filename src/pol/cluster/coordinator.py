@@ -84,7 +84,8 @@ class JobResult:
 
 
 def initial_weights(config: ClusterConfig) -> dict[str, torch.Tensor]:
-    """W_0 of the job: the task's model initialized from the job's seed."""
+    """W_0 of the job: the task's model initialized from the job's seed (on the CPU whatever the
+    job's device: the same W_0 on every machine)."""
     from pol.step import MODEL_PREFIX, build_context
     ctx = build_context(assign.base_spec(config), torch.device("cpu"))
     return {MODEL_PREFIX + k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
@@ -103,7 +104,7 @@ class Coordinator:
         self.workers = list(range(1, config.workers + 1))
         self.plan = budget.plan_of(config)
         self.base = assign.base_spec(config)
-        self.train, self.test = assign.task_data(config.task)
+        self.train, self.test = assign.task_data(config.task, config.dataset_params)
         self.participations = {w: 0 for w in self.workers}
         self.hard_exit = False  # die_at: os._exit, as a killed process (a rank of its own)
 
@@ -197,7 +198,7 @@ class Coordinator:
     def _accuracy(self, weights) -> float:
         from pol.prover.trainer import accuracy
         from pol.step import MODEL_PREFIX, build_context
-        ctx = build_context(self.base, torch.device("cpu"))
+        ctx = build_context(self.base, torch.device(self.config.device))
         ctx.model.load_state_dict({k[len(MODEL_PREFIX):]: v for k, v in weights.items()})
         return accuracy(ctx, self.test)
 

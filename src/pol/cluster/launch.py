@@ -12,6 +12,12 @@ About torchrun and crashes: torchrun's agent stops every rank when one exits wit
 restarts the whole job when given `--max-restarts`; the coordinator then continues from its last
 accepted round). A worker that dies therefore ends a torchrun job; one that hangs does not.
 `run_local`'s own spawner watches only the coordinator: a dead worker is just absent.
+
+On a GPU (`device` "cuda"): every rank sets `CUBLAS_WORKSPACE_CONFIG` before its first CUDA call
+(deterministic cuBLAS needs it, and the prover's and the replay's workspace must agree) and takes
+GPU LOCAL_RANK modulo the machine's GPUs (one GPU: all ranks share it, over gloo); `run_local`
+starts the ranks as fresh interpreters (spawn), never forked from a process that may have touched
+CUDA. Nothing on a GPU crosses processes: weights and proofs travel as host bytes in the store.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ def run_rank(config: ClusterConfig) -> JobResult | None:
     if ws != config.world_size:
         raise ConfigError(f"{ws} processes were launched for {config.workers} workers and a "
                           f"coordinator: pass --workers {ws - 1}")
+    prepare_device(config)
     torch.set_num_threads(config.threads)
     store = transport.connect(rank, config.join_timeout)
     made = transport.init_group(config.backend, store, rank, ws, config.join_timeout)
@@ -76,6 +83,29 @@ def run_rank(config: ClusterConfig) -> JobResult | None:
     finally:
         if made:
             dist.destroy_process_group()
+
+
+def device_env(config: ClusterConfig) -> dict[str, str]:
+    """What a rank's environment needs before its first CUDA call: the cuBLAS workspace that
+    deterministic algorithms need (read once, when cuBLAS starts: set later, it is too late)."""
+    if config.device != "cuda":
+        return {}
+    from pol.step.runtime import CUBLAS_WORKSPACE
+    return {"CUBLAS_WORKSPACE_CONFIG": os.environ.get("CUBLAS_WORKSPACE_CONFIG",
+                                                      CUBLAS_WORKSPACE)}
+
+
+def prepare_device(config: ClusterConfig) -> None:
+    """Before this rank touches CUDA: its environment (`device_env`), a GPU that is there, and
+    its GPU (LOCAL_RANK modulo the GPUs of the machine: on one GPU, every rank shares it)."""
+    if config.device != "cuda":
+        return
+    for k, v in device_env(config).items():
+        os.environ.setdefault(k, v)
+    import torch
+    if not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA GPU is available to this process")
+    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
 
 
 def _goodbye(store, rank: int) -> None:
@@ -103,19 +133,29 @@ def _child(rank: int, config_json: str, env: dict[str, str]) -> None:
         os._exit(1)
 
 
+def _mp_context(config: ClusterConfig):
+    """How the ranks start: on a GPU as fresh interpreters (spawn: nothing of CUDA inherited
+    through a fork); else forked from a server that imported torch and pol once for all ranks."""
+    import multiprocessing as mp
+    if config.device == "cuda":
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
 def _spawn(config: ClusterConfig) -> int:
     """Every rank as a process of this machine; the store hosted here. The coordinator's exit
     code."""
     import datetime
-    import multiprocessing as mp
 
     import torch.distributed as dist
     store = dist.TCPStore("127.0.0.1", 0, None, True, wait_for_workers=False,
                           timeout=datetime.timedelta(seconds=config.join_timeout))
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port),
-           "WORLD_SIZE": str(config.world_size), "POL_CLUSTER_HOSTED_STORE": "1"}
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)  # torch and pol imported once, not once per rank
+           "WORLD_SIZE": str(config.world_size), "POL_CLUSTER_HOSTED_STORE": "1",
+           **device_env(config)}
+    ctx = _mp_context(config)
     procs = [ctx.Process(target=_child, args=(r, config.to_json(), env), name=f"pol-rank{r}")
              for r in range(config.world_size)]
     for p in procs:
@@ -137,7 +177,7 @@ def _spawn(config: ClusterConfig) -> int:
 def _torchrun(config: ClusterConfig) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc-per-node={config.world_size}", "-m", "pol.cluster.launch"]
-    env = {**os.environ, ENV_CONFIG: config.to_json()}
+    env = {**os.environ, ENV_CONFIG: config.to_json(), **device_env(config)}
     return subprocess.run(cmd, env=env, check=False).returncode
 
 
@@ -168,6 +208,10 @@ def run(config: ClusterConfig, launcher: str = "spawn") -> JobResult | None:
         return run_rank(config)
     if launcher not in LAUNCHERS:
         raise ConfigError(f"launcher: one of {', '.join(LAUNCHERS)}")
+    if config.device == "cuda":  # said here once, not from every rank
+        import torch
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA GPU is available here")
     if launcher == "inprocess":
         return run_inprocess(config)
     return run_local(config, launcher)

@@ -11,7 +11,8 @@ to be given work (a hung one never does; a late one registers when it comes).
 
 Keys (under a prefix per job attempt, so that a restarted job never reads an old one's keys):
 `ready/W`, `hb/W`, `current`, `round/R/open`, `round/R/weights`, `round/R/task/W`,
-`round/R/result/W`, `round/R/closed`, `done`.
+`round/R/result/W`, `round/R/closed`, `done`. Weights, tasks and results go in parts of at most
+`PART` bytes (`put`, `fetch`: the store refuses a message over 8 MiB; a ResNet-20 proof is larger).
 
 `LocalLink` runs the same protocol in one process (the workers called in turn), for the
 measurements that need many worker-rounds.
@@ -27,6 +28,10 @@ import time
 from typing import Any, Iterator
 
 POLL = 0.02
+# the bytes of one store value at most: torch's TCPStore (libuv server) drops a client whose
+# message exceeds 8 MiB, so a larger value (a proof, the weights of a large model) goes in parts
+PART = 4 << 20
+MAX_PARTS = (1 << 31) // PART  # a result of 2 GiB at most (audit.MAX_MESSAGE_BYTES)
 
 
 def _env_int(name: str, default: int | None = None) -> int:
@@ -100,6 +105,40 @@ def get_json(store, key: str) -> Any:
     return json.loads(store.get(key))
 
 
+def put(store, key: str, data: bytes) -> None:
+    """`data` under `key` in parts of PART bytes (`key/part/I`), then `key` itself (the number of
+    parts): whoever sees `key` finds every part."""
+    n = max(1, -(-len(data) // PART))
+    for i in range(n):
+        store.set(f"{key}/part/{i}", data[i * PART:(i + 1) * PART])
+    store.set(key, str(n))
+
+
+def fetch(store, key: str) -> bytes:
+    """What `put` stored under `key` (which is there). A writer that is not trusted may have
+    written anything: a count that is not one, or parts missing, read as b"" (a malformed
+    message) instead of waiting for them."""
+    raw = store.get(key)
+    n = int(raw) if raw.isdigit() and len(raw) < 8 else 0
+    if not 1 <= n <= MAX_PARTS:
+        return b""
+    parts = [f"{key}/part/{i}" for i in range(n)]
+    if not store.check(parts):
+        return b""
+    return b"".join(store.get(p) for p in parts)
+
+
+def drop(store, key: str) -> None:
+    """Delete what `put` stored under `key` (nothing if it is not there)."""
+    if not has(store, key):
+        return
+    raw = store.get(key)
+    n = int(raw) if raw.isdigit() and len(raw) < 8 else 0
+    for i in range(min(n, MAX_PARTS)):
+        store.delete_key(f"{key}/part/{i}")
+    store.delete_key(key)
+
+
 class Heartbeat:
     """A thread that adds 1 to `hb/W` every `period` seconds, on a store client of its own."""
 
@@ -140,9 +179,9 @@ class StoreLink:
             time.sleep(POLL * 5)
 
     def open_round(self, r: int, weights: bytes, tasks: dict[int, bytes]) -> None:
-        self.s.set(Keys.round(r, "weights"), weights)
+        put(self.s, Keys.round(r, "weights"), weights)
         for w, task in tasks.items():
-            self.s.set(Keys.round(r, "task", w), task)
+            put(self.s, Keys.round(r, "task", w), task)
         self.s.set(Keys.round(r, "open"), json.dumps({"participants": sorted(tasks)}))
         self.s.set(Keys.current, str(r))
 
@@ -160,7 +199,7 @@ class StoreLink:
                 key = Keys.round(r, "result", w)
                 if has(self.s, key):
                     pending.remove(w)
-                    yield w, self.s.get(key), ""
+                    yield w, fetch(self.s, key), ""
                     continue
                 beat, now = self._beat(w), time.monotonic()
                 if beat != seen[w][0]:
@@ -179,9 +218,9 @@ class StoreLink:
         for w in dropped:
             self.s.delete_key(Keys.ready(w))
         for w in participants:
-            self.s.delete_key(Keys.round(r, "task", w))
-            self.s.delete_key(Keys.round(r, "result", w))
-        self.s.delete_key(Keys.round(r, "weights"))
+            drop(self.s, Keys.round(r, "task", w))
+            drop(self.s, Keys.round(r, "result", w))
+        drop(self.s, Keys.round(r, "weights"))
 
     def finish(self) -> None:
         self.s.set(Keys.done, "1")

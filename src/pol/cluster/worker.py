@@ -39,7 +39,7 @@ class WorkerRuntime:
                  ) -> None:
         self.config, self.rank = config, rank
         self.behaviour = config.behaviour(rank)
-        self.train, _ = assign.task_data(config.task)
+        self.train, _ = assign.task_data(config.task, config.dataset_params)
         self.rng = np.random.default_rng()  # the worker's own randomness
         self.sent: bytes | None = None  # its first honest message (what a stale worker resends)
         self.participations = 0
@@ -60,6 +60,7 @@ class WorkerRuntime:
     def handle(self, r: int, weights: bytes, task: bytes,
                peek: Callable[[int], dict[int, bytes]]) -> bytes | None:
         """The message for round r's task (None: nothing to send). Raises WorkerFault."""
+        t0 = time.perf_counter()
         b = self.behaviour
         acts = b.acts(r, self.participations)
         self.participations += 1
@@ -80,7 +81,8 @@ class WorkerRuntime:
                   rng=self.rng)
         try:
             produced = produce(job, b)
-            msg = message(r, self.rank, produced.proof, produced.weights)
+            msg = message(r, self.rank, produced.proof, produced.weights,
+                          time.perf_counter() - t0)
         finally:
             shutil.rmtree(out, ignore_errors=True)
         if self.sent is None:
@@ -103,14 +105,17 @@ class WorkerRuntime:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def message(r: int, rank: int, proof: Path, weights: dict) -> bytes:
-    """The result message: the proof (a pol archive) and the final weights (safetensors)."""
+def message(r: int, rank: int, proof: Path, weights: dict, seconds: float | None = None
+            ) -> bytes:
+    """The result message: the proof (a pol archive) and the final weights (safetensors);
+    `seconds`, the worker's time on the assignment, is informational (the coordinator reports it
+    and trusts nothing of it)."""
     from pol.crypto.archive import pack
     from pol.proof.reader import read_manifest
     buf = io.BytesIO()
     pack(proof, buf)
     header = {"round": r, "worker": rank, "root_digest": read_manifest(proof).root_digest,
-              "weights_sha256": assign.model_sha(weights)}
+              "weights_sha256": assign.model_sha(weights), "seconds": seconds}
     return assign.pack_message(header, {"weights": assign.weights_bytes(weights),
                                         "proof": buf.getvalue()})
 
@@ -122,7 +127,7 @@ def _peek(store, r: int, participants: list[int], timeout: float):
         while time.monotonic() < end:
             for w in participants:
                 if transport.has(store, transport.Keys.round(r, "result", w)):
-                    return {w: store.get(transport.Keys.round(r, "result", w))}
+                    return {w: transport.fetch(store, transport.Keys.round(r, "result", w))}
             time.sleep(transport.POLL * 5)
         return {}
     return peek
@@ -149,7 +154,7 @@ def serve(config: ClusterConfig, rank: int, store, beat_store) -> None:
                 continue
             msg = _work(rt, store, cur, who, config)
             if msg is not None and not transport.has(store, K.round(cur, "closed")):
-                store.set(K.round(cur, "result", rank), msg)
+                transport.put(store, K.round(cur, "result", rank), msg)
     finally:
         hb.stop()
         rt.close()
@@ -159,7 +164,8 @@ def _work(rt: WorkerRuntime, store, r: int, who: list[int], config: ClusterConfi
           ) -> bytes | None:
     K = transport.Keys
     try:
-        weights, task = store.get(K.round(r, "weights")), store.get(K.round(r, "task", rt.rank))
+        weights = transport.fetch(store, K.round(r, "weights"))
+        task = transport.fetch(store, K.round(r, "task", rt.rank))
         return rt.handle(r, weights, task, _peek(store, r, [w for w in who if w != rt.rank],
                                                  config.round_timeout / 2))
     except WorkerFault as f:
