@@ -158,7 +158,8 @@ def per_kind(res, cfg) -> dict:
     for kind, d in out.items():
         if kind in KINDS:
             d["analytic"], d["why"] = detection_probability(Behaviour(kind), cfg)
-    return out
+    order = list(KINDS) + ["honest", "crash"]
+    return dict(sorted(out.items(), key=lambda kv: order.index(kv[0])))
 
 
 def timing(res) -> dict:
