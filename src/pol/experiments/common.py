@@ -92,6 +92,9 @@ class Output:
     summary: dict = field(default_factory=dict)
 
 
+TRUSTED_DATASET_BYTES = 64 * 2**30  # datasets the experiments generate themselves
+
+
 class Workspace:
     """One invocation's state: the config, the size, the device, and cached runs."""
 
@@ -153,6 +156,17 @@ class Workspace:
         finally:
             if torch.get_num_threads() != saved:
                 torch.set_num_threads(saved)
+
+    def verify(self, proof, **kw):
+        """`pol.verify` of a proof this invocation made, on its device and data. Its limits on a
+        generated dataset are raised to what the experiment itself generated (the paper size's
+        50,000 CIFAR-shaped samples are over the default 1 GiB that guards a verifier against a
+        stranger's proof)."""
+        from pol.proof.format import Limits
+        from pol.verifier import verify
+        opts = dict(device=self.cfg.device, data=self.cfg.data_dir,
+                    limits=Limits(max_dataset_bytes=TRUSTED_DATASET_BYTES))
+        return verify(proof, **{**opts, **kw})
 
     def cached(self, key: str, fn: Callable[[], Any]) -> Any:
         if key not in self.cache:

@@ -23,7 +23,6 @@ def analytic(q: int, k: int, S: int) -> float:
 
 
 def fig7(ws: Workspace) -> Output:
-    from pol.verifier import verify
     base = setup(ws, seed=ws.cfg.seed, deterministic=None)
     S, T = base.S, base.T
     rows = []
@@ -31,8 +30,7 @@ def fig7(ws: Workspace) -> Output:
         st = replace(base, spec=replace(base.spec, k=k))
         res = train_run(ws, st, record_to=ws.runs_dir / f"cost-k{k}", desc=f"fig7 k = {k}")
         for q in ws.size.fig7_qs:
-            rep = verify(res.proof, policy="paper", q=q, device=ws.cfg.device,
-                         data=ws.cfg.data_dir)
+            rep = ws.verify(res.proof, policy="paper", q=q)
             st_ = rep.stats
             rows.append({"k": k, "q": q, "S": S, "analytic": analytic(q, k, S),
                          "measured": st_["replayed_steps"] / st_["total_steps"],

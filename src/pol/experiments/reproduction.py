@@ -183,10 +183,8 @@ def exact_row(ws: Workspace) -> dict:
     """pol's exact mode: the recorded proof of run 0 verified (hardened, top-1 per epoch, no
     random segments): the largest replay error of any replayed segment, per metric."""
     def run() -> dict:
-        from pol.verifier import verify
         proof = reference_runs(ws)[0]["proof"]
-        rep = verify(proof, q=1, random_per_epoch=0, device=ws.cfg.device,
-                     data=ws.cfg.data_dir)
+        rep = ws.verify(proof, q=1, random_per_epoch=0)
         worst = {m: max((s.error.get(m) or 0.0) for s in rep.segments) if rep.segments
                  else math.nan for m in METRICS}
         return {"verdict": rep.verdict, "segments": len(rep.segments),
