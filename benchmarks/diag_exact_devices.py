@@ -111,9 +111,10 @@ def one_step(spec, train, device: torch.device, variant: str, threads: int | Non
                 update(ctx, x, y, lrs, 1)
             for h in handles:
                 h.remove()
+            sizes = [p.numel() for g in ctx.optimizer.param_groups for p in g["params"]]
     finally:
         torch.set_num_threads(old_threads)
-    return store
+    return store, sizes
 
 
 def _ulp32(x: torch.Tensor) -> torch.Tensor:
@@ -122,7 +123,33 @@ def _ulp32(x: torch.Tensor) -> torch.Tensor:
     return (nxt - f).double().clamp_min(2.0 ** -149)
 
 
-def compare(a: list, b: list) -> list[dict]:
+FLUSH_TRIES = (0.0, 2.0 ** -30, 2.0 ** -24, 2.0 ** -20, 2.0 ** -16, 2.0 ** -12)
+
+
+def flush_what_if(x: torch.Tensor, d: torch.Tensor, sizes: list[int], window: float) -> dict:
+    """Gradients: with values below `tau` × their tensor's largest flushed to zero, how many
+    values are still beyond the window, and the expected number whose rounding differs unlogged
+    (a value at distance ≤ d from a tie and beyond the window: about 2·(d − window) of them)."""
+    if sum(sizes) != x.numel():
+        return {}
+    big = torch.cat([t.abs().max().expand(t.numel()) for t in x.split(sizes)])
+    out = {}
+    for tau in FLUSH_TRIES:
+        keep = x.abs() >= tau * big
+        dd = torch.where(keep, d, torch.zeros_like(d))
+        out[f"{tau:.3g}"] = {
+            "flushed": int((~keep).sum()),
+            "over_window": int((dd > window).sum()),
+            "expected_unlogged_flips": float((2 * (dd - window).clamp_min(0)).clamp_max(1).sum())}
+    rel = (x.abs() / big.clamp_min(1e-300))[d > window]
+    out["log2_rel_of_over_window"] = torch.quantile(
+        rel.clamp_min(1e-300).log2(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    ).tolist() if rel.numel() > 1 else []
+    return out
+
+
+def compare(a: list, b: list, sizes: list[int] | None = None,
+            window: float = 2.0 ** -12) -> list[dict]:
     rows = []
     for i, ((pa, xa), (pb, xb)) in enumerate(zip(a, b)):
         assert pa == pb and xa.shape == xb.shape, "the two devices rounded different vectors"
@@ -136,6 +163,8 @@ def compare(a: list, b: list) -> list[dict]:
                      "over_2^-12": float((d > 2.0 ** -12).double().mean()),
                      "over_2^-8": float((d > 2.0 ** -8).double().mean()),
                      "float32_differs": differ, "worst_index": int(d.argmax())})
+        if pa == ex.GRADIENTS and sizes:
+            rows[-1]["flush"] = flush_what_if(xa, d, sizes, window)
     return rows
 
 
@@ -161,9 +190,9 @@ def main() -> None:
     for task in args.tasks.split(","):
         spec, train = _spec(task, args)
         for variant in args.variants.split(","):
-            a = one_step(spec, train, pair[0][0], variant, pair[0][1])
-            b = one_step(spec, train, pair[1][0], variant, pair[1][1])
-            rows = compare(a, b)
+            a, sizes = one_step(spec, train, pair[0][0], variant, pair[0][1])
+            b, _ = one_step(spec, train, pair[1][0], variant, pair[1][1])
+            rows = compare(a, b, sizes)
             out.append({"task": task, "variant": variant, "devices": devs, "rows": rows})
             for r in rows:
                 print(f"{task:9s} {variant:9s} {r['point']:9s} n={r['values']:>9d} "
@@ -171,6 +200,8 @@ def main() -> None:
                       f"max={r['d_max']:.2e} >2^-12={r['over_2^-12']:.2e} "
                       f">2^-8={r['over_2^-8']:.2e} f32-differs={r['float32_differs']}",
                       flush=True)
+                for tau, f in r.get("flush", {}).items():
+                    print(f"    flush < {tau} of tensor max: {f}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
