@@ -43,10 +43,10 @@ under `--work`):
 
     python benchmarks/bench_verify_speed.py --task cifar10-resnet20 --write-cifar /tmp/cifar10 \
         --epochs 1 --k 100 --device cuda --repeats 1 --cli-repeats 1 --torch-profile \
-        --pycache /tmp/pycache --budget-s 150 --work /tmp/bvs-r20 --out DIR
+        --pycache /tmp/pycache --budget-s 170 --work /tmp/bvs-r20 --out DIR
     python benchmarks/bench_verify_speed.py --task synthetic-gpt --gpt-size large \
         --dataset-arg n_train=3200 --dataset-arg block_size=256 --batch-size 16 --k 100 \
-        --device cuda --repeats 1 --no-cli --torch-profile --profile-replay-steps 10 \
+        --device cuda --repeats 1 --no-cli --torch-profile --profile-steps 2 \
         --budget-s 190 --work /tmp/bvs-gpt --out DIR
 
 `--profile` also writes a cProfile of one `pol verify --all` process and its `-X importtime`
@@ -395,6 +395,11 @@ def verify_in_process(a, proof: Path, all_segments: bool) -> dict:
 # verifier's path for the timed rounds), each under torch.profiler with CPU (and CUDA) activities.
 
 TOP_OPS, TOP_KERNELS = 25, 12
+# torch turns each profiled event into Python objects when the window is read: ~40-80 µs and a few
+# KiB per event (500,000 events: 78 s and 2.6 GB on a 2-core CPU). One step of the 16-layer GPT
+# is ~14,000 events on a CPU (more with kernels and launches on a GPU), a segment's load and end
+# ~50,000: windows are kept to about this many events.
+PROFILE_EVENTS = 60_000
 
 
 class Window:
@@ -445,16 +450,20 @@ def train_profiled(a, out: Path) -> dict:
                            f"{a.profile_skip + steps}", steps, a.device)
 
 
-def verify_profiled(a, proof: Path) -> dict:
+def verify_profiled(a, proof: Path, events_per_step: float | None) -> dict:
     """`verify --all` of `proof`, with its second replayed segment (the first where there is one)
     under the profiler: the start checkpoint's load, the steps, the end (losses read back, the
     comparison with the next checkpoint). With --profile-replay-steps N below the segment's
-    length, two windows: the load and the first N steps, then the end."""
+    length, two windows: the load and the first N steps, then the end. N = -1: as many steps as
+    fit PROFILE_EVENTS at the training profile's `events_per_step`."""
     import pol.verifier.parallel as par
     from pol.proof.reader import open_proof
     from pol.verifier import verify
     which = 1 if len(open_proof(proof).manifest.checkpoints) > 2 else 0
-    orig, orig_update, n = par.replay_segment, par.update, a.profile_replay_steps
+    n = a.profile_replay_steps
+    if n < 0:
+        n = max(1, int(PROFILE_EVENTS // events_per_step)) if events_per_step else 0
+    orig, orig_update = par.replay_segment, par.update
     parts: list = []
     seen, seg = [0], {"on": False}
 
@@ -757,10 +766,14 @@ def warmup(a, work: Path, clock: Clock) -> dict:
             train(a, work / "warmup")
         warm_s = time.perf_counter() - t
     if a.torch_profile:
+        g = prof["train"].get("gaps")
         with clock.phase("profiled verify --all of the warm-up proof"):
-            prof["replay"] = verify_profiled(a, work / "warmup")
+            prof["replay"] = verify_profiled(a, work / "warmup",
+                                             g["events"] / g["steps"] if g else None)
         for p in prof.values():
             print(render_profile(p), flush=True)
+        import gc
+        gc.collect()  # the profiles' events: gone before the measured rounds
     _rm(work / "warmup")
     return {"warmup_train_s": warm_s, "torch_profile": prof}
 
@@ -1073,12 +1086,13 @@ def parse(argv=None):
                     "--all of the warm-up proof): top ops, kernels, host-side gaps")
     ap.add_argument("--profile-skip", type=int, default=3,
                     help="--torch-profile: training steps before the profiled ones")
-    ap.add_argument("--profile-steps", type=int, default=5,
+    ap.add_argument("--profile-steps", type=int, default=3,
                     help="--torch-profile: training steps profiled")
-    ap.add_argument("--profile-replay-steps", type=int, default=0, help="--torch-profile: "
+    ap.add_argument("--profile-replay-steps", type=int, default=-1, help="--torch-profile: "
                     "steps of the replayed segment profiled (with its load and, apart, its "
-                    "end); 0: the whole segment. A 100-step segment of the 114M GPT is ~10^6 "
-                    "events: use 10")
+                    "end); 0: the whole segment; -1 (default): as many as fit ~60,000 profiler "
+                    "events at the training profile's events per step (reading a window costs "
+                    "~40-80 µs per event)")
     ap.add_argument("--init-mparams", type=float, default=16.0, help="the rank-correlation "
                     "timing runs on the first tensors up to this many M parameters")
     ap.add_argument("--no-cli", action="store_true", help="skip the pol verify processes")
