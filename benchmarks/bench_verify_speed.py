@@ -427,6 +427,7 @@ def train_profiled(a, out: Path) -> dict:
     """The warm-up training, with steps (skip, skip + n] under the profiler."""
     import pol.prover.recorder as rc
     orig, w, n = rc.Recorder.step, Window(a.device), [0]
+    a.profile_skip = max(a.profile_skip, 1)  # the window opens after a recorded step
 
     def step(self, *args, **kw):
         r = orig(self, *args, **kw)
@@ -463,7 +464,9 @@ def verify_profiled(a, proof: Path, events_per_step: float | None) -> dict:
     n = a.profile_replay_steps
     if n < 0:
         n = max(1, int(PROFILE_EVENTS // events_per_step)) if events_per_step else 0
-    orig, orig_update = par.replay_segment, par.update
+    orig, orig_update = par.replay_segment, getattr(par, "update", None)
+    if orig_update is None:  # the replay no longer steps through this name: whole segment
+        n = 0
     parts: list = []
     seen, seg = [0], {"on": False}
 
@@ -492,12 +495,16 @@ def verify_profiled(a, proof: Path, events_per_step: float | None) -> dict:
         finally:
             parts[-1][1].stop()
             seg.update(on=False, steps=steps)
-    par.replay_segment, par.update = hooked, step
+    par.replay_segment = hooked
+    if n:
+        par.update = step
     try:
         verify(proof, all_segments=True, q=a.q, device=a.device, data=a.data, entropy=b"bench",
                policy=a.policy)
     finally:
-        par.replay_segment, par.update = orig, orig_update
+        par.replay_segment = orig
+        if n:
+            par.update = orig_update
     return profile_summary(parts, f"replay of segment {seg['start']}–{seg['end']}",
                            seg["steps"], a.device)
 
@@ -542,7 +549,10 @@ def _gaps(w: Window, device: str) -> dict:
          "host_in_ops_ms": _union_ms((e.time_range.start, e.time_range.end) for e in mine),
          "host_in_synchronize_ms": _union_ms((e.time_range.start, e.time_range.end)
                                              for e in mine if "ynchronize" in e.name),
-         "device_busy_ms": _union_ms(dev) if device == "cuda" else None}
+         "device_busy_ms": _union_ms(dev) if device == "cuda" and dev else None}
+    if device == "cuda" and not dev:
+        print("note: the profile holds no CUDA events (CUPTI unavailable?): no device time",
+              flush=True)
     g["host_outside_ops_ms"] = g["window_ms"] - g["host_in_ops_ms"]
     if g["device_busy_ms"] is not None:
         g["device_idle_ms"] = g["window_ms"] - g["device_busy_ms"]
@@ -557,9 +567,10 @@ def profile_summary(parts: list, label: str, steps: int, device: str) -> dict:
            for k in per[0] if k != "part"}
     tot.update(steps=steps, ms_per_step=tot["window_ms"] / max(steps, 1))
     ops, kernels = _top([w.prof.key_averages() for _, w in parts], device)
-    parts_txt = " + ".join(f"{p['part']} {p['window_ms']:.1f} ms" for p in per)
+    if len(per) > 1:
+        label += " (" + " + ".join(f"{p['part']} {p['window_ms']:.1f} ms" for p in per) + ")"
     return {"label": label, "parts": per, "gaps": tot, "ops": ops, "kernels": kernels,
-            "line": _gap_line(f"{label} ({parts_txt})", tot),
+            "line": _gap_line(label, tot),
             "sort": "self_device_ms" if device == "cuda" else "self_cpu_ms"}
 
 
@@ -1085,7 +1096,7 @@ def parse(argv=None):
                     "steps of the warm-up training and over one segment's replay (in a verify "
                     "--all of the warm-up proof): top ops, kernels, host-side gaps")
     ap.add_argument("--profile-skip", type=int, default=3,
-                    help="--torch-profile: training steps before the profiled ones")
+                    help="--torch-profile: training steps before the profiled ones (≥ 1)")
     ap.add_argument("--profile-steps", type=int, default=3,
                     help="--torch-profile: training steps profiled")
     ap.add_argument("--profile-replay-steps", type=int, default=-1, help="--torch-profile: "

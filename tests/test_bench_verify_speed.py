@@ -84,6 +84,7 @@ def test_tiny_gpt_run_profile_memory_budget(tmp_path, capsys):
     prof = doc["warmup"]["torch_profile"]
     train, replay = prof["train"], prof["replay"]
     assert train["gaps"]["steps"] == 2 and train["label"] == "training, steps 2–3"
+    assert replay["label"].startswith("replay of segment 2–4 (the load and steps 2–2 ")
     assert [p["part"] for p in replay["parts"]] == ["the load and steps 2–2", "the end"]
     for p in (train, replay):
         names = [o["name"] for o in p["ops"]]
