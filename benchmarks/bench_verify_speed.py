@@ -43,11 +43,11 @@ under `--work`):
 
     python benchmarks/bench_verify_speed.py --task cifar10-resnet20 --write-cifar /tmp/cifar10 \
         --epochs 1 --k 100 --device cuda --repeats 1 --cli-repeats 1 --torch-profile \
-        --pycache /tmp/pycache --budget-s 170 --work /tmp/bvs-r20 --out DIR
+        --pycache /tmp/pycache --budget-s 160 --work /tmp/bvs-r20 --out DIR
     python benchmarks/bench_verify_speed.py --task synthetic-gpt --gpt-size large \
         --dataset-arg n_train=3200 --dataset-arg block_size=256 --batch-size 16 --k 100 \
-        --device cuda --repeats 1 --no-cli --torch-profile --profile-steps 2 \
-        --budget-s 190 --work /tmp/bvs-gpt --out DIR
+        --device cuda --repeats 1 --no-cli --no-topq --torch-profile --profile-steps 2 \
+        --budget-s 200 --work /tmp/bvs-gpt --out DIR
 
 `--profile` also writes a cProfile of one `pol verify --all` process and its `-X importtime`
 summary next to the JSON.
@@ -801,8 +801,9 @@ def rounds(a, work: Path, clock: Clock) -> dict:
             row = {"train": train(a, proof)}
         with clock.phase(f"round {r + 1}: verify --all"):
             row["verify_all"] = verify_in_process(a, proof, True)
-        with clock.phase(f"round {r + 1}: verify top-Q"):
-            row["verify_topq"] = verify_in_process(a, proof, False)
+        if not a.no_topq:
+            with clock.phase(f"round {r + 1}: verify top-Q"):
+                row["verify_topq"] = verify_in_process(a, proof, False)
         with clock.phase(f"round {r + 1}: training again (A/A)"):
             row["train_aa"] = train(a, work / f"aa{r}")  # A/A: the same training again
         _rm(work / f"aa{r}")
@@ -815,9 +816,10 @@ def rounds(a, work: Path, clock: Clock) -> dict:
         rows.append(row)
         round_s = time.perf_counter() - t0
         t = row["train"]["ms_per_step"]
+        topq = row.get("verify_topq", {}).get("ms_per_step")
         print(f"round {r + 1}: train {t:.2f} ms/step (A/A {row['train_aa']['ms_per_step']:.2f}), "
               f"replay --all {row['verify_all']['ms_per_step']:.2f}, "
-              f"top-Q {row['verify_topq']['ms_per_step']:.2f}; {round_s:.1f} s", flush=True)
+              f"top-Q {_f(topq, '.2f')}; {round_s:.1f} s", flush=True)
         if r == 0:
             forecast(a, row, round_s, clock)
     return {"rounds": rows, "proof": str(work / "proof0")}
@@ -835,7 +837,8 @@ def _cli_reserve(a, rows: list[dict]) -> float:
 
 def forecast(a, row: dict, round_s: float, clock: Clock) -> None:
     """What is still to run, estimated from the first round (printed; the budget decides)."""
-    each = {m: row[f"verify_{m}"]["wall_s"] + CLI_START_S for m in ("all", "topq")}
+    each = {m: row.get(f"verify_{m}", row["verify_all"])["wall_s"] + CLI_START_S
+            for m in ("all", "topq")}
     n_cli = 0 if a.no_cli else 1 + 2 * a.cli_repeats + (1 if a.pycache else 0)
     cli = 0 if a.no_cli else (each["topq"] * (1 + a.cli_repeats + (1 if a.pycache else 0))
                               + each["all"] * a.cli_repeats)
@@ -859,24 +862,23 @@ def summarize(res: dict) -> dict:
                                     / r["train"]["cpu_ms_per_step"] for r in rows])
     for mode in ("all", "topq"):
         key = f"verify_{mode}"
-        s[f"replay_{mode}_ms_per_step"] = _med([r[key]["ms_per_step"] for r in rows])
+        rs = [r for r in rows if key in r]  # --no-topq: none
+        s[f"replay_{mode}_ms_per_step"] = _med([r[key]["ms_per_step"] for r in rs])
         # the ratio of each round to the mean of its two trainings (either alone is as noisy)
         s[f"replay_{mode}_over_train"] = _med([
             r[key]["ms_per_step"] / ((r["train"]["ms_per_step"] + r["train_aa"]["ms_per_step"])
-                                     / 2) for r in rows])
+                                     / 2) for r in rs])
         s[f"replay_{mode}_over_train_cpu"] = _med([
             r[key]["cpu_ms_per_step"] / ((r["train"]["cpu_ms_per_step"]
-                                          + r["train_aa"]["cpu_ms_per_step"]) / 2) for r in rows])
-        s[f"wall_{mode}_s"] = _med([r[key]["wall_s"] for r in rows])
+                                          + r["train_aa"]["cpu_ms_per_step"]) / 2) for r in rs])
+        s[f"wall_{mode}_s"] = _med([r[key]["wall_s"] for r in rs])
         s[f"wall_{mode}_over_read_plus_train_steps"] = _med([
             r[key]["wall_s"] / (r["read_s"] + r[key]["replayed_steps"]
-                                * r["train"]["ms_per_step"] / 1000) for r in rows])
-        s[f"replayed_steps_{mode}"] = rows[0][key]["replayed_steps"]
+                                * r["train"]["ms_per_step"] / 1000) for r in rs])
+        s[f"replayed_steps_{mode}"] = rs[0][key]["replayed_steps"] if rs else None
+        for m in ("peak_rss_mib", "rss_growth_mib", "cuda_peak_mib", "cuda_reserved_peak_mib"):
+            s[f"{key}_{m}"] = _med([r[key]["memory"].get(m) for r in rs])
     s["read_s"] = _med([r["read_s"] for r in rows])
-    for mode in ("all", "topq"):
-        for key in ("peak_rss_mib", "rss_growth_mib", "cuda_peak_mib", "cuda_reserved_peak_mib"):
-            s[f"verify_{mode}_{key}"] = _med([r[f"verify_{mode}"]["memory"].get(key)
-                                             for r in rows])
     s["proof_bytes"] = rows[0].get("proof_bytes")
     return s
 
@@ -993,13 +995,13 @@ def print_table(s: dict, cli: dict, init: dict, com: dict) -> None:
         ("training, CPU ms/step (this process)", _f(m(s["train_cpu_ms_per_step"]), ".2f"),
          rng(s["train_cpu_ms_per_step"])),
         ("A/A in CPU time", _f(m(s["train_aa_ratio_cpu"])), rng(s["train_aa_ratio_cpu"])),
-        (f"replay --all, ms/step ({s['replayed_steps_all']} steps)",
+        (f"replay --all, ms/step ({_f(s['replayed_steps_all'], 'd')} steps)",
          _f(m(s["replay_all_ms_per_step"]), ".2f"), rng(s["replay_all_ms_per_step"])),
         ("replay --all ÷ training", _f(m(s["replay_all_over_train"])),
          rng(s["replay_all_over_train"])),
         ("replay --all ÷ training, CPU time", _f(m(s["replay_all_over_train_cpu"])),
          rng(s["replay_all_over_train_cpu"])),
-        (f"replay top-Q, ms/step ({s['replayed_steps_topq']} steps)",
+        (f"replay top-Q, ms/step ({_f(s['replayed_steps_topq'], 'd')} steps)",
          _f(m(s["replay_topq_ms_per_step"]), ".2f"), rng(s["replay_topq_ms_per_step"])),
         ("replay top-Q ÷ training", _f(m(s["replay_topq_over_train"])),
          rng(s["replay_topq_over_train"])),
@@ -1107,6 +1109,8 @@ def parse(argv=None):
     ap.add_argument("--init-mparams", type=float, default=16.0, help="the rank-correlation "
                     "timing runs on the first tensors up to this many M parameters")
     ap.add_argument("--no-cli", action="store_true", help="skip the pol verify processes")
+    ap.add_argument("--no-topq", action="store_true", help="skip the in-process top-Q "
+                    "verification (with two segments, the hardened top-Q replays both: --all)")
     ap.add_argument("--pycache", help="pol verify processes keep compiled bytecode here "
                     "(PYTHONPYCACHEPREFIX; filled by an untimed call first): for hosts whose "
                     "packages ship no .pyc and PYTHONDONTWRITEBYTECODE=1 is set")
@@ -1143,7 +1147,9 @@ def main(argv=None) -> None:
         proof = Path(res["proof"])
         with clock.phase("dataset commitment"):
             com = commitment(a, proof, work / "cache-commitment")
-        walls = {m: res["rounds"][0][f"verify_{m}"]["wall_s"] for m in ("all", "topq")}
+        first = res["rounds"][0]
+        walls = {m: first.get(f"verify_{m}", first["verify_all"])["wall_s"]
+                 for m in ("all", "topq")}
         runs = {} if a.no_cli else cli_runs(a, str(proof), work / "cache", out or work, clock,
                                             walls)
         with clock.phase("init checks"):

@@ -106,3 +106,18 @@ def test_tiny_gpt_run_profile_memory_budget(tmp_path, capsys):
     assert "round 2" in skipped and "init check ks" in skipped
     assert doc["init_checks"]["ks_s"] is None and doc["cli_runs"] == {}
     assert not (work / "warmup").exists() and not (work / "aa0").exists()
+
+
+def test_no_topq_no_cli(tmp_path, capsys):
+    out = tmp_path / "out"
+    bvs.main([*TINY, "--no-topq", "--no-cli", "--repeats", "1", "--init-mparams", "0.001",
+              "--out", str(out)])
+    doc = json.loads((out / "verify_speed_synthetic-gpt_cpu.json").read_text())
+    row = doc["rounds"][0]
+    assert "verify_topq" not in row and row["verify_all"]["replayed_steps"] == 4
+    assert doc["summary"]["replay_topq_ms_per_step"] == {"median": None}
+    assert doc["summary"]["replay_all_ms_per_step"]["median"] > 0
+    assert doc["warmup"]["torch_profile"] == {} and not doc["skipped"]
+    init = doc["init_checks"]  # the rank correlation on the first tensor only
+    assert 0 < init["rank_correlation_mparams"] < init["mparams"] and init["ks_s"] > 0
+    assert "replay top-Q, ms/step (– steps)" in capsys.readouterr().out
