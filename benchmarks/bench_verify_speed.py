@@ -1144,6 +1144,10 @@ def main(argv=None) -> None:
         warm = warmup(a, work, clock)
         res = rounds(a, work, clock)
         s = summarize(res)
+        if out:  # kept if a later phase is cut short (a time limit on the host)
+            _write(a, out, {"partial": True, "summary": s, "rounds": res["rounds"],
+                            "warmup": warm, "phases_s": clock.phases, "total_s": clock.elapsed()},
+                   quiet=True)
         proof = Path(res["proof"])
         with clock.phase("dataset commitment"):
             com = commitment(a, proof, work / "cache-commitment")
@@ -1171,18 +1175,19 @@ def main(argv=None) -> None:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _write(a, out: Path, doc: dict) -> None:
+def _write(a, out: Path, doc: dict, quiet: bool = False) -> None:
     tag = f"{a.task}{'-' + a.gpt_size if a.gpt_size else ''}_{a.device}"
     doc = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
            "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": _machine(a),
            "args": vars(a), "bytecode_cached": bytecode_cached(), **doc}
     (out / f"verify_speed_{tag}.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    print(f"\nwrote {out / f'verify_speed_{tag}.json'}")
     prof = doc["warmup"]["torch_profile"]
     if prof:
         (out / f"torch_profile_{tag}.txt").write_text(
             "\n\n".join(render_profile(p) for p in prof.values()) + "\n")
-        print(f"wrote {out / f'torch_profile_{tag}.txt'}")
+    if not quiet:
+        print(f"\nwrote {out / f'verify_speed_{tag}.json'}"
+              + (f" and {out / f'torch_profile_{tag}.txt'}" if prof else ""))
 
 
 def _machine(a) -> dict:

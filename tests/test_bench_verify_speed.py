@@ -102,6 +102,7 @@ def test_tiny_gpt_run_profile_memory_budget(tmp_path, capsys):
 
     # budget 0: the first round runs, the second and the optional phases are skipped
     assert len(doc["rounds"]) == 1 and "round 1: training" in doc["phases_s"]
+    assert "partial" not in doc  # the write after the first round, replaced at the end
     skipped = [s["what"] for s in doc["skipped"]]
     assert "round 2" in skipped and "init check ks" in skipped
     assert doc["init_checks"]["ks_s"] is None and doc["cli_runs"] == {}
