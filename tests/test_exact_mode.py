@@ -6,6 +6,7 @@ reductions split by thread, so a plain fp32 proof made with 2 threads does not r
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from fractions import Fraction
 from pathlib import Path
@@ -197,13 +198,21 @@ def test_dropout_fp16_and_unsupported_layers_are_refused(tmp_path):
 def test_the_spec_writes_exact_mode_only_when_set():
     assert StepSpec().to_dict() == {}
     d = StepSpec(exact=True).to_dict()
-    assert d == {"exact": True, "exact_window": 2.0 ** -12}
+    assert d == {"exact": True, "exact_window": 2.0 ** -12, "exact_noise": 2.0 ** -40}
     assert StepSpec.from_dict(d) == StepSpec(exact=True)
     from pol.errors import ProofFormatError
     with pytest.raises(ProofFormatError):
         StepSpec.from_dict({"exact": True})  # the window is written with exact mode
     with pytest.raises(ProofFormatError):
         StepSpec.from_dict({"exact": True, "exact_window": 0.5})
+    # a proof made before the noise bound existed: none (0), and never written
+    old = StepSpec.from_dict({"exact": True, "exact_window": 2.0 ** -12})
+    assert old.exact_noise == 0 and "exact_noise" not in old.to_dict()
+    for bad in (3e-13, 2.0 ** -20, 0.0):  # not a power of two; above the bound; 0 written
+        with pytest.raises(ProofFormatError):
+            StepSpec.from_dict({**d, "exact_noise": bad})
+    with pytest.raises(ProofFormatError):  # only with exact mode
+        StepSpec.from_dict({"exact_noise": 2.0 ** -40})
 
 
 def _reference_distance(x: float) -> float:
@@ -275,13 +284,17 @@ def test_the_log_file_round_trips_and_is_validated():
         roundlog.decode(bytes(data), "x", 5, 1 << 20)
 
 
-def test_the_golden_exact_proof_reads_and_verifies_bitwise():
-    index = json.loads((GOLDEN / "GOLDEN.json").read_text())
+@pytest.mark.parametrize("folder", [GOLDEN, GOLDEN.parent / "exact-noise"])
+def test_the_golden_exact_proof_reads_and_verifies_bitwise(folder):
+    """exact/: made before the gradient noise bound existed (none); exact-noise/: with it, its
+    log holding gradient-grid entries."""
+    index = json.loads((folder / "GOLDEN.json").read_text())
     for name, info in index.items():
-        p = open_proof(GOLDEN / name)
+        p = open_proof(folder / name)
         assert p.manifest.root_digest == info["root_digest"]
         assert p.manifest.spec.step.exact and len(p.roundlog) > 0
-        r = verify(GOLDEN / name, all_segments=True)
+        assert (p.manifest.spec.step.exact_noise > 0) == (folder.name == "exact-noise")
+        r = verify(folder / name, all_segments=True)
         assert r.valid and all(s.exact for s in r.segments), r.render()
         assert check(r, "rounding log").status == "pass"
 
@@ -311,7 +324,8 @@ def test_an_interrupted_exact_run_resumes_to_the_same_proof(tmp_path, monkeypatc
 
 def test_a_spec_with_exact_mode_round_trips_through_the_manifest(proofs):
     m = json.loads((proofs / "exact" / fmt.MANIFEST).read_text())
-    assert m["spec"]["step"] == {"exact": True, "exact_window": 2.0 ** -12}
+    assert m["spec"]["step"] == {"exact": True, "exact_window": 2.0 ** -12,
+                                 "exact_noise": 2.0 ** -40}
     assert fmt.ROUNDLOG in m["files"]
     assert TrainingSpec.from_dict(m["spec"]).step.exact
 
@@ -405,3 +419,55 @@ def test_exact_mode_prepares_the_input_on_the_cpu():
         x, _ = step_inputs(ctx, torch.zeros(2, 64), torch.zeros(2, dtype=torch.long), None)
         assert x.device.type == "meta"
     assert seen == ["cpu", "meta"]
+
+
+def _device_noise(x: torch.Tensor, sizes: list[int], nu: float, seed: int) -> torch.Tensor:
+    """x as another device computes it: off by up to ν/2 of each tensor's largest |value|."""
+    g = torch.Generator().manual_seed(seed)
+    parts = [p + (torch.rand(p.shape, generator=g, dtype=torch.float64) - 0.5) * nu
+             * p.abs().max() for p in x.split(sizes)]
+    return torch.cat(parts)
+
+
+def test_gradient_grid_absorbs_noise_that_scales_with_the_tensor():
+    """A reduction's float64 error between devices scales with the tensor's largest terms (an
+    H200 against a CPU: up to ~2^-43 of the gradient tensor's largest value), so a small value's
+    rounding can differ by a whole ulp; with the noise bound, logged values and the grid floor
+    replay bitwise where plain float32 rounding does not."""
+    from pol.step.exact import GRADIENTS, RoundingLog, round_exact
+    nu = 2.0 ** -40
+    g = torch.Generator().manual_seed(0)
+    sizes = [50_000, 7, 200_000]
+    x = torch.cat([torch.randn(n, generator=g, dtype=torch.float64) * s
+                   * torch.rand(n, generator=g, dtype=torch.float64) ** 6
+                   for n, s in zip(sizes, (1e-3, 5.0, 1e-6))])
+    other = _device_noise(x, sizes, nu, seed=1)
+    assert int((x.float() != other.float()).sum()) > 10  # plain rounding: they differ
+    rec = RoundingLog(2.0 ** -12, nu)
+    rec.begin(0)
+    mine = round_exact(x, rec, 0, GRADIENTS, sizes=sizes)
+    entries = rec.take()
+    assert 0 < len(entries) < 0.05 * x.numel()
+    rep = RoundingLog(2.0 ** -12, nu)
+    rep.replay(entries)
+    rep.begin(0)
+    theirs = round_exact(other, rep, 0, GRADIENTS, sizes=sizes)
+    assert not rep.problems and torch.equal(mine, theirs)
+    # float32 where the float32 spacing is at least the grid's; a multiple of the floor below
+    big = x[:sizes[0]].abs().max()
+    q = 2.0 ** (math.frexp(float(big))[1] - 36)
+    head = x[:sizes[0]]
+    coarse = head.abs() < q * 2 ** 23
+    assert torch.equal(mine[:sizes[0]][~coarse], head[~coarse].float())
+    assert coarse.any() and bool((torch.remainder(mine[:sizes[0]][coarse].double(), q) == 0).all())
+    # without the log the replay differs; a forged entry naming a value far from a tie fails
+    rep2 = RoundingLog(2.0 ** -12, nu)
+    rep2.replay(np.zeros((0, 4), dtype=np.int64))
+    rep2.begin(0)
+    assert not torch.equal(mine, round_exact(other, rep2, 0, GRADIENTS, sizes=sizes))
+    far = int(((x.abs() > 0.5 * x[:sizes[0]].abs().max())[:sizes[0]]).nonzero()[0, 0])
+    rep3 = RoundingLog(2.0 ** -12, nu)
+    rep3.replay(np.array([[0, GRADIENTS, far, 1]], dtype=np.int64))
+    rep3.begin(0)
+    round_exact(other, rep3, 0, GRADIENTS, sizes=sizes)
+    assert rep3.problems and "grid spacings from a rounding tie" in rep3.problems[0]

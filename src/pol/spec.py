@@ -23,6 +23,10 @@ PRECISIONS = ("fp32", "fp16")
 # exact mode's rounding-log window (StepSpec.exact_window), in float32 ulps: the default and bounds
 EXACT_WINDOW = 2.0 ** -12
 EXACT_WINDOW_MIN, EXACT_WINDOW_MAX = 2.0 ** -24, 2.0 ** -4
+# ... and its gradient noise bound (StepSpec.exact_noise), a fraction of each gradient tensor's
+# largest value: the default of new proofs, and the range (0: none, proofs made before it existed)
+EXACT_NOISE = 2.0 ** -40
+EXACT_NOISE_MIN, EXACT_NOISE_MAX = 2.0 ** -52, 2.0 ** -24
 
 # JSON scalars that may appear in factory keyword arguments (nested lists/dicts of these too).
 _JSON_SCALARS = (str, int, float, bool, type(None))
@@ -376,6 +380,13 @@ class StepSpec:
       on other hardware. Gradient values below 2^-30 of the step's largest are taken as zero, and
       the input is prepared on the CPU. `exact_window` is written whenever `exact` is (no
       autocast with it).
+    - `exact_noise`: the float64 noise between devices that exact mode's gradient rounding
+      absorbs, as a fraction ν of each gradient tensor's largest value M (a power of two): a
+      gradient value is logged wherever ν·M could decide its rounding, and no value rounds finer
+      than 16·ν·M (`pol.step.exact.Grid`). A reduction's float64 error scales with its largest
+      terms, not with its result: measured between an H200 and a CPU on ResNet-20, up to
+      ~2^-43·M. Written whenever `exact` is; absent (0: float32 rounding only, the window
+      relative to each value) in proofs made before it existed.
     """
 
     clip_grad_norm: float = 0.0  # 0 = off
@@ -390,6 +401,7 @@ class StepSpec:
     scaler_growth_interval: int = 2000
     exact: bool = False  # float64 step, rounded to float32 at its boundaries, with a rounding log
     exact_window: float = EXACT_WINDOW  # logged: within this many float32 ulps of a tie
+    exact_noise: float = EXACT_NOISE  # ... or where ν × the gradient tensor's largest may decide
 
     def __post_init__(self) -> None:
         if self.clip_grad_norm < 0 or self.clip_grad_value < 0:
@@ -427,6 +439,14 @@ class StepSpec:
             raise ValueError(f"exact_window must be in [2^-24, 2^-4], got {self.exact_window!r}")
         if self.exact_window != EXACT_WINDOW and not self.exact:
             raise ValueError("exact_window needs exact=True")
+        nu = self.exact_noise
+        if isinstance(nu, bool) or not isinstance(nu, (int, float)) or not (
+                nu == 0 or (EXACT_NOISE_MIN <= nu <= EXACT_NOISE_MAX
+                            and math.frexp(nu)[0] == 0.5)):
+            raise ValueError(f"exact_noise must be 0 or a power of two in [2^-52, 2^-24], got "
+                             f"{nu!r}")
+        if nu != EXACT_NOISE and not self.exact:
+            raise ValueError("exact_noise needs exact=True")
         if self.exact and self.autocast:
             raise ValueError("exact mode computes the step in float64: no autocast with it")
 
@@ -435,10 +455,14 @@ class StepSpec:
         return self == StepSpec()
 
     def to_dict(self) -> dict:
-        """Only the fields that differ from their defaults (and the window with exact mode)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if getattr(self, f.name) != f.default
-                or (f.name == "exact_window" and self.exact)}
+        """Only the fields that differ from their defaults (and the window and noise bound with
+        exact mode; a noise bound of 0, an older proof's, is never written)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if getattr(self, f.name) != f.default
+               or (f.name in ("exact_window", "exact_noise") and self.exact)}
+        if out.get("exact_noise") == 0:
+            del out["exact_noise"]
+        return out
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "spec.step") -> "StepSpec":
@@ -469,7 +493,11 @@ class StepSpec:
                        exact=_bool(d, "exact", where, False),
                        exact_window=float(_num(d, "exact_window", where, lo=EXACT_WINDOW_MIN,
                                                hi=EXACT_WINDOW_MAX, optional=True,
-                                               default=EXACT_WINDOW)))
+                                               default=EXACT_WINDOW)),
+                       exact_noise=float(_num(d, "exact_noise", where, lo=EXACT_NOISE_MIN,
+                                              hi=EXACT_NOISE_MAX, optional=True,
+                                              default=0.0 if d.get("exact") is True
+                                              else EXACT_NOISE)))
         except ValueError as e:
             raise ProofFormatError(f"{where}: {e}") from None
         # one spelling: defaults are left out, and the whole step when all are

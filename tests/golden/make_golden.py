@@ -4,6 +4,7 @@ output, never regenerate an existing version's proofs):
     python tests/golden/make_golden.py            # the version the writer writes by default (v1)
     python tests/golden/make_golden.py --version 2  # v2: the lossless checkpoint codec
     python tests/golden/make_golden.py --exact      # exact/: exact-mode proofs (a rounding log)
+    python tests/golden/make_golden.py --exact-noise  # exact-noise/: ... with the gradient grid
 """
 
 import argparse
@@ -37,19 +38,27 @@ EXACT_CASES = {
 }
 
 
-def main_exact() -> None:
+# exact mode with the gradient noise bound (StepSpec.exact_noise, the gradient grid): the widest
+# bound the hardened verifier accepts (2^-32), so that the grid floor and the log both show
+EXACT_NOISE_CASES = {
+    "iris-logreg-exact-noise": dict(task="iris-logreg", epochs=4, k=5, seed=12, window=2.0 ** -8,
+                                    noise=2.0 ** -32),
+}
+
+
+def main_exact(folder: str = "exact", cases: dict | None = None) -> None:
     from pol.prover.trainer import train_spec
-    from pol.spec import StepSpec
+    from pol.spec import EXACT_NOISE, StepSpec
     from pol.tasks import build_spec
-    out = HERE / "exact"
+    out = HERE / folder
     if out.exists():
         raise SystemExit(f"{out} exists: golden proofs are never rewritten")
     index = {}
-    for name, kw in EXACT_CASES.items():
+    for name, kw in (EXACT_CASES if cases is None else cases).items():
         kw = dict(kw)
-        window = kw.pop("window")
+        window, noise = kw.pop("window"), kw.pop("noise", EXACT_NOISE)
         spec, train, test = build_spec(kw.pop("task"), exact=True, **kw)
-        spec = spec.with_(step=StepSpec(exact=True, exact_window=window))
+        spec = spec.with_(step=StepSpec(exact=True, exact_window=window, exact_noise=noise))
         r = train_spec(spec, train, test, out / name)
         index[name] = {"root_digest": r.root_digest, "task": r.spec.task}
     (out / "GOLDEN.json").write_text(json.dumps(index, indent=1) + "\n")
@@ -59,9 +68,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--version", type=int, default=FORMAT_VERSION, choices=sorted(CASES))
     ap.add_argument("--exact", action="store_true", help="the exact-mode proofs (exact/)")
+    ap.add_argument("--exact-noise", action="store_true",
+                    help="exact mode with the gradient noise bound (exact-noise/)")
     args = ap.parse_args()
     if args.exact:
         return main_exact()
+    if args.exact_noise:
+        return main_exact("exact-noise", EXACT_NOISE_CASES)
     version = args.version
     out = HERE / f"v{version}"
     if out.exists():

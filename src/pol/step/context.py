@@ -148,7 +148,8 @@ def _step_fields(spec: TrainingSpec) -> dict[str, Any]:
                 augment=None if spec.data.augment == "none" else AUGMENT[spec.data.augment],
                 seed=spec.seed, rng_device=augment_rng_device(spec), features=spec.step,
                 micro_batch=spec.batch_size // spec.step.accumulation,
-                exact=RoundingLog(spec.step.exact_window) if spec.step.exact else None)
+                exact=RoundingLog(spec.step.exact_window, spec.step.exact_noise)
+                if spec.step.exact else None)
 
 
 def step_context(spec: TrainingSpec, model: nn.Module, optimizer: torch.optim.Optimizer,

@@ -39,6 +39,7 @@ storage, and layers outside `SUPPORTED_LAYERS`.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -184,14 +185,71 @@ def _neighbours(x: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return torch.where(below, r, other), torch.where(below, other, r)
 
 
+def _pow2(k: torch.Tensor) -> torch.Tensor:
+    """2^k (float64, exact) for integer k in float64's normal range."""
+    return ((k.long() + 1023) << 52).view(torch.float64)
+
+
+class Grid:
+    """The rounding grid of a gradient vector with a noise bound (`StepSpec.exact_noise` = ν, a
+    power of two): per tensor of `sizes`, with M its largest |value| (M < 2^E), every value
+    rounds to float32, except that no grid is finer than q = 2^(E + log2 ν + 4): values whose
+    float32 spacing is finer round to multiples of q. Each value's window (in units of its grid
+    spacing g) is the larger of the log's window and ν·2^E ÷ g (≤ 1/16): a float64 value whose
+    computation may be off by ν·M between devices (reductions whose error scales with the
+    tensor's largest terms, not with the value) is logged wherever that noise could decide its
+    rounding."""
+
+    def __init__(self, fx: torch.Tensor, sizes: list[int], noise: float, window: float) -> None:
+        lengths = torch.tensor(sizes, device=fx.device)
+        big = torch.segment_reduce(fx.abs(), "max", lengths=lengths)
+        _, e_big = torch.frexp(big)
+        ln = int(round(math.log2(noise)))
+        e_big = e_big.long().repeat_interleave(lengths)
+        _, e = torch.frexp(fx)
+        eg = torch.maximum(e.long() - 24, e_big + ln + 4).clamp_min(-149)
+        self.g = _pow2(eg)
+        y = fx * _pow2(-eg)  # exact: a power of two
+        self.lo = torch.floor(y)
+        frac = y - self.lo
+        self.dist = (frac - 0.5).abs()  # from the tie, in grid spacings
+        self.nearest_up = (frac > 0.5) | ((frac == 0.5) & (torch.remainder(self.lo, 2) == 1))
+        self.w = _pow2((e_big + ln - eg).clamp_min(-1000)).clamp_min(window)
+
+    def value(self, up: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        lo, g = (self.lo, self.g) if idx is None else (self.lo[idx], self.g[idx])
+        return (lo + up.to(lo.dtype)) * g
+
+
+def _round_grid(fx: torch.Tensor, log: "RoundingLog", t: int, point: int,
+                sizes: list[int]) -> torch.Tensor:
+    grid = Grid(fx, sizes, log.noise, log.window)
+    r = grid.value(grid.nearest_up)
+    if log.replaying:
+        log.apply_grid(t, point, grid, r)
+    else:
+        idx = (grid.dist <= grid.w).nonzero().squeeze(1)
+        if idx.numel():
+            log.add(t, point, idx, grid.nearest_up[idx])
+    return r.to(torch.float32)
+
+
 def round_exact(x: torch.Tensor, log: "RoundingLog", t: int, point: int,
-                out: torch.Tensor | None = None) -> torch.Tensor:
+                out: torch.Tensor | None = None,
+                sizes: list[int] | None = None) -> torch.Tensor:
     """`x` (float64) rounded to float32 at rounding point `point` of step `t`: to nearest, and in
     the logged direction where the log says (replay); near ties logged (record). Into `out`
-    (a float32 tensor of x's shape) when given, else a new tensor."""
+    (a float32 tensor of x's shape) when given, else a new tensor. The gradients of a log with a
+    noise bound round on their `Grid` (`sizes`: the tensors' lengths in `x`, in order)."""
     x = x.detach()
     if not x.is_contiguous():
         x = x.contiguous()
+    if point == GRADIENTS and log.noise > 0:
+        r = _round_grid(x.view(-1), log, t, point, sizes or [x.numel()]).view(x.shape)
+        if out is None:
+            return r
+        out.copy_(r)
+        return out
     r = x.to(torch.float32)
     fx, fr = x.view(-1), r.view(-1)
     if log.replaying:
@@ -214,8 +272,9 @@ class RoundingLog:
     int64 rows (step, point, index, up), sorted, as `roundlog.polr` stores them
     (`pol.proof.roundlog`)."""
 
-    def __init__(self, window: float) -> None:
+    def __init__(self, window: float, noise: float = 0.0) -> None:
         self.window = float(window)
+        self.noise = float(noise)  # StepSpec.exact_noise: 0 = no gradient grid (older proofs)
         self._rows: list[torch.Tensor] = []  # recording: [n, 4] per rounding point
         self._entries: np.ndarray | None = None  # replaying: the proof's rows
         self._todo: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # this step's, by point
@@ -283,6 +342,29 @@ class RoundingLog:
         lo, hi = _neighbours(xi, ri)
         up = torch.from_numpy(up_np).to(fx.device)
         fr[idx] = torch.where(up & ~bad, hi, torch.where(bad, ri, lo))
+
+    def apply_grid(self, t: int, point: int, grid: Grid, r: torch.Tensor) -> None:
+        """`apply` on a `Grid`: the logged values of this point rounded in their logged
+        direction (in `r`, float64), after checking each lies near a tie here too (within
+        `REPLAY_FACTOR` × its window)."""
+        todo = self._todo.pop(point, None)
+        if todo is None:
+            return
+        idx_np, up_np = todo
+        if idx_np[-1] >= r.numel():
+            self.problem(t, f"an entry names value {int(idx_np[-1])} of the {_point(point)}, "
+                            f"which has {r.numel()}")
+            return
+        idx = torch.from_numpy(idx_np).to(r.device)
+        dist, w = grid.dist[idx], grid.w[idx]
+        bad = ~(dist <= REPLAY_FACTOR * w)
+        if bool(bad.any()):
+            j = int(bad.nonzero()[0, 0])
+            self.problem(t, f"it names value {int(idx_np[j])} of the {_point(point)}, which "
+                            f"lies {float(dist[j]):.3g} grid spacings from a rounding tie here "
+                            f"(a logged value must lie within {REPLAY_FACTOR * float(w[j]):.3g})")
+        up = torch.from_numpy(up_np).to(r.device)
+        r[idx] = grid.value(torch.where(bad, grid.nearest_up[idx], up), idx)
 
     def end(self, t: int, points: int) -> None:
         """Step t's rounding is done: entries for a point it does not have are a problem."""
@@ -404,7 +486,8 @@ class ExactStep:
             return
         with torch.no_grad():
             flat = flush_small(torch.cat([g.reshape(-1) for g in grads]))
-            r = round_exact(flat, self.log, self.t, GRADIENTS)
+            r = round_exact(flat, self.log, self.t, GRADIENTS,
+                            sizes=[g.numel() for g in grads])
             torch._foreach_copy_(grads, [v.view(g.shape) for v, g in
                                          zip(r.split([g.numel() for g in grads]), grads)])
 

@@ -72,6 +72,11 @@ class Bounds:
     # prover choose the last bit of that many values (2^-8: 1 in 32); honest replay needs only
     # the float64 noise between devices (~2^-40 ulps), pol's default is 2^-12
     exact_window_max: float = 2.0 ** -8
+    # exact mode's gradient noise bound (spec.step.exact_noise, a fraction ν of each gradient
+    # tensor's largest value): the prover chooses the rounding of values within ν·M of a tie and
+    # rounds no finer than 16·ν·M; 2^-32 keeps that to the last bits of values ≥ 2^-4 of M
+    # (the measured noise is ~2^-43, pol's default 2^-40)
+    exact_noise_max: float = 2.0 ** -32
 
 
 BOUNDS = Bounds()
@@ -101,6 +106,10 @@ def hyperparameter_problems(spec, bounds: Bounds = BOUNDS) -> list[str]:
         out.append(f"exact mode's rounding-log window {spec.step.exact_window:g} above the "
                    f"policy bound {bounds.exact_window_max:g} (it lets the prover choose the "
                    "rounding of values that far from a tie)")
+    if spec.step.exact and spec.step.exact_noise > bounds.exact_noise_max:
+        out.append(f"exact mode's gradient noise bound {spec.step.exact_noise:g} above the "
+                   f"policy bound {bounds.exact_noise_max:g} (it lets the prover choose the "
+                   "rounding of gradients that large)")
     return out
 
 
