@@ -471,3 +471,22 @@ def test_gradient_grid_absorbs_noise_that_scales_with_the_tensor():
     rep3.begin(0)
     round_exact(other, rep3, 0, GRADIENTS, sizes=sizes)
     assert rep3.problems and "grid spacings from a rounding tie" in rep3.problems[0]
+
+
+def test_a_failed_replay_on_other_hardware_names_exact_mode():
+    """An honest GPU proof replayed on a CPU can end farther than δ (float32 kernels differ and
+    the difference grows with k): the verdict says why and what to do, instead of a bare
+    INVALID; an exact-mode proof expects bitwise replay anywhere and gets no such note."""
+    from types import SimpleNamespace as Seg
+
+    from pol.tasks import build_spec
+    from pol.verifier.checks.replay import Tally, cross_hardware_note, final_checks
+    gpu, _, _ = build_spec("digits-mlp", device="cuda", deterministic=True)
+    note = cross_hardware_note(gpu, torch.device("cpu"))
+    assert "made on cuda, replayed here on cpu" in note and "--exact" in note
+    exact, _, _ = build_spec("digits-mlp", device="cuda", deterministic=True, exact=True)
+    assert cross_hardware_note(exact, torch.device("cpu")) == ""
+    seg = Seg(passed=False, start=0, end=10, error={"l2": 2.0}, exact=False)
+    checks = final_checks(Tally(), [seg], {"l2": 1.0}, ["l2"], "top-1 per epoch", False, note)
+    replay = next(c for c in checks if c.name == "replay")
+    assert replay.ok is False and "exact mode" in replay.reason

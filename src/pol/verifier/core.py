@@ -323,7 +323,8 @@ def _replay_pass(path, o: VerifyOptions, policy: Policy, s: Session, report: Rep
     _add(report, [replay_checks.update_size(tally, bool(report.segments), policy)])
     mode = "all segments" if o.all_segments else f"top-{o.q} per epoch"
     _add(report, replay_checks.final_checks(tally, report.segments, deltas, o.metrics, mode,
-                                            expect_exact))
+                                            expect_exact,
+                                            replay_checks.cross_hardware_note(spec, s.device)))
     return _finish(report, proof, t_start, sum(lengths[i] for i, _ in chosen))
 
 

@@ -54,6 +54,23 @@ def expect_exact(spec, device: torch.device) -> bool:
                      and spec.cpu_threads == torch.get_num_threads())))
 
 
+def cross_hardware_note(spec, device: torch.device) -> str:
+    """What to do about a replay on other hardware than the prover's ("" where the replay is
+    expected bitwise): there, float32 kernels round differently and the difference grows with
+    every replayed step, so an honest proof can end farther than δ at a large k."""
+    if expect_exact(spec, device):
+        return ""
+    where = (f"made on {spec.device}, replayed here on {device.type}"
+             if spec.device != device.type else
+             f"made with torch {spec.torch_version} / other kernels, replayed here with torch "
+             f"{torch.__version__}")
+    return (f"the proof was {where}: replay on other hardware than the prover's is not bitwise "
+            "and its error grows with k, so an honest proof can fail here. Verify on the "
+            "prover's kind of hardware, calibrate δ for this pair (`pol calibrate`), or have the "
+            "proof recorded in exact mode (`pol train --exact`, `attach(..., exact=True)`), "
+            "which replays bitwise on any device")
+
+
 def choose_deltas(delta, exact: bool, policy: Policy, updates, lengths, metrics, final_vec,
                   spec, rho: float, floor_factor: float) -> tuple[dict[str, float], str]:
     """(δ per metric, the rule that set it)."""
@@ -214,8 +231,9 @@ def update_size(tally: Tally, any_segments: bool, policy: Policy) -> CheckResult
 
 
 def final_checks(tally: Tally, segments, deltas: dict[str, float], metrics, mode: str,
-                 expect_exact_here: bool) -> list[CheckResult]:
-    """data hashes, replay (δ), exact replay and (exact mode) the rounding log."""
+                 expect_exact_here: bool, cross_note: str = "") -> list[CheckResult]:
+    """data hashes, replay (δ), exact replay and (exact mode) the rounding log. `cross_note`:
+    `cross_hardware_note`, added to a failed replay's reason."""
     out = [CheckResult(CheckName.DATA_HASHES, tally.data_ok,
                        "every replayed batch matches its recorded hash" if tally.data_ok else
                        "a replayed batch's data does not match the hash recorded in the proof")]
@@ -236,7 +254,8 @@ def final_checks(tally: Tally, segments, deltas: dict[str, float], metrics, mode
         CheckName.REPLAY, n_bad == 0,
         f"{len(segments)} segment(s) replayed ({mode}), all within δ" if n_bad == 0 else
         f"{n_bad} of {len(segments)} replayed segment(s) end farther than δ from the claimed "
-        f"checkpoint (first: steps {first.start}–{first.end})", value=worst_ratio, bound=1.0))
+        f"checkpoint (first: steps {first.start}–{first.end})"
+        + (f"; {cross_note}" if cross_note else ""), value=worst_ratio, bound=1.0))
     n_exact = sum(s.exact for s in segments)
     if n_exact == len(segments):
         out.append(CheckResult(CheckName.EXACT_REPLAY, True, f"all {n_exact} replayed "
