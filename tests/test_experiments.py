@@ -7,6 +7,7 @@ experiments share their training runs, as `pol experiment all` does."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 
@@ -168,6 +169,35 @@ def test_reproduction_document(ws, outputs, tmp_path):
         rel = Path(os.path.relpath(out.png, doc.parent)).as_posix()
         assert f"]({rel})" in text
     assert text.index("### Table I") < text.index("### Appendix D")
+
+
+def test_reproduction_document_notes_and_caveats(tmp_path):
+    """A paper-size run without --data and with fewer epochs than the paper's says so (and not
+    "CPU-small"); hand-written notes go after the header and after their experiment's fragment."""
+    out = tmp_path / "out"
+    out.mkdir()
+    entry = {"experiments": ["table1", "fig1"], "command": "pol x", "machine": "cuda (GPU)",
+             "size": "paper", "note": "n", "epochs": 1, "runs": 1, "noise": "hardware",
+             "device": "cuda", "data": None, "wall_minutes": 1.0, "cpu_minutes": 1.0,
+             "date": "2026-01-01"}
+    (out / "runs.json").write_text(json.dumps([entry]))
+    (out / "table1.md").write_text("### Table I\n\n![Table I](table1.png)\n")
+    (out / "fig1.md").write_text("### Fig. 1\n")
+    (out / "notes.md").write_text("GENERAL NOTE\n\n")
+    (out / "table1.notes.md").write_text("TABLE1 NOTE")
+    text = write_reproduction(out, tmp_path / "R.md", list(EXPERIMENTS)).read_text()
+    assert "CPU-small" not in text and "synthetic set, not CIFAR-10/100" in text
+    assert "**E = 1 epoch, where the paper trains 200.**" in text
+    order = ["`pol x`", "E = 1 epoch", "GENERAL NOTE", "### Table I", "](out/table1.png)",
+             "TABLE1 NOTE\n", "### Fig. 1"]
+    assert [text.index(o) for o in order] == sorted(text.index(o) for o in order)
+    (out / "runs.json").write_text(json.dumps([{**entry, "epochs": 200, "data": "/cifar"}]))
+    text = write_reproduction(out, tmp_path / "R.md", ["fig1"]).read_text()
+    assert "paper trains" not in text and "synthetic" not in text and "NOTE" in text
+    (out / "notes.md").unlink()
+    assert "NOTE" not in write_reproduction(out, tmp_path / "R.md", ["fig1"]).read_text()
+    with pytest.raises(ConfigError, match="no experiment fragments"):
+        write_reproduction(out, tmp_path / "R.md", ["table5"])
 
 
 def test_names():

@@ -2,7 +2,10 @@
 each difference) found in an output directory, under a header naming the invocations that made
 them (command, machine, size, time; `runs.json` in that directory, appended by every
 `pol experiment` run) and what stands in for what. Written from the files, so experiments run in
-several invocations (a GPU's per-command time limit) make one document."""
+several invocations (a GPU's per-command time limit) make one document. Hand-written notes on a
+particular run (what the generated sentences cannot know) sit beside the fragments: OUT/notes.md
+after the header, OUT/NAME.notes.md after experiment NAME's fragment, inserted verbatim (their
+links are relative to the document)."""
 
 from __future__ import annotations
 
@@ -14,8 +17,11 @@ from pathlib import Path
 
 from pol.errors import ConfigError
 from pol.experiments.common import Workspace
+from pol.experiments.sizes import SIZES
 
 INVOCATIONS = "runs.json"
+NOTES = "notes.md"
+PAPER_EPOCHS = SIZES["paper"].epochs  # the paper's E (200)
 GPU_COMMAND = ("pol experiment all --device cuda --size paper --epochs E --out "
                "docs/reproduction-gpu --doc docs/REPRODUCTION-gpu.md [--data CIFAR_DIR]")
 
@@ -54,8 +60,13 @@ def _header(entries: list[dict]) -> str:
                   f"  - {e['wall_minutes']} min wall-clock, {e['cpu_minutes']} min CPU "
                   f"(the process); {e['date']}"]
     lines.append("")
-    if any(e["size"] != "paper" or e["data"] is None for e in entries):
-        lines += [
+    return "\n".join(lines + _caveats(entries))
+
+
+def _caveats(entries: list[dict]) -> list[str]:
+    """What stands in for what: CPU-small sizes, the synthetic set, fewer epochs than the paper."""
+    if any(e["size"] != "paper" for e in entries):
+        return [
             "**Rows from the `tiny` and `small` sizes are CPU-small stand-ins, not the paper's "
             "CIFAR-scale runs**, and so are `paper`-size rows without `--data` (a CIFAR-format "
             "synthetic set). The paper trains ResNet-20 on CIFAR-10 and ResNet-50 on CIFAR-100 "
@@ -69,24 +80,54 @@ def _header(entries: list[dict]) -> str:
             "comma-separated names per invocation share their training runs, and `pol experiment "
             "doc --out DIR` assembles the document).",
             ""]
-    return "\n".join(lines)
+    lines = []
+    if any(e["data"] is None for e in entries):
+        lines += [
+            "**Data: a CIFAR-shaped synthetic set, not CIFAR-10/100.** These runs have the "
+            "paper's scale (its model, 50,000 32×32 colour images, batch 128) but were made "
+            "without `--data`: each class is a smooth random pattern, shifted, with distractors "
+            "and noise. The setup and the replay noise (named above) carry over; whatever "
+            "depends on what the data teaches (the trained weights, d_ref, accuracy) is not "
+            "CIFAR's.", ""]
+    short = sorted({e["epochs"] for e in entries if e["epochs"] < PAPER_EPOCHS})
+    if short:
+        e = " or ".join(map(str, short))
+        unit = "epoch" if short == [1] else "epochs"
+        lines += [
+            f"**E = {e} {unit}, where the paper trains {PAPER_EPOCHS}.** Every `k = E·S` row "
+            f"replays a whole run of {e} {unit} (T = E·S steps), not of {PAPER_EPOCHS}: its "
+            "error has had far fewer steps to grow than the paper's, and d_ref is the distance "
+            f"between two models trained {e} {unit}. A one-step replay (k = 1) compares "
+            "directly.", ""]
+    return lines
 
 
 def write_reproduction(out: Path, path: Path, names: list[str]) -> Path:
     """Write the document for the fragments of experiments `names` (in that order) found in
-    `out` to `path`; figure links relative to it."""
+    `out` to `path`; figure links relative to it, with OUT/notes.md and OUT/NAME.notes.md where
+    they exist (see the module's docstring)."""
     out, path = Path(out), Path(path)
     inv = out / INVOCATIONS
     entries = json.loads(inv.read_text()) if inv.exists() else []
     parts = [_header(entries)]
+    if (out / NOTES).exists():
+        parts.append(_notes(out / NOTES))
+    found = False
     for name in names:
         md = out / f"{name}.md"
         if not md.exists():
             continue
+        found = True
         rel = Path(os.path.relpath(out / f"{name}.png", path.parent)).as_posix()
         parts.append(md.read_text().replace(f"]({name}.png)", f"]({rel})"))
-    if len(parts) == 1:
+        if (out / f"{name}.notes.md").exists():
+            parts.append(_notes(out / f"{name}.notes.md"))
+    if not found:
         raise ConfigError(f"no experiment fragments (NAME.md) in {out}: run pol experiment first")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts))
     return path
+
+
+def _notes(path: Path) -> str:
+    return path.read_text().rstrip("\n") + "\n"
