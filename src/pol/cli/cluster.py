@@ -67,12 +67,15 @@ def _d(name: str):
               "store either way; nccl: one GPU per rank).")
 @click.option("--tolerant", is_flag=True, help="Do not require exact (bitwise) replay: workers on "
               "other hardware than the coordinator's.")
+@click.option("--exact", is_flag=True, help="pol's exact mode (float64 steps with a rounding log): "
+              "bitwise replay on any hardware, so workers on other devices than the "
+              "coordinator's need no --tolerant.")
 @opt.json_file("Also write the job's summary and every verdict as JSON here.")
 @handle_errors
 def distributed(workers, rounds, task, model_args, dataset_args, lr, local_steps, segment,
                 batch_size, seed, budget, q, aggregate, byzantine, out, resume, launcher,
                 round_timeout, heartbeat_timeout, quorum, keep_proofs, device, backend, tolerant,
-                json_out):
+                exact, json_out):
     """Train TASK spread over untrusted workers on torch.distributed: every update comes with a
     proof, the coordinator verifies a budget of it and aggregates only verified work."""
     from pol.cluster import run
@@ -84,5 +87,5 @@ def distributed(workers, rounds, task, model_args, dataset_args, lr, local_steps
         batch_size=batch_size, seed=seed, budget=budget, q=q, aggregate=aggregate,
         byzantine=parse_byzantine(byzantine), resume=resume, round_timeout=round_timeout,
         heartbeat_timeout=heartbeat_timeout, quorum=quorum, keep_proofs=keep_proofs,
-        device=device, backend=backend, require_exact=not tolerant)
+        device=device, backend=backend, require_exact=not tolerant, exact=exact)
     render.distributed(run(config, launcher), json_out)

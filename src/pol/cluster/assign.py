@@ -59,13 +59,17 @@ def _base_spec(config_json: str) -> TrainingSpec:  # once per process: it loads 
     spec, train, _ = build_spec(config.task, epochs=1, k=config.segment, seed=config.seed,
                                 lr=config.lr, batch_size=config.batch_size, device=config.device,
                                 deterministic=config.device == "cuda",
-                                dataset_params=config.dataset_params)
+                                dataset_params=config.dataset_params, exact=config.exact)
     need = config.local_steps * config.batch_size
     if need > len(train):
         raise ConfigError(f"{config.local_steps} local steps of batch {config.batch_size} need "
                           f"{need} distinct samples per shard; {config.task} has {len(train)}"
                           " (a synthetic set takes more: --dataset-arg n_train=N)")
     model = replace(spec.model, kwargs={**spec.model.kwargs, **config.model_kwargs})
+    if config.exact:  # refused up front (dropout, unsupported layers), not at the first round
+        from pol.step import build_model
+        from pol.step.exact import check_model
+        check_model(build_model(model))
     return replace(spec, model=model, cpu_threads=config.threads, schedule=replace(
         spec.schedule, total_steps=config.local_steps) if spec.schedule.name == "cosine"
         else spec.schedule)

@@ -79,6 +79,8 @@ def record(job: Job, fake: Callable[[int], bool] = lambda t: False, data=None,
         _load(ctx.model, job.weights)
         rec = Recorder(job.out, model=ctx.model, optimizer=ctx.optimizer, data=data, spec=spec,
                        init=job.parent, overwrite=True, durable=False)
+        if ctx.exact is not None:  # exact mode: the steps' rounding log goes into the proof
+            rec.use_rounding_log(ctx.exact)
         base = [spec.optimizer.lr] * len(ctx.optimizer.param_groups)
         params = list(ctx.model.parameters())
         last, delta = None, None

@@ -138,6 +138,9 @@ class ClusterConfig:
     require_exact: bool = True
     threads: int = 1  # torch threads per worker (recorded in the spec; the replay uses them)
     device: str = "cpu"
+    # pol's exact mode (StepSpec.exact): float64 steps with a rounding log, which replay bitwise on
+    # any device, so workers on other hardware than the coordinator's still need exact replay
+    exact: bool = False
     backend: str = "gloo"
     round_timeout: float = 300.0  # seconds a round waits for results at most
     heartbeat_timeout: float = 10.0  # a worker silent this long is taken as dead
@@ -183,7 +186,8 @@ class ClusterConfig:
         """What a resumed run must share with the run it continues (the rest may change:
         timeouts, retention, the number of rounds to run)."""
         keep = ("task", "model_kwargs", "lr", "local_steps", "segment", "batch_size", "seed",
-                "threads", "device") + (("dataset_params",) if self.dataset_params else ())
+                "threads", "device") + (("dataset_params",) if self.dataset_params else ()) \
+            + (("exact",) if self.exact else ())
         return {k: getattr(self, k) for k in keep}
 
     def to_dict(self) -> dict[str, Any]:
