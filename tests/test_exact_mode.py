@@ -490,3 +490,19 @@ def test_a_failed_replay_on_other_hardware_names_exact_mode():
     checks = final_checks(Tally(), [seg], {"l2": 1.0}, ["l2"], "top-1 per epoch", False, note)
     replay = next(c for c in checks if c.name == "replay")
     assert replay.ok is False and "exact mode" in replay.reason
+
+
+def test_pol_train_on_a_gpu_points_to_exact_mode(capsys):
+    from types import SimpleNamespace as NS
+
+    from pol.cli import render
+    from pol.spec import StepSpec
+
+    def r(device: str, exact: bool):
+        return NS(spec=NS(task="t", device=device, step=StepSpec(exact=exact)), total_steps=1,
+                  train_seconds=1.0, final_loss=0.1, test_accuracy=0.5, proof="p", root_digest="d")
+    render.trained(r("cuda", False), None, None, None)
+    assert "--exact" in capsys.readouterr().out
+    for device, exact in (("cuda", True), ("cpu", False)):
+        render.trained(r(device, exact), None, None, None)
+        assert "--exact" not in capsys.readouterr().out
