@@ -1,6 +1,7 @@
 """The sizes an experiment runs at: `tiny` (CI smoke tests, seconds), `small` (the documented CPU
 size: every experiment in minutes on 2 cores) and `paper` (the paper's CIFAR-scale setup for a GPU:
-ResNet-20, 50,000 CIFAR-shaped samples, batch 128, S = 390, E = 200).
+ResNet-20, 50,000 CIFAR-shaped samples, batch 128, E = 200; S = 391, where the paper's 390
+drops the last short batch).
 
 A size is frozen data; `Config` (the command line's options) overrides the task, the epochs and
 the number of runs.
@@ -76,7 +77,8 @@ SIZES: dict[str, Size] = {
         inverse_train_epochs=2,
         fig7_ks=(10, 50, 100, 390), fig7_qs=(1, 2, 5), solver_steps=50,
         solver_lrs=(1e-3, 1e-2, 1e-1, 1.0), solver_lenet=True,
-        note="the paper's setup (ResNet-20, 50,000 samples, batch 128, S = 390)"),
+        note="the paper's setup (ResNet-20, 50,000 samples, batch 128; S = 391, the paper's 390 "
+             "without its last short batch)"),
 }
 
 
