@@ -190,47 +190,54 @@ def _pow2(k: torch.Tensor) -> torch.Tensor:
     return ((k.long() + 1023) << 52).view(torch.float64)
 
 
+_EXPONENT = 0x7FF0000000000000  # a float64's exponent bits: 2^floor(log2|x|) as a float64
+
+
 class Grid:
     """The rounding grid of a gradient vector with a noise bound (`StepSpec.exact_noise` = ν, a
     power of two): per tensor of `sizes`, with M its largest |value| (M < 2^E), every value
     rounds to float32, except that no grid is finer than q = 2^(E + log2 ν + 4): values whose
-    float32 spacing is finer round to multiples of q. Each value's window (in units of its grid
-    spacing g) is the larger of the log's window and ν·2^E ÷ g (≤ 1/16): a float64 value whose
-    computation may be off by ν·M between devices (reductions whose error scales with the
-    tensor's largest terms, not with the value) is logged wherever that noise could decide its
-    rounding."""
+    float32 spacing is finer round to multiples of q. A value is near a tie when its distance
+    from the tie is within the larger of the log's window (in units of its grid spacing g) and
+    ν·2^E (≤ g/16): a float64 value whose computation may be off by ν·M between devices
+    (reductions whose error scales with the tensor's largest terms, not with the value) is
+    logged wherever that noise could decide its rounding. Vectorized over the whole vector:
+    the spacing from the float64 exponent bits, the nearest value by `torch.round` (ties to
+    even, as float32 rounding), distances in absolute terms (exact: powers of two and
+    Sterbenz subtractions)."""
 
     def __init__(self, fx: torch.Tensor, sizes: list[int], noise: float, window: float) -> None:
         lengths = torch.tensor(sizes, device=fx.device)
-        big = torch.segment_reduce(fx.abs(), "max", lengths=lengths)
-        _, e_big = torch.frexp(big)
+        a = fx.abs()
+        _, e_big = torch.frexp(torch.segment_reduce(a, "max", lengths=lengths))
         ln = int(round(math.log2(noise)))
-        e_big = e_big.long().repeat_interleave(lengths)
-        _, e = torch.frexp(fx)
-        eg = torch.maximum(e.long() - 24, e_big + ln + 4).clamp_min(-149)
-        self.g = _pow2(eg)
-        y = fx * _pow2(-eg)  # exact: a power of two
-        self.lo = torch.floor(y)
-        frac = y - self.lo
-        self.dist = (frac - 0.5).abs()  # from the tie, in grid spacings
-        self.nearest_up = (frac > 0.5) | ((frac == 0.5) & (torch.remainder(self.lo, 2) == 1))
-        self.w = _pow2((e_big + ln - eg).clamp_min(-1000)).clamp_min(window)
+        e_big = e_big.long()
+        q = _pow2((e_big + ln + 4).clamp_min(-149)).repeat_interleave(lengths)
+        nu_m = _pow2((e_big + ln).clamp_min(-1000)).repeat_interleave(lengths)
+        g = (a.view(torch.int64) & _EXPONENT).view(torch.float64).mul_(2.0 ** -23)
+        self.x, self.g = fx, torch.maximum(g, q, out=g)
+        r = torch.div(fx, g).round_().mul_(g)
+        self.r = torch.where(torch.isfinite(fx), r, fx)
+        self.tie = torch.sub(g * 0.5, (fx - self.r).abs_())  # ≥ 0: from the tie, absolute
+        self.thr = torch.maximum(g * window, nu_m)
 
-    def value(self, up: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
-        lo, g = (self.lo, self.g) if idx is None else (self.lo[idx], self.g[idx])
-        return (lo + up.to(lo.dtype)) * g
+    def value(self, up: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The values at `idx` rounded down (up: False) or up (True) on their grid."""
+        g = self.g[idx]
+        return (torch.floor(self.x[idx] / g) + up.to(g.dtype)) * g
 
 
 def _round_grid(fx: torch.Tensor, log: "RoundingLog", t: int, point: int,
                 sizes: list[int]) -> torch.Tensor:
     grid = Grid(fx, sizes, log.noise, log.window)
-    r = grid.value(grid.nearest_up)
+    r = grid.r
     if log.replaying:
+        r = r.clone()
         log.apply_grid(t, point, grid, r)
     else:
-        idx = (grid.dist <= grid.w).nonzero().squeeze(1)
+        idx = (grid.tie <= grid.thr).nonzero().squeeze(1)
         if idx.numel():
-            log.add(t, point, idx, grid.nearest_up[idx])
+            log.add(t, point, idx, r[idx] > fx[idx])
     return r.to(torch.float32)
 
 
@@ -356,15 +363,16 @@ class RoundingLog:
                             f"which has {r.numel()}")
             return
         idx = torch.from_numpy(idx_np).to(r.device)
-        dist, w = grid.dist[idx], grid.w[idx]
-        bad = ~(dist <= REPLAY_FACTOR * w)
+        tie, thr, g = grid.tie[idx], grid.thr[idx], grid.g[idx]
+        bad = ~(tie <= REPLAY_FACTOR * thr)
         if bool(bad.any()):
             j = int(bad.nonzero()[0, 0])
             self.problem(t, f"it names value {int(idx_np[j])} of the {_point(point)}, which "
-                            f"lies {float(dist[j]):.3g} grid spacings from a rounding tie here "
-                            f"(a logged value must lie within {REPLAY_FACTOR * float(w[j]):.3g})")
+                            f"lies {float(tie[j] / g[j]):.3g} grid spacings from a rounding tie "
+                            f"here (a logged value must lie within "
+                            f"{REPLAY_FACTOR * float(thr[j] / g[j]):.3g})")
         up = torch.from_numpy(up_np).to(r.device)
-        r[idx] = grid.value(torch.where(bad, grid.nearest_up[idx], up), idx)
+        r[idx] = torch.where(bad, r[idx], grid.value(up, idx))
 
     def end(self, t: int, points: int) -> None:
         """Step t's rounding is done: entries for a point it does not have are a problem."""
