@@ -62,6 +62,25 @@ def checkpoint_path(proof: Path, t: int) -> Path:
     return Path(proof) / fmt.checkpoint_name(t)
 
 
+def write_tree(root: Path, files: dict[str, bytes]) -> dict[str, bytes]:
+    """Write `files` (path relative to root, with / -> bytes) below `root`; returns `files`."""
+    for name, data in files.items():
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    return files
+
+
+def read_tree(root: Path) -> dict[str, bytes]:
+    """Every file below `root`: its path relative to root (with /) -> its bytes."""
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            p = Path(dirpath) / n
+            out[p.relative_to(root).as_posix()] = p.read_bytes()
+    return out
+
+
 def failed_checks(report) -> set[str]:
     return {c.name for c in report.checks if c.failed}
 

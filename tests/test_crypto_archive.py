@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from pol.crypto import errors
 from pol.crypto.archive import MAGIC, list_files, pack, unpack, validate_name
 
+from conftest import read_tree, write_tree
+
 
 def make_tree(root: Path) -> dict[str, bytes]:
     files = {
@@ -25,20 +27,7 @@ def make_tree(root: Path) -> dict[str, bytes]:
         "checkpoints/step_000000020.safetensors": os.urandom(10),
         "a/b/c/deep.txt": b"depth four",
     }
-    for name, data in files.items():
-        p = root / name
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-    return files
-
-
-def read_tree(root: Path) -> dict[str, bytes]:
-    out = {}
-    for dirpath, _, names in os.walk(root):
-        for n in names:
-            p = Path(dirpath) / n
-            out[p.relative_to(root).as_posix()] = p.read_bytes()
-    return out
+    return write_tree(root, files)
 
 
 def rec(name: bytes | str, data: bytes, *, size: int | None = None, digest: bytes | None = None) -> bytes:

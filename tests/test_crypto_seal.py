@@ -22,6 +22,8 @@ from pol.crypto.keys import key_id
 from pol.crypto.seal import MAGIC, is_sealed, open_sealed, read_header, seal
 from pol.proof import format as _proof_format
 
+from conftest import read_tree, write_tree
+
 # the root digest of the manifest make_proof writes: pol open recomputes it from the content
 ROOT = _proof_format.root_digest({"version": 1})
 
@@ -33,20 +35,7 @@ def make_proof(root: Path, big: int = 5000, root_digest: str = ROOT) -> dict[str
         "checkpoints/step_000000010.safetensors": os.urandom(big // 2 + 1),
         "checkpoints/step_000000020.safetensors": b"",
     }
-    for name, data in files.items():
-        p = root / name
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-    return files
-
-
-def read_tree(root: Path) -> dict[str, bytes]:
-    out = {}
-    for dirpath, _, names in os.walk(root):
-        for n in names:
-            p = Path(dirpath) / n
-            out[p.relative_to(root).as_posix()] = p.read_bytes()
-    return out
+    return write_tree(root, files)
 
 
 @pytest.fixture(scope="module")
