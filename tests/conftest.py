@@ -16,9 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pol.proof import format as fmt
+from pol.proof.writer import rehash_manifest
+from pol.step.optimizers import MODEL_PREFIX
 
 EPOCHS = 2
 
@@ -60,6 +63,26 @@ def write_manifest(proof: Path, body: dict, *, rehash_root: bool) -> None:
 
 def checkpoint_path(proof: Path, t: int) -> Path:
     return Path(proof) / fmt.checkpoint_name(t)
+
+
+def bump_weight(state: dict, suffix: str = "weight") -> None:
+    """Move the first element of the first model tensor whose name ends in `suffix` by 1e-3."""
+    key = next(k for k in state if k.startswith(MODEL_PREFIX) and k.endswith(suffix))
+    state[key] = state[key].clone()
+    state[key].view(-1)[0] += 1e-3
+
+
+def tampered_copy(proof: Path, dst: Path, t: int, change=bump_weight) -> Path:
+    """A copy of `proof` at `dst` (replacing what is there) with checkpoint t changed by
+    `change(tensors)` and the manifest's digests recomputed, as a forger would."""
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(proof, dst)
+    name = fmt.checkpoint_name(t)
+    state = load_file(str(dst / name))
+    change(state)
+    save_file(state, str(dst / name))
+    rehash_manifest(dst)
+    return dst
 
 
 def write_tree(root: Path, files: dict[str, bytes]) -> dict[str, bytes]:

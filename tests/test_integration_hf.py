@@ -8,8 +8,8 @@ is bitwise the model's own; `pol.attach` takes a `datasets.Dataset` that the ver
 
 from __future__ import annotations
 
+import functools
 import re
-import shutil
 import textwrap
 from pathlib import Path
 
@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
 transformers = pytest.importorskip("transformers")
 datasets = pytest.importorskip("datasets")
@@ -25,15 +24,13 @@ datasets = pytest.importorskip("datasets")
 import pol  # noqa: E402
 from pol.errors import ConfigError  # noqa: E402
 from pol.integrations.hf import attach_trainer  # noqa: E402
-from pol.proof import format as fmt  # noqa: E402
 from pol.proof.hashing import merkle_root, sample_leaves  # noqa: E402
-from pol.proof.writer import rehash_manifest  # noqa: E402
 from pol.spec import ModelSpec  # noqa: E402
 from pol.step.core import make_loss  # noqa: E402
-from pol.step.optimizers import MODEL_PREFIX  # noqa: E402
 from pol.verifier import verify  # noqa: E402
 
-from conftest import USER_MODEL_KWARGS, load_manifest, make_user_data, run_cli, user_model  # noqa: E402
+from conftest import (USER_MODEL_KWARGS, bump_weight, load_manifest, make_user_data,  # noqa: E402
+                      run_cli, tampered_copy, user_model)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 CONFIG = dict(n_layer=2, n_head=2, n_embd=32, vocab_size=64, n_positions=32)
@@ -44,19 +41,6 @@ def _readme_block() -> str:
     found = [b for b in blocks if "attach_trainer(" in b]
     assert len(found) == 1
     return found[0]
-
-
-def _tampered(proof: Path, dst: Path, t: int) -> Path:
-    """A copy of `proof` with one weight of checkpoint t perturbed, digests recomputed."""
-    shutil.copytree(proof, dst)
-    name = fmt.checkpoint_name(t)
-    state = load_file(str(dst / name))
-    key = next(k for k in state if k.startswith(MODEL_PREFIX) and k.endswith("c_fc.weight"))
-    state[key] = state[key].clone()
-    state[key].view(-1)[0] += 1e-3
-    save_file(state, str(dst / name))
-    rehash_manifest(dst)
-    return dst
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +76,8 @@ def test_readme_trainer_example_verifies_bitwise(readme_run, capsys):
 
 def test_readme_trainer_tampered_copy_rejected(readme_run, tmp_path):
     where, _ = readme_run
-    bad = _tampered(where / "proof-hf", tmp_path / "bad", 4)
+    bad = tampered_copy(where / "proof-hf", tmp_path / "bad", 4,
+                        change=functools.partial(bump_weight, suffix="c_fc.weight"))
     r = verify(bad, data=str(where / "hf-data"), all_segments=True)
     assert not r.valid
 

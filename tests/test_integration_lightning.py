@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from pol.errors import ConfigError
 from pol.models import mlp
@@ -28,7 +28,7 @@ from pol.spec import ModelSpec
 from pol.step.optimizers import MODEL_PREFIX
 from pol.verifier import verify
 
-from conftest import USER_MODEL_KWARGS, load_manifest, make_user_data, save_npz
+from conftest import USER_MODEL_KWARGS, load_manifest, make_user_data, save_npz, tampered_copy
 
 lightning = pytest.importorskip("lightning")
 L = lightning
@@ -96,15 +96,7 @@ def _check_proof(tmp_path, proof: Path, digest: str, **verify_kw) -> None:
     assert r.valid, r.render(verbose=True)
     assert r.segments and all(s.exact for s in r.segments), r.render(verbose=True)
     assert r.root_digest == digest
-    bad = tmp_path / "tampered"
-    shutil.copytree(proof, bad)
-    name = fmt.checkpoint_name(2 * K)
-    state = load_file(str(bad / name))
-    key = next(k for k in state if k.startswith(MODEL_PREFIX) and k.endswith("weight"))
-    state[key] = state[key].clone()
-    state[key].view(-1)[0] += 1e-3
-    save_file(state, str(bad / name))
-    rehash_manifest(bad)
+    bad = tampered_copy(proof, tmp_path / "tampered", 2 * K)
     assert not verify(bad, data=str(npz), all_segments=True, **verify_kw).valid
 
 

@@ -12,18 +12,18 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import pol
 from pol.errors import ConfigError, ProofFormatError
 from pol.proof import format as fmt
 from pol.proof.writer import rehash_manifest
 from pol.spec import ModelSpec, OptimizerSpec, StepSpec, TrainingSpec
-from pol.step.optimizers import MODEL_PREFIX
 from pol.verifier import verify
 from pol.verifier import soundness
 
-from conftest import USER_MODEL_KWARGS, load_manifest, make_user_data, save_npz, user_model
+from conftest import (USER_MODEL_KWARGS, bump_weight, load_manifest, make_user_data, save_npz,
+                      tampered_copy, user_model)
 
 EPOCHS, K = 2, 4
 MODEL_SPEC = ModelSpec("mlp", dict(USER_MODEL_KWARGS))
@@ -51,21 +51,7 @@ def _train(model, opt, loader) -> None:
 
 def _tampered(tmp_path, proof, change) -> str:
     """A copy of `proof` with checkpoint 2K changed by `change(tensors)`, digests recomputed."""
-    bad = tmp_path / "tampered"
-    shutil.rmtree(bad, ignore_errors=True)
-    shutil.copytree(proof, bad)
-    name = fmt.checkpoint_name(K * 2)
-    state = load_file(str(bad / name))
-    change(state)
-    save_file(state, str(bad / name))
-    rehash_manifest(bad)
-    return str(bad)
-
-
-def _bump_weight(state) -> None:
-    key = next(k for k in state if k.startswith(MODEL_PREFIX) and k.endswith("weight"))
-    state[key] = state[key].clone()
-    state[key].view(-1)[0] += 1e-3
+    return str(tampered_copy(proof, tmp_path / "tampered", K * 2, change))
 
 
 def _check_proof(tmp_path, proof, root_digest=None) -> str:
@@ -78,7 +64,7 @@ def _check_proof(tmp_path, proof, root_digest=None) -> str:
     assert r.segments and all(s.exact for s in r.segments), r.render(verbose=True)
     if root_digest is not None:
         assert r.root_digest == root_digest
-    assert not verify(_tampered(tmp_path, proof, _bump_weight), data=npz,
+    assert not verify(_tampered(tmp_path, proof, bump_weight), data=npz,
                       all_segments=True).valid
     return npz
 
