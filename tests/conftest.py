@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -235,6 +236,20 @@ def user_model(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Flatten(1), nn.Linear(12, 32), nn.ReLU(), nn.Dropout(0.3),
                          nn.Linear(32, 3))
+
+
+def train_attached(model, opt, loader, epochs: int, loss_fn=F.cross_entropy,
+                   after_step=None) -> None:
+    """A user's plain loop around an optimizer from `pol.attach`: zero_grad, forward, backward,
+    step(loss=...), then `after_step()` if given (an lr scheduler's step)."""
+    for _ in range(epochs):
+        for x, y in loader:
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step(loss=loss)
+            if after_step is not None:
+                after_step()
 
 
 def save_npz(path: Path, x: np.ndarray, y: np.ndarray) -> Path:

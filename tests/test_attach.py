@@ -5,6 +5,7 @@ time, naming what; the spec's `step` field is strict and absent when default."""
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 
@@ -12,17 +13,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
 import pol
 from pol.errors import ConfigError, ProofFormatError
 from pol.proof import format as fmt
-from pol.step.optimizers import MODEL_PREFIX
 from pol.proof.writer import rehash_manifest
 from pol.spec import ModelSpec, StepSpec, TrainingSpec
 from pol.verifier import verify
 
-from conftest import USER_MODEL_KWARGS, load_manifest, make_user_data, save_npz, user_model
+from conftest import (USER_MODEL_KWARGS, load_manifest, make_user_data, save_npz,
+                      tampered_copy, train_attached, user_model)
 
 EPOCHS, K = 2, 3
 
@@ -48,15 +48,7 @@ def _check_proof(tmp_path, opt) -> None:
     assert r.valid, r.render(verbose=True)
     assert r.segments and all(s.exact for s in r.segments), r.render(verbose=True)
     assert r.root_digest == opt.root_digest
-    bad = tmp_path / "tampered"
-    shutil.copytree(opt.proof, bad)
-    name = fmt.checkpoint_name(K * 2)
-    state = load_file(str(bad / name))
-    key = next(k for k in state if k.startswith(MODEL_PREFIX) and k.endswith("weight"))
-    state[key] = state[key].clone()
-    state[key].view(-1)[0] += 1e-3
-    save_file(state, str(bad / name))
-    rehash_manifest(bad)
+    bad = tampered_copy(opt.proof, tmp_path / "tampered", K * 2)
     r = verify(bad, data=str(npz), all_segments=True)
     assert not r.valid
 
@@ -64,12 +56,7 @@ def _check_proof(tmp_path, opt) -> None:
 def test_sgd_with_clip_grad_norm(tmp_path):
     model, (opt, loader) = _attach(tmp_path, clip_grad_norm=0.25)
     assert isinstance(opt, torch.optim.Optimizer)
-    for _ in range(EPOCHS):
-        for x, y in loader:
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step(loss=loss)
+    train_attached(model, opt, loader, EPOCHS)
     spec = load_manifest(opt.proof)["spec"]
     assert spec["step"] == {"clip_grad_norm": 0.25} and spec["data"]["order"] == "seed"
     _check_proof(tmp_path, opt)
@@ -91,13 +78,7 @@ def test_adamw_with_warmup_and_cosine_scheduler(tmp_path):
     sched = torch.optim.lr_scheduler.SequentialLR(opt, [
         torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=3),
         torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total - 3)], milestones=[3])
-    for _ in range(EPOCHS):
-        for x, y in loader:
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step(loss=loss)
-            sched.step()
+    train_attached(model, opt, loader, EPOCHS, after_step=sched.step)
     m = load_manifest(opt.proof)
     assert m["spec"]["schedule"]["name"] == "recorded" and m["spec"]["optimizer"]["lr"] == 3e-3
     lrs = np.load(opt.proof / fmt.LRS)[:, 0]
@@ -126,12 +107,8 @@ def test_gradient_accumulation_x4(tmp_path):
 
 def test_label_smoothing_with_clip_by_value(tmp_path):
     model, (opt, loader) = _attach(tmp_path, label_smoothing=0.1, clip_grad_value=0.05)
-    for _ in range(EPOCHS):
-        for x, y in loader:
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
-            loss.backward()
-            opt.step(loss=loss)
+    train_attached(model, opt, loader, EPOCHS,
+                   loss_fn=functools.partial(F.cross_entropy, label_smoothing=0.1))
     assert load_manifest(opt.proof)["spec"]["step"] == {"clip_grad_value": 0.05,
                                                         "label_smoothing": 0.1}
     _check_proof(tmp_path, opt)

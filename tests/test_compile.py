@@ -6,22 +6,20 @@ on its own) is refused at attach / Recorder time, before anything is written, sa
 
 from __future__ import annotations
 
-import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import pol
 from pol.errors import ConfigError
 from pol.proof import format as fmt
-from pol.proof.writer import rehash_manifest
 from pol.spec import ModelSpec
-from pol.step.optimizers import MODEL_PREFIX
 from pol.verifier import verify
 
-from conftest import USER_MODEL_KWARGS, load_manifest, make_user_data, save_npz, user_model
+from conftest import (USER_MODEL_KWARGS, load_manifest, make_user_data, save_npz,
+                      tampered_copy, train_attached, user_model)
 
 EPOCHS, K = 2, 3
 
@@ -43,12 +41,7 @@ def _attached_run(out, compile_backend: str | None):
         model=forward, optimizer=torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
         data=make_user_data(), out=out, model_spec=ModelSpec("mlp", dict(USER_MODEL_KWARGS)),
         batch_size=32, epochs=EPOCHS, k=K, seed=3, init="from-seed", clip_grad_norm=1.0)
-    for _ in range(EPOCHS):
-        for x, y in loader:
-            opt.zero_grad()
-            loss = F.cross_entropy(forward(x), y)
-            loss.backward()
-            opt.step(loss=loss)
+    train_attached(forward, opt, loader, EPOCHS)
     return opt
 
 
@@ -69,15 +62,7 @@ def test_aot_eager_records_the_uncompiled_proof_and_replays_bitwise(tmp_path):
     r = verify(opt.proof, data=str(npz), all_segments=True)
     assert r.valid, r.render(verbose=True)
     assert r.segments and all(s.exact for s in r.segments), r.render(verbose=True)
-    bad = tmp_path / "tampered"
-    shutil.copytree(opt.proof, bad)
-    name = fmt.checkpoint_name(K * 2)
-    state = load_file(str(bad / name))
-    key = next(k for k in state if k.startswith(MODEL_PREFIX) and k.endswith("weight"))
-    state[key] = state[key].clone()
-    state[key].view(-1)[0] += 1e-3
-    save_file(state, str(bad / name))
-    rehash_manifest(bad)
+    bad = tampered_copy(opt.proof, tmp_path / "tampered", K * 2)
     r = verify(bad, data=str(npz), all_segments=True)
     assert not r.valid, r.render(verbose=True)
 

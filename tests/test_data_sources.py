@@ -7,27 +7,23 @@ and are cached on disk under a content key."""
 from __future__ import annotations
 
 import os
-import shutil
 import textwrap
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
 import pol
 from pol.datasets import ArrayDataset, LazyDataset, TokenFile, TorchDatasetSource
 from pol.errors import ConfigError
-from pol.proof import format as fmt
 from pol.proof import hashing
 from pol.proof.hashing import merkle_root, sample_leaves
-from pol.proof.writer import rehash_manifest
 from pol.spec import ModelSpec
-from pol.step.optimizers import MODEL_PREFIX
 from pol.verifier import verify
 
-from conftest import USER_MODEL_KWARGS, load_manifest, make_user_data, run_cli, user_model
+from conftest import (USER_MODEL_KWARGS, load_manifest, make_user_data, run_cli,
+                      tampered_copy, train_attached, user_model)
 
 EPOCHS, K = 2, 3
 
@@ -86,24 +82,11 @@ def factory(tmp_path, monkeypatch):
     return importlib.import_module("polds_rows")
 
 
-def _tamper(proof, tmp_path):
-    bad = tmp_path / "tampered"
-    shutil.copytree(proof, bad)
-    name = fmt.checkpoint_name(K * 2)
-    state = load_file(str(bad / name))
-    key = next(k for k in state if k.startswith(MODEL_PREFIX) and k.endswith("weight"))
-    state[key] = state[key].clone()
-    state[key].view(-1)[0] += 1e-3
-    save_file(state, str(bad / name))
-    rehash_manifest(bad)
-    return bad
-
-
 def _check(proof, data, tmp_path):
     r = verify(proof, data=data, all_segments=True)
     assert r.valid, r.render(verbose=True)
     assert r.segments and all(s.exact for s in r.segments), r.render(verbose=True)
-    r = verify(_tamper(proof, tmp_path), data=data, all_segments=True)
+    r = verify(tampered_copy(proof, tmp_path / "tampered", K * 2), data=data, all_segments=True)
     assert not r.valid
 
 
@@ -157,12 +140,7 @@ def test_attach_with_dataloader_workers(factory, tmp_path):
                              out=tmp_path / "proof", batch_size=32, epochs=EPOCHS, k=K, seed=2,
                              model_spec=ModelSpec("mlp", dict(USER_MODEL_KWARGS)),
                              init="from-seed")
-    for _ in range(EPOCHS):
-        for x, y in loader:
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step(loss=loss)
+    train_attached(model, opt, loader, EPOCHS)
     assert opt.root_digest is not None
     pids = set((tmp_path / "worker_reads").read_text().split())
     assert len(pids) == 2 * EPOCHS and str(os.getpid()) not in pids  # 2 workers an epoch
@@ -244,12 +222,7 @@ def _gpt_proof(tmp_path, path):
                              out=tmp_path / "proof", model_spec=ModelSpec("gpt", dict(GPT)),
                              batch_size=8, epochs=EPOCHS, k=K, seed=4, init="from-seed",
                              loss="lm_cross_entropy", prepare="tokens")
-    for _ in range(EPOCHS):
-        for x, y in loader:
-            opt.zero_grad()
-            loss = opt.loss_fn(model(x), y)
-            loss.backward()
-            opt.step(loss=loss)
+    train_attached(model, opt, loader, EPOCHS, loss_fn=opt.loss_fn)
     return opt
 
 
