@@ -26,6 +26,7 @@ once per worker. Then two step numbers per segment, and a few floats back.
 from __future__ import annotations
 
 import multiprocessing
+import weakref
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -38,7 +39,7 @@ from pol.proof import format as fmt
 from pol.proof.hashing import merkle_root
 from pol.step import load_state, state_tensors, storage_dtype, update
 from pol.step.exact import use_proof_log
-from pol.verifier.distances import METRICS, flat_params
+from pol.verifier.distances import METRICS
 
 
 def distances(a: torch.Tensor, b: torch.Tensor, metrics: Sequence[str] = METRICS,
@@ -109,7 +110,7 @@ def replay_segment(ctx, proof, data, leaves: np.ndarray, names: list[str], a: in
     No step waits for the device: the losses are read back once, after the last step (a training
     loop does not read them either), and a GPU's batches are copied from pinned memory."""
     spec = proof.manifest.spec
-    start = load(a)
+    start = _on_device(load(a), ctx.device)
     load_state(ctx.model, ctx.optimizer, spec.optimizer.name, start)
     exact = ctx.exact is not None and use_proof_log(ctx.exact, proof.roundlog, a, b)
     # data dependence is probed at the segment's first step whose every lr is positive (a step
@@ -121,14 +122,36 @@ def replay_segment(ctx, proof, data, leaves: np.ndarray, names: list[str], a: in
                                             step_done)
     if probed is not None:
         flip = probed
+    end = _on_device(load(b), ctx.device)  # the host's part of it while the last steps run
     loss_bad: list[int] = []
     if hardened:  # a recorded loss that is NaN or infinite matches nothing
         for t, my_loss in zip(range(a, b), _host_losses(losses)):
             rec_loss = float(proof.losses[t])
             if not (abs(rec_loss - my_loss) <= 5e-2 * max(abs(my_loss), 1e-6)):
                 loss_bad.append(t)
-    out = _outcome(ctx, spec, names, metrics, a, b, start, load(b), data_ok, loss_bad, flip)
+    out = _outcome(ctx, spec, names, metrics, a, b, start, end, data_ok, loss_bad, flip)
     out.roundlog_bad = ctx.exact.problems_in(a, b) if exact else None
+    return out
+
+
+def _on_device(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors on the replay's device in one copy per dtype (one flat host buffer,
+    pinned for a GPU, then views of one device buffer), not one copy per tensor. 0-d entries
+    (step counters, a GradScaler's scale) stay on the host, where `load_state` keeps them."""
+    if device.type == "cpu":
+        return tensors
+    out = dict(tensors)
+    groups: dict[torch.dtype, list[str]] = {}
+    for k, v in tensors.items():
+        if v.dim() > 0 and v.device.type == "cpu":
+            groups.setdefault(v.dtype, []).append(k)
+    for dtype, keys in groups.items():
+        sizes = [tensors[k].numel() for k in keys]
+        host = torch.empty(sum(sizes), dtype=dtype, pin_memory=device.type == "cuda")
+        torch.cat([tensors[k].reshape(-1) for k in keys], out=host)
+        flat = host.to(device, non_blocking=True)
+        for k, part in zip(keys, flat.split(sizes)):
+            out[k] = part.view(tensors[k].shape)
     return out
 
 
@@ -172,48 +195,92 @@ def _host_losses(losses: list) -> list[float]:
 
 def _outcome(ctx, spec, names: list[str], metrics: Sequence[str], a: int, b: int, start: dict,
              end: dict, data_ok: bool, loss_bad: list[int], flip: float) -> SegmentOutcome:
-    """The replayed state against the claimed checkpoint at b."""
+    """The replayed state against the claimed checkpoint at b, compared where the replay ran (a
+    GPU's state is not copied to the host): the same float64 vectors and the same reductions as
+    `flat_params` + `distances`, each vector written once into one buffer that the differences
+    then reuse (no float64 temporaries beyond two vectors)."""
     mine = state_tensors(ctx.model, ctx.optimizer)
-    host = _host_state(mine, spec.precision)
-    mine_vec = flat_params(host, names)
-    err = distances(mine_vec, flat_params(end, names), metrics)
-    exact = all(k in host and torch.equal(host[k], end[k]) for k in end) \
-        and len(end) == len(mine)
+    stored = {k: v.detach().to(storage_dtype(k, v, spec.precision)) for k, v in mine.items()}
     from pol.verifier import soundness
     keys = soundness.float_state_keys(end)
     mine_keys = soundness.float_state_keys(mine)
+    work = _workspace(ctx, max(_numel(d, ks) for d in (stored, end) for ks in (names, keys)))
+    err = _consuming_distances(_flat64(stored, names, work[0]), _flat64(end, names, work[1]),
+                               metrics)
+    exact = all(k in stored and torch.equal(stored[k], end[k].to(stored[k].device)) for k in end) \
+        and len(end) == len(mine)
     state_error = state_change = 0.0
     steps_ok = True
     if keys or mine_keys:
         if keys != mine_keys:
             state_error, steps_ok = float("inf"), False
         else:
-            mine_state = soundness.flat_optimizer(host, keys)
-            claimed = soundness.flat_optimizer(end, keys)
-            state_error = float(torch.linalg.vector_norm(mine_state - claimed))
-            before = (soundness.flat_optimizer(start, keys) if all(k in start for k in keys)
-                      else torch.zeros_like(claimed))
-            state_change = float(torch.linalg.vector_norm(claimed - before))
-            steps_ok = all(torch.equal(mine[k].detach().double().cpu(), end[k].double())
+            state_error, state_change = _state_distances(stored, start, end, keys, work)
+            steps_ok = all(torch.equal(mine[k].detach().double().cpu(), end[k].double().cpu())
                            for k in end if k.endswith(".step") and k in mine)
     return SegmentOutcome(a, b, err, bool(exact), loss_bad, data_ok, state_error, state_change,
                           bool(steps_ok), flip)
 
 
-def _host_state(mine: dict[str, torch.Tensor], precision: str) -> dict[str, torch.Tensor]:
-    """Every replayed tensor in its storage dtype, on the CPU: a device's tensors come over in one
-    copy per dtype (not one synchronizing copy per tensor)."""
-    conv = {k: v.detach().to(storage_dtype(k, v, precision)) for k, v in mine.items()}
-    out = {k: v for k, v in conv.items() if v.device.type == "cpu"}
-    groups: dict[tuple, list[str]] = {}
-    for k, v in conv.items():
-        if v.device.type != "cpu":
-            groups.setdefault((v.device, v.dtype), []).append(k)
-    for keys in groups.values():
-        flat = torch.cat([conv[k].reshape(-1) for k in keys]).cpu()
-        for k, part in zip(keys, flat.split([conv[k].numel() for k in keys])):
-            out[k] = part.view(conv[k].shape)
+# model -> two float64 buffers on its device, reused by every segment: a fresh buffer's first
+# write costs the OS's page faults (on a CPU, 4x the copy itself); freed with the model
+_WORKSPACE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _numel(tensors: dict[str, torch.Tensor], keys: list[str]) -> int:
+    return sum(tensors[k].numel() for k in keys if k in tensors)
+
+
+def _workspace(ctx, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two float64 buffers of at least n elements on the replay's device, kept with the model."""
+    device, *work = _WORKSPACE.get(ctx.model, (None,))
+    if device != ctx.device or work[0].numel() < n:
+        work = [torch.empty(n, dtype=torch.float64, device=ctx.device) for _ in range(2)]
+        _WORKSPACE[ctx.model] = (ctx.device, *work)
+    return work[0], work[1]
+
+
+def _flat64(tensors: dict[str, torch.Tensor], keys: list[str], buf: torch.Tensor
+            ) -> torch.Tensor:
+    """`flat_params(tensors, keys)` (also `soundness.flat_optimizer`), bit for bit, on `buf`'s
+    device: written into the start of `buf` by one concatenation (every float dtype widens
+    exactly)."""
+    parts = [tensors[k].detach().reshape(-1).to(buf.device) for k in keys]
+    n = sum(p.numel() for p in parts)
+    out = buf[:n] if buf.numel() >= n else torch.empty(n, dtype=torch.float64, device=buf.device)
+    if parts:
+        torch.cat(parts, out=out)
     return out
+
+
+def _consuming_distances(a: torch.Tensor, b: torch.Tensor, metrics: Sequence[str]
+                         ) -> dict[str, float]:
+    """`distances(a, b, metrics)`, bit for bit, with a − b written over `a` (used up)."""
+    cos = distances(a, b, ("cos",)) if "cos" in metrics else {}
+    out = distances(a[:0], b[:0], [m for m in metrics if m != "cos"])  # checks the names
+    if len(out):
+        d = torch.sub(a, b, out=a)
+        if "l2" in out:
+            out["l2"] = float(torch.linalg.vector_norm(d))
+        ad = d.abs_()
+        if "l1" in out:
+            out["l1"] = float(ad.sum())
+        if "linf" in out:
+            out["linf"] = float(ad.max()) if a.numel() else 0.0
+    return {m: cos[m] if m == "cos" else out[m] for m in metrics}
+
+
+def _state_distances(stored: dict, start: dict, end: dict, keys: list[str], work: tuple
+                     ) -> tuple[float, float]:
+    """(‖S'_b − S_b‖, ‖S_b − S_a‖) of the float optimizer state, as `soundness.flat_optimizer`
+    vectors (S_a: zeros where the start holds no state), in the two buffers of `work`."""
+    mine, claimed = _flat64(stored, keys, work[0]), _flat64(end, keys, work[1])
+    state_error = float(torch.linalg.vector_norm(torch.sub(mine, claimed, out=mine)))
+    if not all(k in start for k in keys):  # claimed − 0 is claimed, bit for bit
+        return state_error, float(torch.linalg.vector_norm(claimed))
+    parts = [start[k].detach().reshape(-1).to(mine.device) for k in keys]
+    before = torch.cat(parts, out=mine) if parts else mine
+    return state_error, float(torch.linalg.vector_norm(torch.sub(claimed, before, out=before)))
 
 
 def _probed_step(ctx, opt_name: str, x: torch.Tensor, y: torch.Tensor, lrs, t: int,
