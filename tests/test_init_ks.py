@@ -1,0 +1,77 @@
+"""The KS test of W_0 in torch gives scipy's answer: statistic and p-value within 1e-9 of
+`scipy.stats.kstest` for normal and uniform draws, fitting and not, in every float dtype."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from pol.step.init import InitDist
+from pol.verifier.initcheck import check_init, ks_pvalue, ks_statistic
+
+DISTS = [InitDist("normal", 0.0, 0.02), InitDist("normal", 0.5, 3.0),
+         InitDist("uniform", -0.1, 0.1), InitDist("uniform", 0.25, 2.0)]
+
+
+def _draws(d: InitDist, n: int, seed: int, shift: float) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.empty(n)
+    if d.kind == "normal":
+        t.normal_(d.a, d.b, generator=g)
+    else:
+        t.uniform_(d.a, d.b, generator=g)
+    return t + shift * (d.b if d.kind == "normal" else d.b - d.a)
+
+
+@pytest.mark.parametrize("d", DISTS)
+@pytest.mark.parametrize("n,shift", [(8, 0.0), (100, 0.0), (1000, 0.05), (20_000, 0.0),
+                                     (20_000, 0.02), (300_000, 0.0), (5000, 0.5)])
+def test_ks_equals_scipy(d, n, shift):
+    t = _draws(d, n, seed=n, shift=shift)
+    want = stats.kstest(t.double().numpy(), d.cdf().cdf)
+    stat = ks_statistic(t, d)
+    assert abs(stat - float(want.statistic)) <= 1e-12
+    assert abs(ks_pvalue(stat, n) - float(want.pvalue)) <= 1e-9
+    if shift >= 0.5:
+        assert want.pvalue < 1e-6  # the case tests a rejection, not only fits
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_ks_other_dtypes(dtype):
+    d = DISTS[0]
+    t = _draws(d, 4000, seed=1, shift=0.0).to(dtype)
+    want = stats.kstest(t.double().numpy(), d.cdf().cdf)
+    stat = ks_statistic(t.reshape(40, 100), d, cache={})
+    assert abs(stat - float(want.statistic)) <= 1e-12
+    assert abs(ks_pvalue(stat, t.numel()) - float(want.pvalue)) <= 1e-9
+
+
+def test_ks_nan_fails_like_scipy():
+    d = DISTS[2]
+    t = _draws(d, 100, seed=2, shift=0.0)
+    t[7] = float("nan")
+    assert np.isnan(stats.kstest(t.double().numpy(), d.cdf().cdf).pvalue)
+    assert np.isnan(ks_pvalue(ks_statistic(t, d), 100))
+
+
+def test_check_init_pvalues_are_scipys():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(30, 20), torch.nn.LayerNorm(20),
+                                torch.nn.Linear(20, 5))
+    w0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    ok, layers, thr = check_init(model, "torch-default", w0)
+    assert ok and thr == 0.01 / 3  # 2.bias: 5 values, too few to test
+    from pol.step.init import expected_distributions
+    dists = expected_distributions(model, "torch-default")
+    for r in layers:
+        if r.kind != "const":
+            want = stats.kstest(w0[r.name].double().flatten().numpy(), dists[r.name].cdf().cdf)
+            assert abs(r.pvalue - want.pvalue) <= 1e-9 and r.n == w0[r.name].numel()
+    w0["0.weight"] *= 3  # not the declared distribution
+    assert not check_init(model, "torch-default", w0)[0]
+    if torch.cuda.is_available():  # the same statistics on a GPU
+        on_gpu = check_init(model, "torch-default", w0, device="cuda")[1]
+        assert all(abs(a.pvalue - b.pvalue) <= 1e-9 for a, b in
+                   zip(on_gpu, check_init(model, "torch-default", w0)[1]))
