@@ -76,3 +76,12 @@ def test_workspace_kept_with_the_model():
     import gc
     gc.collect()
     assert len(par._WORKSPACE) == held  # freed with the model
+
+
+def test_workspace_on_the_host_where_a_gpu_lacks_room(monkeypatch):
+    from types import SimpleNamespace
+    monkeypatch.setattr(par, "_cuda_free", lambda device: 0)
+    ctx = SimpleNamespace(model=torch.nn.Linear(2, 2), device=torch.device("cuda"))
+    a, b = par._workspace(ctx, 10)  # no room on the GPU: compared on the host
+    assert a.device.type == b.device.type == "cpu" and a.numel() >= 10
+    assert par._workspace(ctx, 10)[0] is a

@@ -232,12 +232,24 @@ def _numel(tensors: dict[str, torch.Tensor], keys: list[str]) -> int:
 
 
 def _workspace(ctx, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two float64 buffers of at least n elements on the replay's device, kept with the model."""
+    """Two float64 buffers of at least n elements, kept with the model: on the replay's device,
+    or on the host where a GPU has not the room for them (then the comparison runs there)."""
     device, *work = _WORKSPACE.get(ctx.model, (None,))
     if device != ctx.device or work[0].numel() < n:
-        work = [torch.empty(n, dtype=torch.float64, device=ctx.device) for _ in range(2)]
+        work = [None, None]  # the old ones freed first
+        _WORKSPACE.pop(ctx.model, None)
+        where = ctx.device
+        if torch.device(where).type == "cuda" and 2 * n * 8 > _cuda_free(where) - 2**30:
+            where = torch.device("cpu")
+        work = [torch.empty(n, dtype=torch.float64, device=where) for _ in range(2)]
         _WORKSPACE[ctx.model] = (ctx.device, *work)
     return work[0], work[1]
+
+
+def _cuda_free(device) -> int:
+    """Bytes a CUDA device can still allocate: free on the device and cached by torch."""
+    return (torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device)
+            - torch.cuda.memory_allocated(device))
 
 
 def _flat64(tensors: dict[str, torch.Tensor], keys: list[str], buf: torch.Tensor
