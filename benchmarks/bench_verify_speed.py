@@ -249,18 +249,13 @@ def _task_kwargs(a) -> dict:
 
 
 def settings(items, flag: str) -> dict:
-    """KEY=VALUE items: VALUE read as JSON where it parses, else a string."""
-    out = {}
-    for item in items or ():
-        key, eq, raw = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not eq or not key.isidentifier():
-            raise SystemExit(f"{flag} {item!r}: expected KEY=VALUE")
-        try:
-            out[key] = json.loads(raw)
-        except ValueError:
-            out[key] = raw
-    return out
+    """KEY=VALUE items: VALUE read as JSON where it parses, else a string (pol's CLI parser)."""
+    from pol.cli.options import parse_settings
+    from pol.errors import ConfigError
+    try:
+        return parse_settings(tuple(items or ()), flag)
+    except ConfigError as e:
+        raise SystemExit(str(e)) from None
 
 
 def dataset_params(a) -> dict:

@@ -218,15 +218,15 @@ def given(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def parse_settings(items: tuple[str, ...]) -> dict[str, Any]:
-    """--set KEY=VALUE items: VALUE read as JSON where it parses, else a string."""
+def parse_settings(items: tuple[str, ...], flag: str = "--set") -> dict[str, Any]:
+    """`flag` KEY=VALUE items: VALUE read as JSON where it parses, else a string."""
     from pol.errors import ConfigError
     out: dict[str, Any] = {}
     for item in items:
         key, eq, raw = item.partition("=")
         key = key.strip().replace("-", "_")
         if not eq or not key.isidentifier():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE")
         try:
             out[key] = json.loads(raw)
         except ValueError:

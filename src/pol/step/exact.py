@@ -232,7 +232,6 @@ def _round_grid(fx: torch.Tensor, log: "RoundingLog", t: int, point: int,
     grid = Grid(fx, sizes, log.noise, log.window)
     r = grid.r
     if log.replaying:
-        r = r.clone()
         log.apply_grid(t, point, grid, r)
     else:
         idx = (grid.tie <= grid.thr).nonzero().squeeze(1)
@@ -253,10 +252,17 @@ def round_exact(x: torch.Tensor, log: "RoundingLog", t: int, point: int,
         x = x.contiguous()
     if point == GRADIENTS and log.noise > 0:
         r = _round_grid(x.view(-1), log, t, point, sizes or [x.numel()]).view(x.shape)
-        if out is None:
-            return r
-        out.copy_(r)
-        return out
+    else:
+        r = _round_float32(x, log, t, point)
+    if out is None:
+        return r
+    out.copy_(r)
+    return out
+
+
+def _round_float32(x: torch.Tensor, log: "RoundingLog", t: int, point: int) -> torch.Tensor:
+    """`x` (contiguous float64) to nearest float32, the logged values the logged way (replay);
+    values within the window of a tie logged (record)."""
     r = x.to(torch.float32)
     fx, fr = x.view(-1), r.view(-1)
     if log.replaying:
@@ -267,10 +273,7 @@ def round_exact(x: torch.Tensor, log: "RoundingLog", t: int, point: int,
             idx = idx[tie_distance(fx[idx], fr[idx]) <= log.window]
             if idx.numel():
                 log.add(t, point, idx, fr[idx].double() > fx[idx])
-    if out is None:
-        return r
-    out.copy_(r)
-    return out
+    return r
 
 
 class RoundingLog:
@@ -326,52 +329,57 @@ class RoundingLog:
             for p, a, b in zip(points, starts, [*starts[1:], len(rows)]):
                 self._todo[int(p)] = (rows[a:b, 2], rows[a:b, 3].astype(bool))
 
+    def _logged(self, t: int, point: int, n: int, device: torch.device):
+        """This point's entries as (indices as numpy, indices and directions on `device`), or
+        None: no entries, or one naming a value past the point's `n` (a problem)."""
+        todo = self._todo.pop(point, None)
+        if todo is None:
+            return None
+        idx_np, up_np = todo
+        if idx_np[-1] >= n:
+            self.problem(t, f"an entry names value {int(idx_np[-1])} of the {_point(point)}, "
+                            f"which has {n}")
+            return None
+        return (idx_np, torch.from_numpy(idx_np).to(device),
+                torch.from_numpy(up_np).to(device))
+
+    def _far(self, t: int, point: int, idx_np: np.ndarray, dist: torch.Tensor,
+             within: torch.Tensor | float, unit: str) -> torch.Tensor:
+        """Which logged values lie farther than `within` from a tie here (`dist`, in `unit`): a
+        problem naming the first."""
+        bad = ~(dist <= within)
+        if bool(bad.any()):
+            j = int(bad.nonzero()[0, 0])
+            w = float(within[j]) if isinstance(within, torch.Tensor) else within
+            self.problem(t, f"it names value {int(idx_np[j])} of the {_point(point)}, which "
+                            f"lies {float(dist[j]):.3g} {unit} from a rounding tie here "
+                            f"(a logged value must lie within {w:.3g})")
+        return bad
+
     def apply(self, t: int, point: int, fx: torch.Tensor, fr: torch.Tensor) -> None:
         """Round the logged values of this point in their logged direction (in `fr`), after
         checking that each is near a tie here too."""
-        todo = self._todo.pop(point, None)
-        if todo is None:
+        got = self._logged(t, point, fx.numel(), fx.device)
+        if got is None:
             return
-        idx_np, up_np = todo
-        if idx_np[-1] >= fx.numel():
-            self.problem(t, f"an entry names value {int(idx_np[-1])} of the {_point(point)}, "
-                            f"which has {fx.numel()}")
-            return
-        idx = torch.from_numpy(idx_np).to(fx.device)
+        idx_np, idx, up = got
         xi, ri = fx[idx], fr[idx]
-        dist = tie_distance(xi, ri)
-        bad = ~(dist <= REPLAY_FACTOR * self.window)
-        if bool(bad.any()):
-            j = int(bad.nonzero()[0, 0])
-            self.problem(t, f"it names value {int(idx_np[j])} of the {_point(point)}, which "
-                            f"lies {float(dist[j]):.3g} float32 ulps from a rounding tie here "
-                            f"(a logged value must lie within {REPLAY_FACTOR * self.window:.3g})")
+        bad = self._far(t, point, idx_np, tie_distance(xi, ri), REPLAY_FACTOR * self.window,
+                        "float32 ulps")
         lo, hi = _neighbours(xi, ri)
-        up = torch.from_numpy(up_np).to(fx.device)
         fr[idx] = torch.where(up & ~bad, hi, torch.where(bad, ri, lo))
 
     def apply_grid(self, t: int, point: int, grid: Grid, r: torch.Tensor) -> None:
         """`apply` on a `Grid`: the logged values of this point rounded in their logged
         direction (in `r`, float64), after checking each lies near a tie here too (within
         `REPLAY_FACTOR` × its window)."""
-        todo = self._todo.pop(point, None)
-        if todo is None:
+        got = self._logged(t, point, r.numel(), r.device)
+        if got is None:
             return
-        idx_np, up_np = todo
-        if idx_np[-1] >= r.numel():
-            self.problem(t, f"an entry names value {int(idx_np[-1])} of the {_point(point)}, "
-                            f"which has {r.numel()}")
-            return
-        idx = torch.from_numpy(idx_np).to(r.device)
-        tie, thr, g = grid.tie[idx], grid.thr[idx], grid.g[idx]
-        bad = ~(tie <= REPLAY_FACTOR * thr)
-        if bool(bad.any()):
-            j = int(bad.nonzero()[0, 0])
-            self.problem(t, f"it names value {int(idx_np[j])} of the {_point(point)}, which "
-                            f"lies {float(tie[j] / g[j]):.3g} grid spacings from a rounding tie "
-                            f"here (a logged value must lie within "
-                            f"{REPLAY_FACTOR * float(thr[j] / g[j]):.3g})")
-        up = torch.from_numpy(up_np).to(r.device)
+        idx_np, idx, up = got
+        g = grid.g[idx]
+        bad = self._far(t, point, idx_np, grid.tie[idx] / g, REPLAY_FACTOR * grid.thr[idx] / g,
+                        "grid spacings")
         r[idx] = torch.where(bad, r[idx], grid.value(up, idx))
 
     def end(self, t: int, points: int) -> None:
