@@ -43,37 +43,42 @@ from pol.verifier.distances import METRICS
 
 
 def distances(a: torch.Tensor, b: torch.Tensor, metrics: Sequence[str] = METRICS,
-              norm_a: torch.Tensor | None = None, norm_b: torch.Tensor | None = None
-              ) -> dict[str, float]:
+              norm_a: torch.Tensor | None = None, norm_b: torch.Tensor | None = None,
+              consume: bool = False) -> dict[str, float]:
     """`distances.all_distances(a, b, metrics)`, bit for bit, with fewer passes over the vectors:
     the same torch operations on the same tensors, but a − b and |a − b| computed once for all
     metrics, and the norms of a and b (cos) optionally passed in by a caller that has them already
-    (the streaming pass: each checkpoint's norm serves two segments)."""
-    out: dict[str, float] = {}
+    (the streaming pass: each checkpoint's norm serves two segments). `consume`: a − b and its
+    absolute value are written over `a` (used up; no float64 temporaries)."""
     need = set(metrics)
     unknown = need - set(METRICS)
     if unknown:
         raise ValueError(f"unknown metric {sorted(unknown)[0]!r}; known: {', '.join(METRICS)}")
-    d = a - b if need & {"l1", "l2", "linf"} else None
-    ad = d.abs() if need & {"l1", "linf"} else None
-    for m in metrics:
-        if m == "l1":
-            out[m] = float(ad.sum())
-        elif m == "l2":
-            out[m] = float(torch.linalg.vector_norm(d))
-        elif m == "linf":
-            out[m] = float(ad.max()) if a.numel() else 0.0
-        else:  # cos
-            if torch.equal(a, b):
-                out[m] = 0.0
-                continue
-            na = norm_a if norm_a is not None else torch.linalg.vector_norm(a)
-            nb = norm_b if norm_b is not None else torch.linalg.vector_norm(b)
-            if na == 0 or nb == 0:
-                out[m] = 0.0 if na == nb else 1.0
-            else:
-                out[m] = float(1.0 - torch.dot(a, b) / (na * nb))
-    return out
+    out: dict[str, float] = {}
+    if "cos" in need:  # before `a` is used up
+        out["cos"] = _cos_distance(a, b, norm_a, norm_b)
+    if need & {"l1", "l2", "linf"}:
+        d = torch.sub(a, b, out=a) if consume else a - b
+        if "l2" in need:
+            out["l2"] = float(torch.linalg.vector_norm(d))
+        if need & {"l1", "linf"}:
+            ad = d.abs_() if consume else d.abs()
+            if "l1" in need:
+                out["l1"] = float(ad.sum())
+            if "linf" in need:
+                out["linf"] = float(ad.max()) if a.numel() else 0.0
+    return {m: out[m] for m in metrics}
+
+
+def _cos_distance(a: torch.Tensor, b: torch.Tensor, norm_a: torch.Tensor | None,
+                  norm_b: torch.Tensor | None) -> float:
+    if torch.equal(a, b):
+        return 0.0
+    na = norm_a if norm_a is not None else torch.linalg.vector_norm(a)
+    nb = norm_b if norm_b is not None else torch.linalg.vector_norm(b)
+    if na == 0 or nb == 0:
+        return 0.0 if na == nb else 1.0
+    return float(1.0 - torch.dot(a, b) / (na * nb))
 
 
 @dataclass
@@ -268,18 +273,7 @@ def _flat64(tensors: dict[str, torch.Tensor], keys: list[str], buf: torch.Tensor
 def _consuming_distances(a: torch.Tensor, b: torch.Tensor, metrics: Sequence[str]
                          ) -> dict[str, float]:
     """`distances(a, b, metrics)`, bit for bit, with a − b written over `a` (used up)."""
-    cos = distances(a, b, ("cos",)) if "cos" in metrics else {}
-    out = distances(a[:0], b[:0], [m for m in metrics if m != "cos"])  # checks the names
-    if len(out):
-        d = torch.sub(a, b, out=a)
-        if "l2" in out:
-            out["l2"] = float(torch.linalg.vector_norm(d))
-        ad = d.abs_()
-        if "l1" in out:
-            out["l1"] = float(ad.sum())
-        if "linf" in out:
-            out["linf"] = float(ad.max()) if a.numel() else 0.0
-    return {m: cos[m] if m == "cos" else out[m] for m in metrics}
+    return distances(a, b, metrics, consume=True)
 
 
 def _state_distances(stored: dict, start: dict, end: dict, keys: list[str], work: tuple
