@@ -156,14 +156,42 @@ def _timed_steps(ctx, spec, train, device, steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
+def _sync_sites(run, device: torch.device) -> dict:
+    """Host synchronizations while `run()` runs (CUDA's sync debug mode): how many, and where
+    (file:line of pol's code, most frequent first)."""
+    import traceback
+    import warnings
+    if device.type != "cuda":
+        return {"count": None, "sites": []}
+    sites: dict[str, int] = {}
+    real = warnings.showwarning
+
+    def seen(message, category, filename, lineno, file=None, line=None):
+        frames = [f for f in traceback.extract_stack()[:-1] if "/pol/" in f.filename]
+        where = f"{frames[-1].filename.split('/pol/')[-1]}:{frames[-1].lineno}" if frames \
+            else f"{filename}:{lineno}"
+        sites[where] = sites.get(where, 0) + 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = seen
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+            warnings.showwarning = real
+    return {"count": sum(sites.values()),
+            "sites": sorted(sites.items(), key=lambda kv: -kv[1])[:12]}
+
+
 def breakdown(spec, train, device, steps: int) -> dict:
     """ms per step of pol's step (no proof written): float32; the same model and optimizer in
-    float64 without rounding; exact mode, and the part of it spent rounding (with the nonzero()
-    that finds the near ties)."""
+    float64 without rounding; exact mode recording its log, and replaying it; the part of it
+    spent rounding (timed in a separate run, synchronized around each rounding point, which
+    slows that run); and on a GPU the host synchronizations per exact step, with their sites."""
     import dataclasses
 
     from pol.step import build_context, make_optimizer, numerics
-    from pol.step import exact as ex
     out = {}
     with numerics(spec, device):
         ctx = build_context(spec, device)
@@ -177,29 +205,48 @@ def breakdown(spec, train, device, steps: int) -> dict:
         ctx64 = dataclasses.replace(
             ctx, optimizer=make_optimizer(spec.optimizer, ctx.model.parameters()), prepare=prep64)
         out["fp64_ms"] = 1e3 * _timed_steps(ctx64, spec, train, device, steps)
-        spent = {"round": 0.0, "calls": 0}
-        real = ex.round_exact
-
-        def timed(*a, **kw):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            r = real(*a, **kw)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            spent["round"] += time.perf_counter() - t0
-            spent["calls"] += 1
-            return r
-        ex.round_exact = timed
-        try:
-            exact_spec = spec.with_(step=StepSpec(exact=True))
-            ctxe = build_context(exact_spec, device)
-            out["exact_ms"] = 1e3 * _timed_steps(ctxe, exact_spec, train, device, steps)
-        finally:
-            ex.round_exact = real
-    out["rounding_ms"] = 1e3 * spent["round"] / (steps + 3)
-    out["rounding_calls_per_step"] = spent["calls"] / (steps + 3)
+        exact_spec = spec.with_(step=StepSpec(exact=True))
+        ctxe = build_context(exact_spec, device)
+        out["exact_ms"] = 1e3 * _timed_steps(ctxe, exact_spec, train, device, steps)
+        entries = ctxe.exact.take()
+        out["syncs_record"] = _sync_sites(
+            lambda: _timed_steps(ctxe, exact_spec, train, device, 3), device)
+        ctxe.exact.take()
+        ctxr = build_context(exact_spec, device)
+        ctxr.exact.replay(entries)
+        out["exact_replay_ms"] = 1e3 * _timed_steps(ctxr, exact_spec, train, device, steps)
+        out["syncs_replay"] = _sync_sites(
+            lambda: _timed_steps(ctxr, exact_spec, train, device, 3), device)
+        out["replay_problems"] = len(ctxr.exact.problems)
+        out.update(_rounding_time(exact_spec, train, device, steps))
     return out
+
+
+def _rounding_time(exact_spec, train, device, steps: int) -> dict:
+    """ms per step in `round_exact` (synchronized around each call: a run of its own)."""
+    from pol.step import build_context
+    from pol.step import exact as ex
+    spent = {"round": 0.0, "calls": 0}
+    real = ex.round_exact
+
+    def timed(*a, **kw):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        r = real(*a, **kw)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        spent["round"] += time.perf_counter() - t0
+        spent["calls"] += 1
+        return r
+    ex.round_exact = timed
+    try:
+        ctxe = build_context(exact_spec, device)
+        _timed_steps(ctxe, exact_spec, train, device, steps)
+    finally:
+        ex.round_exact = real
+    return {"rounding_ms": 1e3 * spent["round"] / (steps + 3),
+            "rounding_calls_per_step": spent["calls"] / (steps + 3)}
 
 
 def verify_on(path: Path, device: torch.device, all_segments: bool) -> dict:

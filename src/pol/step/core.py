@@ -112,7 +112,10 @@ def step_inputs(ctx: StepContext, x: torch.Tensor, y: torch.Tensor,
     preparation's float32 arithmetic otherwise (CUDA divides by a scalar as a multiplication by
     its reciprocal, so `x / 255` differs from the CPU's in the last bit)."""
     if ctx.exact is not None:
-        inputs = ctx.prepare(x.cpu()).to(ctx.device, non_blocking=True)
+        inputs = ctx.prepare(x.cpu())
+        if ctx.device.type == "cuda":  # from pinned memory: no wait for the GPU's queue
+            inputs = inputs.pin_memory()
+        inputs = inputs.to(ctx.device, non_blocking=True)
     else:
         inputs = ctx.prepare(x.to(ctx.device, non_blocking=True))
     if ctx.augment is not None:

@@ -39,6 +39,7 @@ storage, and layers outside `SUPPORTED_LAYERS`.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -58,6 +59,7 @@ LOG_COLUMNS = ("step", "point", "index", "up")  # one int64 row per logged value
 
 _LOW29 = (1 << 29) - 1  # the float64 significand bits that float32 rounding drops
 _HALF29 = 1 << 28  # ... and their value on a tie
+
 _MAGNITUDE = (1 << 63) - 1  # a float64's bits without the sign
 # magnitudes whose float32 rounding is subnormal (or the smallest normal): [2^-151, 2^-126], as
 # float64 bit patterns (biased exponents 872 and 897), given by their centre and half-width
@@ -143,7 +145,7 @@ def tie_distance(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     float32 value; NaN where x is not finite or overflows."""
     rd = r.double()
     d = x - rd  # exact: |d| ≤ gap / 2
-    inf = torch.tensor(float("inf"), dtype=torch.float32, device=r.device)
+    inf = _inf(r.device)
     other = torch.nextafter(r, torch.where(d > 0, inf, -inf))  # the neighbour on x's side
     gap = (other.double() - rd).abs()
     return (d.abs() - gap * 0.5).abs() / gap
@@ -160,6 +162,30 @@ def _candidates(x: torch.Tensor, window: float) -> torch.Tensor:
     torch.bitwise_and(bits, _MAGNITUDE, out=work)
     near |= work.sub_(_TINY_MID).abs_() <= _TINY_HALF
     return near.nonzero().squeeze(1)
+
+
+def _inf(device: torch.device) -> torch.Tensor:
+    """float32 +inf as a 0-d tensor on `device`, written there by a fill kernel: `torch.tensor(x,
+    device=...)` would copy it from the host, which waits for the GPU's queued work."""
+    return torch.full((), float("inf"), dtype=torch.float32, device=device)
+
+
+def _near_tie(x: torch.Tensor, window: float) -> torch.Tensor:
+    """Which values of `x` (flat float64) lie within `window` float32 spacings of a float32
+    rounding tie (a bool mask; NaN and ±inf never): `tie_distance(x, x.float()) <= window`,
+    computed on the whole vector without gathering (on a GPU, where `_candidates` would wait
+    for the device to count them; on a CPU `_candidates` takes fewer passes). In float32's
+    normal range the dropped significand bits tell it: a float64 lies on a tie when its low 29
+    bits are 2^28, so |low − 2^28| ≤ window · 2^29 is the test. Below 2^-126 float32 rounds to multiples of
+    2^-149: |x| · 2^149 (exact: a power of two) lies on a tie when its fraction is 1/2."""
+    bits = x.view(torch.int64)
+    near = (bits & _LOW29).sub_(_HALF29).abs_() <= int(window * 2 ** 29)
+    a = x.abs()
+    tiny = a < 2.0 ** -126
+    y = a.mul_(2.0 ** 149)
+    sub = y.sub_(torch.floor(y)).sub_(0.5).abs_() <= window  # the fraction, exact
+    near = torch.where(tiny, sub, near)
+    return near.logical_and_(~torch.isnan(x))
 
 
 def flush_small(g: torch.Tensor) -> torch.Tensor:
@@ -179,7 +205,7 @@ def flush_small(g: torch.Tensor) -> torch.Tensor:
 
 def _neighbours(x: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(lower, upper) float32 neighbours of float64 values `x` whose nearest float32 is `r`."""
-    inf = torch.tensor(float("inf"), dtype=torch.float32, device=r.device)
+    inf = _inf(r.device)
     below = r.double() <= x
     other = torch.nextafter(r, torch.where(below, inf, -inf))
     return torch.where(below, r, other), torch.where(below, other, r)
@@ -207,13 +233,14 @@ class Grid:
     Sterbenz subtractions)."""
 
     def __init__(self, fx: torch.Tensor, sizes: list[int], noise: float, window: float) -> None:
-        lengths = torch.tensor(sizes, device=fx.device)
+        lengths = _lengths(tuple(sizes), fx.device)
+        n = fx.numel()
         a = fx.abs()
         _, e_big = torch.frexp(torch.segment_reduce(a, "max", lengths=lengths))
         ln = int(round(math.log2(noise)))
         e_big = e_big.long()
-        q = _pow2((e_big + ln + 4).clamp_min(-149)).repeat_interleave(lengths)
-        nu_m = _pow2((e_big + ln).clamp_min(-1000)).repeat_interleave(lengths)
+        q = _pow2((e_big + ln + 4).clamp_min(-149)).repeat_interleave(lengths, output_size=n)
+        nu_m = _pow2((e_big + ln).clamp_min(-1000)).repeat_interleave(lengths, output_size=n)
         g = (a.view(torch.int64) & _EXPONENT).view(torch.float64).mul_(2.0 ** -23)
         self.x, self.g = fx, torch.maximum(g, q, out=g)
         r = torch.div(fx, g).round_().mul_(g)
@@ -227,6 +254,13 @@ class Grid:
         return (torch.floor(self.x[idx] / g) + up.to(g.dtype)) * g
 
 
+@functools.lru_cache(maxsize=16)
+def _lengths(sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """The tensors' lengths as an int64 tensor on `device`, made once per model (a tensor made
+    from a list is copied from the host, which waits for the GPU's queued work)."""
+    return torch.tensor(sizes, dtype=torch.int64, device=device)
+
+
 def _round_grid(fx: torch.Tensor, log: "RoundingLog", t: int, point: int,
                 sizes: list[int]) -> torch.Tensor:
     grid = Grid(fx, sizes, log.noise, log.window)
@@ -234,9 +268,7 @@ def _round_grid(fx: torch.Tensor, log: "RoundingLog", t: int, point: int,
     if log.replaying:
         log.apply_grid(t, point, grid, r)
     else:
-        idx = (grid.tie <= grid.thr).nonzero().squeeze(1)
-        if idx.numel():
-            log.add(t, point, idx, r[idx] > fx[idx])
+        log.record(t, point, grid.tie <= grid.thr, r > fx)
     return r.to(torch.float32)
 
 
@@ -267,28 +299,89 @@ def _round_float32(x: torch.Tensor, log: "RoundingLog", t: int, point: int) -> t
     fx, fr = x.view(-1), r.view(-1)
     if log.replaying:
         log.apply(t, point, fx, fr)
-    else:
+    elif log.defers(fx.device):  # masks over the whole vector: no wait for the device
+        log.record(t, point, _near_tie(fx, log.window), fr.double() > fx)
+    else:  # the candidates the dropped bits give, then their distance from the tie
         idx = _candidates(fx, log.window)
-        if idx.numel():
-            idx = idx[tie_distance(fx[idx], fr[idx]) <= log.window]
-            if idx.numel():
-                log.add(t, point, idx, fr[idx].double() > fx[idx])
+        idx = idx[tie_distance(fx[idx], fr[idx]) <= log.window]
+        log.record_at(t, point, idx, fr[idx].double() > fx[idx])
     return r
+
+
+# a GPU's rounding log in flight (`RoundingLog.record`): at most this many rounding points wait
+# for their copy to the host before the next record waits for the oldest (a few steps' worth)
+_IN_FLIGHT_MAX = 8
+_CAP_MIN = 4096  # the smallest compaction buffer of a rounding point
+
+
+def _rows(t: int, point: int, idx: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """Log rows (step, point, index, up) of one rounding point, int64 [n, 4]."""
+    out = np.empty((len(idx), len(LOG_COLUMNS)), dtype=np.int64)
+    out[:, 0], out[:, 1], out[:, 2], out[:, 3] = t, point, idx, up
+    return out
+
+
+class _InFlight:
+    """One rounding point's log entries on a GPU, on their way to the host without a wait: the
+    marked indices compacted on the device into `cap` slots (`nonzero_static`), copied with
+    their directions and their count to pinned memory behind an event. The masks stay until
+    the count is read: more than `cap` marked values (rare: `cap` follows the counts of earlier
+    steps) are then read from them."""
+
+    def __init__(self, t: int, point: int, near: torch.Tensor, up: torch.Tensor,
+                 cap: int | None) -> None:
+        n = near.numel()
+        self.t, self.point, self.near, self.up = t, point, near, up
+        self.cap = min(n, cap or max(_CAP_MIN, n >> 5))
+        idx = torch.nonzero_static(near, size=self.cap, fill_value=0).squeeze(1)
+        cuda = near.device.type == "cuda"
+        self.host = [self._to_host(v, cuda) for v in (idx, up[idx], near.sum().reshape(1))]
+        self.event = torch.cuda.Event() if cuda else None
+        if self.event is not None:
+            self.event.record()
+
+    @staticmethod
+    def _to_host(v: torch.Tensor, cuda: bool) -> torch.Tensor:
+        if not cuda:
+            return v
+        return torch.empty(v.shape, dtype=v.dtype, pin_memory=True).copy_(v, non_blocking=True)
+
+    def done(self) -> bool:
+        return self.event is None or self.event.query()
+
+    def rows(self) -> tuple[np.ndarray, int]:
+        """(the log rows, how many values were marked), once the copies are done."""
+        if self.event is not None:
+            self.event.synchronize()
+        idx, up, count = self.host
+        n = int(count[0])
+        if n <= self.cap:
+            return _rows(self.t, self.point, idx[:n].numpy(), up[:n].numpy()), n
+        i = self.near.nonzero().squeeze(1)
+        return _rows(self.t, self.point, i.cpu().numpy(), self.up[i].cpu().numpy()), n
 
 
 class RoundingLog:
     """The rounding log of exact mode: recorded by the prover's steps (`take` hands the entries
     since the last call to the proof writer), replayed by the verifier's (`replay`). Entries are
     int64 rows (step, point, index, up), sorted, as `roundlog.polr` stores them
-    (`pol.proof.roundlog`)."""
+    (`pol.proof.roundlog`).
+
+    Neither side waits for a GPU inside a step: recorded entries reach the host behind events
+    (`_InFlight`), and a replay's checks of the logged values are read when `problems` is."""
 
     def __init__(self, window: float, noise: float = 0.0) -> None:
         self.window = float(window)
         self.noise = float(noise)  # StepSpec.exact_noise: 0 = no gradient grid (older proofs)
-        self._rows: list[torch.Tensor] = []  # recording: [n, 4] per rounding point
+        self._rows: list[np.ndarray] = []  # recording: rows per rounding point, in order
+        self._pending: list[_InFlight] = []  # recording on a GPU: not yet on the host
+        self._caps: dict[int, int] = {}  # recording on a GPU: compaction size per point
         self._entries: np.ndarray | None = None  # replaying: the proof's rows
-        self._todo: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # this step's, by point
-        self.problems: dict[int, str] = {}  # replaying: step -> what was wrong with its log
+        self._on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # ... their columns
+        self._todo: dict[int, tuple[int, int]] = {}  # this step's rows, by point
+        self._problems: dict[int, str] = {}  # replaying: step -> what was wrong with its log
+        self._checks: list[tuple[int, Any]] = []  # replaying: problems not read yet, in order
+        self.deferred: bool | None = None  # recording: None = on a GPU (`defers`)
 
     @property
     def replaying(self) -> bool:
@@ -296,16 +389,43 @@ class RoundingLog:
 
     # ----- recording
 
-    def add(self, t: int, point: int, idx: torch.Tensor, up: torch.Tensor) -> None:
-        n = idx.numel()
-        head = torch.tensor([t, point], dtype=torch.int64, device=idx.device).expand(n, 2)
-        self._rows.append(torch.cat([head, idx.view(n, 1), up.view(n, 1).long()], 1))
+    def defers(self, device: torch.device) -> bool:
+        """Whether entries found on `device` are taken as masks and read later (a GPU: no
+        wait inside the step) rather than gathered at once (a CPU; `deferred` overrides)."""
+        return device.type == "cuda" if self.deferred is None else self.deferred
+
+    def record(self, t: int, point: int, near: torch.Tensor, up: torch.Tensor) -> None:
+        """Log the values of step t's rounding point `point` that `near` marks, with the
+        direction they rounded (`up`), both bool masks over the point's vector. Deferred
+        (`defers`): the entries travel to the host behind an event (`_InFlight`), read later."""
+        if not self.defers(near.device):
+            idx = near.nonzero().squeeze(1)
+            self.record_at(t, point, idx, up[idx])
+            return
+        self._pending.append(_InFlight(t, point, near, up, self._caps.get(point)))
+        self._collect(_IN_FLIGHT_MAX)
+
+    def record_at(self, t: int, point: int, idx: torch.Tensor, up: torch.Tensor) -> None:
+        """Log the values at `idx` (ascending) of step t's rounding point, rounded `up` or not."""
+        if idx.numel():
+            self._rows.append(_rows(t, point, idx.cpu().numpy(), up.cpu().numpy()))
+
+    def _collect(self, keep: int) -> None:
+        """Move the in-flight entries whose copies are done to the rows, oldest first, waiting
+        for the oldest while more than `keep` are in flight."""
+        while self._pending and (len(self._pending) > keep or self._pending[0].done()):
+            item = self._pending.pop(0)
+            rows, n = item.rows()
+            self._caps[item.point] = max(_CAP_MIN, 2 * n)
+            if len(rows):
+                self._rows.append(rows)
 
     def take(self) -> np.ndarray:
         """The entries recorded since the last call, int64 [n, 4], in order."""
+        self._collect(0)
         if not self._rows:
-            return np.zeros((0, 4), dtype=np.int64)
-        rows = torch.cat(self._rows).cpu().numpy()
+            return np.zeros((0, len(LOG_COLUMNS)), dtype=np.int64)
+        rows = np.concatenate(self._rows)
         self._rows = []
         return rows
 
@@ -314,20 +434,34 @@ class RoundingLog:
     def replay(self, entries: np.ndarray) -> None:
         """Replay with a proof's entries (int64 [N, 4], validated by the reader)."""
         self._entries = entries
+        self._on_device = {}
+
+    def _columns(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The entries' indices and directions on `device`, copied there once per `replay`
+        (from pinned memory, without a wait)."""
+        key = str(device)
+        if key not in self._on_device:
+            e = self._entries
+            cols = [torch.from_numpy(np.ascontiguousarray(e[:, 2])),
+                    torch.from_numpy(e[:, 3] != 0)]
+            if device.type == "cuda":
+                cols = [c.pin_memory().to(device, non_blocking=True) for c in cols]
+            self._on_device[key] = (cols[0], cols[1])
+        return self._on_device[key]
 
     def begin(self, t: int) -> None:
         """Step t starts: its entries by rounding point (the last replay of a step counts)."""
         if not self.replaying:
             return
-        self.problems.pop(t, None)
+        self._problems.pop(t, None)
+        self._checks = [c for c in self._checks if c[0] != t]
         e = self._entries
-        lo, hi = np.searchsorted(e[:, 0], [t, t + 1])
-        rows = e[lo:hi]
+        lo, hi = (int(v) for v in np.searchsorted(e[:, 0], [t, t + 1]))
         self._todo = {}
-        if len(rows):
-            points, starts = np.unique(rows[:, 1], return_index=True)
-            for p, a, b in zip(points, starts, [*starts[1:], len(rows)]):
-                self._todo[int(p)] = (rows[a:b, 2], rows[a:b, 3].astype(bool))
+        if hi > lo:
+            points, starts = np.unique(e[lo:hi, 1], return_index=True)
+            for p, a, b in zip(points, starts, [*starts[1:], hi - lo]):
+                self._todo[int(p)] = (lo + int(a), lo + int(b))
 
     def _logged(self, t: int, point: int, n: int, device: torch.device):
         """This point's entries as (indices as numpy, indices and directions on `device`), or
@@ -335,26 +469,51 @@ class RoundingLog:
         todo = self._todo.pop(point, None)
         if todo is None:
             return None
-        idx_np, up_np = todo
+        a, b = todo
+        idx_np = self._entries[a:b, 2]
         if idx_np[-1] >= n:
             self.problem(t, f"an entry names value {int(idx_np[-1])} of the {_point(point)}, "
                             f"which has {n}")
             return None
-        return (idx_np, torch.from_numpy(idx_np).to(device),
-                torch.from_numpy(up_np).to(device))
+        idx, up = self._columns(device)
+        return idx_np, idx[a:b], up[a:b]
 
     def _far(self, t: int, point: int, idx_np: np.ndarray, dist: torch.Tensor,
              within: torch.Tensor | float, unit: str) -> torch.Tensor:
-        """Which logged values lie farther than `within` from a tie here (`dist`, in `unit`): a
-        problem naming the first."""
+        """Which logged values lie farther than `within` from a tie here (`dist`, in `unit`); the
+        first of them is a problem of step t, read with `problems` (no wait here)."""
         bad = ~(dist <= within)
-        if bool(bad.any()):
-            j = int(bad.nonzero()[0, 0])
-            w = float(within[j]) if isinstance(within, torch.Tensor) else within
-            self.problem(t, f"it names value {int(idx_np[j])} of the {_point(point)}, which "
-                            f"lies {float(dist[j]):.3g} {unit} from a rounding tie here "
-                            f"(a logged value must lie within {w:.3g})")
+        j = torch.argmax(bad.to(torch.uint8))  # the first far value (0: none)
+        w = within[j] if isinstance(within, torch.Tensor) else \
+            torch.full((), within, dtype=dist.dtype, device=dist.device)
+        facts = torch.stack([bad.any().to(dist.dtype), j.to(dist.dtype), dist[j], w])
+        self._checks.append((t, (point, idx_np, unit, facts)))
         return bad
+
+    def _read_checks(self) -> None:
+        """The replay's pending checks read from the device (one wait for all), as problems in
+        the order they were made."""
+        checks, self._checks = self._checks, []
+        far = [c for _, c in checks if not isinstance(c, str)]
+        values = iter(torch.stack([c[3] for c in far]).tolist() if far else [])
+        for t, c in checks:
+            if isinstance(c, str):
+                self._problems.setdefault(t, c)
+                continue
+            point, idx_np, unit, _ = c
+            bad, j, dist, w = next(values)
+            if bad:
+                self._problems.setdefault(t, _problem_text(
+                    t, f"it names value {int(idx_np[int(j)])} of the {_point(point)}, which "
+                    f"lies {dist:.3g} {unit} from a rounding tie here (a logged value must lie "
+                    f"within {w:.3g})"))
+
+    @property
+    def problems(self) -> dict[int, str]:
+        """Replaying: step -> what was wrong with its log (the first thing found)."""
+        if self._checks:
+            self._read_checks()
+        return self._problems
 
     def apply(self, t: int, point: int, fx: torch.Tensor, fr: torch.Tensor) -> None:
         """Round the logged values of this point in their logged direction (in `fr`), after
@@ -391,11 +550,15 @@ class RoundingLog:
         self._todo = {}
 
     def problem(self, t: int, why: str) -> None:
-        self.problems.setdefault(t, f"step {t}: the rounding log does not fit the replay: {why}")
+        self._checks.append((t, _problem_text(t, why)))
 
     def problems_in(self, a: int, b: int) -> list[int]:
         """The steps in [a, b) whose log did not fit their replay, in order."""
         return sorted(t for t in self.problems if a <= t < b)
+
+
+def _problem_text(t: int, why: str) -> str:
+    return f"step {t}: the rounding log does not fit the replay: {why}"
 
 
 def use_proof_log(log: RoundingLog, entries: np.ndarray | None, a: int, b: int) -> bool:
