@@ -19,6 +19,13 @@ each ratio is the median over `--repeats` rounds of (mode time ÷ plain time in 
     python benchmarks/bench_user_loop.py --task digits-cnn --device cpu --steps 150 --repeats 7
     python benchmarks/bench_user_loop.py --task resnet20 --device cuda --steps 300 --repeats 5
     python benchmarks/bench_user_loop.py --task digits-cnn --profile rec --ks 1   # cProfile
+    python benchmarks/bench_user_loop.py --micro --ks 1,10   # µs per Recorder call, torch ops
+
+`--micro` times the Recorder's own calls on the training thread with a tiny model (an MLP on 20
+features, batch 32; the writer thread waits for each snapshot and frees it but writes nothing, so
+its disk never holds the training thread up): µs per `record_batch`, per `step` that ends without
+a checkpoint, and per `step` that writes one (medians over `--steps` calls), then the torch ops
+each of those calls issues on the training thread (torch.profiler, the calls' direct children).
 
 The proofs are written with the Recorder's defaults (durable: fsync per checkpoint), to a temporary
 directory (`--out` to choose where: the disk matters at k = 1).
@@ -269,6 +276,111 @@ def profile(mode: str, task, device, steps: int, warmup: int, k: int, out: Path,
     return s.getvalue()
 
 
+def micro(device: torch.device, ks: list[int], steps: int, warmup: int) -> str:
+    """µs per Recorder call and the torch ops each call issues (see the module docstring)."""
+    from pol.models import mlp
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(512, 20)).astype(np.float32)
+    Y = (X[:, 0] > 0).astype(np.int64)
+    arch = {"in_features": 20, "num_classes": 2, "hidden": [32]}
+    lines = [f"Recorder calls, tiny MLP, batch 32, {steps} steps (+{warmup}), {device}, "
+             f"torch {torch.__version__}, {torch.get_num_threads()} threads"]
+    for k in ks:
+        with tempfile.TemporaryDirectory(prefix="pol-micro-") as tmp:
+            us = _micro_times(device, X, Y, arch, mlp, k, steps, warmup, Path(tmp) / "t")
+            ops = _micro_ops(device, X, Y, arch, mlp, k, min(steps, 200), Path(tmp) / "o")
+        lines.append(f"k={k}: " + ", ".join(f"{name} {v:.1f} µs" for name, v in us.items()))
+        for name, (calls, counts) in ops.items():
+            per = sum(counts.values()) / max(calls, 1)
+            lines.append(f"  {name}: {per:.2f} torch ops per call: " + ", ".join(
+                f"{op} ×{c / calls:.2f}" for op, c in sorted(counts.items())))
+    return "\n".join(lines)
+
+
+def _micro_recorder(device, X, Y, arch, mlp, k, steps, out):
+    torch.manual_seed(0)
+    model = mlp(**arch).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    epochs = -(-steps * 32 // len(X)) + 1
+    rec = Recorder(out, model=model, optimizer=opt, data=(X, Y),
+                   model_spec=ModelSpec("mlp", arch), batch_size=32, epochs=epochs, k=k,
+                   init="external", overwrite=True, durable=DURABLE[0], **ALLOW)
+    rec.writer._write_ready = lambda t, snap: None  # the training thread's cost alone
+    S = rec.steps_per_epoch
+    batches = [b for e in range(epochs) for b in rec.epoch_batches(e)][:steps]
+    assert len(batches) == steps and S
+    return rec, model, opt, batches
+
+
+def _micro_step(rec, model, opt, X, Y, idx, device, clock, ranges=None):
+    """One README step; returns (record_batch s, step s, whether step checkpointed)."""
+    import contextlib
+    from torch.profiler import record_function
+    x = torch.from_numpy(X[idx]).to(device, non_blocking=True)
+    y = torch.from_numpy(Y[idx]).to(device, non_blocking=True)
+    ckpt = (rec.t + 1) % rec.k == 0 or rec.t + 1 == rec.total_steps
+    r1 = record_function("pol.record_batch") if ranges else contextlib.nullcontext()
+    r2 = (record_function("pol.step+checkpoint" if ckpt else "pol.step") if ranges
+          else contextlib.nullcontext())
+    with r1:
+        a = clock()
+        rec.record_batch(idx, x, y)
+        b = clock()
+    opt.zero_grad()
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    with r2:
+        c = clock()
+        rec.step(loss)
+        d = clock()
+    return b - a, d - c, ckpt
+
+
+def _micro_times(device, X, Y, arch, mlp, k, steps, warmup, out) -> dict[str, float]:
+    rec, model, opt, batches = _micro_recorder(device, X, Y, arch, mlp, k, steps + warmup, out)
+    rb, st, ck = [], [], []
+    for i, idx in enumerate(batches):
+        a, b, c = _micro_step(rec, model, opt, X, Y, idx, device, time.perf_counter)
+        rec.writer.drain()  # the writer thread idle while the next step is timed
+        if i >= warmup:
+            rb.append(a)
+            (ck if c else st).append(b)
+    rec.abort()
+    res = {"record_batch": 1e6 * statistics.median(rb)}
+    if st:
+        res["step"] = 1e6 * statistics.median(st)
+    if ck:
+        res["step+checkpoint"] = 1e6 * statistics.median(ck)
+    res["per step"] = 1e6 * (sum(rb) + sum(st) + sum(ck)) / len(rb)
+    return res
+
+
+def _micro_ops(device, X, Y, arch, mlp, k, steps, out) -> dict[str, tuple[int, dict]]:
+    """{range: (calls, {op: count})}: the torch ops issued directly inside each Recorder call."""
+    from torch.profiler import ProfilerActivity, profile
+    rec, model, opt, batches = _micro_recorder(device, X, Y, arch, mlp, k, steps + 2, out)
+    for idx in batches[:2]:  # lazy initializations outside the profile
+        _micro_step(rec, model, opt, X, Y, idx, device, time.perf_counter)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for idx in batches[2:]:
+            _micro_step(rec, model, opt, X, Y, idx, device, time.perf_counter, ranges=True)
+    rec.writer.drain()
+    rec.abort()
+    res: dict[str, tuple[int, dict]] = {}
+    events = prof.events()
+    for ev in events:
+        if ev.name.startswith("pol."):
+            res.setdefault(ev.name, (0, {}))
+            res[ev.name] = (res[ev.name][0] + 1, res[ev.name][1])
+    for ev in events:
+        parent = ev.cpu_parent
+        if parent is not None and parent.name in res and not ev.name.startswith("pol."):
+            counts = res[parent.name][1]
+            counts[ev.name] = counts.get(ev.name, 0) + 1
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--task", default="digits-cnn", choices=["digits-cnn", "resnet20"])
@@ -288,6 +400,8 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=0,
                     help="block-interleaved: this many rounds of one block of each mode")
     ap.add_argument("--block", type=int, default=50, help="steps per block (--blocks)")
+    ap.add_argument("--micro", action="store_true",
+                    help="µs per Recorder call and the torch ops each issues (tiny model)")
     ap.add_argument("--profile", default=None, metavar="MODE",
                     help="cProfile one run of MODE at the first k instead, print the top")
     ap.add_argument("--nondeterministic", action="store_true",
@@ -310,6 +424,9 @@ def main() -> None:
     tmp = Path(args.out or tempfile.mkdtemp(prefix="pol-user-loop-"))
     tmp.mkdir(parents=True, exist_ok=True)
     try:
+        if args.micro:
+            print(micro(device, ks, args.steps, args.warmup))
+            return
         if args.profile:
             print(profile(args.profile, task, device, args.steps, args.warmup, ks[0],
                           tmp / "prof", 25))
