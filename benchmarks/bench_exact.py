@@ -218,8 +218,35 @@ def breakdown(spec, train, device, steps: int) -> dict:
         out["syncs_replay"] = _sync_sites(
             lambda: _timed_steps(ctxr, exact_spec, train, device, 3), device)
         out["replay_problems"] = len(ctxr.exact.problems)
+        if PROFILE_OUT:
+            _profile(f"{spec.model.arch}: exact mode, recording, 2 steps",
+                     lambda: _timed_steps(ctxe, exact_spec, train, device, 2), device)
+            _profile(f"{spec.model.arch}: exact mode, replaying, 2 steps",
+                     lambda: _timed_steps(ctxr, exact_spec, train, device, 2), device)
         out.update(_rounding_time(exact_spec, train, device, steps))
     return out
+
+
+PROFILE_OUT: list[str] = []  # --profile-out FILE: torch.profiler tables appended there
+
+
+def _profile(label: str, run, device: torch.device) -> None:
+    """torch.profiler's op tables of `run()` (by self device time, then by self CPU time),
+    appended to the --profile-out file."""
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        run()
+    ka = prof.key_averages()
+    tables = []
+    for key in (["self_cuda_time_total"] if device.type == "cuda" else []) + \
+            ["self_cpu_time_total"]:
+        try:
+            tables.append(ka.table(sort_by=key, row_limit=20, max_name_column_width=70))
+        except Exception as e:  # noqa: BLE001 - a key this torch does not know
+            tables.append(f"({key}: {e})")
+    with open(PROFILE_OUT[0], "a") as f:
+        f.write(f"=== {label}\n" + "\n".join(tables) + "\n")
 
 
 def _rounding_time(exact_spec, train, device, steps: int) -> dict:
@@ -311,8 +338,13 @@ def main() -> None:
     ap.add_argument("--breakdown", type=int, default=0, metavar="STEPS",
                     help="also time STEPS steps of pol's step without a proof: float32, float64 "
                     "without rounding, exact mode and its rounding")
+    ap.add_argument("--profile-out", default=None, metavar="FILE",
+                    help="with --breakdown: torch.profiler tables of 2 exact steps (recording, "
+                    "replaying) appended to FILE")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    if args.profile_out:
+        PROFILE_OUT.append(args.profile_out)
     device, vdevice = resolve_device(args.device), resolve_device(args.verify_device)
     tmp = Path(tempfile.mkdtemp(prefix="pol-exact-"))
     rows = []

@@ -65,9 +65,20 @@ def _check_nchw(x: torch.Tensor, what: str) -> None:
                          f"{tuple(x.shape)}")
 
 
+def _moved(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` on `device`; from the host to a GPU through pinned memory, without waiting for the
+    GPU's queued work (a plain copy from pageable memory waits for it)."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def _coin_flips(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     # Drawn on the generator's device, then moved: the draw depends only on the generator.
-    return torch.randint(0, 2, (n,), generator=generator, device=generator.device).to(device) == 1
+    return _moved(torch.randint(0, 2, (n,), generator=generator, device=generator.device),
+                  device) == 1
 
 
 def _augment_none(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -89,8 +100,8 @@ def _augment_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4
     """
     _check_nchw(x, "crop-flip")
     n, c, h, w = x.shape
-    offs = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator,
-                         device=generator.device).to(x.device)
+    offs = _moved(torch.randint(0, 2 * pad + 1, (n, 2), generator=generator,
+                                device=generator.device), x.device)
     flip = _coin_flips(n, generator, x.device)
     padded = F.pad(x, (pad, pad, pad, pad))
     rows = offs[:, 0:1] + torch.arange(h, device=x.device)  # [n, h]

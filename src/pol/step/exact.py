@@ -236,7 +236,10 @@ class Grid:
         lengths = _lengths(tuple(sizes), fx.device)
         n = fx.numel()
         a = fx.abs()
-        _, e_big = torch.frexp(torch.segment_reduce(a, "max", lengths=lengths))
+        # each tensor's largest |value| (exact in any order; `segment_reduce` would wait for
+        # the GPU to size its output)
+        big = torch.stack(torch._foreach_norm(list(fx.split(sizes)), float("inf")))
+        _, e_big = torch.frexp(big)
         ln = int(round(math.log2(noise)))
         e_big = e_big.long()
         q = _pow2((e_big + ln + 4).clamp_min(-149)).repeat_interleave(lengths, output_size=n)
@@ -483,10 +486,12 @@ class RoundingLog:
         """Which logged values lie farther than `within` from a tie here (`dist`, in `unit`); the
         first of them is a problem of step t, read with `problems` (no wait here)."""
         bad = ~(dist <= within)
-        j = torch.argmax(bad.to(torch.uint8))  # the first far value (0: none)
-        w = within[j] if isinstance(within, torch.Tensor) else \
-            torch.full((), within, dtype=dist.dtype, device=dist.device)
-        facts = torch.stack([bad.any().to(dist.dtype), j.to(dist.dtype), dist[j], w])
+        # the first far value (0: none), gathered by a tensor index (an int would be read back)
+        j = torch.argmax(bad.to(torch.uint8)).reshape(1)
+        w = within.index_select(0, j) if isinstance(within, torch.Tensor) else \
+            torch.full((1,), within, dtype=dist.dtype, device=dist.device)
+        facts = torch.cat([bad.any().to(dist.dtype).reshape(1), j.to(dist.dtype),
+                           dist.index_select(0, j), w])
         self._checks.append((t, (point, idx_np, unit, facts)))
         return bad
 
