@@ -9,7 +9,7 @@ import click
 
 from pol.cli import options as opt
 from pol.cli import render
-from pol.cli.exits import handle_errors
+from pol.cli.exits import fail, handle_errors
 
 SIZE_NAMES = ["tiny", "small", "paper"]
 
@@ -35,23 +35,40 @@ SIZE_NAMES = ["tiny", "small", "paper"]
 @click.option("--doc", type=click.Path(dir_okay=False),
               help="all: write REPRODUCTION.md here (default OUT/REPRODUCTION.md).")
 @click.option("--keep-runs", is_flag=True, help="Keep the proofs trained on the way in OUT/runs.")
+@click.option("--set", "settings", multiple=True, metavar="FIELD=VALUE",
+              help="Change a field of the size (pol.experiments.sizes.Size), e.g. fig7_ks=10,50 "
+              "or 'inverse_params={\"n_train\": 1280}' (JSON); recorded in the report. Repeatable.")
+@click.option("--merge", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="With doc or all: first bring the outputs of this directory (fragments, CSV, "
+              "PNG, runs.json) into --out, replacing the same experiments'. Repeatable.")
 @handle_errors
 def experiment(name, task, device, out, size, data_dir, epochs, runs, seed, noise, doc,
-               keep_runs):
+               keep_runs, settings, merge):
     """Re-run the paper's experiment NAME (or all): a CSV, a PNG plot and a markdown fragment
     with the paper's numbers beside ours; `all` also writes REPRODUCTION.md.
 
     NAME: table1, table5, fig1, fig2 (fig6), fig3, table2, fig4, table3, fig5, fig7,
-    appendix-d; several comma-separated (they share their training runs); all; or doc
-    (REPRODUCTION.md from the fragments already in --out)."""
+    appendix-d; several comma-separated (they share their training runs; one that fails is
+    reported and the others still run, exit code 1); all; or doc (REPRODUCTION.md from the
+    fragments already in --out)."""
     from pathlib import Path
 
     from pol.experiments import Config, run_experiments
+    from pol.experiments.sizes import parse_setting
     cfg = Config(size=size, task=task, device=device, out=Path(out), data_dir=data_dir,
                  epochs=epochs, runs=runs, seed=seed, noise=noise, progress=sys.stderr.isatty(),
-                 keep_runs=keep_runs)
-    outputs, written = run_experiments(name, cfg, doc)
+                 keep_runs=keep_runs, settings=dict(parse_setting(s) for s in settings))
+    failed: list[str] = []
+
+    def on_error(exp: str, e: Exception) -> None:
+        import traceback
+        failed.append(exp)
+        click.echo(f"{exp}: failed\n" + "".join(traceback.format_exception(e)).rstrip(),
+                   err=True)
+    outputs, written = run_experiments(name, cfg, doc, on_error=on_error, merge=list(merge))
     render.experiments_written(outputs, written)
+    if failed:
+        fail(f"experiment(s) failed: {', '.join(failed)} (the others were written)", 1)
 
 
 @click.command("report")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
+from typing import Callable
 
 from pol.errors import ConfigError
 from pol.experiments.common import Config, Output, Workspace
@@ -73,24 +74,53 @@ def run_one(name: str, ws: Workspace) -> Output:
 
 
 def run_experiments(name: str, cfg: Config, doc: str | os.PathLike | None = None,
-                    command: str | None = None) -> tuple[list[Output], Path | None]:
+                    command: str | None = None,
+                    on_error: Callable[[str, Exception], None] | None = None,
+                    merge: list[str | os.PathLike] | tuple = ()) -> tuple[list[Output], Path | None]:
     """Run the experiments `name` names (see `parse_names`) with `cfg` in one workspace; `all`
     and `doc` also write REPRODUCTION.md (to `doc`, default OUT/REPRODUCTION.md) from every
-    fragment in the output directory. Returns (outputs, the document written or None)."""
+    fragment in the output directory, after bringing in those of the directories `merge` names
+    (`document.merge_outputs`). Returns (outputs, the document written or None).
+
+    OUT/runs.json records the invocation after every experiment (a run killed by a time limit
+    keeps what it finished). `on_error(name, exception)`: an experiment that raises is passed to
+    it and the next one runs (recorded as failed); without it, the exception propagates."""
     from pol.experiments import document
     todo = parse_names(name)
     runs = [n for n in todo if n != "doc"]
+    if merge and "doc" not in todo:
+        raise ConfigError("merging other output directories needs doc (or all): the merged "
+                          "outputs go into the document")
     outs: list[Output] = []
     if runs:
+        from pol.experiments.common import command_line
         ws = Workspace(cfg)
+        cmd = command or command_line(name, cfg, doc)
+        done: list[str] = []
+        failed: list[str] = []
         try:
-            outs = [run_one(n, ws) for n in runs]
+            for n in runs:
+                try:
+                    outs.append(run_one(n, ws))
+                    done.append(n)
+                except Exception as e:
+                    if on_error is None:
+                        raise
+                    failed.append(n)
+                    on_error(n, e)
+                finally:
+                    document.record_invocation(ws, done, cmd, failed)
         finally:
             ws.close()
-        from pol.experiments.common import command_line
-        document.record_invocation(ws, runs, command or command_line(name, cfg, doc))
     if "doc" not in todo:
         return outs, None
+    for src in merge:
+        stale = document.merge_outputs(Path(src), Path(cfg.out), list(EXPERIMENTS))
+        if stale:
+            import warnings
+            warnings.warn(f"{cfg.out}: the hand-written notes on {', '.join(stale)} "
+                          f"(NAME.notes.md) were written for the fragments {src} replaced: "
+                          "review them", stacklevel=2)
     path = Path(doc) if doc is not None else Path(cfg.out) / "REPRODUCTION.md"
     return outs, document.write_reproduction(Path(cfg.out), path, list(EXPERIMENTS))
 

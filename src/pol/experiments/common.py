@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from pol.errors import ConfigError
-from pol.experiments.sizes import Size, get_size
+from pol.experiments.sizes import Size, get_size, with_settings
 
 # emulated hardware noise (CPU): each replayed step's weights get an independent relative
 # perturbation of one fp32 unit roundoff, the size of one rounding difference per step
@@ -54,6 +54,7 @@ class Config:
     noise: str = "auto"  # auto: emulated on a CPU, the hardware's own on a GPU | emulated | none
     progress: bool = False
     keep_runs: bool = False  # keep the proofs trained on the way (OUT/runs), else a temp dir
+    settings: dict = field(default_factory=dict)  # size fields changed (`--set`, `sizes.parse_setting`)
 
 
 def command_line(name: str, cfg: Config, doc: str | os.PathLike | None = None) -> str:
@@ -63,6 +64,9 @@ def command_line(name: str, cfg: Config, doc: str | os.PathLike | None = None) -
             ("--data", cfg.data_dir, None), ("--epochs", cfg.epochs, None),
             ("--runs", cfg.runs, None), ("--seed", cfg.seed, 0), ("--noise", cfg.noise, "auto"))
     parts += [f"{flag} {value}" for flag, value, default in opts if value != default]
+    import json
+    import shlex
+    parts += [f"--set {shlex.quote(f'{k}={json.dumps(v)}')}" for k, v in cfg.settings.items()]
     parts.append(f"--out {cfg.out}")
     if doc is not None:
         parts.append(f"--doc {doc}")
@@ -101,7 +105,7 @@ class Workspace:
     def __init__(self, cfg: Config) -> None:
         from pol.registry import resolve_device
         self.cfg = cfg
-        self.size: Size = get_size(cfg.size)
+        self.size: Size = with_settings(get_size(cfg.size), cfg.settings)
         self.device = resolve_device(cfg.device)
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -111,6 +115,8 @@ class Workspace:
             import tempfile
             self.runs_dir = Path(tempfile.mkdtemp(prefix="pol-experiment-runs-"))
         self.cache: dict[str, Any] = {}
+        self.failed: dict[str, BaseException] = {}  # cached computations that raised
+        self.record_index: int | None = None  # this invocation's entry in OUT/runs.json
         self.outputs: dict[str, Output] = {}
         self.started = time.time()
         if cfg.noise not in ("auto", "emulated", "none"):
@@ -169,8 +175,16 @@ class Workspace:
         return verify(proof, **{**opts, **kw})
 
     def cached(self, key: str, fn: Callable[[], Any]) -> Any:
+        """fn() once per invocation; one that raised raises again without running a second time
+        (the experiments after a failed one that need the same runs fail at once)."""
+        if key in self.failed:
+            raise RuntimeError(f"{key} failed earlier in this invocation") from self.failed[key]
         if key not in self.cache:
-            self.cache[key] = fn()
+            try:
+                self.cache[key] = fn()
+            except Exception as e:
+                self.failed[key] = e
+                raise
         return self.cache[key]
 
     def bar(self, total: int, desc: str):
@@ -261,13 +275,26 @@ def flat(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1).double() for p in model.parameters()])
 
 
+def distance_vector(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The verifier's published distances (ℓ1, ℓ2, ℓ∞, 1 − cos, in `pol.verifier.METRICS` order)
+    as one float64 tensor where a and b are, with `pol.verifier.all_distances`' torch ops (the same
+    values) and no host synchronization: a GPU's loop reads them when it is done. NaN where a
+    vector is not finite (a diverged run)."""
+    d = a - b
+    ad = d.abs()
+    na, nb = torch.linalg.vector_norm(a), torch.linalg.vector_norm(b)
+    cos = 1.0 - torch.dot(a, b) / (na * nb)
+    cos = torch.where((na == 0) | (nb == 0), (na != nb).to(cos.dtype), cos)
+    cos = torch.where((a == b).all(), torch.zeros_like(cos), cos)
+    out = torch.stack([ad.sum(), torch.linalg.vector_norm(d), ad.max(), cos])
+    finite = torch.isfinite(a).all() & torch.isfinite(b).all()
+    return torch.where(finite, out, torch.full_like(out, math.nan))
+
+
 def distances(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
-    """The verifier's published distances (ℓ1, ℓ2, ℓ∞, 1 − cos); NaN where a vector is not
-    finite (a diverged run)."""
-    from pol.verifier import METRICS, all_distances
-    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-        return {m: math.nan for m in METRICS}
-    return all_distances(a, b)
+    """`distance_vector` read: {metric: value}."""
+    from pol.verifier import METRICS
+    return dict(zip(METRICS, distance_vector(a, b).tolist()))
 
 
 @dataclass
@@ -293,7 +320,6 @@ def train_run(ws: Workspace, st: Setup, observers: list | tuple = (), *,
     calling every observer's `start(ctx)` before the first step and `step(t, x, y, lrs, ctx,
     last)` after each. The user's RNG state and torch settings are restored afterwards."""
     from pol.prover.recorder import Recorder
-    from pol.prover.trainer import accuracy
     from pol.step import build_context, epoch_order, lrs_at, numerics, update
     spec, dev = st.spec, ws.device
     S, T_spec = st.S, st.T
@@ -312,9 +338,12 @@ def train_run(ws: Workspace, st: Setup, observers: list | tuple = (), *,
         bar = ws.bar(T, desc)
         t0 = time.perf_counter()
         t = 0
+        orders: dict[int, np.ndarray] = {}  # this epoch's order, drawn once
         try:
             while t < T:
-                order = epoch_order(spec.seed, t // S, n)
+                if t // S not in orders:
+                    orders = {t // S: epoch_order(spec.seed, t // S, n)}
+                order = orders[t // S]
                 s = t % S
                 idx = order[s * B:(s + 1) * B]
                 lrs = lrs_at(spec.schedule, base, t, T_spec)
@@ -339,13 +368,22 @@ def train_run(ws: Workspace, st: Setup, observers: list | tuple = (), *,
         if rec is not None:
             rec.close()
             proof = Path(record_to)
-        acc = accuracy(ctx, st.test) if st.test is not None and len(st.test) else math.nan
+        acc = eval_accuracy(ctx, st.test)
         state = None
         if keep_state:
             from pol.step import state_tensors
             state = {k: v.detach().to("cpu", copy=True)
                      for k, v in state_tensors(ctx.model, ctx.optimizer).items()}
         return RunResult(flat(ctx.model).cpu(), acc, seconds, T, proof, state)
+
+
+def eval_accuracy(ctx, test) -> float:
+    """`pol.prover.trainer.accuracy` without autograd (NaN without a test set)."""
+    from pol.prover.trainer import accuracy
+    if test is None or not len(test):
+        return math.nan
+    with torch.no_grad():
+        return accuracy(ctx, test)
 
 
 def copied_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
@@ -386,8 +424,20 @@ class Shadow:
             self.ctx = build_context(spec, device)
         self.k, self.noise, self.fp16 = k, noise, fp16
         self.gen = torch.Generator(device=device).manual_seed(seed) if noise else None
-        self.errors: list[tuple[int, dict[str, float]]] = []  # (segment start, ε per metric)
+        # (segment start, ε per metric as a `distance_vector`, read in `errors`)
+        self._eps: list[tuple[int, torch.Tensor]] = []
+        self._read: list[tuple[int, dict[str, float]]] = []
         self.start_t = 0
+
+    @property
+    def errors(self) -> list[tuple[int, dict[str, float]]]:
+        """(segment start, ε per metric) of every segment so far (one host read for all)."""
+        if self._eps:
+            from pol.verifier import METRICS
+            values = torch.stack([e for _, e in self._eps]).tolist()
+            self._read += [(t, dict(zip(METRICS, v))) for (t, _), v in zip(self._eps, values)]
+            self._eps = []
+        return self._read
 
     def _sync(self, ref, t: int) -> None:
         self.ctx.model.load_state_dict(ref.model.state_dict())
@@ -411,7 +461,7 @@ class Shadow:
             a, b = flat(ref.model), flat(self.ctx.model)
             if self.fp16:
                 a, b = a.float().half().double(), b.float().half().double()
-            self.errors.append((self.start_t, distances(a, b)))
+            self._eps.append((self.start_t, distance_vector(a, b)))
             if not last:
                 self._sync(ref, t + 1)
 

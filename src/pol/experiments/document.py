@@ -5,13 +5,17 @@ them (command, machine, size, time; `runs.json` in that directory, appended by e
 several invocations (a GPU's per-command time limit) make one document. Hand-written notes on a
 particular run (what the generated sentences cannot know) sit beside the fragments: OUT/notes.md
 after the header, OUT/NAME.notes.md after experiment NAME's fragment, inserted verbatim (their
-links are relative to the document)."""
+links are relative to the document). `merge_outputs` brings the outputs of another directory in
+(a run made elsewhere, e.g. on a GPU host): its fragments replace those of the same experiments,
+its invocations are appended, and the header says which earlier runs they supersede."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -26,18 +30,83 @@ GPU_COMMAND = ("pol experiment all --device cuda --size paper --epochs E --out "
                "docs/reproduction-gpu --doc docs/REPRODUCTION-gpu.md [--data CIFAR_DIR]")
 
 
-def record_invocation(ws: Workspace, names: list[str], command: str) -> None:
-    """Append this invocation to OUT/runs.json."""
-    path = ws.out / INVOCATIONS
-    entries = json.loads(path.read_text()) if path.exists() else []
-    entries.append({
-        "experiments": names, "command": command, "machine": ws.machine(),
+def record_invocation(ws: Workspace, names: list[str], command: str,
+                      failed: list[str] | tuple = ()) -> None:
+    """Record this invocation in OUT/runs.json: appended the first time, its entry replaced on
+    later calls (`run_experiments` calls this after every experiment). The file is locked while
+    it is read and written (invocations may share the directory). Nothing before the first
+    experiment has ended."""
+    if not names and not failed:
+        return
+    entry = {
+        "experiments": list(names), "command": command, "machine": ws.machine(),
         "size": ws.size.name, "note": ws.size.note, "epochs": ws.epochs, "runs": ws.runs,
         "noise": ws.noise_label, "device": ws.device.type, "data": ws.cfg.data_dir,
         "wall_minutes": round((time.time() - ws.started) / 60, 2),
         "cpu_minutes": round(time.process_time() / 60, 2),
-        "date": _dt.date.today().isoformat()})
-    path.write_text(json.dumps(entries, indent=1))
+        "date": _dt.date.today().isoformat()}
+    if ws.cfg.settings:
+        entry["settings"] = dict(ws.cfg.settings)
+    if failed:
+        entry["failed"] = list(failed)
+    path = ws.out / INVOCATIONS
+    with _locked(path):
+        entries = json.loads(path.read_text()) if path.exists() else []
+        if ws.record_index is None or ws.record_index >= len(entries):
+            ws.record_index = len(entries)
+            entries.append(entry)
+        else:
+            entries[ws.record_index] = entry
+        _write_json(path, entries)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on PATH.lock while the body runs (where the OS has fcntl)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(path.with_name(path.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _write_json(path: Path, value) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    os.replace(tmp, path)
+
+
+def merge_outputs(src: Path, out: Path, names: list[str]) -> list[str]:
+    """Bring the outputs of directory `src` into `out`: every experiment's NAME.csv, NAME.png and
+    NAME.md found there (replacing `out`'s), and the entries of its runs.json that `out`'s lacks
+    (appended in their order). Hand-written notes stay as they are; returns the experiments
+    whose fragment was replaced while `out` has notes on them (NAME.notes.md: written for the
+    fragment replaced, to be reviewed)."""
+    src, out = Path(src), Path(out)
+    found = [n for n in names if (src / f"{n}.md").exists()]
+    runs = src / INVOCATIONS
+    if not found and not runs.exists():
+        raise ConfigError(f"nothing to merge from {src}: no experiment fragments (NAME.md) and "
+                          "no runs.json")
+    out.mkdir(parents=True, exist_ok=True)
+    stale = [n for n in found if (out / f"{n}.md").exists() and (out / f"{n}.notes.md").exists()]
+    for n in found:
+        for ext in ("csv", "png", "md"):
+            if (src / f"{n}.{ext}").exists():
+                shutil.copyfile(src / f"{n}.{ext}", out / f"{n}.{ext}")
+    if runs.exists():
+        path = out / INVOCATIONS
+        with _locked(path):
+            entries = json.loads(path.read_text()) if path.exists() else []
+            entries += [e for e in json.loads(runs.read_text()) if e not in entries]
+            _write_json(path, entries)
+    return stale
 
 
 def _header(entries: list[dict]) -> str:
@@ -51,16 +120,32 @@ def _header(entries: list[dict]) -> str:
         "every experiment sit beside the figures.",
         "",
     ]
-    for e in entries:
-        lines += [f"- `{e['command'] or 'pol experiment ' + ','.join(e['experiments'])}` "
-                  f"({', '.join(e['experiments'])})",
-                  f"  - machine: {e['machine']}",
-                  f"  - size `{e['size']}` ({e['note']}); E = {e['epochs']}, {e['runs']} run(s) "
-                  f"per configuration; replay noise: {e['noise']}",
-                  f"  - {e['wall_minutes']} min wall-clock, {e['cpu_minutes']} min CPU "
-                  f"(the process); {e['date']}"]
+    latest = {n: i for i, e in enumerate(entries) for n in e["experiments"]}
+    for i, e in enumerate(entries):
+        lines += _entry_lines(e, [n for n in e["experiments"] if latest[n] != i])
     lines.append("")
     return "\n".join(lines + _caveats(entries))
+
+
+def _entry_lines(e: dict, superseded: list[str]) -> list[str]:
+    """One invocation in the header; `superseded`: its experiments a later invocation re-ran
+    (the fragments below are the later ones)."""
+    shown = [n for n in e["experiments"] if n not in superseded]
+    what = ", ".join(shown)
+    if superseded:
+        what += ("; " if shown else "") + f"superseded by a later run: {', '.join(superseded)}"
+    out = [f"- `{e['command'] or 'pol experiment ' + ','.join(e['experiments'])}` ({what})",
+           f"  - machine: {e['machine']}",
+           f"  - size `{e['size']}` ({e['note']}); E = {e['epochs']}, {e['runs']} run(s) "
+           f"per configuration; replay noise: {e['noise']}"]
+    if e.get("settings"):
+        out.append("  - size fields changed for this run (`--set`): "
+                   + ", ".join(f"{k} = {json.dumps(v)}" for k, v in e["settings"].items()))
+    if e.get("failed"):
+        out.append(f"  - **failed** (no fragment from this run): {', '.join(e['failed'])}")
+    out.append(f"  - {e['wall_minutes']} min wall-clock, {e['cpu_minutes']} min CPU "
+               f"(the process); {e['date']}")
+    return out
 
 
 def _caveats(entries: list[dict]) -> list[str]:

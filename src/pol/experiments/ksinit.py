@@ -12,24 +12,27 @@ from __future__ import annotations
 import math
 
 from pol.experiments import paper
-from pol.experiments.common import Output, Workspace, emit, figure, fmt, mean_std, md_table, pm, setup, train_run
+from pol.experiments.common import (Output, Workspace, emit, eval_accuracy, figure, fmt, mean_std,
+                                    md_table, pm, setup, train_run)
 
 
 class KSProbe:
-    """min p over layers (and pol's Bonferroni threshold) and test accuracy at every step."""
+    """min p over layers (and pol's Bonferroni threshold) and test accuracy at every step. The KS
+    statistics are computed where the model is (`check_init`'s device: a GPU sorts a ResNet-50's
+    23.7M weights in milliseconds, where a CPU takes seconds a step)."""
 
     def __init__(self, st, with_accuracy: bool = True) -> None:
         self.st, self.with_accuracy = st, with_accuracy
         self.rows: list[dict] = []
 
     def _measure(self, t: int, ctx) -> None:
-        from pol.prover.trainer import accuracy
         from pol.verifier import check_init
-        w = {n: p.detach().to("cpu") for n, p in ctx.model.state_dict().items()}
-        _, layers, thr = check_init(ctx.model, self.st.spec.model.init, w, paper.ALPHA)
+        w = {n: p.detach() for n, p in ctx.model.state_dict().items()}
+        _, layers, thr = check_init(ctx.model, self.st.spec.model.init, w, paper.ALPHA,
+                                    device=ctx.device)
         tested = [r for r in layers if r.kind != "const"]
         ps = [r.pvalue for r in tested]
-        acc = accuracy(ctx, self.st.test) if self.with_accuracy else math.nan
+        acc = eval_accuracy(ctx, self.st.test) if self.with_accuracy else math.nan
         self.rows.append({"step": t, "min_p": min(ps), "mean_p": sum(ps) / len(ps),
                           "layers_below_alpha": sum(p < paper.ALPHA for p in ps),
                           "layers": len(ps), "bonferroni": thr, "accuracy": acc})

@@ -4,12 +4,17 @@ ResNet-20, 50,000 CIFAR-shaped samples, batch 128, E = 200; S = 391, where the p
 drops the last short batch).
 
 A size is frozen data; `Config` (the command line's options) overrides the task, the epochs and
-the number of runs.
+the number of runs, and any field with `--set FIELD=VALUE` (`parse_setting`): what a time limit
+makes a run leave out (fewer k, fewer learning rates, a smaller inverse-gradient target), said in
+the command and the report.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,58 @@ def get_size(name: str) -> Size:
         return SIZES[name]
     except KeyError:
         raise ConfigError(f"unknown size {name!r}; known: {', '.join(SIZES)}") from None
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """`FIELD=VALUE` (`pol experiment --set`) as (field, value) for `with_settings`: VALUE is JSON
+    (`3`, `[10, 50]`, `{"n_train": 1280}`, `true`, `null`), or for a tuple field comma-separated
+    numbers (`10,50,100`), or for a text field the text itself."""
+    from pol.errors import ConfigError
+    name, sep, raw = text.partition("=")
+    name = name.strip()
+    types = {f.name: str(f.type) for f in dataclasses.fields(Size) if f.name != "name"}
+    if not sep or name not in types:
+        raise ConfigError(f"--set {text!r}: expected FIELD=VALUE with FIELD one of "
+                          f"{', '.join(types)}")
+    kind = types[name]
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        if kind.startswith("tuple"):
+            try:
+                value = [json.loads(v) for v in raw.split(",")]
+            except ValueError:
+                value = raw
+        else:
+            value = raw
+    try:
+        return name, _typed(value, kind)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"--set {text!r}: {name} must be {kind} ({e})") from None
+
+
+def _typed(value: Any, kind: str) -> Any:
+    """`value` (parsed JSON) checked against a Size field's annotation; lists become tuples."""
+    if value is None and kind.endswith("| None"):
+        return None
+    base = kind.removesuffix(" | None")
+    if base.startswith("tuple"):
+        out = _tuples(value if isinstance(value, list) else [value])
+        item = {"tuple[int, ...]": "int", "tuple[float, ...]": "float"}.get(base)
+        return tuple(_typed(v, item) for v in out) if item else out
+    want = {"int": int, "float": (int, float), "bool": bool, "str": str, "dict": dict}[base]
+    if not isinstance(value, want) or (base in ("int", "float") and isinstance(value, bool)):
+        raise TypeError(f"got {value!r}")
+    return float(value) if base == "float" else value
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def with_settings(size: Size, settings: dict[str, Any]) -> Size:
+    """`size` with the fields `settings` names changed (checked by `parse_setting`)."""
+    return dataclasses.replace(size, **settings) if settings else size
 
 
 def k_values(size: Size, S: int, T: int) -> list[int]:
