@@ -68,7 +68,8 @@ def test_fit_trains_with_the_context_build_context_gives(tmp_path, monkeypatch, 
 def _numerics_state():
     return (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
             torch.is_deterministic_algorithms_warn_only_enabled(), current_tf32(),
-            os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+            os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+            torch.utils.deterministic.fill_uninitialized_memory)
 
 
 @pytest.mark.parametrize("env", [None, ":16:8"])
@@ -90,6 +91,8 @@ def test_numerics_sets_what_the_spec_records_and_restores_everything(monkeypatch
                 assert torch.are_deterministic_algorithms_enabled()
                 assert current_tf32() == "on"
                 assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == (env or ":4096:8")
+                # no fill kernel per new tensor: the step reads no memory it did not write
+                assert not torch.utils.deterministic.fill_uninitialized_memory
                 if raise_inside:
                     raise _Stop
         except _Stop:
