@@ -326,8 +326,9 @@ def _round_float32(x: torch.Tensor, log: "RoundingLog", t: int, point: int) -> t
 
 
 # a GPU's rounding log in flight (`RoundingLog.record`): at most this many rounding points wait
-# for their copy to the host before the next record waits for the oldest (a few steps' worth)
-_IN_FLIGHT_MAX = 8
+# for their copy to the host before the next record waits for the oldest (two steps' worth; each
+# keeps two bool masks of its vector until then: 2 bytes per value)
+_IN_FLIGHT_MAX = 6
 _CAP_MIN = 4096  # the smallest compaction buffer of a rounding point
 
 
