@@ -241,3 +241,23 @@ def test_the_gpu_script_commands_parse():
         if p["name"] != "doc":
             assert p["size"] == "paper" and p["out"].startswith("/tmp/x/res/")
     assert names >= {"fig3", "table2", "fig4", "table3", "fig5", "fig7", "appendix-d", "table1"}
+
+
+def test_a_recorded_run_with_a_schedule_replays_bitwise(ws):
+    """The proof a training run records holds each step's own lr (the Recorder reads it at
+    record_batch, before the step): with a multistep schedule every segment replays bitwise.
+    Recorded one step late, the steps at the milestones replayed with the old lr (Table I's
+    exact-mode row on the GPU, ResNet-20's multistep schedule: INVALID)."""
+    from dataclasses import replace
+
+    from pol.proof.reader import open_proof
+    from pol.step import lrs_at
+    from pol.tasks import make_schedule
+    st = setup(ws, "digits-mlp", seed=0, epochs=2, k=4)
+    st.spec = replace(st.spec, schedule=make_schedule("multistep", st.T))
+    res = train_run(ws, st, record_to=ws.runs_dir / "scheduled")
+    lrs = [lrs_at(st.spec.schedule, [st.spec.optimizer.lr], t, st.T)[0] for t in range(st.T)]
+    assert len(set(lrs)) == 3
+    assert open_proof(res.proof).lrs[:, 0].tolist() == lrs
+    rep = ws.verify(res.proof, all_segments=True)
+    assert rep.verdict == "valid" and all(s.exact for s in rep.segments), rep.verdict

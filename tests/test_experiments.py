@@ -94,7 +94,9 @@ def test_table1_shape(outputs):
         assert 0 < one < full, (m, one, full)
         # on a CPU a replay without emulated noise is bitwise, and so is pol's verifier
         assert _value(t1, condition="deterministic k=E·S", metric=m)["ours_mean"] == 0
-        assert _value(t1, condition="pol exact mode (verify)", metric=m)["ours_mean"] == 0
+        exact = _value(t1, condition="pol exact mode (verify)", metric=m)
+        assert exact["ours_mean"] == 0
+        assert exact["noise"] == "2 of 2 segment(s) bitwise"  # top-1 of each of E = 2 epochs
         assert _value(t1, condition="k=E·S", metric=m)["paper_mean"] > 0.3
 
 

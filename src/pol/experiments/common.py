@@ -349,6 +349,10 @@ def train_run(ws: Workspace, st: Setup, observers: list | tuple = (), *,
                 lrs = lrs_at(spec.schedule, base, t, T_spec)
                 x, y = torch.from_numpy(st.train.x[idx]), torch.from_numpy(st.train.y[idx])
                 if rec is not None:
+                    # the Recorder reads this step's lr from the optimizer here: set it first
+                    # (update() sets the same values again)
+                    for g, lr in zip(ctx.optimizer.param_groups, lrs):
+                        g["lr"] = float(lr)
                     rec.record_batch(idx, seed_rng=False)
                 loss = update(ctx, x, y, lrs, t)
                 if rec is not None:
