@@ -10,12 +10,16 @@
 # Layout (estimates for an H200 with 16 host cores: ResNet-20 at 13-20 ms a step, 391 steps an
 # epoch; the first run of table1,table5,fig1,fig2 took 1.67 min):
 #   t = 0, in the background, CPU only (pol's attack toolkit and the root solvers run on the CPU):
-#     table3      ~2-4 min  8 threads. CUT: a 640-sample target (S = 5 at the paper's batch 128:
+#     table3      ~2-3 min  8 threads. CUT: a 640-sample target (S = 5 at the paper's batch 128:
 #                           5 steps inverted, the paper's 50; the paper size says 3,200 samples,
-#                           25 steps), trained 4 epochs; at most 3 Newton-Krylov iterations a step.
-#                           A float64 ResNet-20 gradient takes ~0.5 s on 8 host cores and
-#                           Newton-Krylov needs tens of them a step.
-#     appendix-d  ~1-3 min  2 threads: Iris and the LeNet-style model, the paper size as it is.
+#                           25 steps), trained 4 epochs; at most 3 Newton-Krylov iterations a step
+#                           (42.5 gradients a step, measured at batch 16 on the dev machine). A
+#                           float64 ResNet-20 gradient at batch 128 takes ~0.3-0.8 s on 8 host
+#                           cores: 5 x 43 x 0.5 s ~ 110 s, plus training and two verifications.
+#     appendix-d  ~2-4 min  1 thread (tiny models: more threads only spin; 2 threads were 16x
+#                           slower than 1 on a busy machine): Iris and the LeNet-style model, the
+#                           paper size as it is (250 s single-threaded on the loaded dev machine;
+#                           ~10,000 gradients, most of them LeNet's at η = 0.1 and 1).
 #   t = 0, in the background, GPU (no timings in its outputs, so it may share the GPU):
 #     table2,fig4 ~1.5 min  ResNet-20 (10 classes) and ResNet-50 (100 classes, 23.7M parameters),
 #                           20 steps each on 50,000 samples, the KS test of every layer and the
@@ -51,13 +55,13 @@ nvidia-smi --query-gpu=name,compute_mode,memory.used --format=csv > "$R/gpu.txt"
 T=380 LOG=$R/log_table3.txt run env OMP_NUM_THREADS=8 python -m pol experiment table3 \
     --size paper --device cpu --set 'inverse_params={"n_train": 640, "n_test": 1000}' \
     --set inverse_train_epochs=4 --out "$R/cpu-table3" &
-T=380 LOG=$R/log_appendix-d.txt run env OMP_NUM_THREADS=2 python -m pol experiment appendix-d \
+T=380 LOG=$R/log_appendix-d.txt run env OMP_NUM_THREADS=1 python -m pol experiment appendix-d \
     --size paper --device cpu --out "$R/cpu-appendix-d" &
 T=300 LOG=$R/log_ks.txt run env OMP_NUM_THREADS=2 python -m pol experiment table2,fig4 \
     --size paper --device cuda --epochs 1 --out "$R/gpu-ks" &
 KS=$!
 
-T=250 LOG=$R/log_gpu.txt run env OMP_NUM_THREADS=4 python -m pol experiment \
+T=250 LOG=$R/log_gpu.txt run env OMP_NUM_THREADS=3 python -m pol experiment \
     table1,table5,fig1,fig2,fig5,fig3 --size paper --device cuda --epochs 1 --out "$R/gpu"
 wait $KS
 LEFT=$((395 - SECONDS))  # fig7 gets what is left of the 7 minutes (timeout 0 would mean none)
