@@ -1,12 +1,14 @@
 """Algorithm 2: verify a proof-of-learning, as a pipeline.
 
 1. the session (`pol.verifier.session`): the proof opened and validated (digests), the verifier's
-   data checked against the dataset commitment, the step context the spec describes;
+   data checked against the dataset commitment on a thread while this one builds the step context
+   the spec describes (the first checkpoint read meanwhile, on another);
 2. checks of the claims (`checks.inputs`): learning rates, hyperparameters, epoch structure;
-3. one checkpoint pass: every checkpoint read once (digest, shapes, dtypes, plausibility of the
-   optimizer state), the claimed update d1 of every segment; replays start during the pass while
-   a segment's two checkpoints are in memory (`executors`); on a GPU the next checkpoint is read
-   on a thread meanwhile (`CheckpointStore.stream`);
+3. one checkpoint pass: every checkpoint read once (digest, shapes, dtypes, finite weights) and
+   digested as it is read (`CheckpointDigester`: the claimed update of every segment, the
+   plausibility of the optimizer state); replays start during the pass while a segment's two
+   checkpoints are in memory (`executors`); on a GPU the next checkpoint is read and digested on
+   a thread meanwhile (`CheckpointStore.read_pass`), so this one only replays;
 4. checks of the start (`checks.init`): KS on W_0, init regeneration, the parent for a warm start;
 5. δ (exact mode where the prover's kind of hardware allows it) and the selection
    (`selection.choose`: top-Q per epoch + random, or all);
@@ -36,16 +38,17 @@ from pol.proof import format as fmt
 from pol.proof.reader import open_proof
 from pol.verifier import selection
 from pol.verifier.budget import check_verify_budget
-from pol.verifier.checks import CheckName, inputs
+from pol.verifier.checks import CheckName, CheckResult, inputs
 from pol.verifier.checks import init as init_checks
 from pol.verifier.checks import replay as replay_checks
 from pol.verifier.checks.replay import DELTA_RULE, auto_deltas  # noqa: F401 - public names
-from pol.verifier.distances import METRICS, flat_params
-from pol.verifier.parallel import distances
+from pol.verifier.distances import METRICS
+from pol.verifier.parallel import distances, flat64
 from pol.verifier.policy import Defence, Policy, resolve
 from pol.verifier.report import Report, SegmentResult
-from pol.verifier.session import (CheckpointStore, build_step_context, dataset_leaves,
-                                  load_verifier_data, model_source_matches, param_names)
+from pol.verifier.session import (Background, CheckpointStore, build_step_context,
+                                  dataset_leaves, load_verifier_data, model_source_matches,
+                                  param_names)
 from pol.verifier.soundness import state_problem
 
 _param_names = param_names  # older name, kept for callers outside the package
@@ -176,6 +179,7 @@ class Session:
     store: CheckpointStore | None = None
     data_digest: str = ""  # content digest of in-memory data ("" where not computed)
     init_ks: Any = None  # the KS check of W_0 running on a thread (a Future), or None
+    first_read: Any = None  # the first checkpoint's read, started beside the model's build
     overlap: bool = False  # work beside the replays runs on threads (`_overlaps`)
 
 
@@ -219,24 +223,20 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions) -> Report:
         from pol.protocol.commit import find_commitment, read_sidecar
         ok, why, info = find_commitment(o.ledger, m.root_digest, spec, read_sidecar(path))
         report.add(CheckName.COMMITMENT, ok, why, value=info or None)
-    if not _load_data(s, o, report):
+    if not _session_inputs(s, o, report):
         return report  # replaying on other data proves nothing (indices may not even fit)
     _add(report, [inputs.learning_rates(proof)])
     if policy.has(Defence.HYPERPARAMETERS):
         _add(report, [inputs.hyperparameters(spec, policy.bounds)])
     if policy.has(Defence.EPOCH_STRUCTURE):
         _add(report, [inputs.epoch_structure(proof)])
-
-    from pol.registry import resolve_device
-    s.device = resolve_device(o.device)
-    s.ctx = build_step_context(spec, m, s.device, tuple(o.trusted_modules))
     src = model_source_matches(spec)
     if src is not None:
         ok, theirs, mine = src
         report.add(CheckName.MODEL_SOURCE, ok, "installed model code matches the prover's" if ok
                    else f"model code differs from the prover's (proof {theirs[:12]}…, installed "
                    f"{mine[:12]}…)", warn=True)
-    s.store = CheckpointStore(proof, s.ctx)
+    s.store = CheckpointStore(proof, s.ctx, early={m.checkpoints[0]: s.first_read})
     s.overlap = _overlaps(s)
 
     from pol.verifier.executors import make_executor
@@ -249,24 +249,47 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions) -> Report:
         s.store.close()
 
 
-def _load_data(s: Session, o: VerifyOptions, report: Report) -> bool:
-    """The verifier's data (full, revealed or none yet) and its commitment; False: stop."""
+def _session_inputs(s: Session, o: VerifyOptions, report: Report) -> bool:
+    """The verifier's data and its commitment checked on one thread (`_verifier_data`: reading
+    and hashing run outside the GIL), the first checkpoint read on another, while this one
+    builds the step context (the model; the optimizer, whose construction imports torch's
+    compiler stack). The data's verdict first: False (stop) where it fails, whatever the context
+    did, else the context's error, if any. No replay starts before this returns."""
+    from pol.registry import resolve_device
+    data = Background(_verifier_data, s, o, name="pol-verifier-data")
+    s.first_read = Background(s.proof.load_checkpoint, s.manifest.checkpoints[0],
+                              name="pol-checkpoint-read")
+    built = None
+    try:
+        s.device = resolve_device(o.device)
+        s.ctx = build_step_context(s.spec, s.manifest, s.device, tuple(o.trusted_modules))
+    except Exception as e:  # noqa: BLE001 - raised below, once the data's verdict is in
+        built = e
+    results, ok = data.result()
+    _add(report, results)
+    s.first_read.wait()  # no thread of this function outlives it (a worker pool may fork)
+    if ok and built is not None:
+        raise built
+    return ok
+
+
+def _verifier_data(s: Session, o: VerifyOptions) -> tuple[list, bool]:
+    """The verifier's data (full, revealed or none yet) and the check of its commitment: (check
+    results, whether to go on). Sets the session's data fields and nothing else (it runs beside
+    the step context's construction)."""
     if o.request_data:
-        report.add(CheckName.DATASET_COMMITMENT, None, "lazy verification: data requested after "
-                   "the checkpoint pass")
-        return True
+        return [CheckResult(CheckName.DATASET_COMMITMENT, None, "lazy verification: data "
+                            "requested after the checkpoint pass")], True
     if o.reveal:
         from pol.protocol.lazy import load_reveal
         s.data, s.leaves, s.revealed, problems = load_reveal(o.reveal, s.manifest)
-        report.add(CheckName.REVEALED_DATA, not problems,
-                   f"{len(s.revealed)} revealed sample(s) verify against the committed dataset "
-                   "root" if not problems else "; ".join(problems))
-        return True
+        return [CheckResult(CheckName.REVEALED_DATA, not problems,
+                            f"{len(s.revealed)} revealed sample(s) verify against the committed "
+                            "dataset root" if not problems else "; ".join(problems))], True
     s.data = load_verifier_data(s.spec, o.data)
     s.leaves, root, s.data_digest = dataset_leaves(s.data)
     c = inputs.dataset_commitment(s.data, s.leaves, s.spec, root)
-    c.add_to(report)
-    return bool(c.ok)
+    return [c], bool(c.ok)
 
 
 def _replay_pass(path, o: VerifyOptions, policy: Policy, s: Session, report: Report, executor,
@@ -328,49 +351,104 @@ def _replay_pass(path, o: VerifyOptions, policy: Policy, s: Session, report: Rep
     return _finish(report, proof, t_start, sum(lengths[i] for i, _ in chosen))
 
 
+@dataclass
+class Digest:
+    """What the checkpoint pass takes from one checkpoint besides its tensors."""
+
+    update: dict[str, float] | None  # every metric's distance to the previous one (None: first)
+    state_problem: str | None = None  # the first implausibility in its optimizer state
+
+
+class CheckpointDigester:
+    """The checkpoint pass's work on each checkpoint, as it is read, in order (`read_pass`: on the
+    reader thread when the pass reads ahead): its parameters as one float64 vector, that vector's
+    norm, every metric's distance to the previous checkpoint's (bit for bit `flat_params` +
+    `all_distances`) and, with a `spec`, the plausibility of its optimizer state (from the second
+    checkpoint on). Two float64 vectors, reused: the previous one is used up by the distances
+    (a − b written over it) and then holds the next checkpoint, so no checkpoint allocates."""
+
+    def __init__(self, names: list[str], spec=None) -> None:
+        self.names, self.spec = names, spec
+        self._bufs: list[torch.Tensor] = []
+        self._prev: tuple[torch.Tensor, torch.Tensor] | None = None  # (vector, norm)
+        self._problem_seen = False
+
+    @property
+    def last_vec(self) -> torch.Tensor | None:
+        """The last digested checkpoint's float64 parameter vector."""
+        return None if self._prev is None else self._prev[0]
+
+    def __call__(self, t: int, tensors: dict[str, torch.Tensor]) -> Digest:
+        vec = self._flat(tensors)
+        norm = torch.linalg.vector_norm(vec)
+        update = None
+        if self._prev is not None:
+            update = distances(self._prev[0], vec, METRICS, self._prev[1], norm, consume=True)
+        self._prev = (vec, norm)
+        problem = None
+        if self.spec is not None and update is not None and not self._problem_seen:
+            problem = state_problem(t, tensors, self.spec)
+            self._problem_seen = problem is not None
+        return Digest(update, problem)
+
+    def _flat(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        if not self._bufs:
+            n = sum(tensors[k].numel() for k in self.names)
+            self._bufs = [torch.empty(n, dtype=torch.float64) for _ in range(2)]
+        self._bufs.reverse()  # the one not holding the previous vector first
+        return flat64(tensors, self.names, self._bufs[0])
+
+
 def _checkpoint_pass(o: VerifyOptions, policy: Policy, s: Session, report: Report, executor):
-    """Every checkpoint read once (digest checked by the reader, the rest by the store): the
-    claimed update of every segment, the plausibility of the optimizer state, and early replays
-    while a segment's two checkpoints are in memory (--all: every segment as its end is read;
-    top-Q: the epoch's Q largest when the epoch ends)."""
-    m, spec, store = s.manifest, s.spec, s.store
-    ck, names = m.checkpoints, store.names
+    """Every checkpoint read once (digest checked by the reader, the rest by the store) and
+    digested as it is read (`CheckpointDigester`): the claimed update of every segment, the
+    plausibility of the optimizer state; early replays while a segment's two checkpoints are in
+    memory (--all: every segment as its end is read; top-Q: the epoch's Q largest when the epoch
+    ends). Where work beside the replays runs on threads (`_overlaps`), the reading and the
+    digests run on the reader thread, a checkpoint ahead, and this thread only replays."""
+    m, spec = s.manifest, s.spec
+    ck = m.checkpoints
     updates: list[dict[str, float]] = []
     state_probs: list[str] = []
     stream = selection.TopQStream(o.q, m.steps_per_epoch, ck)
-    prev = store.load(0)
-    w0 = prev
+    digester = CheckpointDigester(s.store.names,
+                                  spec if policy.has(Defence.OPTIMIZER_STATE) else None)
+    reads = s.store.read_pass(ck, digester, ahead=s.overlap)
+    _, w0, _ = next(reads)
+    regen_pre = _start_checks(o, policy, s, report, w0)
+    prev = w0
+    for i, (t, cur, d) in enumerate(tqdm(reads, total=len(ck) - 1, desc="reading checkpoints",
+                                         leave=False) if o.progress else reads):
+        updates.append(d.update)
+        if d.state_problem and not state_probs:
+            state_probs.append(d.state_problem)
+        if o.all_segments:
+            executor.early(ck[i], t, prev, cur)
+        else:
+            for j, a_t, b_t in stream.add(i, d.update[o.d1], prev, cur):
+                executor.early(ck[j], ck[j + 1], a_t, b_t)
+        prev = cur
+    if not o.all_segments:
+        for j, a_t, b_t in stream.flush():
+            executor.early(ck[j], ck[j + 1], a_t, b_t)
+    return updates, w0, digester.last_vec, state_probs, regen_pre
+
+
+def _start_checks(o: VerifyOptions, policy: Policy, s: Session, report: Report, w0
+                  ) -> bool | None:
+    """What the pass checks at W_0 while the model is still untouched: the KS test started on
+    a thread (`_init_ks_ahead`), the initial optimizer state, and (hardened) whether the seed
+    regenerates W_0 (returned; None where not checked here)."""
+    m = s.manifest
     s.init_ks = _init_ks_ahead(o, s, w0)
     if policy.has(Defence.OPTIMIZER_STATE):
-        _add(report, [init_checks.initial_optimizer_state(prev, spec)])
-    regen_pre = None
+        _add(report, [init_checks.initial_optimizer_state(w0, s.spec)])
     if (policy.has(Defence.INIT_REGENERATION) and m.init.get("kind") != "parent"
             and m.init.get("external") is not True):
         # the model built above is still untouched (replays below change it); on any device,
         # this spares building a second model on the CPU (seconds at 100M parameters)
-        regen_pre = init_checks.seeded_init_equal(s.ctx.model, w0, names)
-    prev_vec = flat_params(prev, names)
-    prev_norm = torch.linalg.vector_norm(prev_vec)
-    reads = store.stream(ck[1:], ahead=s.overlap)
-    for i, (t, cur) in enumerate(tqdm(reads, total=len(ck) - 1, desc="reading checkpoints",
-                                      leave=False) if o.progress else reads):
-        if policy.has(Defence.OPTIMIZER_STATE) and not state_probs:
-            prob = state_problem(t, cur, spec)
-            if prob:
-                state_probs.append(prob)
-        vec = flat_params(cur, names)
-        norm = torch.linalg.vector_norm(vec)
-        updates.append(distances(prev_vec, vec, METRICS, prev_norm, norm))
-        if o.all_segments:
-            executor.early(ck[i], t, prev, cur)
-        else:
-            for j, a_t, b_t in stream.add(i, updates[-1][o.d1], prev, cur):
-                executor.early(ck[j], ck[j + 1], a_t, b_t)
-        prev, prev_vec, prev_norm = cur, vec, norm
-    if not o.all_segments:
-        for j, a_t, b_t in stream.flush():
-            executor.early(ck[j], ck[j + 1], a_t, b_t)
-    return updates, w0, prev_vec, state_probs, regen_pre
+        return init_checks.seeded_init_equal(s.ctx.model, w0, s.store.names)
+    return None
 
 
 def _overlaps(s: Session) -> bool:

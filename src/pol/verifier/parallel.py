@@ -210,7 +210,7 @@ def _outcome(ctx, spec, names: list[str], metrics: Sequence[str], a: int, b: int
     keys = soundness.float_state_keys(end)
     mine_keys = soundness.float_state_keys(mine)
     work = _workspace(ctx, max(_numel(d, ks) for d in (stored, end) for ks in (names, keys)))
-    err = _consuming_distances(_flat64(stored, names, work[0]), _flat64(end, names, work[1]),
+    err = _consuming_distances(flat64(stored, names, work[0]), flat64(end, names, work[1]),
                                metrics)
     exact = all(k in stored and torch.equal(stored[k], end[k].to(stored[k].device)) for k in end) \
         and len(end) == len(mine)
@@ -257,7 +257,7 @@ def _cuda_free(device) -> int:
             - torch.cuda.memory_allocated(device))
 
 
-def _flat64(tensors: dict[str, torch.Tensor], keys: list[str], buf: torch.Tensor
+def flat64(tensors: dict[str, torch.Tensor], keys: list[str], buf: torch.Tensor
             ) -> torch.Tensor:
     """`flat_params(tensors, keys)` (also `soundness.flat_optimizer`), bit for bit, on `buf`'s
     device: written into the start of `buf` by one concatenation (every float dtype widens
@@ -270,6 +270,9 @@ def _flat64(tensors: dict[str, torch.Tensor], keys: list[str], buf: torch.Tensor
     return out
 
 
+_flat64 = flat64  # the older name
+
+
 def _consuming_distances(a: torch.Tensor, b: torch.Tensor, metrics: Sequence[str]
                          ) -> dict[str, float]:
     """`distances(a, b, metrics)`, bit for bit, with a − b written over `a` (used up)."""
@@ -280,7 +283,7 @@ def _state_distances(stored: dict, start: dict, end: dict, keys: list[str], work
                      ) -> tuple[float, float]:
     """(‖S'_b − S_b‖, ‖S_b − S_a‖) of the float optimizer state, as `soundness.flat_optimizer`
     vectors (S_a: zeros where the start holds no state), in the two buffers of `work`."""
-    mine, claimed = _flat64(stored, keys, work[0]), _flat64(end, keys, work[1])
+    mine, claimed = flat64(stored, keys, work[0]), flat64(end, keys, work[1])
     state_error = float(torch.linalg.vector_norm(torch.sub(mine, claimed, out=mine)))
     if not all(k in start for k in keys):  # claimed − 0 is claimed, bit for bit
         return state_error, float(torch.linalg.vector_norm(claimed))
