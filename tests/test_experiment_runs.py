@@ -115,7 +115,8 @@ def test_settings_change_the_size_and_are_recorded(tmp_path):
     rows = (out / "fig7.csv").read_text().splitlines()[1:]
     assert len(rows) == 1 and rows[0].startswith("15,1,")
     entry = json.loads((out / "runs.json").read_text())[0]
-    assert entry["settings"] == {"fig7_ks": [15], "fig7_qs": [1]}
+    assert entry["settings"] == {"fig7_ks": [15], "fig7_qs": [1]} and entry["epochs"] == 2
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("fig7.")) == ["runs.json"]
     assert "--set fig7_ks=[15]" in entry["command"].replace("'", "")
     text = write_reproduction(out, tmp_path / "R.md", ["fig7"]).read_text()
     assert "size fields changed for this run (`--set`): fig7_ks = [15], fig7_qs = [1]" in text
@@ -261,3 +262,16 @@ def test_a_recorded_run_with_a_schedule_replays_bitwise(ws):
     assert open_proof(res.proof).lrs[:, 0].tolist() == lrs
     rep = ws.verify(res.proof, all_segments=True)
     assert rep.verdict == "valid" and all(s.exact for s in rep.segments), rep.verdict
+
+
+def test_the_header_names_E_only_where_it_was_used(ws):
+    from pol.experiments.document import record_invocation
+    record_invocation(ws, ["appendix-d"], "pol a")
+    ws.record_index = None
+    record_invocation(ws, ["table3"], "pol b")  # the tiny size trains its target E epochs
+    entries = json.loads((ws.out / "runs.json").read_text())
+    assert [e["epochs"] for e in entries] == [None, 2]
+    (ws.out / "fig7.md").write_text("### Fig. 7\n")
+    text = write_reproduction(ws.out, ws.out / "R.md", ["fig7"]).read_text()
+    head_a = text[text.index("`pol a`"):text.index("`pol b`")]
+    assert "E = " not in head_a and "E = 2, " in text[text.index("`pol b`"):]

@@ -40,7 +40,8 @@ def record_invocation(ws: Workspace, names: list[str], command: str,
         return
     entry = {
         "experiments": list(names), "command": command, "machine": ws.machine(),
-        "size": ws.size.name, "note": ws.size.note, "epochs": ws.epochs, "runs": ws.runs,
+        "size": ws.size.name, "note": ws.size.note, "epochs": _epochs(ws, names, failed),
+        "runs": ws.runs,
         "noise": ws.noise_label, "device": ws.device.type, "data": ws.cfg.data_dir,
         "wall_minutes": round((time.time() - ws.started) / 60, 2),
         "cpu_minutes": round(time.process_time() / 60, 2),
@@ -60,20 +61,28 @@ def record_invocation(ws: Workspace, names: list[str], command: str,
         _write_json(path, entries)
 
 
+def _epochs(ws: Workspace, names, failed) -> int | None:
+    """The E the invocation's experiments trained with; None where none of them depends on it
+    (Appendix D's fixed trainings; Table III's target when the size fixes its epochs)."""
+    fixed = {"appendix-d"} | ({"table3"} if ws.size.inverse_train_epochs is not None else set())
+    return None if set(names) | set(failed) <= fixed else ws.epochs
+
+
 @contextlib.contextmanager
 def _locked(path: Path):
-    """An exclusive lock on PATH.lock while the body runs (where the OS has fcntl)."""
+    """An exclusive lock on PATH's directory while the body runs (flock on the directory
+    itself: no lock file left behind; where the OS has fcntl)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
         yield
         return
-    with open(path.with_name(path.name + ".lock"), "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _write_json(path: Path, value) -> None:
@@ -136,7 +145,9 @@ def _entry_lines(e: dict, superseded: list[str]) -> list[str]:
         what += ("; " if shown else "") + f"superseded by a later run: {', '.join(superseded)}"
     out = [f"- `{e['command'] or 'pol experiment ' + ','.join(e['experiments'])}` ({what})",
            f"  - machine: {e['machine']}",
-           f"  - size `{e['size']}` ({e['note']}); E = {e['epochs']}, {e['runs']} run(s) "
+           f"  - size `{e['size']}` ({e['note']}); "
+           + (f"E = {e['epochs']}, " if e.get("epochs") is not None else "")
+           + f"{e['runs']} run(s) "
            f"per configuration; replay noise: {e['noise']}"]
     if e.get("settings"):
         out.append("  - size fields changed for this run (`--set`): "
@@ -174,7 +185,8 @@ def _caveats(entries: list[dict]) -> list[str]:
             "and noise. The setup and the replay noise (named above) carry over; whatever "
             "depends on what the data teaches (the trained weights, d_ref, accuracy) is not "
             "CIFAR's.", ""]
-    short = sorted({e["epochs"] for e in entries if e["epochs"] < PAPER_EPOCHS})
+    short = sorted({e["epochs"] for e in entries
+                    if e.get("epochs") is not None and e["epochs"] < PAPER_EPOCHS})
     if short:
         e = " or ".join(map(str, short))
         unit = "epoch" if short == [1] else "epochs"
