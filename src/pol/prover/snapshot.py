@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 
-from pol.proof.host import HostCheckpoint, HostPool, HostSnapshotter, Layout, chunks_of
+from pol.proof.host import (HostCheckpoint, HostPool, HostSnapshotter, Layout, chunks_of,
+                            host_records)
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ class DeviceSnapshotter(HostSnapshotter):
         layout = self.layout(tensors, precision)
         plan = self.plan(layout)
         if "cuda" not in plan:
-            return super().take(tensors, records, precision)
+            return self._take_host(layout, plan, records)
         pool = self.pinned
         bufs = pool.get(layout)
         cur = torch.cuda.current_stream()
@@ -250,16 +251,30 @@ class DeviceSnapshotter(HostSnapshotter):
             if all(kind == "cuda" for kind in plan):
                 return g.statics
         tmps: list[torch.Tensor] = []
-        with torch.no_grad():
-            for buf, kind, (st, _, views, _) in zip(bufs, plan, layout.groups):
-                if kind == "cuda":
-                    if g is None:
-                        tmps.append(torch.cat(views).to(st))
-                elif kind == "cat":
-                    torch.cat(views, out=buf)
-                else:
-                    buf.copy_(torch.cat(views).to(st))
+        for buf, kind, (st, _, views, _) in zip(bufs, plan, layout.groups):  # detached views
+            if kind == "cuda":
+                if g is None:
+                    tmps.append(torch.cat(views).to(st))
+            elif kind == "cat":
+                torch.cat(views, out=buf)
+            else:
+                buf.copy_(torch.cat(views).to(st))
         return g.statics if g is not None else tmps
+
+    def _take_host(self, layout: Layout, plan: list[str],
+                   records: dict[str, Any] | None) -> HostCheckpoint:
+        """`HostSnapshotter.take` for state with no CUDA group, minus its per-call Python: the
+        plan and the uint8 views of each pooled buffer set are made once."""
+        pool = self.pool
+        bufs = pool.get(layout)
+        for buf, kind, (st, _, views, _) in zip(bufs, plan, layout.groups):  # detached views
+            if kind == "cat":
+                torch.cat(views, out=buf)
+            else:  # a conversion, or another device: through a temporary
+                buf.copy_(torch.cat(views).to(st))
+        _, chunks, sizes = self._set_of(bufs, event=False)
+        return HostCheckpoint(layout.header, chunks, sizes, host_records(records),
+                              release=lambda: pool.put(bufs))
 
     def _copy_losses(self, losses: Any, recs: dict[str, Any]) -> torch.Tensor | None:
         """The window's losses into a pooled pinned buffer (a pinned allocation would synchronize
@@ -280,12 +295,12 @@ class DeviceSnapshotter(HostSnapshotter):
         recs["losses"] = host.numpy()  # a view: read by the writer after ready()
         return host
 
-    def _set_of(self, bufs: list[torch.Tensor]) -> tuple[Any, list, list[int]]:
+    def _set_of(self, bufs: list[torch.Tensor], event: bool = True) -> tuple[Any, list, list[int]]:
         """The copy event and the uint8 views of a pooled buffer set, made once per set (a set
         is reused only after the writer released it, so its event is free again by then)."""
         entry = self._sets.get(id(bufs))
         if entry is None or entry[0] is not bufs:
             chunks, sizes = chunks_of(bufs)
-            entry = (bufs, torch.cuda.Event(), chunks, sizes)
+            entry = (bufs, torch.cuda.Event() if event else None, chunks, sizes)
             self._sets[id(bufs)] = entry
         return entry[1], entry[2], entry[3]
