@@ -22,10 +22,10 @@ from conftest import make_user_data
 ARCH = {"in_features": 12, "num_classes": 3, "hidden": [8]}
 
 
-def _recorder(out, k=4, epochs=2, n=64, **kw):
+def _recorder(out, k=4, epochs=2, n=64, device="cpu", **kw):
     from pol.models import mlp
     x, y = make_user_data(n=n)
-    model = mlp(**ARCH)
+    model = mlp(**ARCH).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     rec = Recorder(out, model=model, optimizer=opt, data=(x, y), model_spec=ModelSpec("mlp", ARCH),
                    batch_size=16, epochs=epochs, k=k, seed=3, init="from-seed", **kw)
@@ -200,3 +200,78 @@ def test_pinned_sets_are_views_of_one_block_with_the_cuda_groups_first():
     flat = pool.get_flat(5, torch.float32)
     pool.put([flat])
     assert pool.cuda_block([flat]) is None and pool.get_flat(5, torch.float32) is flat
+
+
+# ----- on a GPU (skipped here): the device snapshot's single copy, the losses and targets on it
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+@pytest.mark.parametrize("graphs", [True, False])
+def test_device_snapshot_of_mixed_groups_writes_the_host_bytes(tmp_path, graphs):
+    """float32 and int64 groups on the GPU (one copy through the captured gather's block), a
+    host group (Adam's step counts), losses as a 0-d and as a 1-D device tensor: every stored
+    tensor is the host path's (whose one host group orders the file differently), and the
+    losses journal is its, byte for byte."""
+    from safetensors.torch import load
+    from pol.proof.writer import ProofWriter
+    from pol.prover.snapshot import DeviceSnapshotter
+    g = torch.Generator().manual_seed(0)
+    host = {"model.w": torch.randn(5, 3, generator=g), "model.n": torch.arange(4),
+            "optim.0.exp_avg": torch.randn(7, generator=g), "optim.0.step": torch.tensor(3.0)}
+    dev = {k: (v if k == "optim.0.step" else v.cuda()) for k, v in host.items()}
+    files = []
+    for name, st, snapper in (("host", host, None), ("dev", dev, DeviceSnapshotter(graphs))):
+        w = ProofWriter(tmp_path / name, run_info={"spec": {"batch_size": 2}},
+                        snapshotter=snapper)
+        for t in (1, 2, 3):
+            loss = torch.tensor(0.5 * t) if t < 3 else torch.tensor([0.25, 0.75])
+            w.put_checkpoint(t, st, {"indices": np.array([[t, t + 1]] * loss.numel()),
+                                     "lrs": [[0.1]] * loss.numel(),
+                                     "losses": loss.to(st["model.w"].device)})
+            with torch.no_grad():
+                st["model.w"].add_(1.0)
+                st["model.n"].add_(1)
+                st["optim.0.step"].add_(1.0)
+        if snapper is not None and graphs:
+            assert snapper._gather.ok and snapper.waited_on == st["model.w"].device
+        w.drain()
+        w.abort()
+        files.append([load((tmp_path / name / fmt.checkpoint_name(t)).read_bytes())
+                      for t in (1, 2, 3)]
+                     + [(tmp_path / name / ".pol-writing" / "losses.bin").read_bytes()])
+    for a, b in zip(files[0][:3], files[1][:3]):
+        assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    assert files[0][3] == files[1][3]
+
+
+@needs_cuda
+@pytest.mark.parametrize("k", [1, 3])
+def test_device_targets_and_losses(tmp_path, k):
+    """Targets on the GPU are checked by the writer thread behind the snapshot's own wait: a
+    wrong batch is found by close() at the latest; right ones verify, with the losses
+    journaled as trained."""
+    for wrong_at in (1, None):
+        rec, model, opt, x, y = _recorder(tmp_path / f"p{wrong_at}", k=k, epochs=1,
+                                          device="cuda", allow_nondeterministic=True)
+        losses = []
+        with pytest.raises(ConfigError, match="step 1: targets differ") if wrong_at else \
+                _no_error():
+            for idx in rec.epoch_batches(0):
+                xb, yb = torch.from_numpy(x[idx]).cuda(), torch.from_numpy(y[idx]).cuda()
+                rec.record_batch(idx, xb, (yb + 1) % 3 if rec.t == wrong_at else yb)
+                opt.zero_grad()
+                loss = F.cross_entropy(model(xb), yb)
+                loss.backward()
+                opt.step()
+                rec.step(loss)
+                losses.append(loss.item())
+            rec.close()
+        if wrong_at is None:
+            assert np.array_equal(np.load(rec.path / fmt.LOSSES), np.array(losses, np.float32))
+
+
+def _no_error():
+    import contextlib
+    return contextlib.nullcontext()
