@@ -306,6 +306,7 @@ class Recorder:
         self.k = spec.k
         self.t = 0
         self._pending = False  # record_batch done, step() not yet
+        self._n, self._B = n, spec.batch_size  # read per step
         self._seed_order = spec.data.order == "seed"
         self._order: np.ndarray | None = None  # this epoch's order (spec.data.order "seed")
         self._tracked = True  # False: the epoch's earlier batches are unknown (resumed mid-epoch)
@@ -490,12 +491,13 @@ class Recorder:
             indices = indices.detach().cpu().numpy()
         idx = np.asarray(indices)
         m = len(idx) if idx.ndim == 1 else 0
-        if idx.ndim != 1 or idx.dtype.kind not in "iu" or not 1 <= m <= self.spec.batch_size:
-            raise ConfigError(f"indices must be a 1-D integer array of 1..{self.spec.batch_size}")
+        if idx.ndim != 1 or idx.dtype.kind not in "iu" or not 1 <= m <= self._B:
+            raise ConfigError(f"indices must be a 1-D integer array of 1..{self._B}")
         # one reduction for both bounds: a negative index is a huge unsigned one
-        if idx.view(idx.dtype.str.replace("i", "u")).max() >= len(self.dataset):
+        if idx.view(idx.dtype.str.replace("i", "u")).max() >= self._n:
             raise ConfigError("an index is outside the dataset")
-        if inputs is not None and len(inputs) != m:
+        shape = getattr(inputs, "shape", None)  # a tensor's or array's: no Python __len__
+        if inputs is not None and (shape[0] if shape else len(inputs)) != m:
             raise ConfigError("inputs and indices have different lengths")
         earlier = self._check_epoch_structure(idx, m)
         if targets is not None:
@@ -510,7 +512,7 @@ class Recorder:
         if self._win_idx is None:  # the first step after a checkpoint: this window's rows
             self._win_start = t
             end = min((t // self.k + 1) * self.k, self.total_steps)
-            self._win_idx = np.full((end - t, self.spec.batch_size), -1, dtype=np.int64)
+            self._win_idx = np.full((end - t, self._B), -1, dtype=np.int64)
         self._win_idx[t - self._win_start, :m] = idx  # a copy: the caller may reuse its array
         self._rows_lr.append([float(g["lr"]) for g in self.optimizer.param_groups])
         self._pending = True
@@ -540,7 +542,7 @@ class Recorder:
         epoch no sample twice, and only the epoch's last batch short (the verifier checks that
         every epoch's indices are a permutation of the dataset). Returns the samples' stamps
         before this batch (to undo it), None where none are kept."""
-        S, B = self.steps_per_epoch, self.spec.batch_size
+        S, B = self.steps_per_epoch, self._B
         s = self.t % S
         if self._seed_order:  # the spec promises epoch_order: hold it to that (a permutation)
             if s == 0 or self._order is None:
@@ -549,7 +551,7 @@ class Recorder:
             if len(want_idx) != m or not (idx == want_idx).all():
                 raise ConfigError(f"step {self.t}: the spec says the batch order comes from the "
                                   "seed (rec.epoch_batches), but these indices differ from it")
-        want = B if s < S - 1 or self.spec.drop_last else len(self.dataset) - (S - 1) * B
+        want = B if s < S - 1 or self.spec.drop_last else self._n - (S - 1) * B
         if m != want:
             raise ConfigError(f"step {self.t} (batch {s} of {S} in its epoch) has {m} "
                               f"samples, expected {want}: every batch but an epoch's last is "
