@@ -10,6 +10,8 @@ path (`pol.prover.trainer.train_task`, what `pol train` runs; with model overrid
              to the training step
   wall       a whole in-process verification against (one read of the proof + its replayed steps
              at training speed): what is left that does not hide behind the replay
+  pass       of each in-process verification: the checkpoint pass's seconds outside the replays
+             (what they wait for) and its digests' seconds (on the reader thread on a GPU)
   memory     of each in-process verification: peak host RSS (sampled; and its growth over the
              verification's start) and peak CUDA memory (allocated, reserved)
   cli        `pol verify` in a fresh process, top-Q and --all: seconds before the first replayed
@@ -185,6 +187,46 @@ class ReplayTimer:
 
     def __exit__(self, *exc):
         self.par.replay_segment = self.orig
+
+
+class PassTimer:
+    """The checkpoint pass's own share of a verification: its wall seconds outside the replays it
+    starts (what the replays wait for: reads, and the digests where they run in turn) and the
+    digests' seconds (`CheckpointDigester`: finite vector, distances, optimizer state; on the
+    reader thread where the pass reads ahead, a GPU's case). `replays`: the ReplayTimer."""
+
+    def __init__(self, replays: ReplayTimer):
+        import pol.verifier.core as core
+        self.core, self.replays = core, replays
+        self.digester = getattr(core, "CheckpointDigester", None)  # older pol: none
+        self.pass_s, self.digest_s = 0.0, 0.0
+
+    def __enter__(self):
+        self.orig_pass = self.core._checkpoint_pass
+
+        def timed_pass(*a, **kw):
+            t, r = time.perf_counter(), self.replays.seconds
+            try:
+                return self.orig_pass(*a, **kw)
+            finally:
+                self.pass_s += time.perf_counter() - t - (self.replays.seconds - r)
+        self.core._checkpoint_pass = timed_pass
+        if self.digester is not None:
+            self.orig_call = self.digester.__call__
+
+            def timed_digest(dg, *a, **kw):
+                t = time.perf_counter()
+                try:
+                    return self.orig_call(dg, *a, **kw)
+                finally:
+                    self.digest_s += time.perf_counter() - t
+            self.digester.__call__ = timed_digest
+        return self
+
+    def __exit__(self, *exc):
+        self.core._checkpoint_pass = self.orig_pass
+        if self.digester is not None:
+            self.digester.__call__ = self.orig_call
 
 
 class LoopTimer:
@@ -369,7 +411,7 @@ class MemWatch:
 
 def verify_in_process(a, proof: Path, all_segments: bool) -> dict:
     from pol.verifier import verify
-    with ReplayTimer(a.device) as rt, MemWatch(a.device) as mw:
+    with ReplayTimer(a.device) as rt, PassTimer(rt) as pt, MemWatch(a.device) as mw:
         _sync(a.device)
         t = time.perf_counter()
         rep = verify(proof, all_segments=all_segments, q=a.q, device=a.device, data=a.data,
@@ -380,7 +422,9 @@ def verify_in_process(a, proof: Path, all_segments: bool) -> dict:
         raise SystemExit(f"the honest proof did not verify:\n{rep.render()}")
     return {"wall_s": wall, "replay_s": rt.seconds, "replayed_steps": rt.steps,
             "ms_per_step": 1000 * rt.seconds / max(rt.steps, 1),
-            "cpu_ms_per_step": 1000 * rt.cpu_seconds / max(rt.steps, 1), "memory": mw.out}
+            "cpu_ms_per_step": 1000 * rt.cpu_seconds / max(rt.steps, 1), "memory": mw.out,
+            "pass_outside_replays_s": pt.pass_s,
+            "digest_s": pt.digest_s if pt.digester is not None else None}
 
 
 # ----------------------------------------------------------------------------- torch.profiler
@@ -871,6 +915,8 @@ def summarize(res: dict) -> dict:
             r[key]["wall_s"] / (r["read_s"] + r[key]["replayed_steps"]
                                 * r["train"]["ms_per_step"] / 1000) for r in rs])
         s[f"replayed_steps_{mode}"] = rs[0][key]["replayed_steps"] if rs else None
+        for m in ("pass_outside_replays_s", "digest_s"):
+            s[f"{key}_{m}"] = _med([r[key].get(m) for r in rs])
         for m in ("peak_rss_mib", "rss_growth_mib", "cuda_peak_mib", "cuda_reserved_peak_mib"):
             s[f"{key}_{m}"] = _med([r[key]["memory"].get(m) for r in rs])
     s["read_s"] = _med([r["read_s"] for r in rows])
@@ -1009,6 +1055,12 @@ def print_table(s: dict, cli: dict, init: dict, com: dict) -> None:
         ("verify top-Q wall ÷ (read + steps at training speed)",
          _f(m(s["wall_topq_over_read_plus_train_steps"])),
          rng(s["wall_topq_over_read_plus_train_steps"])),
+        ("checkpoint pass outside the replays / its digests, s (--all)",
+         f"{_f(m(s['verify_all_pass_outside_replays_s']), '.2f')} / "
+         f"{_f(m(s['verify_all_digest_s']), '.2f')}", ""),
+        ("checkpoint pass outside the replays / its digests, s (top-Q)",
+         f"{_f(m(s['verify_topq_pass_outside_replays_s']), '.2f')} / "
+         f"{_f(m(s['verify_topq_digest_s']), '.2f')}", ""),
         ("in-process verify --all: peak RSS MiB (+ over its start) / peak CUDA MiB (reserved)",
          mem("all"), ""),
         ("in-process verify top-Q: the same", mem("topq"), ""),
