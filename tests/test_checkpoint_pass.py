@@ -6,12 +6,15 @@ the reader thread, with the same report as in turn."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import struct
 
 import pytest
 import torch
 from conftest import MODEL_PREFIX, tampered_copy
 
 from pol.errors import ProofFormatError
+from pol.proof import format as fmt
 from pol.proof.reader import open_proof
 from pol.step import build_context
 from pol.verifier import core, verify
@@ -106,3 +109,52 @@ def test_pass_on_the_reader_thread_gives_the_same_report(cnn_proof, monkeypatch)
     top_q = verify(cnn_proof, entropy=b"e")
     monkeypatch.setattr(core, "_overlaps", lambda s: False)
     assert _comparable(verify(cnn_proof, entropy=b"e")) == _comparable(top_q)
+
+
+def test_store_reads_views_of_one_buffer(mlp_proof):
+    """The store's checkpoints are views of the bytes read (one copy in memory), equal to what
+    the safetensors parser gives."""
+    proof = open_proof(mlp_proof)
+    for t in proof.manifest.checkpoints[:3]:
+        parsed = proof.load_checkpoint(t)
+        views = dataclasses.replace(proof, views=True).load_checkpoint(t)
+        assert set(parsed) == set(views)
+        assert all(torch.equal(parsed[k], views[k]) and parsed[k].dtype == views[k].dtype
+                   for k in parsed)
+        raw = (mlp_proof / fmt.checkpoint_name(t)).read_bytes()
+        header = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+        at = {k: v.data_ptr() - header[k]["data_offsets"][0] for k, v in views.items()}
+        assert len(set(at.values())) == 1  # each at its offset in one buffer: no copies
+
+
+def _safetensors(entries: list[tuple[str, str, list[int], int, int]], body: bytes) -> bytearray:
+    header = {k: {"dtype": d, "shape": s, "data_offsets": [a, b]} for k, d, s, a, b in entries}
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    return bytearray(struct.pack("<Q", len(raw)) + raw + body)
+
+
+def test_views_only_where_the_parser_takes_the_bytes_as_they_are():
+    from pol.proof.reader import parse_safetensors
+    body = struct.pack("<e", 1.5) + struct.pack("<f", 2.5)  # the float32 at an odd offset
+    odd = _safetensors([("h", "F16", [1], 0, 2), ("f", "F32", [1], 2, 6)], body)
+    got = parse_safetensors(odd, "odd", fmt.Limits(), share=True)
+    assert got["h"].item() == 1.5 and got["f"].item() == 2.5  # parsed, aligned copies
+    ok = _safetensors([("f", "F32", [1], 0, 4), ("h", "F16", [1], 4, 6)],
+                      struct.pack("<f", 2.5) + struct.pack("<e", 1.5))
+    got = parse_safetensors(ok, "ok", fmt.Limits(), share=True)
+    assert got["h"].item() == 1.5 and got["f"].item() == 2.5
+    hole = _safetensors([("f", "F32", [1], 0, 4), ("g", "F32", [1], 8, 12)], bytes(12))
+    for share in (False, True):
+        with pytest.raises(ProofFormatError, match="unreadable safetensors"):
+            parse_safetensors(hole, "hole", fmt.Limits(), share=share)
+
+
+def test_verifier_reads_views(mlp_proof, monkeypatch):
+    opened = []
+
+    def recording(*a, **kw):
+        opened.append(open_proof(*a, **kw))
+        return opened[-1]
+    monkeypatch.setattr(core, "open_proof", recording)
+    assert verify(mlp_proof, entropy=b"e").valid and opened[0].views

@@ -1,8 +1,9 @@
 """Safe, validating proof reader.
 
 A proof comes from a possibly hostile party. Nothing here unpickles: tensors come from safetensors
-(header parsed and checked by us first), arrays from `.npy` headers checked against the manifest
-before `np.frombuffer`. Every file is read through `_read_file`, which refuses symlinks and paths
+(header parsed and checked by us first; or, for the verifier, views of the bytes read where their
+layout is one the safetensors parser takes as it is), arrays from `.npy` headers checked against
+the manifest before `np.frombuffer`. Every file is read through `_read_file`, which refuses symlinks and paths
 outside the proof, checks the size against the manifest before reading, and checks the SHA-256
 after. Sizes and shapes from a proof are compared with limits before anything is allocated.
 """
@@ -13,6 +14,7 @@ import ast
 import hashlib
 import os
 import struct
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,10 @@ def _resolve_inside(root: Path, name: str) -> Path:
     return p
 
 
-def _read_file(root: Path, name: str, size: int, sha256: str) -> bytes:
+def _read_file(root: Path, name: str, size: int, sha256: str, writable: bool = False
+               ) -> bytes | bytearray:
+    """The file's bytes, checked (size, SHA-256); `writable`: in a bytearray (tensors can be
+    views of it)."""
     p = _resolve_inside(root, name)
     try:
         st = os.stat(p)
@@ -54,12 +59,26 @@ def _read_file(root: Path, name: str, size: int, sha256: str) -> bytes:
         raise ProofFormatError(f"{name} is truncated or corrupt: {st.st_size} bytes, "
                                f"manifest says {size}")
     with open(p, "rb") as f:
-        data = f.read(size + 1)
-    if len(data) != size:
+        data = _read_exactly(f, size) if writable else f.read(size + 1)
+    if data is None or len(data) != size:
         raise ProofFormatError(f"{name} changed size while being read")
     if hashlib.sha256(data).hexdigest() != sha256:
         raise IntegrityError(f"{name} does not match its SHA-256 in the manifest")
     return data
+
+
+def _read_exactly(f, size: int) -> bytearray | None:
+    """`size` bytes of `f` into a new bytearray (no second copy); None where it holds more or
+    fewer."""
+    buf = bytearray(size)
+    with memoryview(buf) as view:
+        got = 0
+        while got < size:
+            n = f.readinto(view[got:])
+            if not n:
+                return None
+            got += n
+    return buf if not f.read(1) else None
 
 
 def parse_npy(data: bytes, name: str, dtype: str, shape: tuple[int | None, ...],
@@ -101,16 +120,18 @@ def parse_npy(data: bytes, name: str, dtype: str, shape: tuple[int | None, ...],
     return np.frombuffer(body, dtype=dtype).reshape(got)
 
 
-def parse_safetensors(data: bytes, name: str, limits: fmt.Limits) -> dict[str, torch.Tensor]:
+def parse_safetensors(data: bytes | bytearray, name: str, limits: fmt.Limits,
+                      share: bool = False) -> dict[str, torch.Tensor]:
     """Check a safetensors header ourselves (lengths, dtypes, offsets) before handing the bytes to
-    the safetensors parser."""
+    the safetensors parser. `share` (`data` a bytearray): the tensors are views of `data`, no
+    copy, where the layout is one the parser accepts as it is (`_views`)."""
     if len(data) < 8:
         raise ProofFormatError(f"{name} is truncated")
     hlen = struct.unpack("<Q", data[:8])[0]
     if hlen > limits.max_safetensors_header or 8 + hlen > len(data):
         raise ProofFormatError(f"{name}: safetensors header length {hlen} is invalid")
     # no duplicate keys (two parsers could disagree), no NaN, valid UTF-8, bounded nesting
-    header = loads_strict(data[8:8 + hlen], f"{name}: safetensors header", max_bytes=None)
+    header = loads_strict(bytes(data[8:8 + hlen]), f"{name}: safetensors header", max_bytes=None)
     if not isinstance(header, dict):
         raise ProofFormatError(f"{name}: malformed safetensors header")
     body = len(data) - 8 - hlen
@@ -136,10 +157,44 @@ def parse_safetensors(data: bytes, name: str, limits: fmt.Limits) -> dict[str, t
     for (a1, b1), (a2, _) in zip(spans, spans[1:]):
         if a2 < b1:
             raise ProofFormatError(f"{name}: overlapping tensors")
+    views = _views(data, 8 + hlen, header, spans) if share else None
+    if views is not None:
+        return views
     try:
-        return st_load(data)
+        return st_load(bytes(data) if isinstance(data, bytearray) else data)
     except Exception as e:  # noqa: BLE001 - the parser's own error, reported as unusable input
         raise ProofFormatError(f"{name}: unreadable safetensors ({e})") from None
+
+
+_TORCH_DTYPES = {code: getattr(torch, dt) for dt, (code, _, _) in fmt.DTYPES.items()}
+
+
+def _views(data, start: int, header: dict, spans: list[tuple[int, int]]
+           ) -> dict[str, torch.Tensor] | None:
+    """The tensors as views of the bytearray `data` (body at `start`), in the safetensors
+    parser's order (by name), where that parser would take the bytes as they are: the tensors
+    tile the body from its start to its end, the metadata maps strings to strings, and every
+    tensor is aligned to its item size in memory (a little-endian machine; no bool, whose bytes
+    the parser would have to check). None: anything else (the parser decides)."""
+    meta = header.get("__metadata__")
+    ends = [0] + [b for _, b in spans]
+    if (not isinstance(data, bytearray) or sys.byteorder != "little"
+            or any(a != e for (a, _), e in zip(spans, ends)) or ends[-1] != len(data) - start
+            or not (meta is None or isinstance(meta, dict)
+                    and all(isinstance(v, str) for v in meta.values()))):
+        return None
+    base = np.frombuffer(data, dtype=np.uint8).ctypes.data + start if data else start
+    out = {}
+    for key in sorted(k for k in header if k != "__metadata__"):
+        info = header[key]
+        dtype, size = _TORCH_DTYPES[info["dtype"]], _ST_DTYPES[info["dtype"]]
+        a, b = info["data_offsets"]
+        if dtype == torch.bool or (base + a) % size:
+            return None
+        flat = (torch.frombuffer(data, dtype=dtype, count=(b - a) // size, offset=start + a)
+                if b > a else torch.empty(0, dtype=dtype))
+        out[key] = flat.view(info["shape"])
+    return out
 
 
 @dataclass
@@ -161,15 +216,24 @@ class Proof:
     # exact-mode proofs: the rounding log, int64 [N, 4] rows (step, point, index, up), validated
     # (`pol.proof.roundlog`); None for any other proof
     roundlog: np.ndarray | None = field(default=None, repr=False)
+    # load_checkpoint's tensors as views of the one buffer a checkpoint's file was read into (where
+    # the proof stores it as is, format v1): one copy of it in memory while it is read, not two;
+    # the buffer lives while any of them does (the verifier's setting, which keeps them all)
+    views: bool = False
 
     @property
     def spec(self):
         return self.manifest.spec
 
     def load_checkpoint(self, t: int) -> dict[str, torch.Tensor]:
+        """Checkpoint t's tensors (digest checked); with `views`, see there."""
         name = fmt.checkpoint_name(t)
         if name not in self.manifest.files:
             raise ProofFormatError(f"no checkpoint at step {t}")
+        if self.views and self.manifest.version < fmt.CODEC_FORMAT_VERSION:
+            sha, size = self.manifest.files[name]
+            return parse_safetensors(_read_file(self.path, name, size, sha, writable=True), name,
+                                     self.limits, share=True)
         return parse_safetensors(self.checkpoint_bytes(t), name, self.limits)
 
     def checkpoint_bytes(self, t: int) -> bytes:

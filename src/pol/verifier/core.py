@@ -209,6 +209,7 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions) -> Report:
     except IntegrityError as e:
         report.add(CheckName.INTEGRITY, False, str(e))
         return report
+    proof.views = True  # a checkpoint's tensors share the bytes read: one copy in memory
     s = Session(proof=proof, manifest=proof.manifest, spec=proof.manifest.spec)
     m, spec = s.manifest, s.spec
     check_verify_budget(m, o)  # dataset and replay-step budget, before any work
