@@ -89,30 +89,12 @@ def _hyperparameters(optimizer: torch.optim.Optimizer) -> list[dict]:
     return [{k: g.get(k) for k in keys} for g in optimizer.param_groups]
 
 
-def _hyper_getter(optimizer: torch.optim.Optimizer) -> Callable[[Any], Any]:
-    """A cheap per-step fingerprint of `_hyperparameters`: the same values, read by one C call
-    per group (operator.itemgetter); a missing key reads as a change."""
-    import operator
-    keys = [k for k in optimizer.defaults if k not in ("lr", "initial_lr")]
-    if not keys:
-        return lambda opt: len(opt.param_groups)
-    get = operator.itemgetter(*keys)
-
-    def now(opt: torch.optim.Optimizer) -> Any:
-        try:
-            return [get(g) for g in opt.param_groups]
-        except KeyError:
-            return None
-    return now
-
-
 class _TargetCheck:
     """`record_batch`'s check that the targets are the dataset's labels at the indices, without a
     device→host synchronization on the training thread: host targets are compared at once (no
     device involved); device targets are copied (non-blocking, into pinned memory) to the host
-    and compared by the proof writer's thread, before it writes the checkpoint that ends their
-    window (it waits for that checkpoint's copies, which the snapshot orders after the targets'
-    copies on the training stream). A mismatch is raised at a later checkpoint, at the latest by
+    and compared by a background thread once the checkpoint that ends their window has queued
+    an event behind the copies. A mismatch is raised at a later checkpoint, at the latest by
     `close()`, and the proof is aborted (its steps trained on a batch the indices do not name).
     `defer_host=True` sends host targets the background way too (tests)."""
 
@@ -121,29 +103,22 @@ class _TargetCheck:
         self.defer_host = False
         self.window: list[tuple[int, np.ndarray, torch.Tensor]] = []  # (step, indices, targets)
         self.device: torch.device | None = None  # of the window's device targets
-        self.found: list[int] = []  # steps whose targets differ (appended by the writer thread)
+        self.pool: Any = None  # ThreadPoolExecutor, started at the first deferred check
+        self.futures: list[Any] = []
 
     def add(self, t: int, idx: np.ndarray, targets: Any) -> None:
-        if isinstance(targets, torch.Tensor):
-            if targets.requires_grad:
-                targets = targets.detach()
-            if targets.is_cpu and not self.defer_host:
-                self.compare_now(t, idx, targets.numpy())  # numpy() is a view: no copy
-                return
-            if targets.is_cuda:  # lands in pinned memory, no host synchronization
+        if isinstance(targets, torch.Tensor) and (targets.device.type != "cpu"
+                                                  or self.defer_host):
+            targets = targets.detach()
+            if targets.device.type == "cuda":  # lands in pinned memory, no host synchronization
                 self.device = targets.device
                 targets = targets.to("cpu", non_blocking=True)
-            elif targets.is_cpu:
+            elif targets.device.type == "cpu":
                 targets = targets.clone()  # the caller may reuse the buffer
-            else:  # another device: a synchronous copy
-                targets = targets.cpu()
             self.window.append((t, idx, targets))
             return
-        self.compare_now(t, idx, np.asarray(targets))
-
-    def compare_now(self, t: int, idx: np.ndarray, given: np.ndarray) -> None:
-        want = self.labels[idx]
-        if given.shape != want.shape or not (given == want).all():
+        t_np = targets.detach().numpy() if isinstance(targets, torch.Tensor) else targets
+        if not np.array_equal(np.asarray(t_np), self.labels[idx]):
             raise ConfigError(self.message(t))
 
     @staticmethod
@@ -151,47 +126,46 @@ class _TargetCheck:
         return (f"step {t}: targets differ from the dataset's labels at these indices: the batch "
                 "is not the one the indices name")
 
-    def attach(self, snap: Any, snapshotter: Any) -> None:
-        """Hand the window's deferred checks to the writer thread with checkpoint `snap`: they run
-        in its `ready()`, once the copies are on the host. The snapshot's own wait covers the
-        targets' copies where it waited on the training stream of their device after they were
-        issued (`DeviceSnapshotter.waited_on`); otherwise an event is recorded for them here."""
+    def flush(self) -> None:
+        """Send the window's deferred checks to the background thread."""
         if not self.window:
             return
         window, self.window = self.window, []
-        device, self.device = self.device, None
-        waits = [snap.ready] if snap.ready is not None else []
-        if device is not None and (not waits
-                                   or getattr(snapshotter, "waited_on", None) != device):
+        event = None
+        if self.device is not None:  # behind the window's copies, on the training stream
             event = torch.cuda.Event()
-            event.record(torch.cuda.current_stream(device))
-            waits.append(event.synchronize)
-        found, labels = self.found, self.labels
+            event.record(torch.cuda.current_stream(self.device))
+            self.device = None
+        if self.pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="pol-target-check")
+        self.futures.append(self.pool.submit(self._compare, window, event))
 
-        def ready() -> None:
-            for wait in waits:
-                wait()
-            for t, idx, targets in window:
-                given, want = targets.numpy(), labels[idx]
-                if given.shape != want.shape or not (given == want).all():
-                    found.append(t)
-                    return
-        snap.ready = ready
+    def _compare(self, window: list, event: Any) -> int | None:
+        if event is not None:
+            event.synchronize()
+        for t, idx, targets in window:
+            if not np.array_equal(targets.numpy(), self.labels[idx]):
+                return t
+        return None
 
     def raise_found(self, rec: "Recorder", wait: bool = False) -> None:
-        """Raise (aborting the proof) a mismatch that a finished check found; with `wait`, wait
-        for the writer to run all of them first."""
+        """Raise (aborting the proof) a mismatch that a finished check found; with `wait`, flush
+        and wait for all of them first."""
         if wait:
-            try:
-                rec.writer.drain()
-            except ProofWriteError:
-                pass  # the writer failed: finalize() says so
-        if self.found:
+            self.flush()
+        done = [f for f in self.futures if wait or f.done()]
+        self.futures = [f for f in self.futures if f not in done]
+        bad = [t for t in (f.result() for f in done) if t is not None]
+        if bad:
             rec.abort()
-            raise ConfigError(self.message(min(self.found)))
+            raise ConfigError(self.message(min(bad)))
 
     def shutdown(self) -> None:
-        self.window = []
+        self.window, self.futures = [], []
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
 
 
 class Recorder:
@@ -305,29 +279,18 @@ class Recorder:
         self.total_steps = self.epochs * self.steps_per_epoch
         self.k = spec.k
         self.t = 0
-        self._pending = False  # record_batch done, step() not yet
-        self._n, self._B = n, spec.batch_size  # read per step
-        self._seed_order = spec.data.order == "seed"
+        self._pending_idx: np.ndarray | None = None
+        # samples used so far in the current epoch (None: not tracked, after a resume mid-epoch)
+        self._seen: np.ndarray | None = np.zeros(n, dtype=bool)
         self._order: np.ndarray | None = None  # this epoch's order (spec.data.order "seed")
-        self._tracked = True  # False: the epoch's earlier batches are unknown (resumed mid-epoch)
-        # the duplicate check: each sample's stamp in the current epoch (0: not used yet); the
-        # batch at step s of an epoch stamps its samples s·B+1, s·B+2, ... (a slice of _stamps)
-        wide = self.steps_per_epoch * spec.batch_size + 1 >= 2**31
-        self._mark = np.zeros(n, dtype=np.int64 if wide else np.int32)
-        self._stamps = np.arange(1, self.steps_per_epoch * spec.batch_size + 1,
-                                 dtype=self._mark.dtype)
-        # the rows of the steps since the last checkpoint: indices written in place (one array
-        # per window, handed to the writer as is), lrs and losses as given
-        self._win_idx: np.ndarray | None = None
-        self._win_start = 0
+        self._stamp = np.zeros(n, dtype=np.int64)  # scratch of the duplicate check
+        self._positions = np.arange(spec.batch_size, dtype=np.int64)
+        self._rows_idx: list[np.ndarray] = []
         self._rows_lr: list[list[float]] = []
-        self._rows_loss: list[Any] = []  # Python floats (host losses) or device tensors
-        self._device_losses = 0  # how many of _rows_loss are tensors
+        self._rows_loss: list[torch.Tensor] = []
         self._targets = _TargetCheck(self.dataset.y)
         self._closed = False
         self._hyper = _hyperparameters(optimizer)  # what the spec recorded: must not change
-        self._hyper_now = _hyper_getter(optimizer)
-        self._hyper_was = self._hyper_now(optimizer)
         self._state_cache: tuple[int, dict[str, torch.Tensor]] | None = None
         self._round_live = spec.precision == "fp16" and continue_from_stored
         self._rounding = None  # exact mode: the steps' rounding log (`use_rounding_log`)
@@ -391,7 +354,7 @@ class Recorder:
                    parse_safetensors(data, name, fmt.Limits()))
         self.t = rp.t
         if self.t % self.steps_per_epoch:  # this epoch's earlier batches are not at hand
-            self._tracked = False
+            self._seen = None
         self.writer = ProofWriter(out, precision=self.spec.precision, durable=durable, resume=rp,
                                   snapshotter=DeviceSnapshotter())
         self.path = self.writer.dir
@@ -474,15 +437,13 @@ class Recorder:
         Host targets are checked here; targets on a GPU are checked off the training thread (no
         device→host synchronization per step): a mismatch is raised by a later `step()` that
         writes a checkpoint, at the latest by `close()`, and the proof is aborted."""
-        # per step on the training thread: every numpy or torch call costs µs, keep them few
         if self._closed:
             raise ProofWriteError("the recorder is closed")
-        t = self.t
-        if t >= self.total_steps:
+        if self.t >= self.total_steps:
             raise ConfigError(f"all {self.total_steps} steps of the declared run are recorded")
-        if self._pending:
+        if self._pending_idx is not None:
             raise ConfigError("record_batch called twice without step()")
-        if self._rounding is None and self.spec.step.exact:
+        if self.spec.step.exact and self._rounding is None:
             raise ConfigError("an exact-mode proof records its steps' rounding log, which only "
                               "pol's step makes: train with pol.fit, pol.attach(exact=True) or "
                               "pol train --exact (a loop of your own around a Recorder cannot "
@@ -490,44 +451,28 @@ class Recorder:
         if isinstance(indices, torch.Tensor):
             indices = indices.detach().cpu().numpy()
         idx = np.asarray(indices)
-        m = len(idx) if idx.ndim == 1 else 0
-        if idx.ndim != 1 or idx.dtype.kind not in "iu" or not 1 <= m <= self._B:
-            raise ConfigError(f"indices must be a 1-D integer array of 1..{self._B}")
-        # one reduction for both bounds: a negative index is a huge unsigned one
-        if idx.view(idx.dtype.str.replace("i", "u")).max() >= self._n:
+        if idx.ndim != 1 or idx.dtype.kind not in "iu" or not 1 <= len(idx) <= self.spec.batch_size:
+            raise ConfigError(f"indices must be a 1-D integer array of 1..{self.spec.batch_size}")
+        if idx.min() < 0 or idx.max() >= len(self.dataset):
             raise ConfigError("an index is outside the dataset")
-        shape = getattr(inputs, "shape", None)  # a tensor's or array's: no Python __len__
-        if inputs is not None and (shape[0] if shape else len(inputs)) != m:
+        if inputs is not None and len(inputs) != len(idx):
             raise ConfigError("inputs and indices have different lengths")
-        earlier = self._check_epoch_structure(idx, m)
+        self._check_epoch_structure(idx)
         if targets is not None:
-            try:
-                self._targets.add(t, idx, targets)
-            except ConfigError:
-                if earlier is not None:  # refused: the batch may be given again, corrected
-                    self._mark[idx] = earlier
-                raise
-        if self._hyper_now(self.optimizer) != self._hyper_was:
+            self._targets.add(self.t, idx, targets)
+        self._pending_idx = idx.astype(np.int64)
+        if _hyperparameters(self.optimizer) != self._hyper:
             self._hyperparameters_changed()
-        if self._win_idx is None:  # the first step after a checkpoint: this window's rows
-            self._win_start = t
-            end = min((t // self.k + 1) * self.k, self.total_steps)
-            self._win_idx = np.full((end - t, self._B), -1, dtype=np.int64)
-        self._win_idx[t - self._win_start, :m] = idx  # a copy: the caller may reuse its array
-        self._rows_lr.append([float(g["lr"]) for g in self.optimizer.param_groups])
-        self._pending = True
+        lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
+        self._rows_lr.append(lrs)
         if seed_rng:  # pol's own loop leaves this to update(), which seeds the same value
-            seed_step(self.spec.seed, t)
+            seed_step(self.spec.seed, self.t)
 
     def _hyperparameters_changed(self) -> None:
         now = _hyperparameters(self.optimizer)
-        if now == self._hyper:  # the same values (the fingerprint saw, say, an equal copy)
-            self._hyper_was = self._hyper_now(self.optimizer)
-            return
-        i, key, was, is_ = next(((i, k, a[k], b.get(k)) for i, (a, b) in
-                                 enumerate(zip(self._hyper, now)) if a != b
-                                 for k in a if a[k] != b.get(k)),
-                                (len(self._hyper), "param_groups", len(self._hyper), len(now)))
+        i, key, was, is_ = next((i, k, a[k], b.get(k)) for i, (a, b) in
+                                enumerate(zip(self._hyper, now)) if a != b
+                                for k in a if a[k] != b.get(k))
         self.abort()
         raise ConfigError(
             f"step {self.t}: the optimizer's {key!r} (parameter group {i}) changed from {was!r} "
@@ -537,96 +482,76 @@ class Recorder:
             "cycle_momentum=False) or code that edits param_groups cannot be recorded. The "
             "proof is aborted")
 
-    def _check_epoch_structure(self, idx: np.ndarray, m: int) -> np.ndarray | None:
+    def _check_epoch_structure(self, idx: np.ndarray) -> None:
         """Refuse up front a batch the verifier's epoch-structure check would reject: within an
         epoch no sample twice, and only the epoch's last batch short (the verifier checks that
-        every epoch's indices are a permutation of the dataset). Returns the samples' stamps
-        before this batch (to undo it), None where none are kept."""
-        S, B = self.steps_per_epoch, self._B
+        every epoch's indices are a permutation of the dataset)."""
+        S, B, n = self.steps_per_epoch, self.spec.batch_size, len(self.dataset)
         s = self.t % S
-        if self._seed_order:  # the spec promises epoch_order: hold it to that (a permutation)
+        seed_order = self.spec.data.order == "seed"
+        if s == 0 and not seed_order:
+            self._seen = np.zeros(n, dtype=bool)
+        if seed_order:  # the spec promises epoch_order: hold it to that (a permutation already)
             if s == 0 or self._order is None:
-                self._order = epoch_order(self.spec.seed, self.t // S, len(self.dataset))
-            want_idx = self._order[s * B:s * B + m]
-            if len(want_idx) != m or not (idx == want_idx).all():
+                self._order = epoch_order(self.spec.seed, self.t // S, n)
+            if not np.array_equal(idx, self._order[s * B:s * B + len(idx)]):
                 raise ConfigError(f"step {self.t}: the spec says the batch order comes from the "
                                   "seed (rec.epoch_batches), but these indices differ from it")
-        want = B if s < S - 1 or self.spec.drop_last else self._n - (S - 1) * B
-        if m != want:
-            raise ConfigError(f"step {self.t} (batch {s} of {S} in its epoch) has {m} "
+        want = B if s < S - 1 or self.spec.drop_last else n - (S - 1) * B
+        if len(idx) != want:
+            raise ConfigError(f"step {self.t} (batch {s} of {S} in its epoch) has {len(idx)} "
                               f"samples, expected {want}: every batch but an epoch's last is "
                               f"full, and each epoch uses every sample once")
-        if self._seed_order:
-            return None
-        mark = self._mark
-        if s == 0:
-            mark.fill(0)
-            self._tracked = True
-        if not self._tracked:
-            return None
-        # a sample stamped earlier in the epoch, or twice in this batch (then one position's
-        # stamp is overwritten by another's): O(batch), not a sort of the batch per step
-        stamps = self._stamps[s * B:s * B + m]
-        earlier = mark[idx]
-        mark[idx] = stamps
-        if earlier.any() or (mark[idx] != stamps).any():
-            mark[idx] = earlier  # refused: as if never given
-            raise ConfigError(f"step {self.t}: a sample is used twice in epoch "
-                              f"{self.t // S}: each epoch's indices must be a permutation "
-                              "of the dataset (sampling with replacement is not supported)")
-        return earlier
+        if self._seen is not None and not seed_order:
+            # a sample seen earlier in the epoch, or twice in this batch (where a later position
+            # overwrites an earlier one's stamp): O(batch), not a sort of the batch per step
+            stamp = self._stamp
+            stamp[idx] = self._positions[:len(idx)]
+            if (self._seen[idx].any()
+                    or not np.array_equal(stamp[idx], self._positions[:len(idx)])):
+                raise ConfigError(f"step {self.t}: a sample is used twice in epoch "
+                                  f"{self.t // S}: each epoch's indices must be a permutation "
+                                  "of the dataset (sampling with replacement is not supported)")
+            self._seen[idx] = True
 
     def step(self, loss: torch.Tensor | float | None = None) -> None:
         """Mark the end of a step (after optimizer.step()); checkpoints every k steps."""
-        if not self._pending:
+        if self._pending_idx is None:
             raise ConfigError("step() called without record_batch() first")
+        row = np.full(self.spec.batch_size, -1, dtype=np.int64)
+        row[:len(self._pending_idx)] = self._pending_idx
+        self._rows_idx.append(row)
         if loss is None:
             raise ConfigError("step() needs the step's loss (rec.step(loss)): the verifier "
                               "recomputes every replayed step's loss and compares")
         if not isinstance(loss, torch.Tensor):
-            loss = float(loss)
-        elif loss.is_cpu:  # a host value: read now (no device involved), nothing to stack later
-            loss = loss.item()  # one element of any shape, as reshape(()) takes
-        else:  # each torch call costs a few µs of dispatch on the training thread: skip no-ops
-            if loss.requires_grad:
-                loss = loss.detach()
-            if loss.dim():
-                loss = loss.reshape(())
-            if loss.dtype != torch.float32:
-                loss = loss.float()
-            self._device_losses += 1
+            loss = torch.tensor(float(loss))
+        # each torch call costs a few µs of dispatch on the training thread: skip the no-ops
+        if loss.requires_grad:
+            loss = loss.detach()
+        if loss.dim():
+            loss = loss.reshape(())
+        if loss.dtype != torch.float32:
+            loss = loss.float()
         self._rows_loss.append(loss)
-        self._pending = False
+        self._pending_idx = None
         self.t += 1
         if self.t % self.k == 0 or self.t == self.total_steps:
             self._checkpoint()
 
-    def _losses(self) -> Any:
-        """The window's losses for the writer: Python floats as a list; device losses as one
-        tensor (a step's own 0-d tensor at k = 1, else stacked: one kernel)."""
-        rows = self._rows_loss
-        if not self._device_losses:
-            return rows
-        if len(rows) == 1:
-            return rows[0]
-        if self._device_losses < len(rows):  # some steps gave floats: make them tensors there
-            dev = next(v.device for v in rows if isinstance(v, torch.Tensor))
-            rows = [v if isinstance(v, torch.Tensor)
-                    else torch.tensor(v, dtype=torch.float32, device=dev) for v in rows]
-        return torch.stack(rows)
-
     def _checkpoint(self) -> None:
+        self._targets.flush()  # the window's target checks go to the background
         self._targets.raise_found(self)
-        records = {"indices": self._win_idx, "lrs": self._rows_lr, "losses": self._losses()}
+        losses = (self._rows_loss[0].reshape(1) if len(self._rows_loss) == 1  # k = 1: a view
+                  else torch.stack(self._rows_loss))
+        records = {"indices": np.stack(self._rows_idx), "lrs": np.asarray(self._rows_lr),
+                   "losses": losses}
         if self.spec.step.exact:
             records["roundlog"] = self._rounding.take()
-        self._win_idx, self._rows_lr, self._rows_loss, self._device_losses = None, [], [], 0
+        self._rows_idx, self._rows_lr, self._rows_loss = [], [], []
         state = self._state()
         self._round_to_stored(state)
-        writer = self.writer
-        snap = writer.snapshotter.take(state, records, writer.precision)
-        self._targets.attach(snap, writer.snapshotter)  # checked by the writer thread
-        writer.put(self.t, snap)
+        self.writer.put_checkpoint(self.t, state, records)
 
     def use_rounding_log(self, log) -> None:
         """Exact mode: the `pol.step.exact.RoundingLog` the steps record into (the step
@@ -653,7 +578,7 @@ class Recorder:
         """The state dict to snapshot, cached while the optimizer's state does not grow: tensors
         are updated in place by training, so the same objects hold the new values (do not replace
         parameter tensors while recording). Saves ~0.3 ms per checkpoint on a ResNet-20."""
-        n = sum(map(len, self.optimizer.state.values()))
+        n = sum(len(s) for s in self.optimizer.state.values())
         if self._state_cache is None or self._state_cache[0] != n:
             self._state_cache = (n, state_tensors(self.model, self.optimizer))
         return self._state_cache[1]
