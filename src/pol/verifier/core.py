@@ -238,6 +238,7 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions) -> Report:
                    else f"model code differs from the prover's (proof {theirs[:12]}…, installed "
                    f"{mine[:12]}…)", warn=True)
     s.store = CheckpointStore(proof, s.ctx, early={m.checkpoints[0]: s.first_read})
+    s.first_read = None  # the store's now (it lets go of it once taken)
     s.overlap = _overlaps(s)
 
     from pol.verifier.executors import make_executor
