@@ -54,17 +54,15 @@ def experiment(name, task, device, out, size, data_dir, epochs, runs, seed, nois
     from pathlib import Path
 
     from pol.experiments import Config, run_experiments
-    from pol.experiments.sizes import parse_setting
+    from pol.experiments.sizes import parse_settings
     cfg = Config(size=size, task=task, device=device, out=Path(out), data_dir=data_dir,
                  epochs=epochs, runs=runs, seed=seed, noise=noise, progress=sys.stderr.isatty(),
-                 keep_runs=keep_runs, settings=dict(parse_setting(s) for s in settings))
+                 keep_runs=keep_runs, settings=parse_settings(settings))
     failed: list[str] = []
 
     def on_error(exp: str, e: Exception) -> None:
-        import traceback
         failed.append(exp)
-        click.echo(f"{exp}: failed\n" + "".join(traceback.format_exception(e)).rstrip(),
-                   err=True)
+        render.experiment_failed(exp, e)
     outputs, written = run_experiments(name, cfg, doc, on_error=on_error, merge=list(merge))
     render.experiments_written(outputs, written)
     if failed:

@@ -109,6 +109,12 @@ def experiments_written(outputs: list, document: object) -> None:
         echo(f"reproduction report: {document}")
 
 
+def experiment_failed(name: str, e: BaseException) -> None:
+    """One experiment of several failed (the others go on): its name and traceback."""
+    import traceback
+    click.echo(f"{name}: failed\n" + "".join(traceback.format_exception(e)).rstrip(), err=True)
+
+
 def verdict_recorded(record_to: str, entry: Any) -> None:
     echo(f"verdict recorded in {record_to}: seq {entry.seq} ({entry.entry_hash})")
 

@@ -95,6 +95,11 @@ def get_size(name: str) -> Size:
         raise ConfigError(f"unknown size {name!r}; known: {', '.join(SIZES)}") from None
 
 
+def parse_settings(texts) -> dict[str, Any]:
+    """Every `FIELD=VALUE` of `pol experiment --set` (`parse_setting`), as one dict."""
+    return dict(parse_setting(t) for t in texts)
+
+
 def parse_setting(text: str) -> tuple[str, Any]:
     """`FIELD=VALUE` (`pol experiment --set`) as (field, value) for `with_settings`: VALUE is JSON
     (`3`, `[10, 50]`, `{"n_train": 1280}`, `true`, `null`), or for a tuple field comma-separated
