@@ -3,9 +3,10 @@
 A proof comes from a possibly hostile party. Nothing here unpickles: tensors come from safetensors
 (header parsed and checked by us first; or, for the verifier, views of the bytes read where their
 layout is one the safetensors parser takes as it is), arrays from `.npy` headers checked against
-the manifest before `np.frombuffer`. Every file is read through `_read_file`, which refuses symlinks and paths
-outside the proof, checks the size against the manifest before reading, and checks the SHA-256
-after. Sizes and shapes from a proof are compared with limits before anything is allocated.
+the manifest before `np.frombuffer`. Every file is read through `_read_file`, which refuses
+symlinks and paths outside the proof, checks the size against the manifest before reading, and
+checks the SHA-256 after. Sizes and shapes from a proof are compared with limits before anything
+is allocated.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from torch import nn
 
 from pol.spec import StepSpec
 from pol.step.amp import autocast, scaler_of
+from pol.step.data import to_device
 from pol.step.exact import ExactStep, RoundingLog
 from pol.step.randomness import augment_generator, seed_step
 
@@ -112,10 +113,7 @@ def step_inputs(ctx: StepContext, x: torch.Tensor, y: torch.Tensor,
     preparation's float32 arithmetic otherwise (CUDA divides by a scalar as a multiplication by
     its reciprocal, so `x / 255` differs from the CPU's in the last bit)."""
     if ctx.exact is not None:
-        inputs = ctx.prepare(x.cpu())
-        if ctx.device.type == "cuda":  # from pinned memory: no wait for the GPU's queue
-            inputs = inputs.pin_memory()
-        inputs = inputs.to(ctx.device, non_blocking=True)
+        inputs = to_device(ctx.prepare(x.cpu()), ctx.device)  # no wait for the GPU's queue
     else:
         inputs = ctx.prepare(x.to(ctx.device, non_blocking=True))
     if ctx.augment is not None:

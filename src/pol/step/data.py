@@ -65,7 +65,7 @@ def _check_nchw(x: torch.Tensor, what: str) -> None:
                          f"{tuple(x.shape)}")
 
 
-def _moved(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """`t` on `device`; from the host to a GPU through pinned memory, without waiting for the
     GPU's queued work (a plain copy from pageable memory waits for it)."""
     if t.device == device:
@@ -77,7 +77,7 @@ def _moved(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def _coin_flips(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     # Drawn on the generator's device, then moved: the draw depends only on the generator.
-    return _moved(torch.randint(0, 2, (n,), generator=generator, device=generator.device),
+    return to_device(torch.randint(0, 2, (n,), generator=generator, device=generator.device),
                   device) == 1
 
 
@@ -100,7 +100,7 @@ def _augment_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4
     """
     _check_nchw(x, "crop-flip")
     n, c, h, w = x.shape
-    offs = _moved(torch.randint(0, 2 * pad + 1, (n, 2), generator=generator,
+    offs = to_device(torch.randint(0, 2 * pad + 1, (n, 2), generator=generator,
                                 device=generator.device), x.device)
     flip = _coin_flips(n, generator, x.device)
     padded = F.pad(x, (pad, pad, pad, pad))

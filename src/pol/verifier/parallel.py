@@ -257,8 +257,7 @@ def _cuda_free(device) -> int:
             - torch.cuda.memory_allocated(device))
 
 
-def flat64(tensors: dict[str, torch.Tensor], keys: list[str], buf: torch.Tensor
-            ) -> torch.Tensor:
+def flat64(tensors: dict[str, torch.Tensor], keys: list[str], buf: torch.Tensor) -> torch.Tensor:
     """`flat_params(tensors, keys)` (also `soundness.flat_optimizer`), bit for bit, on `buf`'s
     device: written into the start of `buf` by one concatenation (every float dtype widens
     exactly)."""

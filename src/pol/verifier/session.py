@@ -203,13 +203,10 @@ class CheckpointStore:
 
     def stream(self, steps, ahead: bool = False):
         """(t, checkpoint) for every step in `steps`, in order, each read and checked once (as
-        `load`). `ahead`: the next one is read on a background thread (`prefetch`) while the
-        caller works on the current one."""
-        steps = list(steps)
-        for j, t in enumerate(steps):
-            if ahead and j + 1 < len(steps):
-                self.prefetch(steps[j + 1:j + 2])
-            yield t, self.load(t)
+        `load`). `ahead`: the next one is read on a background thread while the caller works on
+        the current one (`read_pass` without a digest)."""
+        for t, tensors, _ in self.read_pass(steps, _no_digest, ahead):
+            yield t, tensors
 
     def read_pass(self, steps, digest: Callable[[int, dict[str, torch.Tensor]], Any],
                   ahead: bool = False):
@@ -272,6 +269,10 @@ class CheckpointStore:
         if bad is not None:
             raise ProofFormatError(f"checkpoint at step {t}: {bad} has NaN/Inf values")
         return tensors
+
+
+def _no_digest(t: int, tensors: dict[str, torch.Tensor]) -> None:
+    return None
 
 
 def first_nonfinite(tensors: dict[str, torch.Tensor], names: list[str]) -> str | None:
