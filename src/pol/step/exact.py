@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from pol.errors import ConfigError
+from pol.step import gemm_conv
 
 __all__ = ["RoundingLog", "ExactStep", "check_model", "tie_distance", "round_exact",
            "use_proof_log", "SUPPORTED_LAYERS", "REPLAY_FACTOR", "LOG_COLUMNS", "POINTS"]
@@ -643,6 +644,7 @@ class ExactStep:
                           + [m._buffers[n] for m, n in self.buffers])
         self.views: list[torch.Tensor] = []
         self.flat: torch.Tensor | None = None
+        self.convs: list[nn.Module] = []
         log.begin(t)
         if not self.originals:
             return
@@ -652,6 +654,8 @@ class ExactStep:
                           zip(flat.split([o.numel() for o in self.originals]), self.originals)]
             self._place(self.views)
         self.flat = flat
+        if flat.is_cuda:  # a GPU's float64 convolutions as matrix products (`pol.step.gemm_conv`)
+            self.convs = gemm_conv.install(model)
 
     def _states(self) -> list[torch.Tensor]:
         return [st[key] for p in _optimizer_params(self.optimizer)
@@ -706,7 +710,7 @@ class ExactStep:
             if loss is not None:
                 loss = round_exact(loss.reshape(1), self.log, self.t, LOSS).reshape(())
         self.log.end(self.t, len(POINTS))
-        self.views, self.originals, self.flat = [], [], None
+        self._release()
         return loss
 
     def _round_state(self, live: list[torch.Tensor]) -> None:
@@ -736,4 +740,8 @@ class ExactStep:
                                 and st[k].dtype == torch.float64 and id(st[k]) not in known]:
                         del st[key]
                 self._place(self.originals)
-        self.views, self.originals, self.flat = [], [], None
+        self._release()
+
+    def _release(self) -> None:
+        gemm_conv.uninstall(self.convs)
+        self.views, self.originals, self.flat, self.convs = [], [], None, []
