@@ -4,8 +4,9 @@ cuDNN's float64 convolutions are slow: on an H200 they took 24 of a float64 ResN
 of device time (the weight gradient alone 15 ms), against ~2 ms for the whole float32 step's
 convolutions. A convolution is a matrix product of the weights with the input's patches
 (`F.unfold`), and cuBLAS runs float64 matrix products on the tensor cores: so during an exact step
-on a CUDA device, every plain `nn.Conv2d` (groups 1, zero padding) computes that way, its
-backward pass through autograd (the product's, and `F.fold` for the input's gradient).
+on a CUDA device, every plain `nn.Conv2d` (groups 1, zero padding) computes that way: the patches
+are one copy of a strided view of the input, the forward pass one matrix product, the backward
+pass two and a `F.fold` (the input's gradient).
 
 The values differ from cuDNN's only in the order of float64 additions, ~1e-16 relative: the noise
 exact mode absorbs between any two devices (a CPU's float64 convolution is itself an unfold and a
@@ -24,20 +25,55 @@ __all__ = ["conv2d", "install", "uninstall", "eligible"]
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
            stride: tuple[int, int], padding: tuple[int, int],
            dilation: tuple[int, int]) -> torch.Tensor:
-    """`F.conv2d(x, weight, bias, stride, padding, dilation)` (groups 1, [N, C, H, W] input) as a
-    batched matrix product of the weights with the input's patches."""
-    n, _, h, w = x.shape
-    o, _, kh, kw = weight.shape
-    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    if (kh, kw) == (1, 1) and padding == (0, 0) and stride == (1, 1):
-        cols = x.reshape(n, x.shape[1], h * w)
-    else:
-        cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)
-    out = torch.matmul(weight.reshape(o, -1), cols).view(n, o, oh, ow)
-    if bias is not None:
-        out = out + bias.view(1, o, 1, 1)
-    return out
+    """`F.conv2d(x, weight, bias, stride, padding, dilation)` (groups 1, [N, C, H, W] input) as one
+    matrix product of the input's patches with the weights; its backward pass two more and a
+    `F.fold`. (`F.unfold` is not used: on CUDA it launches one kernel per sample.)"""
+    return _GemmConv.apply(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation))
+
+
+def _patches(x: torch.Tensor, k: tuple[int, int], stride: tuple[int, int],
+             padding: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
+    """The input's patches as a [N·OH·OW, C·KH·KW] matrix (rows in `F.unfold`'s position order,
+    columns in its (channel, kernel row, kernel column) order): one copy of a strided view."""
+    xp = F.pad(x, (padding[1], padding[1], padding[0], padding[0])) if any(padding) else x
+    v = xp.unfold(2, dilation[0] * (k[0] - 1) + 1, stride[0])
+    v = v.unfold(3, dilation[1] * (k[1] - 1) + 1, stride[1])  # [N, C, OH, OW, kh', kw']
+    v = v[..., ::dilation[0], ::dilation[1]]
+    n, c, oh, ow = v.shape[:4]
+    return v.permute(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * k[0] * k[1])
+
+
+class _GemmConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation):
+        n, _, h, w = x.shape
+        o, _, kh, kw = weight.shape
+        oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+        ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        cols = _patches(x, (kh, kw), stride, padding, dilation)
+        out = torch.mm(cols, weight.reshape(o, -1).t())  # [N·OH·OW, O]
+        if bias is not None:
+            out += bias
+        ctx.save_for_backward(cols, weight)
+        ctx.geometry = (n, h, w, oh, ow, stride, padding, dilation)
+        return out.view(n, oh, ow, o).permute(0, 3, 1, 2).contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):
+        cols, weight = ctx.saved_tensors
+        n, h, w, oh, ow, stride, padding, dilation = ctx.geometry
+        o, _, kh, kw = weight.shape
+        g = grad.permute(0, 2, 3, 1).reshape(n * oh * ow, o)
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gcols = torch.mm(g, weight.reshape(o, -1)).view(n, oh * ow, -1).transpose(1, 2)
+            gx = F.fold(gcols, (h, w), (kh, kw), dilation=dilation, padding=padding,
+                        stride=stride)
+        if ctx.needs_input_grad[1]:
+            gw = torch.mm(g.t(), cols).view(weight.shape)
+        if ctx.needs_input_grad[2]:
+            gb = g.sum(0)
+        return gx, gw, gb, None, None, None
 
 
 def eligible(m: nn.Module) -> bool:
