@@ -11,8 +11,8 @@ export CUBLAS_WORKSPACE_CONFIG=:4096:8
 run() { echo "== $*" | tee -a "$OUT/log.txt"; local t0=$SECONDS; timeout "${T:-300}" "$@" 2>&1 | grep -v "^\s*$" | tail -n 40 | tee -a "$OUT/log.txt"; echo "-- $((SECONDS - t0)) s" | tee -a "$OUT/log.txt"; }
 T=60 run python benchmarks/diag_gemm_conv.py --json "$OUT/res/gemm_conv.json"
 T=60 run python -m pytest -q -p no:cacheprovider tests/test_gemm_conv.py
-T=90 run python benchmarks/bench_exact.py --tasks resnet20 --device cuda --verify-device cuda \
-    --resnet-steps 20 --repeats 1 --breakdown 10 --profile-out "$OUT/res/exact_profile.txt" \
+T=150 run python benchmarks/bench_exact.py --tasks resnet20,gpt --device cuda --verify-device cuda \
+    --gpt-layers 8 --gpt-heads 8 --gpt-embd 512 --gpt-steps 10 --resnet-steps 20 --repeats 1 --breakdown 10 --profile-out "$OUT/res/exact_profile.txt" \
     --json "$OUT/res/exact_breakdown.json"
 T=200 run python benchmarks/bench_exact.py --tasks resnet20 --device cuda --verify-device cpu \
     --k 50 --resnet-steps 100 --all --repeats 1 --json "$OUT/res/exact_r20_gpu_to_cpu.json"
