@@ -163,31 +163,124 @@ def _on_device(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[s
 def _replay_steps(ctx, proof, data, leaves: np.ndarray, a: int, b: int, start: dict,
                   probe_t: int | None, step_done):
     """Steps a..b-1 with `update()`: (every batch's hash matched, the steps' losses as `update`
-    returned them, the flip ratio measured at `probe_t` or None)."""
+    returned them, the flip ratio measured at `probe_t` or None). The batches come from
+    `_batches`, on a background thread where `_use_prefetch` says so (the same bytes either way):
+    this thread then only runs the steps."""
     data_ok, losses, flip = True, [], None
     opt_name = proof.manifest.spec.optimizer.name
     pin = ctx.device.type == "cuda"
+    batches = _batches(proof, data, leaves, a, b, pin)
+    if _use_prefetch(ctx, data):
+        batches = _Prefetched(batches, PREFETCH_DEPTH, ctx.device)
+    try:
+        for t, lrs in zip(range(a, b), proof.lrs[a:b].tolist()):
+            x, y, ok = next(batches)
+            data_ok = data_ok and ok
+            try:
+                if t == probe_t:  # data dependence: the same step with the gradient flipped
+                    loss, flip = _probed_step(ctx, opt_name, x, y, lrs, t,
+                                              start if t == a else None)
+                else:
+                    loss = update(ctx, x, y, lrs, t)
+            except (RuntimeError, ValueError, IndexError, TypeError) as e:
+                raise ProofFormatError(f"the proof's spec does not run on its data (step {t}): "
+                                       f"{str(e).splitlines()[0][:200]}") from None
+            losses.append(loss)
+            if step_done is not None:
+                step_done()
+    finally:
+        batches.close()
+    return data_ok, losses, flip
+
+
+# Where a replayed step's batch is prepared. `None`: `_use_prefetch` decides (a GPU replay of
+# in-memory data: yes); True / False: always / never (tests, benchmarks/bench_replay_host.py).
+PREFETCH: bool | None = None
+PREFETCH_DEPTH = 3  # batches prepared ahead of the step that runs
+
+
+def _use_prefetch(ctx, data) -> bool:
+    """Prepare the batches on a thread? On a GPU the replay is bound by this thread's launches,
+    and a batch's gather and pinning (copies that release the GIL) move off it, with its Merkle
+    check (pure Python: hashlib holds the GIL for 65-byte inputs, so that part competes with this
+    thread's Python wherever it runs, unless it falls in a stretch where the step releases the
+    GIL, such as the backward pass). On a CPU the thread gains nothing (benchmarks/
+    bench_replay_host.py, 2 cores: with 2 torch threads it takes a core from their kernels; with
+    1, the ~0.2 ms a step outside update() moves off this thread and update() gets as much
+    slower, through the GIL), so the batches are prepared inline there. Only for data held as
+    arrays: a torch Dataset's own code (which may draw from torch's global RNG, seeded per step
+    for dropout) runs on this thread, in turn."""
+    if PREFETCH is not None:
+        return PREFETCH
+    return (ctx.device.type == "cuda" and isinstance(data.x, np.ndarray)
+            and isinstance(data.y, np.ndarray))
+
+
+def _batches(proof, data, leaves: np.ndarray, a: int, b: int, pin: bool):
+    """(x, y, the batch's hash matched) of steps a..b-1, as `update()` takes them; `pin`: in
+    pinned memory (a GPU replay copies them to the device without waiting for the steps queued
+    before, so without a host sync)."""
     for t in range(a, b):
         idx = proof.batch(t)
-        if merkle_root(leaves[idx]) != proof.batch_hashes[t].tobytes():
-            data_ok = False
-        x, y, lrs = torch.from_numpy(data.x[idx]), torch.from_numpy(data.y[idx]), \
-            proof.lrs[t].tolist()
-        if pin:  # copied to the device without waiting for the steps queued before (no sync)
+        ok = merkle_root(leaves[idx]) == proof.batch_hashes[t].tobytes()
+        x, y = torch.from_numpy(data.x[idx]), torch.from_numpy(data.y[idx])
+        if pin:
             x, y = x.pin_memory(), y.pin_memory()
+        yield x, y, ok
+
+
+class _Prefetched:
+    """An iterator's items produced on a background thread, at most `depth` ahead of the caller,
+    in order; an exception it raises is raised by the `next` that would have returned the item.
+    `close()` always (after the last item, an error, or an early stop): it stops and joins the
+    thread. On a GPU the thread allocates its pinned memory under the replay's device."""
+
+    def __init__(self, items, depth: int, device: torch.device):
+        import queue
+        import threading
+        self._q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._empty = queue.Empty
+        self._stop = threading.Event()
+        if device.type == "cuda" and device.index is None:  # this thread's current one
+            device = torch.device("cuda", torch.cuda.current_device())
+        self._thread = threading.Thread(target=self._run, args=(items, device),
+                                        name="pol-replay-prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self, items, device: torch.device) -> None:
+        from contextlib import nullcontext
         try:
-            if t == probe_t:  # data dependence: the same step with the gradient flipped
-                loss, flip = _probed_step(ctx, opt_name, x, y, lrs, t,
-                                          start if t == a else None)
-            else:
-                loss = update(ctx, x, y, lrs, t)
-        except (RuntimeError, ValueError, IndexError, TypeError) as e:
-            raise ProofFormatError(f"the proof's spec does not run on its data (step {t}): "
-                                   f"{str(e).splitlines()[0][:200]}") from None
-        losses.append(loss)
-        if step_done is not None:
-            step_done()
-    return data_ok, losses, flip
+            with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
+                for item in items:
+                    self._q.put((item, None))
+                    if self._stop.is_set():  # close() emptied the queue for this put
+                        return
+            self._q.put((None, StopIteration()))
+        except BaseException as e:  # noqa: BLE001 - raised in turn by the consumer's next()
+            self._q.put((None, e))
+        finally:
+            getattr(items, "close", lambda: None)()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item, err = self._q.get()
+        if err is not None:
+            raise err
+        return item
+
+    def close(self) -> None:
+        """Stop the thread (a put it waits in is freed by emptying the queue) and join it."""
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                while True:
+                    self._q.get_nowait()
+            except self._empty:
+                pass
+            self._thread.join(timeout=0.01)
+        self._q = None  # the batches left in it (pinned memory) go now
 
 
 def _host_losses(losses: list) -> list[float]:
