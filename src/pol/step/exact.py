@@ -604,6 +604,19 @@ GRADIENTS, STATE, LOSS = 0, 1, 2
 POINTS = ("gradients", "state", "loss")
 
 
+def _flatten(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """`torch.cat([t.reshape(-1) for t in tensors])` in one call (no per-tensor Python
+    operations: a step's hundreds of them cost more host time than its rounding kernels); a view
+    of a single contiguous tensor."""
+    return torch._utils._flatten_dense_tensors(tensors)
+
+
+def _unflatten(flat: torch.Tensor, like: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Views of the flat vector `flat` shaped as the tensors of `like`, in order (their dtypes
+    are not used)."""
+    return torch._utils._unflatten_dense_tensors(flat, like)
+
+
 def _optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for g in optimizer.param_groups for p in g["params"]]
 
@@ -649,9 +662,8 @@ class ExactStep:
         if not self.originals:
             return
         with torch.no_grad():
-            flat = torch.cat([o.reshape(-1) for o in self.originals]).double()
-            self.views = [v.view(o.shape) for v, o in
-                          zip(flat.split([o.numel() for o in self.originals]), self.originals)]
+            flat = _flatten(self.originals).double()
+            self.views = list(_unflatten(flat, self.originals))
             self._place(self.views)
         self.flat = flat
         if flat.is_cuda:  # a GPU's float64 convolutions as matrix products (`pol.step.gemm_conv`)
@@ -688,11 +700,10 @@ class ExactStep:
         if not grads:
             return
         with torch.no_grad():
-            flat = flush_small(torch.cat([g.reshape(-1) for g in grads]))
+            flat = flush_small(_flatten(grads))  # (one gradient: a view of it; it is rewritten)
             r = round_exact(flat, self.log, self.t, GRADIENTS,
                             sizes=[g.numel() for g in grads])
-            torch._foreach_copy_(grads, [v.view(g.shape) for v, g in
-                                         zip(r.split([g.numel() for g in grads]), grads)])
+            torch._foreach_copy_(grads, _unflatten(r, grads))
 
     def finish(self, loss: torch.Tensor | None) -> torch.Tensor | None:
         """After the optimizer's step: rounding point STATE into the float32 tensors, put back in
@@ -717,9 +728,9 @@ class ExactStep:
         """Round `live` (the state now in place, `originals` order plus any optimizer state the
         step created) as one vector into the float32 tensors, and put those back."""
         same = len(live) == len(self.views) and all(a is b for a, b in zip(live, self.views))
-        vec = self.flat if same else torch.cat([v.reshape(-1) for v in live])
+        vec = self.flat if same else _flatten(live)
         r = round_exact(vec, self.log, self.t, STATE)
-        parts = [v.view(x.shape) for v, x in zip(r.split([x.numel() for x in live]), live)]
+        parts = _unflatten(r, live)
         known = {id(v): o for v, o in zip(self.views, self.originals)}
         out = [known.get(id(x)) for x in live]
         torch._foreach_copy_([o for o in out if o is not None],
