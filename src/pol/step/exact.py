@@ -653,7 +653,8 @@ class ExactStep:
                 if b is not None and b.dtype == torch.float32 and id(b) not in seen:
                     seen.add(id(b))
                     self.buffers.append((m, name))
-        self.originals = ([p.data for p in self.params] + self._states()
+        self.slots = self._state_slots()  # where the optimizer state tensors live
+        self.originals = ([p.data for p in self.params] + [st[k] for st, k in self.slots]
                           + [m._buffers[n] for m, n in self.buffers])
         self.views: list[torch.Tensor] = []
         self.flat: torch.Tensor | None = None
@@ -664,27 +665,26 @@ class ExactStep:
         with torch.no_grad():
             flat = _flatten(self.originals).double()
             self.views = list(_unflatten(flat, self.originals))
-            self._place(self.views)
+            self._place(self.views, self.slots)
         self.flat = flat
         if flat.is_cuda:  # a GPU's float64 convolutions as matrix products (`pol.step.gemm_conv`)
             self.convs = gemm_conv.install(model)
 
-    def _states(self) -> list[torch.Tensor]:
-        return [st[key] for p in _optimizer_params(self.optimizer)
+    def _state_slots(self) -> list[tuple[dict, str]]:
+        """(state dict, key) of every optimizer state tensor exact mode rounds, in order
+        (parameters in param_groups order, keys sorted)."""
+        return [(st, key) for p in _optimizer_params(self.optimizer)
                 for st in [self.optimizer.state.get(p, {})] for key in sorted(st)
                 if _is_state(key, st[key], p)]
 
-    def _place(self, tensors: list[torch.Tensor]) -> None:
-        """Put `tensors` (in `originals` order) in the places of the parameters, optimizer state
-        and buffers."""
+    def _place(self, tensors: list[torch.Tensor], slots: list[tuple[dict, str]]) -> None:
+        """Put `tensors` (in `originals` order) in the places of the parameters, the optimizer
+        state `slots` and the buffers."""
         it = iter(tensors)
         for p in self.params:
             p.data = next(it)
-        for p in _optimizer_params(self.optimizer):
-            st = self.optimizer.state.get(p, {})
-            for key in sorted(st):
-                if _is_state(key, st[key], p):
-                    st[key] = next(it)
+        for st, key in slots:
+            st[key] = next(it)
         for m, name in self.buffers:
             m._buffers[name] = next(it)
 
@@ -714,17 +714,18 @@ class ExactStep:
                 p.grad = None
             # the parameters' data are the views put in place (`p.data` makes a new object
             # at every access: never compared by identity); the state and buffers as they are
-            live = (self.views[:len(self.params)] + self._states()
+            slots = self._state_slots()  # with any state the optimizer's step created
+            live = (self.views[:len(self.params)] + [st[k] for st, k in slots]
                     + [m._buffers[n] for m, n in self.buffers])
             if live:
-                self._round_state(live)
+                self._round_state(live, slots)
             if loss is not None:
                 loss = round_exact(loss.reshape(1), self.log, self.t, LOSS).reshape(())
         self.log.end(self.t, len(POINTS))
         self._release()
         return loss
 
-    def _round_state(self, live: list[torch.Tensor]) -> None:
+    def _round_state(self, live: list[torch.Tensor], slots: list[tuple[dict, str]]) -> None:
         """Round `live` (the state now in place, `originals` order plus any optimizer state the
         step created) as one vector into the float32 tensors, and put those back."""
         same = len(live) == len(self.views) and all(a is b for a, b in zip(live, self.views))
@@ -735,7 +736,7 @@ class ExactStep:
         out = [known.get(id(x)) for x in live]
         torch._foreach_copy_([o for o in out if o is not None],
                              [q for q, o in zip(parts, out) if o is not None])
-        self._place([q.clone() if o is None else o for q, o in zip(parts, out)])
+        self._place([q.clone() if o is None else o for q, o in zip(parts, out)], slots)
 
     def restore(self) -> None:
         """After a failure inside the step: the float32 tensors back in place (their values from
@@ -750,7 +751,7 @@ class ExactStep:
                     for key in [k for k in st if _is_state(k, st[k], p)
                                 and st[k].dtype == torch.float64 and id(st[k]) not in known]:
                         del st[key]
-                self._place(self.originals)
+                self._place(self.originals, self.slots)
         self._release()
 
     def _release(self) -> None:
