@@ -341,10 +341,16 @@ def main() -> None:
     ap.add_argument("--profile-out", default=None, metavar="FILE",
                     help="with --breakdown: torch.profiler tables of 2 exact steps (recording, "
                     "replaying) appended to FILE")
+    ap.add_argument("--conv-composite", action="store_true",
+                    help="exact mode's GPU convolutions as autograd-differentiated torch "
+                         "operations (pol.step.gemm_conv.COMPOSITE), not a custom Function")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if args.profile_out:
         PROFILE_OUT.append(args.profile_out)
+    if args.conv_composite:
+        from pol.step import gemm_conv
+        gemm_conv.COMPOSITE = True
     device, vdevice = resolve_device(args.device), resolve_device(args.verify_device)
     tmp = Path(tempfile.mkdtemp(prefix="pol-exact-"))
     rows = []

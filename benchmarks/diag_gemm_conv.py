@@ -31,6 +31,51 @@ def _time(fn, reps: int) -> float:
     return (time.perf_counter() - t0) / reps * 1e3
 
 
+def _model_steps(dtype, mode: str, batch: int, reps: int) -> dict:
+    """ResNet-20's forward and backward passes (no optimizer), ms per step: wall (the loop is
+    bound by the host or the device, whichever is slower) and the host's time to queue them."""
+    from pol.models import resnet20
+    torch.manual_seed(0)
+    model = resnet20().cuda().to(dtype)
+    mods = gemm_conv.install(model) if mode != "cudnn" else []
+    gemm_conv.COMPOSITE = mode == "composite"
+    x = torch.randn(batch, 3, 32, 32, device="cuda", dtype=dtype)
+    y = torch.randint(0, 10, (batch,), device="cuda")
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    host = 0.0
+    for _ in range(reps):
+        h0 = time.perf_counter()
+        step()
+        host += time.perf_counter() - h0
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - t0) / reps * 1e3
+    gemm_conv.uninstall(mods)
+    gemm_conv.COMPOSITE = False
+    return {"wall_ms": wall, "host_ms": host / reps * 1e3}
+
+
+def _mm_host(dtype, reps: int = 200) -> float:
+    """µs of host time per `torch.mm` call at ResNet-20's first-stage shape (no waits)."""
+    a = torch.randn(131072, 144, device="cuda", dtype=dtype)
+    b = torch.randn(144, 16, device="cuda", dtype=dtype)
+    for _ in range(5):
+        torch.mm(a, b)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        torch.mm(a, b)
+    host = time.perf_counter() - t0
+    torch.cuda.synchronize()
+    return host / reps * 1e6
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=128)
@@ -67,8 +112,15 @@ def main() -> None:
         row["max_rel_diff"] = float(((got - ref).abs().max() / ref.abs().max()))
         rows.append(row)
         print(json.dumps(row))
+    models = {f"{name}_{mode}": _model_steps(dtype, mode, a.batch, a.reps)
+              for name, dtype in (("fp32", torch.float32), ("fp64", torch.float64))
+              for mode in (("cudnn",) if dtype == torch.float32 else
+                           ("cudnn", "function", "composite"))}
+    print(json.dumps(models))
+    mm = {"fp32_us": _mm_host(torch.float32), "fp64_us": _mm_host(torch.float64)}
+    print(json.dumps({"mm_host": mm}))
     out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-           "batch": a.batch, "rows": rows,
+           "batch": a.batch, "rows": rows, "resnet20_fwd_bwd": models, "mm_host": mm,
            "resnet20_convs_ms": total,
            "gemm64_over_cudnn64": total["gemm64"] / total["cudnn64"],
            "gemm64_over_cudnn32": total["gemm64"] / total["cudnn32"]}

@@ -65,3 +65,9 @@ def test_cuda_exact_step_uses_the_matrix_product_and_restores():
     ex.finish(None)
     assert "_conv_forward" not in model[0].__dict__
     assert model[0].weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_composite_formulation_matches_too(case, monkeypatch):
+    monkeypatch.setattr(gemm_conv, "COMPOSITE", True)
+    test_values_and_gradients_match_conv2d(case)

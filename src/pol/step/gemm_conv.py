@@ -28,7 +28,27 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     """`F.conv2d(x, weight, bias, stride, padding, dilation)` (groups 1, [N, C, H, W] input) as one
     matrix product of the input's patches with the weights; its backward pass two more and a
     `F.fold`. (`F.unfold` is not used: on CUDA it launches one kernel per sample.)"""
+    if COMPOSITE:
+        return _composite(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation))
     return _GemmConv.apply(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation))
+
+
+# which formulation `conv2d` uses: False, a custom autograd Function (the patches kept for the
+# backward pass, the input's gradient by `F.fold`); True, the same products as torch operations
+# that autograd differentiates itself (no Python in the backward pass). Both give the same
+# products; their costs differ on the host (`benchmarks/diag_gemm_conv.py`).
+COMPOSITE = False
+
+
+def _composite(x, weight, bias, stride, padding, dilation):
+    n, _, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    cols = _patches(x, (kh, kw), stride, padding, dilation)
+    out = torch.mm(cols, weight.reshape(o, -1).t()) if bias is None else \
+        torch.addmm(bias, cols, weight.reshape(o, -1).t())
+    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    return out.view(n, oh, ow, o).permute(0, 3, 1, 2).contiguous()
 
 
 def _patches(x: torch.Tensor, k: tuple[int, int], stride: tuple[int, int],
