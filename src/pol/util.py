@@ -28,6 +28,7 @@ from typing import Any, BinaryIO
 from pol.errors import ProofFormatError
 
 __all__ = ["canonical_json", "loads_strict", "AtomicFile", "atomic_write", "fsync_dir", "sha256_file",
+           "cache_dir",
            "DEFAULT_MAX_JSON_BYTES"]
 
 DEFAULT_MAX_JSON_BYTES = 64 << 20
@@ -206,3 +207,15 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> tuple[str
             h.update(block)
             n += len(block)
     return h.hexdigest(), n
+
+
+def cache_dir(kind: str) -> str | None:
+    """pol's disk cache for `kind` (e.g. "leaves", "datasets"): $POL_CACHE_DIR/<kind>, else
+    $XDG_CACHE_HOME/pol/<kind> (~/.cache/pol/<kind>); POL_CACHE_DIR="" turns it off (None)."""
+    root = os.environ.get("POL_CACHE_DIR")
+    if root == "":
+        return None
+    if root is None:
+        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                            os.path.join(os.path.expanduser("~"), ".cache"), "pol")
+    return os.path.join(root, kind)

@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from pol.util import cache_dir
+
 LEAF_PREFIX = b"pol.sample.v1\x00"
 NODE_PREFIX = b"\x01"
 EMPTY_ROOT = hashlib.sha256(b"pol.empty.v1").digest()
@@ -138,13 +140,7 @@ STREAM_CHUNK = 1024  # samples a task
 def leaf_cache_dir() -> str | None:
     """Where leaves of sources that name their content are cached: $POL_CACHE_DIR/leaves, else
     $XDG_CACHE_HOME/pol/leaves (~/.cache/pol/leaves); POL_CACHE_DIR="" turns the disk cache off."""
-    root = os.environ.get("POL_CACHE_DIR")
-    if root == "":
-        return None
-    if root is None:
-        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or
-                            os.path.join(os.path.expanduser("~"), ".cache"), "pol")
-    return os.path.join(root, "leaves")
+    return cache_dir("leaves")
 
 
 def _cache_file(key: str) -> str | None:
