@@ -4,11 +4,7 @@
 # cost (breakdown + torch.profiler), and a ResNet-20 exact proof recorded on the GPU verified
 # bitwise on the CPU (k = 100, two segments, --all).
 #   OUT=gpu-out bash benchmarks/gpu_s7a.sh
-set -u
-OUT=${OUT:-gpu-out}
-mkdir -p "$OUT/res"
-export CUBLAS_WORKSPACE_CONFIG=:4096:8
-run() { echo "== $*" | tee -a "$OUT/log.txt"; local t0=$SECONDS; timeout "${T:-300}" "$@" 2>&1 | grep -v "^\s*$" | tail -n 40 | tee -a "$OUT/log.txt"; echo "-- $((SECONDS - t0)) s" | tee -a "$OUT/log.txt"; }
+. "$(dirname "$0")/gpu_lib.sh"
 T=60 run python benchmarks/diag_gemm_conv.py --json "$OUT/res/gemm_conv.json"
 T=60 run python -m pytest -q -p no:cacheprovider tests/test_gemm_conv.py
 T=90 run python benchmarks/bench_exact.py --tasks resnet20 --device cuda --verify-device cuda \
@@ -16,6 +12,4 @@ T=90 run python benchmarks/bench_exact.py --tasks resnet20 --device cuda --verif
     --json "$OUT/res/exact_breakdown.json"
 T=200 run python benchmarks/bench_exact.py --tasks resnet20 --device cuda --verify-device cpu \
     --k 100 --resnet-steps 200 --all --repeats 1 --json "$OUT/res/exact_r20_gpu_to_cpu.json"
-cp "$OUT/log.txt" "$OUT/res/log.txt"
-tar -czf "$OUT/results.tgz" -C "$OUT" res && rm -rf "$OUT/res"
-echo done >> "$OUT/log.txt"
+finish

@@ -7,11 +7,7 @@
 # the CPU; (5) issue 13: ResNet-20's replay with batches prefetched (bench_replay_host on the GPU,
 # then bench_verify_speed on CIFAR-10 files with the CLI's fixed cost).
 #   OUT=gpu-out bash benchmarks/gpu_s7c.sh
-set -u
-OUT=${OUT:-gpu-out}
-mkdir -p "$OUT/res"
-export CUBLAS_WORKSPACE_CONFIG=:4096:8
-run() { echo "== $*" | tee -a "$OUT/log.txt"; local t0=$SECONDS; timeout "${T:-300}" "$@" 2>&1 | grep -v "^\s*$" | tail -n 40 | tee -a "$OUT/log.txt"; echo "-- $((SECONDS - t0)) s" | tee -a "$OUT/log.txt"; }
+. "$(dirname "$0")/gpu_lib.sh"
 T=90 run python -m pytest -q -p no:cacheprovider tests/test_gemm_conv.py tests/test_replay_prefetch.py
 T=60 run python benchmarks/diag_gemm_conv.py --json "$OUT/res/gemm_conv.json"
 E=benchmarks/bench_exact.py
@@ -26,6 +22,4 @@ T=60 run python benchmarks/bench_replay_host.py --device cuda --repeats 3 --n-tr
 T=130 run python benchmarks/bench_verify_speed.py --task cifar10-resnet20 --write-cifar /tmp/cifar10-synth \
     --epochs 1 --k 100 --device cuda --repeats 1 --cli-repeats 2 --pycache /tmp/pycache \
     --budget-s 110 --work /tmp/bvs-r20 --out "$OUT/res/r20"
-cp "$OUT/log.txt" "$OUT/res/log.txt"
-tar -czf "$OUT/results.tgz" -C "$OUT" res && rm -rf "$OUT/res"
-echo done >> "$OUT/log.txt"
+finish

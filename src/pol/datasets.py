@@ -17,6 +17,8 @@ distribution, user data from `.npz` with `allow_pickle=False`.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import math
 import os
 import sys
@@ -29,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from pol.errors import ConfigError, ProofFormatError
-from pol.util import cache_dir
+from pol.util import atomic_write, cache_dir, sha256_file
 
 __all__ = [
     "ArrayDataset",
@@ -175,9 +177,7 @@ def _sklearn_xy(fn_name: str) -> tuple[np.ndarray, np.ndarray]:
     d = cache_dir("datasets")
     path = None
     if src is not None and d is not None:
-        from pol.util import sha256_file
         key = f"{_SKLEARN_CACHE_VERSION}|{fn_name}|{sha256_file(src)[0]}"
-        import hashlib
         path = os.path.join(d, hashlib.sha256(key.encode()).hexdigest()[:32] + ".npz")
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -208,9 +208,6 @@ def _sklearn_data_file(fn_name: str) -> str | None:
 
 def _write_npz_cache(path: str, x: np.ndarray, y: np.ndarray) -> None:
     """Best effort: a cache that cannot be written is only slower next time."""
-    import io
-
-    from pol.util import atomic_write
     buf = io.BytesIO()
     np.savez(buf, x=np.asarray(x), y=np.asarray(y))
     try:

@@ -41,26 +41,24 @@ COMPOSITE = False
 
 
 def _composite(x, weight, bias, stride, padding, dilation):
-    n, _, h, w = x.shape
-    o, _, kh, kw = weight.shape
-    cols = _patches(x, (kh, kw), stride, padding, dilation)
+    n, o = x.shape[0], weight.shape[0]
+    cols, oh, ow = _patches(x, tuple(weight.shape[2:]), stride, padding, dilation)
     out = torch.mm(cols, weight.reshape(o, -1).t()) if bias is None else \
         torch.addmm(bias, cols, weight.reshape(o, -1).t())
-    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     return out.view(n, oh, ow, o).permute(0, 3, 1, 2).contiguous()
 
 
 def _patches(x: torch.Tensor, k: tuple[int, int], stride: tuple[int, int],
-             padding: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
-    """The input's patches as a [N·OH·OW, C·KH·KW] matrix (rows in `F.unfold`'s position order,
-    columns in its (channel, kernel row, kernel column) order): one copy of a strided view."""
+             padding: tuple[int, int], dilation: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+    """(the input's patches as a [N·OH·OW, C·KH·KW] matrix, OH, OW): rows in `F.unfold`'s
+    position order, columns in its (channel, kernel row, kernel column) order; one copy of a
+    strided view."""
     xp = F.pad(x, (padding[1], padding[1], padding[0], padding[0])) if any(padding) else x
     v = xp.unfold(2, dilation[0] * (k[0] - 1) + 1, stride[0])
     v = v.unfold(3, dilation[1] * (k[1] - 1) + 1, stride[1])  # [N, C, OH, OW, kh', kw']
     v = v[..., ::dilation[0], ::dilation[1]]
     n, c, oh, ow = v.shape[:4]
-    return v.permute(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * k[0] * k[1])
+    return v.permute(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * k[0] * k[1]), oh, ow
 
 
 class _GemmConv(torch.autograd.Function):
@@ -68,9 +66,7 @@ class _GemmConv(torch.autograd.Function):
     def forward(ctx, x, weight, bias, stride, padding, dilation):
         n, _, h, w = x.shape
         o, _, kh, kw = weight.shape
-        oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-        ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-        cols = _patches(x, (kh, kw), stride, padding, dilation)
+        cols, oh, ow = _patches(x, (kh, kw), stride, padding, dilation)
         out = torch.mm(cols, weight.reshape(o, -1).t())  # [N·OH·OW, O]
         if bias is not None:
             out += bias
