@@ -20,7 +20,9 @@ size from `--gpt-*`). `--k` applies to all tasks (default: each task's own).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -35,6 +37,7 @@ from pol.proof.reader import open_proof
 from pol.prover.trainer import train_spec
 from pol.registry import resolve_device
 from pol.spec import StepSpec
+from pol.step import graphed
 from pol.tasks import build_spec
 from pol.verifier import verify
 
@@ -208,6 +211,10 @@ def breakdown(spec, train, device, steps: int) -> dict:
         exact_spec = spec.with_(step=StepSpec(exact=True))
         ctxe = build_context(exact_spec, device)
         out["exact_ms"] = 1e3 * _timed_steps(ctxe, exact_spec, train, device, steps)
+        out["exact_graphs"] = graphed.describe(ctxe)
+        with _graphs_off():  # the same steps eagerly (on a GPU; the same run on a CPU)
+            ctx_eager = build_context(exact_spec, device)
+            out["exact_eager_ms"] = 1e3 * _timed_steps(ctx_eager, exact_spec, train, device, steps)
         entries = ctxe.exact.take()
         out["syncs_record"] = _sync_sites(
             lambda: _timed_steps(ctxe, exact_spec, train, device, 3), device)
@@ -249,6 +256,20 @@ def _profile(label: str, run, device: torch.device) -> None:
         f.write(f"=== {label}\n" + "\n".join(tables) + "\n")
 
 
+@contextlib.contextmanager
+def _graphs_off():
+    """Exact steps eagerly, not as CUDA graphs (`pol.step.graphed`), inside the block."""
+    before = os.environ.get(graphed.ENV)
+    os.environ[graphed.ENV] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(graphed.ENV, None)
+        else:
+            os.environ[graphed.ENV] = before
+
+
 def _rounding_time(exact_spec, train, device, steps: int) -> dict:
     """ms per step in `round_exact` (synchronized around each call: a run of its own)."""
     from pol.step import build_context
@@ -268,8 +289,9 @@ def _rounding_time(exact_spec, train, device, steps: int) -> dict:
         return r
     ex.round_exact = timed
     try:
-        ctxe = build_context(exact_spec, device)
-        _timed_steps(ctxe, exact_spec, train, device, steps)
+        with _graphs_off():  # (synchronizing inside a CUDA graph capture fails it)
+            ctxe = build_context(exact_spec, device)
+            _timed_steps(ctxe, exact_spec, train, device, steps)
     finally:
         ex.round_exact = real
     return {"rounding_ms": 1e3 * spent["round"] / (steps + 3),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -92,6 +92,8 @@ class StepContext:
     # exact mode (`features.exact`): the rounding log the steps record (prover) or replay
     # (verifier, `RoundingLog.replay`); None otherwise
     exact: RoundingLog | None = None
+    # exact mode recorded on a GPU: the step's CUDA graphs (`pol.step.graphed`), made by `update()`
+    graphs: Any = field(default=None, repr=False, compare=False)
 
     def generator(self, t: int) -> torch.Generator:
         return augment_generator(self.seed, t, self.rng_device or self.device)
@@ -175,13 +177,25 @@ def update(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, lrs: Sequence[flo
     seed_step(ctx.seed, t)
     gen = ctx.generator(t) if ctx.augment is not None else None
     ctx.model.train()
+    if ctx.exact is not None and ctx.device.type == "cuda" and not ctx.exact.replaying:
+        # recording exact mode on a GPU: the step as CUDA graphs where it can be
+        from pol.step.graphed import graphed_step
+        parts = [step_inputs(ctx, x[part], y[part], gen) for part in micro_batches(ctx, len(x))]
+        return graphed_step(ctx, parts, t, lambda: _step(ctx, parts, t))
+    return _step(ctx, (step_inputs(ctx, x[part], y[part], gen)
+                       for part in micro_batches(ctx, len(x))), t)
+
+
+def _step(ctx: StepContext, parts: Iterable[tuple[torch.Tensor, torch.Tensor]],
+          t: int) -> torch.Tensor:
+    """`update()`'s step, eagerly, on its micro-batches' model inputs and targets (`parts`, on
+    the device, made as they are iterated)."""
     ctx.optimizer.zero_grad(set_to_none=True)
     ex = ExactStep(ctx.exact, ctx.model, ctx.optimizer, t) if ctx.exact is not None else None
     try:
         n_acc = ctx.features.accumulation
         total = None
-        for part in micro_batches(ctx, len(x)):
-            inputs, targets = step_inputs(ctx, x[part], y[part], gen)
+        for inputs, targets in parts:
             if ex is not None:
                 inputs, targets = ex.inputs(inputs, targets)
             with autocast(ctx.features, ctx.device):

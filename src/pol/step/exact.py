@@ -627,6 +627,14 @@ def _is_state(key: str, v: Any, p: torch.Tensor) -> bool:
             and v.shape == p.shape)
 
 
+def _state_slots(optimizer: torch.optim.Optimizer) -> list[tuple[dict, str]]:
+    """(state dict, key) of every optimizer state tensor exact mode rounds, in order (parameters
+    in param_groups order, keys sorted)."""
+    return [(st, key) for p in _optimizer_params(optimizer)
+            for st in [optimizer.state.get(p, {})] for key in sorted(st)
+            if _is_state(key, st[key], p)]
+
+
 class ExactStep:
     """One step of exact mode around a model and its optimizer.
 
@@ -645,15 +653,8 @@ class ExactStep:
     def __init__(self, log: RoundingLog, model: nn.Module, optimizer: torch.optim.Optimizer,
                  t: int) -> None:
         self.log, self.model, self.optimizer, self.t = log, model, optimizer, t
-        self.params = [p for p in model.parameters() if p.dtype == torch.float32]
-        self.buffers: list[tuple[nn.Module, str]] = []
-        seen: set[int] = set()
-        for m in model.modules():
-            for name, b in m._buffers.items():
-                if b is not None and b.dtype == torch.float32 and id(b) not in seen:
-                    seen.add(id(b))
-                    self.buffers.append((m, name))
-        self.slots = self._state_slots()  # where the optimizer state tensors live
+        # the optimizer state tensors live in `slots`
+        self.params, self.buffers, self.slots = self.tensors(model, optimizer)
         self.originals = ([p.data for p in self.params] + [st[k] for st, k in self.slots]
                           + [m._buffers[n] for m, n in self.buffers])
         self.views: list[torch.Tensor] = []
@@ -670,12 +671,24 @@ class ExactStep:
         if flat.is_cuda:  # a GPU's float64 convolutions as matrix products (`pol.step.gemm_conv`)
             self.convs = gemm_conv.install(model)
 
+    @staticmethod
+    def tensors(model: nn.Module, optimizer: torch.optim.Optimizer
+                ) -> tuple[list[torch.Tensor], list[tuple[nn.Module, str]], list[tuple[dict, str]]]:
+        """What a step of `model` and `optimizer` holds in float64 and rounds, in order: the
+        float32 parameters, the float32 buffers (module, name) and the optimizer state slots
+        (state dict, key)."""
+        params = [p for p in model.parameters() if p.dtype == torch.float32]
+        buffers: list[tuple[nn.Module, str]] = []
+        seen: set[int] = set()
+        for m in model.modules():
+            for name, b in m._buffers.items():
+                if b is not None and b.dtype == torch.float32 and id(b) not in seen:
+                    seen.add(id(b))
+                    buffers.append((m, name))
+        return params, buffers, _state_slots(optimizer)
+
     def _state_slots(self) -> list[tuple[dict, str]]:
-        """(state dict, key) of every optimizer state tensor exact mode rounds, in order
-        (parameters in param_groups order, keys sorted)."""
-        return [(st, key) for p in _optimizer_params(self.optimizer)
-                for st in [self.optimizer.state.get(p, {})] for key in sorted(st)
-                if _is_state(key, st[key], p)]
+        return _state_slots(self.optimizer)
 
     def _place(self, tensors: list[torch.Tensor], slots: list[tuple[dict, str]]) -> None:
         """Put `tensors` (in `originals` order) in the places of the parameters, the optimizer
