@@ -4,6 +4,8 @@
 |---|---|
 | `core` | `update()` — the one step shared by training, replay and the attacks (micro-batches, clipping, autocast); `StepContext`; losses |
 | `exact` | exact mode: the float64 step rounded to float32 with the rounding log (`ExactStep`, `RoundingLog`), the layers it supports (`check_model`) |
+| `graphed` | exact mode's step recorded on a GPU as two CUDA graphs around the eager optimizer step (`update()` uses it; same kernels, same proof) |
+| `gemm_conv` | exact mode's float64 convolutions on a GPU as matrix products |
 | `amp` | mixed precision: the spec's autocast context and the fp16 GradScaler kept with its optimizer |
 | `context` | `build_context(spec, device)` (model rebuilt from the spec) and `step_context(spec, model, optimizer)` (the caller's own): every field of a step from the spec |
 | `optimizers` | one table row per optimizer (factory, spec_of, state keys, storage dtypes; torch-free) |

@@ -181,7 +181,8 @@ def update(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, lrs: Sequence[flo
         # recording exact mode on a GPU: the step as CUDA graphs where it can be
         from pol.step.graphed import graphed_step
         parts = [step_inputs(ctx, x[part], y[part], gen) for part in micro_batches(ctx, len(x))]
-        return graphed_step(ctx, parts, t, lambda: _step(ctx, parts, t))
+        return graphed_step(ctx, parts, t, lambda: _step(ctx, parts, t),
+                            lambda: optimizer_step(ctx.features, ctx.optimizer))
     return _step(ctx, (step_inputs(ctx, x[part], y[part], gen)
                        for part in micro_batches(ctx, len(x))), t)
 

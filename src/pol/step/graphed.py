@@ -78,8 +78,9 @@ class GraphedExactStep:
     replays them for a later one. `key` is the step's batch shapes; `storage` the addresses it
     was captured on."""
 
-    def __init__(self, key: tuple, storage: list[int]) -> None:
-        self.key, self.storage = key, storage
+    def __init__(self, key: tuple, storage: list[int],
+                 optimizer_step: Callable[[], Any]) -> None:
+        self.key, self.storage, self.optimizer_step = key, storage, optimizer_step
         self.inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.forward = torch.cuda.CUDAGraph()
         self.finish = torch.cuda.CUDAGraph()
@@ -99,7 +100,6 @@ class GraphedExactStep:
         device). A failed capture of `forward` runs the step by `step_eagerly` instead; a failed
         capture of `finish` finishes it eagerly. Either raises `_CaptureFailed` after the step
         is done, with the step's loss."""
-        from pol.step.core import backward
         log = ctx.exact
         self.inputs = [(x.clone(), y.clone()) for x, y in parts]
         self.sink = sink = _MaskSink(log)
@@ -115,7 +115,7 @@ class GraphedExactStep:
                     loss = ctx.loss_fn(ctx.model(inputs), targets)
                     if n_acc > 1:
                         loss = loss / n_acc
-                    backward(ctx.optimizer, loss)
+                    loss.backward()  # (no GradScaler: `_why_not`)
                     total = loss.detach() if total is None else total + loss.detach()
                 ex.round_grads()
         except Exception as e:  # noqa: BLE001 - any capture failure: the step runs eagerly
@@ -177,10 +177,8 @@ class GraphedExactStep:
                 near, up = self.sink.masks[point]
                 log.record(t, point, near.clone(), up.clone())
 
-    @staticmethod
-    def _optimizer_step(ctx) -> None:
-        from pol.step.core import optimizer_step
-        optimizer_step(ctx.features, ctx.optimizer)
+    def _optimizer_step(self, ctx) -> None:
+        self.optimizer_step()
 
     def _place_views(self) -> None:
         """The float64 copies in place of the parameters, optimizer state and buffers, as the
@@ -237,10 +235,12 @@ def _why_not(ctx) -> str | None:
 
 
 def graphed_step(ctx, parts: list[tuple[torch.Tensor, torch.Tensor]], t: int,
-                 step_eagerly: Callable[[], torch.Tensor]) -> torch.Tensor:
+                 step_eagerly: Callable[[], torch.Tensor],
+                 optimizer_step: Callable[[], Any]) -> torch.Tensor:
     """Step t of an exact-mode context on its prepared micro-batches `parts`: by the context's
     CUDA graphs where they apply (captured at the first step that can be, after `WARMUP` eager
-    ones), else by `step_eagerly()`. Returns the step's loss."""
+    ones), else by `step_eagerly()`. `optimizer_step()`: the step's clipping and optimizer step
+    (`pol.step.core.optimizer_step`), run eagerly between the graphs. Returns the step's loss."""
     state: _Graphs = ctx.graphs if isinstance(ctx.graphs, _Graphs) else _Graphs()
     ctx.graphs = state
     if state.off is None:
@@ -253,7 +253,7 @@ def graphed_step(ctx, parts: list[tuple[torch.Tensor, torch.Tensor]], t: int,
         return g.run(ctx, parts, t)
     if g is not None and _key(parts) != g.key:
         return step_eagerly()  # a batch of another shape (an epoch's last): eagerly
-    g = GraphedExactStep(_key(parts), _storage(ctx))
+    g = GraphedExactStep(_key(parts), _storage(ctx), optimizer_step)
     state.step = None
     state.captures += 1
     try:
