@@ -16,7 +16,8 @@ from torch import nn
 from pol.spec import DataSpec, ModelSpec, OptimizerSpec, ScheduleSpec, StepSpec, TrainingSpec
 from pol.step import graphed, update
 from pol.step.context import step_context
-from pol.step.exact import GRADIENTS, STATE, ExactStep, RoundingLog
+from pol.step import exact
+from pol.step.exact import GRADIENTS, STATE, ExactStep, RoundingLog, round_exact
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -49,7 +50,7 @@ def _data(n: int = 64, seed: int = 0):
 
 
 def _train(device: str, graphs: bool, monkeypatch, opt: str = "sgd", steps: int = 7,
-           batches=(16, 16, 16, 8, 16, 16, 16), item: bool = False, **step):
+           batches=(16, 16, 16, 8, 16, 16, 16), item: bool = False, replay=None, **step):
     """`steps` exact steps of a fresh model (seeded) by `update()`, graphs on or off: the final
     state, the losses, the log rows and how the steps ran."""
     monkeypatch.setenv(graphed.ENV, "1" if graphs else "0")
@@ -60,6 +61,8 @@ def _train(device: str, graphs: bool, monkeypatch, opt: str = "sgd", steps: int 
     else:
         o = torch.optim.AdamW(model.parameters(), lr=1e-3)
     ctx = step_context(_spec(**step), model, o, torch.device(device))
+    if replay is not None:  # the verifier's side: the steps replay these log entries
+        ctx.exact.replay(replay)
     x, y = _data()
     losses, at = [], 0
     for t in range(steps):
@@ -68,7 +71,7 @@ def _train(device: str, graphs: bool, monkeypatch, opt: str = "sgd", steps: int 
         at += n
         lrs = [0.05 / (1 + t)] if opt == "sgd" else [1e-3 * (t + 1)]
         losses.append(update(ctx, x[idx], y[idx], lrs, t))
-    rows = ctx.exact.take()
+    rows = ctx.exact.take() if replay is None else ctx.exact.problems
     state = {**{f"p.{k}": v.detach().cpu().clone() for k, v in model.state_dict().items()},
              **{f"o.{i}.{k}": v.detach().cpu().clone() for i, s in enumerate(o.state.values())
                 for k, v in s.items() if isinstance(v, torch.Tensor)}}
@@ -82,7 +85,10 @@ def _same(a, b) -> None:
     differ = [k for k in sa if not torch.equal(sa[k], sb[k])]
     assert not differ, f"differ: {differ}"
     assert la == lb
-    assert np.array_equal(ra, rb)
+    if isinstance(ra, dict):  # replays: their problems
+        assert ra == rb
+    else:
+        assert np.array_equal(ra, rb)
 
 
 # ----------------------------------------------------------------------------- CPU
@@ -130,8 +136,61 @@ def test_why_a_context_is_not_captured(monkeypatch):
     monkeypatch.setenv(graphed.ENV, "0")
     assert graphed._why_not(ctx) == f"{graphed.ENV}=0"
     monkeypatch.setenv(graphed.ENV, "1")
-    ctx.exact.replay(np.zeros((0, 4), dtype=np.int64))
-    assert graphed._why_not(ctx) == "not recording an exact-mode step"
+    ctx.exact = None
+    assert graphed._why_not(ctx) == "not an exact-mode step"
+
+
+def _entries(t: int, point: int, idx, up) -> np.ndarray:
+    rows = np.zeros((len(idx), 4), dtype=np.int64)
+    rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3] = t, point, idx, up
+    return rows
+
+
+@pytest.mark.parametrize("grid", [False, True])
+def test_dense_apply_rounds_and_checks_as_the_gathered_one(grid):
+    """The graphs' dense rounding of the logged values gives the eager replay's values and its
+    problem (a forged entry: a value far from any tie), naming the same value."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4000, generator=g, dtype=torch.float64) * 3
+    window = 2.0 ** -4
+    rec = RoundingLog(window, 2.0 ** -40 if grid else 0.0)
+    rec.deferred = False
+    sizes = [1000, 3000]
+    point = GRADIENTS if grid else STATE
+    round_exact(x.clone(), rec, 0, point, sizes=sizes)
+    rows = rec.take()
+    assert len(rows) > 10
+    if grid:  # the value farthest from a tie: an entry naming it is a forger's
+        gr = exact.Grid(x.clone(), sizes, rec.noise, window)
+        far = int(torch.argmax(gr.tie / gr.g))
+    else:
+        far = int(torch.argmax(exact.tie_distance(x, x.float())))
+    assert far not in set(rows[:, 2])
+    forged = _entries(0, point, [far], [1])
+    for entries in (rows, np.concatenate([rows, forged])):
+        entries = entries[np.argsort(entries[:, 2], kind="stable")]
+        eager = RoundingLog(window, rec.noise)
+        eager.replay(entries)
+        eager.begin(0)
+        want = round_exact(x.clone(), eager, 0, point, sizes=sizes)
+        dense = RoundingLog(window, rec.noise)
+        dense.replay(entries)
+        dense.begin(0)
+        dirs = torch.zeros(4000, dtype=torch.int8)
+        dirs[torch.from_numpy(entries[:, 2])] = torch.from_numpy(entries[:, 3]).to(torch.int8) + 1
+        if grid:
+            gr = exact.Grid(x.clone(), sizes, rec.noise, window)
+            r = gr.r
+            facts = exact.apply_grid_dense(gr, r, dirs)
+            got, unit = r.to(torch.float32), "grid spacings"
+        else:
+            fx = x.clone()
+            got = fx.to(torch.float32)
+            facts, unit = exact.apply_dense(fx, got, dirs, window), "float32 ulps"
+        dense.check_dense(0, point, unit, facts)
+        assert torch.equal(got, want)
+        assert dense.problems == eager.problems
+        assert bool(eager.problems) == (len(entries) > len(rows))
 
 
 def test_cpu_steps_make_no_graph_state(monkeypatch):
@@ -173,3 +232,26 @@ def test_a_failed_capture_warns_and_steps_eagerly(monkeypatch):
     _same(a, b)
     torch.manual_seed(3)  # the device's random numbers work after the failed capture
     assert torch.randn(4, device="cuda").isfinite().all()
+
+
+@cuda
+def test_graphed_replays_equal_eager_replays(monkeypatch):
+    """The verifier's side: a recording replayed by graphs and eagerly gives the recorded state
+    bitwise; a forged entry (a value far from any tie) is the same problem both ways."""
+    rec = _train("cuda", True, monkeypatch, opt="adamw")
+    rows = rec[2]
+    eager = _train("cuda", False, monkeypatch, opt="adamw", replay=rows)
+    graph = _train("cuda", True, monkeypatch, opt="adamw", replay=rows)
+    assert graph[3]["graphed"] is True, graph[3]
+    _same(eager, graph)
+    assert graph[2] == {}
+    assert all(torch.equal(rec[0][k], graph[0][k]) for k in rec[0])
+    # a forged entry at step 5 (a graphed step): a value of the STATE vector not logged
+    forged = rows.copy()
+    taken = set(rows[(rows[:, 0] == 5) & (rows[:, 1] == STATE), 2].tolist())
+    extra = np.array([[5, STATE, min(set(range(len(taken) + 1)) - taken), 1]], dtype=np.int64)
+    forged = np.concatenate([forged, extra])
+    forged = forged[np.lexsort((forged[:, 2], forged[:, 1], forged[:, 0]))]
+    e2 = _train("cuda", False, monkeypatch, opt="adamw", replay=forged)
+    g2 = _train("cuda", True, monkeypatch, opt="adamw", replay=forged)
+    _same(e2, g2)

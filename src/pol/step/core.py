@@ -177,8 +177,8 @@ def update(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, lrs: Sequence[flo
     seed_step(ctx.seed, t)
     gen = ctx.generator(t) if ctx.augment is not None else None
     ctx.model.train()
-    if ctx.exact is not None and ctx.device.type == "cuda" and not ctx.exact.replaying:
-        # recording exact mode on a GPU: the step as CUDA graphs where it can be
+    if ctx.exact is not None and ctx.device.type == "cuda":
+        # exact mode on a GPU: the step as CUDA graphs where it can be (`pol.step.graphed`)
         from pol.step.graphed import graphed_step
         parts = [step_inputs(ctx, x[part], y[part], gen) for part in micro_batches(ctx, len(x))]
         return graphed_step(ctx, parts, t, lambda: _step(ctx, parts, t),

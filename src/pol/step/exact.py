@@ -401,6 +401,7 @@ class RoundingLog:
         self._problems: dict[int, str] = {}  # replaying: step -> what was wrong with its log
         self._checks: list[tuple[int, Any]] = []  # replaying: problems not read yet, in order
         self.deferred: bool | None = None  # recording: None = on a GPU (`defers`)
+        self.sizes: dict[int, int] = {}  # replaying: each rounding point's length, last seen
 
     @property
     def replaying(self) -> bool:
@@ -485,6 +486,7 @@ class RoundingLog:
     def _logged(self, t: int, point: int, n: int, device: torch.device):
         """This point's entries as (indices as numpy, indices and directions on `device`), or
         None: no entries, or one naming a value past the point's `n` (a problem)."""
+        self.sizes[point] = n
         todo = self._todo.pop(point, None)
         if todo is None:
             return None
@@ -502,14 +504,13 @@ class RoundingLog:
         """Which logged values lie farther than `within` from a tie here (`dist`, in `unit`); the
         first of them is a problem of step t, read with `problems` (no wait here)."""
         bad = ~(dist <= within)
-        # the first far value (0: none), gathered by a tensor index (an int would be read back)
-        j = torch.argmax(bad.to(torch.uint8)).reshape(1)
-        w = within.index_select(0, j) if isinstance(within, torch.Tensor) else \
-            torch.full((1,), within, dtype=dist.dtype, device=dist.device)
-        facts = torch.cat([bad.any().to(dist.dtype).reshape(1), j.to(dist.dtype),
-                           dist.index_select(0, j), w])
-        self._checks.append((t, (point, idx_np, unit, facts)))
+        self._checks.append((t, (point, idx_np, unit, _facts(bad, dist, within))))
         return bad
+
+    def check_dense(self, t: int, point: int, unit: str, facts: torch.Tensor) -> None:
+        """A check made by `apply_dense` or `apply_grid_dense` (`facts`: its result, which
+        names the first far value by its index in the point's vector), read with `problems`."""
+        self._checks.append((t, (point, None, unit, facts)))
 
     def _read_checks(self) -> None:
         """The replay's pending checks read from the device (one wait for all), as problems in
@@ -525,7 +526,8 @@ class RoundingLog:
             bad, j, dist, w = next(values)
             if bad:
                 self._problems.setdefault(t, _problem_text(
-                    t, f"it names value {int(idx_np[int(j)])} of the {_point(point)}, which "
+                    t, f"it names value {int(j) if idx_np is None else int(idx_np[int(j)])} "
+                    f"of the {_point(point)}, which "
                     f"lies {dist:.3g} {unit} from a rounding tie here (a logged value must lie "
                     f"within {w:.3g})"))
 
@@ -580,6 +582,43 @@ class RoundingLog:
 
 def _problem_text(t: int, why: str) -> str:
     return f"step {t}: the rounding log does not fit the replay: {why}"
+
+
+def _facts(bad: torch.Tensor, dist: torch.Tensor, within: torch.Tensor | float) -> torch.Tensor:
+    """[any far, the first far one's position (0: none), its distance, its bound] of a replay's
+    check, on the device: gathered by a tensor index (an int would be read back)."""
+    j = torch.argmax(bad.to(torch.uint8)).reshape(1)
+    w = within.index_select(0, j) if isinstance(within, torch.Tensor) else \
+        torch.full((1,), within, dtype=dist.dtype, device=dist.device)
+    return torch.cat([bad.any().to(dist.dtype).reshape(1), j.to(dist.dtype),
+                      dist.index_select(0, j), w])
+
+
+# `RoundingLog.apply` and `apply_grid` over a whole vector: the logged directions as a dense code
+# per value (`dirs`: 0 not logged, 1 down, 2 up) instead of gathered indices. Every value computes
+# as the gathered form computes the logged ones (elementwise), and the first far value is the
+# first in index order, as the entries are: the same rounding and the same check, with no
+# data-dependent shape (a CUDA graph's replay, `pol.step.graphed`). Returns the check's facts.
+
+def apply_dense(fx: torch.Tensor, fr: torch.Tensor, dirs: torch.Tensor,
+                window: float) -> torch.Tensor:
+    logged = dirs != 0
+    dist = tie_distance(fx, fr)
+    within = REPLAY_FACTOR * window
+    bad = logged & ~(dist <= within)
+    lo, hi = _neighbours(fx, fr)
+    fr.copy_(torch.where(logged & ~bad, torch.where(dirs == 2, hi, lo), fr))
+    return _facts(bad, dist, within)
+
+
+def apply_grid_dense(grid: "Grid", r: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
+    logged = dirs != 0
+    g = grid.g
+    dist, within = grid.tie / g, REPLAY_FACTOR * grid.thr / g
+    bad = logged & ~(dist <= within)
+    value = (torch.floor(grid.x / g) + (dirs == 2).to(g.dtype)) * g
+    r.copy_(torch.where(logged & ~bad, value, r))
+    return _facts(bad, dist, within)
 
 
 def use_proof_log(log: RoundingLog, entries: np.ndarray | None, a: int, b: int) -> bool:

@@ -1,4 +1,5 @@
-"""Exact mode's step on a GPU, replayed as two CUDA graphs (the prover's own loop, `update()`).
+"""Exact mode's step on a GPU as two CUDA graphs (`update()`: the prover's loop and the verifier's
+replay).
 
 An exact step launches several times the kernels of a float32 step (float64 convolutions as
 matrix products, the three rounding points), and on a GPU the host's launches, not the kernels,
@@ -11,18 +12,22 @@ bias corrections — are Python numbers a graph would freeze):
   passes, rounding point GRADIENTS;
 - `finish` — rounding point STATE into the float32 tensors, rounding point LOSS.
 
-The graphs run the kernels eager exact mode runs, with the same arguments, on the same tensors
-(`ExactStep` itself is what is captured, with `_MaskSink` taking the rounding log's masks); the
-log's entries are gathered from the masks after each graph, as `RoundingLog.record` does for an
-eager step. A proof made so is an exact-mode proof like any other: the verifier replays it
-eagerly, on any device.
+What is captured is `ExactStep` itself, with a stand-in for the rounding log. Recording
+(`_MaskSink`), the graphs run the kernels eager exact mode runs, on the same tensors; the log's
+entries are gathered from their masks after each graph, as `RoundingLog.record` does eagerly.
+Replaying (`_ReplaySink`), the logged values round by the dense form of the log's rounding
+(`exact.apply_dense`: a code per value, filled from the proof's entries before each graph, and
+the same rounding and check as the gathered form, value by value), and the checks' facts are read
+with the log's `problems` as eagerly. A proof recorded so is an exact-mode proof like any other,
+replayed on any device, eagerly or so.
 
-Used when the step can be: recording (not replaying) on a CUDA device, no autocast or GradScaler,
-after `WARMUP` eager steps of the context (the optimizer's state exists, torch's handles and pol's
-caches are made), for batches of the captured shapes (any other batch, as an epoch's short last
-one, steps eagerly), with the same parameter, state and buffer storage as captured. A capture
-that fails (a model whose forward waits for the device, for one) is reported once as a warning
-and the context steps eagerly from then on. `POL_CUDA_GRAPHS=0` in the environment turns it off.
+Used when the step can be: on a CUDA device, no autocast or GradScaler, after `WARMUP` eager
+steps of the context (the optimizer's state exists, torch's handles and pol's caches are made,
+the rounding points' sizes are known), for batches of the captured shapes (any other batch, as an
+epoch's short last one, steps eagerly), with the state in the captured tensors or in tensors of
+their layout (a checkpoint the verifier loaded: copied into the captured ones). A capture that
+fails (a model whose forward waits for the device, for one) is reported once as a warning and the
+context steps eagerly from then on. `POL_CUDA_GRAPHS=0` in the environment turns it off.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from typing import Any, Callable
 
 import torch
 
-from pol.step.exact import GRADIENTS, LOSS, STATE, ExactStep, RoundingLog
+from pol.step import exact
+from pol.step.exact import GRADIENTS, LOSS, POINTS, STATE, ExactStep, RoundingLog
 
 __all__ = ["GraphedExactStep", "graphed_step", "ENV", "WARMUP"]
 
@@ -65,32 +71,71 @@ class _MaskSink:
         pass
 
 
-def _storage(ctx) -> list[int]:
-    """Where the step's float32 tensors live (parameters, optimizer state, buffers, in
-    `ExactStep`'s order): a graph reads and writes these addresses."""
+class _ReplaySink:
+    """Stands for a replaying `RoundingLog` while a step is captured: each rounding point rounds
+    its logged values by the dense form of the log's own rounding (`exact.apply_dense`,
+    `apply_grid_dense`) from a code per value (`dirs`, filled from the proof's entries before
+    every replay), and keeps the check's facts as the graph's output."""
+
+    replaying = True
+
+    def __init__(self, log: RoundingLog, device: torch.device) -> None:
+        self.window, self.noise = log.window, log.noise
+        self.dirs = {p: torch.zeros(n, dtype=torch.int8, device=device)
+                     for p, n in log.sizes.items()}
+        self.facts: dict[int, tuple[str, torch.Tensor]] = {}
+
+    def _dirs(self, point: int, n: int) -> torch.Tensor:
+        d = self.dirs.get(point)
+        if d is None or d.numel() != n:
+            raise RuntimeError(f"rounding point {point} has {n} values, not as in the eager "
+                               "steps")
+        return d
+
+    def apply(self, t: int, point: int, fx: torch.Tensor, fr: torch.Tensor) -> None:
+        facts = exact.apply_dense(fx, fr, self._dirs(point, fx.numel()), self.window)
+        self.facts[point] = ("float32 ulps", facts)
+
+    def apply_grid(self, t: int, point: int, grid: exact.Grid, r: torch.Tensor) -> None:
+        facts = exact.apply_grid_dense(grid, r, self._dirs(point, r.numel()))
+        self.facts[point] = ("grid spacings", facts)
+
+    def begin(self, t: int) -> None:
+        pass
+
+    def end(self, t: int, points: int) -> None:
+        pass
+
+
+def _storage(ctx) -> list[torch.Tensor]:
+    """The step's float32 tensors (parameters' data, optimizer state, buffers, in `ExactStep`'s
+    order): the graphs read and write their storage."""
     params, buffers, slots = ExactStep.tensors(ctx.model, ctx.optimizer)
-    return ([p.data_ptr() for p in params] + [st[k].data_ptr() for st, k in slots]
-            + [m._buffers[n].data_ptr() for m, n in buffers])
+    return ([p.data for p in params] + [st[k] for st, k in slots]
+            + [m._buffers[n] for m, n in buffers])
 
 
 class GraphedExactStep:
     """One context's exact step as CUDA graphs: `capture` makes them while running a step, `run`
-    replays them for a later one. `key` is the step's batch shapes; `storage` the addresses it
-    was captured on."""
+    replays them for a later one. `key` is the step's batch shapes; `storage` the tensors it
+    was captured on (`_storage`)."""
 
-    def __init__(self, key: tuple, storage: list[int],
+    def __init__(self, key: tuple, storage: list[torch.Tensor],
                  optimizer_step: Callable[[], Any]) -> None:
-        self.key, self.storage, self.optimizer_step = key, storage, optimizer_step
+        self.key, self.optimizer_step = key, optimizer_step
+        self.addresses = [v.data_ptr() for v in storage]
+        self.layout = [(v.shape, v.dtype) for v in storage]
         self.inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.forward = torch.cuda.CUDAGraph()
         self.finish = torch.cuda.CUDAGraph()
-        self.sink: _MaskSink | None = None
+        self.sink: _MaskSink | _ReplaySink | None = None
         self.ex: ExactStep | None = None
         self.views: list[torch.Tensor] = []
         self.slots: list[tuple[dict, str]] = []
         self.originals: list[torch.Tensor] = []
         self.grads: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.loss: torch.Tensor | None = None
+        self.filled: dict[int, bool] = {}  # replaying: which `dirs` hold codes
 
     # ----- capture
 
@@ -102,7 +147,7 @@ class GraphedExactStep:
         is done, with the step's loss."""
         log = ctx.exact
         self.inputs = [(x.clone(), y.clone()) for x, y in parts]
-        self.sink = sink = _MaskSink(log)
+        self.sink = sink = _ReplaySink(log, ctx.device) if log.replaying else _MaskSink(log)
         n_acc = ctx.features.accumulation
         ctx.optimizer.zero_grad(set_to_none=True)
         ex = None
@@ -126,9 +171,11 @@ class GraphedExactStep:
         self.ex, self.views, self.slots = ex, list(ex.views), list(ex.slots)
         self.originals = list(ex.originals)
         self.grads = [(p, p.grad) for p in _params(ctx.optimizer) if p.grad is not None]
+        log.begin(t)
+        self._before(log, t, GRADIENTS)
         self.forward.replay()
-        self._log(log, t, GRADIENTS)
-        self._optimizer_step(ctx)
+        self._after(log, t, GRADIENTS)
+        self.optimizer_step()
         flat = ex.flat
         try:
             with torch.cuda.graph(self.finish, capture_error_mode="thread_local"):
@@ -138,47 +185,95 @@ class GraphedExactStep:
             ex.log, ex.flat, ex.views, ex.originals = log, flat, self.views, self.originals
             self._place_views()
             raise _CaptureFailed(e, ex.finish(total)) from e
+        self._before(log, t, STATE, LOSS)
         self.finish.replay()
-        self._log(log, t, STATE, LOSS)
+        self._after(log, t, STATE, LOSS)
+        log.end(t, len(POINTS))
         return self.loss.clone()
 
     # ----- replay
 
     def matches(self, ctx, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> bool:
-        return _key(parts) == self.key and _storage(ctx) == self.storage
+        """Whether the graphs can run this step: batches of the captured shapes, and the state
+        in the captured storage, or in tensors of the captured layout (a checkpoint loaded by
+        the verifier: `rebind` copies them into the captured ones)."""
+        if _key(parts) != self.key:
+            return False
+        now = _storage(ctx)
+        return ([v.data_ptr() for v in now] == self.addresses
+                or [(v.shape, v.dtype) for v in now] == self.layout)
+
+    def rebind(self, ctx) -> None:
+        """The state's tensors, where they are not the captured ones (the verifier loaded a
+        checkpoint into new optimizer state), copied into the captured tensors, which take their
+        places."""
+        now = _storage(ctx)
+        if [v.data_ptr() for v in now] == self.addresses:
+            return
+        with torch.no_grad():
+            moved = [(o, v) for o, v in zip(self.originals, now) if o.data_ptr() != v.data_ptr()]
+            torch._foreach_copy_([o for o, _ in moved], [v for _, v in moved])
+        self.slots = ExactStep.tensors(ctx.model, ctx.optimizer)[2]  # (new state dicts)
+        self.ex._place(self.originals, self.slots)
 
     def run(self, ctx, parts: list[tuple[torch.Tensor, torch.Tensor]], t: int) -> torch.Tensor:
         """Step t by the graphs (`matches` holds): its micro-batches into the captured inputs,
         `forward`, the optimizer's step on the float64 copies, `finish`; the log's entries from
-        the masks. Returns the step's loss (float32, a tensor of its own)."""
+        the masks (recording) or its codes into the graphs and their checks out (replaying).
+        Returns the step's loss (float32, a tensor of its own)."""
         log = ctx.exact
+        self.rebind(ctx)
         for (x, y), (sx, sy) in zip(parts, self.inputs):
             sx.copy_(x, non_blocking=True)
             sy.copy_(y, non_blocking=True)
+        log.begin(t)
+        self._before(log, t, GRADIENTS)
         self.forward.replay()
-        self._log(log, t, GRADIENTS)
+        self._after(log, t, GRADIENTS)
         self._place_views()
         try:
             for p, g in self.grads:
                 p.grad = g
-            self._optimizer_step(ctx)
+            self.optimizer_step()
+            self._before(log, t, STATE, LOSS)
             self.finish.replay()
         finally:
             self._place_originals()
-        self._log(log, t, STATE, LOSS)
+        self._after(log, t, STATE, LOSS)
+        log.end(t, len(POINTS))
         return self.loss.clone()
 
     # ----- pieces
 
-    def _log(self, log: RoundingLog, t: int, *points: int) -> None:
-        """The masks of `points` logged for step t (copies: the next replay rewrites them)."""
+    def _before(self, log: RoundingLog, t: int, *points: int) -> None:
+        """Replaying: the codes of step t's logged values at `points` into the graphs' `dirs`
+        (entries naming a value past a point's end are the log's problem, as eagerly)."""
+        if not log.replaying:
+            return
         for point in points:
-            if point in self.sink.masks:
-                near, up = self.sink.masks[point]
-                log.record(t, point, near.clone(), up.clone())
+            d = self.sink.dirs.get(point)
+            if d is None:
+                continue
+            got = log._logged(t, point, d.numel(), d.device)
+            if self.filled.get(point):
+                d.zero_()
+            self.filled[point] = got is not None
+            if got is not None:
+                _, idx, up = got
+                d.index_put_((idx,), up.to(torch.int8) + 1)
 
-    def _optimizer_step(self, ctx) -> None:
-        self.optimizer_step()
+    def _after(self, log: RoundingLog, t: int, *points: int) -> None:
+        """Recording: the masks of `points` logged for step t (copies: the next replay rewrites
+        them). Replaying: the checks of the points that had entries, to be read with the log's
+        `problems`."""
+        for point in points:
+            if not log.replaying:
+                if point in self.sink.masks:
+                    near, up = self.sink.masks[point]
+                    log.record(t, point, near.clone(), up.clone())
+            elif self.filled.get(point) and point in self.sink.facts:
+                unit, facts = self.sink.facts[point]
+                log.check_dense(t, point, unit, facts.clone())
 
     def _place_views(self) -> None:
         """The float64 copies in place of the parameters, optimizer state and buffers, as the
@@ -222,8 +317,8 @@ def _why_not(ctx) -> str | None:
     """Why this context's steps are not captured (None: they can be)."""
     if os.environ.get(ENV, "1").strip() in ("0", "false", "no", "off"):
         return f"{ENV}=0"
-    if ctx.exact is None or ctx.exact.replaying:
-        return "not recording an exact-mode step"
+    if ctx.exact is None:
+        return "not an exact-mode step"
     if ctx.device.type != "cuda":
         return "not on a CUDA device"
     if ctx.features.autocast:
@@ -262,8 +357,8 @@ def graphed_step(ctx, parts: list[tuple[torch.Tensor, torch.Tensor]], t: int,
         _reset_generator()
         state.off = f"capture failed: {type(e.cause).__name__}: {e.cause}"
         warnings.warn(f"pol: exact mode's step could not be captured as a CUDA graph "
-                      f"({state.off}); it runs eagerly (the proof is the same, the training "
-                      "slower)", RuntimeWarning, stacklevel=3)
+                      f"({state.off}); it runs eagerly (the same results, more slowly)",
+                      RuntimeWarning, stacklevel=3)
         return e.loss
     state.step = g
     return loss
