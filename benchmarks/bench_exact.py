@@ -222,9 +222,11 @@ def breakdown(spec, train, device, steps: int) -> dict:
         ctxr = build_context(exact_spec, device)
         ctxr.exact.replay(entries)
         out["exact_replay_ms"] = 1e3 * _timed_steps(ctxr, exact_spec, train, device, steps)
+        out["exact_replay_graphs"] = graphed.describe(ctxr)
+        # (read before the sync count below replays steps 0-2 again from a later state)
+        out["replay_problems"] = len(ctxr.exact.problems)
         out["syncs_replay"] = _sync_sites(
             lambda: _timed_steps(ctxr, exact_spec, train, device, 3), device)
-        out["replay_problems"] = len(ctxr.exact.problems)
         if PROFILE_OUT:
             _profile(f"{spec.model.arch}: exact mode, recording, 2 steps",
                      lambda: _timed_steps(ctxe, exact_spec, train, device, 2), device)
