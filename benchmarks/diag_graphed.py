@@ -50,12 +50,12 @@ def main() -> None:
     steps: list[dict] = []
     real = graphed.graphed_step
 
-    def timed(ctx, parts, t, eager):
+    def timed(ctx, parts, t, eager, optimizer_step):
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         sync()
         before = graphed.describe(ctx) if ctx.graphs is not None else {}
         t0 = time.perf_counter()
-        loss = real(ctx, parts, t, eager)
+        loss = real(ctx, parts, t, eager, optimizer_step)
         sync()
         after = graphed.describe(ctx)
         how = "eager" if after.get("eager_steps", 0) > before.get("eager_steps", 0) else \

@@ -181,8 +181,10 @@ def update(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, lrs: Sequence[flo
         # exact mode on a GPU: the step as CUDA graphs where it can be (`pol.step.graphed`)
         from pol.step.graphed import graphed_step
         parts = [step_inputs(ctx, x[part], y[part], gen) for part in micro_batches(ctx, len(x))]
+        # (the optimizer step as a partial: a closure over ctx, kept by ctx's graphs, would make
+        # a reference cycle whose collection, inside a later capture, frees a graph's memory)
         return graphed_step(ctx, parts, t, lambda: _step(ctx, parts, t),
-                            lambda: optimizer_step(ctx.features, ctx.optimizer))
+                            functools.partial(optimizer_step, ctx.features, ctx.optimizer))
     return _step(ctx, (step_inputs(ctx, x[part], y[part], gen)
                        for part in micro_batches(ctx, len(x))), t)
 

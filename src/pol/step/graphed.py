@@ -32,6 +32,7 @@ context steps eagerly from then on. `POL_CUDA_GRAPHS=0` in the environment turns
 
 from __future__ import annotations
 
+import gc
 import os
 import warnings
 from typing import Any, Callable
@@ -351,6 +352,8 @@ def graphed_step(ctx, parts: list[tuple[torch.Tensor, torch.Tensor]], t: int,
     g = GraphedExactStep(_key(parts), _storage(ctx), optimizer_step)
     state.step = None
     state.captures += 1
+    collecting = gc.isenabled()
+    gc.disable()  # a collection inside a capture may free another graph's memory: it fails
     try:
         loss = g.capture(ctx, parts, t, step_eagerly)
     except _CaptureFailed as e:
@@ -360,6 +363,9 @@ def graphed_step(ctx, parts: list[tuple[torch.Tensor, torch.Tensor]], t: int,
                       f"({state.off}); it runs eagerly (the same results, more slowly)",
                       RuntimeWarning, stacklevel=3)
         return e.loss
+    finally:
+        if collecting:
+            gc.enable()
     state.step = g
     return loss
 
