@@ -284,16 +284,46 @@ def test_the_log_file_round_trips_and_is_validated():
         roundlog.decode(bytes(data), "x", 5, 1 << 20)
 
 
-@pytest.mark.parametrize("folder", [GOLDEN, GOLDEN.parent / "exact-noise"])
+def test_the_chunked_log_file_round_trips_and_is_validated():
+    """Version 2: chunks decoded in order, their rows validated across chunks; a chunk that
+    declares rows past the header's, or a header that declares rows no chunk holds, refused;
+    version 1 still read."""
+    from pol.errors import ProofFormatError
+    a = np.array([[0, 0, 5, 1], [0, 1, 2, 0], [2, 1, 9, 1]], dtype=np.int64)
+    b = np.array([[4, 0, 0, 0], [4, 2, 0, 1]], dtype=np.int64)
+    rows = np.concatenate([a, b])
+    data = roundlog.header(5) + roundlog.encode_chunk(a) + roundlog.encode_chunk(b)
+    assert np.array_equal(roundlog.decode(data, "x", 5, 1 << 20), rows)
+    assert np.array_equal(roundlog.decode(roundlog.encode(rows, version=1), "x", 5, 1 << 20),
+                          rows)
+    assert np.array_equal(roundlog.decode(roundlog.header(0), "x", 5, 1 << 20),
+                          np.zeros((0, 4), dtype=np.int64))
+    swapped = roundlog.header(5) + roundlog.encode_chunk(b) + roundlog.encode_chunk(a)
+    with pytest.raises(ProofFormatError, match="increasing"):
+        roundlog.decode(swapped, "x", 5, 1 << 20)
+    for bad in (roundlog.header(4) + data[16:], roundlog.header(6) + data[16:], data[:-3],
+                data + b"\0" * 8):
+        with pytest.raises(ProofFormatError):
+            roundlog.decode(bad, "x", 5, 1 << 20)
+    from pol.errors import LimitExceeded
+    with pytest.raises(LimitExceeded):
+        roundlog.decode(roundlog.header(1 << 40) + data[16:], "x", 5, 1 << 20)
+
+
+@pytest.mark.parametrize("folder", [GOLDEN, GOLDEN.parent / "exact-noise",
+                                    GOLDEN.parent / "exact-chunked"])
 def test_the_golden_exact_proof_reads_and_verifies_bitwise(folder):
     """exact/: made before the gradient noise bound existed (none); exact-noise/: with it, its
-    log holding gradient-grid entries."""
+    log holding gradient-grid entries; both logs of version 1 (one frame). exact-chunked/: the
+    log of version 2, a chunk per checkpoint."""
     index = json.loads((folder / "GOLDEN.json").read_text())
     for name, info in index.items():
         p = open_proof(folder / name)
         assert p.manifest.root_digest == info["root_digest"]
         assert p.manifest.spec.step.exact and len(p.roundlog) > 0
-        assert (p.manifest.spec.step.exact_noise > 0) == (folder.name == "exact-noise")
+        assert (p.manifest.spec.step.exact_noise > 0) == (folder.name != "exact")
+        version = (folder / name / fmt.ROUNDLOG).read_bytes()[4]
+        assert version == (2 if folder.name == "exact-chunked" else 1)
         r = verify(folder / name, all_segments=True)
         assert r.valid and all(s.exact for s in r.segments), r.render()
         assert check(r, "rounding log").status == "pass"
@@ -320,6 +350,44 @@ def test_an_interrupted_exact_run_resumes_to_the_same_proof(tmp_path, monkeypatc
         open_proof(tmp_path / "cut")
     resume_task(tmp_path / "cut")
     assert inspect_proof(tmp_path / "cut")["files"] == inspect_proof(tmp_path / "full")["files"]
+
+
+def test_a_run_interrupted_with_a_journal_of_raw_rows_resumes(tmp_path, monkeypatch):
+    """A run interrupted before pol journaled the rounding log in chunks (raw int64 rows, no
+    `log_bytes` in its progress record) resumes to a proof with the rounding log of an
+    uninterrupted run."""
+    from pol.proof.reader import inspect_proof
+    from pol.proof.writer import WRITING_DIR
+    from pol.prover import recorder
+    from pol.prover.trainer import resume_task
+    kw = dict(task="iris-logreg", epochs=2, k=3, seed=2, exact=True)
+    train_task(out=tmp_path / "full", **kw)
+    real = recorder.Recorder.step
+
+    def crash(self, loss=None):
+        if self.t == 7:
+            raise KeyboardInterrupt
+        real(self, loss)
+    monkeypatch.setattr(recorder.Recorder, "step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_task(out=tmp_path / "cut", **kw)
+    monkeypatch.setattr(recorder.Recorder, "step", real)
+    journal = tmp_path / "cut" / WRITING_DIR / "roundlog.bin"
+    prog_path = tmp_path / "cut" / fmt.PROGRESS
+    prog = json.loads(prog_path.read_text())
+    chunks = journal.read_bytes()[:prog.pop("log_bytes")]
+    rows = roundlog.decode(roundlog.header(prog["log_rows"]) + chunks, "x", 1 << 20, 1 << 30)
+    assert len(rows) == prog["log_rows"] > 0
+    journal.write_bytes(rows.astype("<i8").tobytes() + b"\1" * 32)  # a torn row past the record
+    prog_path.write_text(json.dumps(prog))
+    resume_task(tmp_path / "cut")
+    # the same rows (the rows before the interruption in one chunk: other bytes), every other
+    # file the same
+    cut, full = inspect_proof(tmp_path / "cut")["files"], inspect_proof(tmp_path / "full")["files"]
+    assert {k: v for k, v in cut.items() if k != fmt.ROUNDLOG} == \
+        {k: v for k, v in full.items() if k != fmt.ROUNDLOG}
+    assert np.array_equal(open_proof(tmp_path / "cut").roundlog,
+                          open_proof(tmp_path / "full").roundlog)
 
 
 def test_a_spec_with_exact_mode_round_trips_through_the_manifest(proofs):

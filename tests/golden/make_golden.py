@@ -5,6 +5,7 @@ output, never regenerate an existing version's proofs):
     python tests/golden/make_golden.py --version 2  # v2: the lossless checkpoint codec
     python tests/golden/make_golden.py --exact      # exact/: exact-mode proofs (a rounding log)
     python tests/golden/make_golden.py --exact-noise  # exact-noise/: ... with the gradient grid
+    python tests/golden/make_golden.py --exact-chunked  # exact-chunked/: rounding log version 2
 """
 
 import argparse
@@ -46,6 +47,13 @@ EXACT_NOISE_CASES = {
 }
 
 
+# the rounding log in chunks (roundlog.polr version 2, one chunk per checkpoint)
+EXACT_CHUNKED_CASES = {
+    "iris-logreg-exact-chunked": dict(task="iris-logreg", epochs=4, k=5, seed=13,
+                                      window=2.0 ** -8, noise=2.0 ** -32),
+}
+
+
 def main_exact(folder: str = "exact", cases: dict | None = None) -> None:
     from pol.prover.trainer import train_spec
     from pol.spec import EXACT_NOISE, StepSpec
@@ -70,11 +78,15 @@ def main() -> None:
     ap.add_argument("--exact", action="store_true", help="the exact-mode proofs (exact/)")
     ap.add_argument("--exact-noise", action="store_true",
                     help="exact mode with the gradient noise bound (exact-noise/)")
+    ap.add_argument("--exact-chunked", action="store_true",
+                    help="exact mode, the rounding log in chunks (exact-chunked/)")
     args = ap.parse_args()
     if args.exact:
         return main_exact()
     if args.exact_noise:
         return main_exact("exact-noise", EXACT_NOISE_CASES)
+    if args.exact_chunked:
+        return main_exact("exact-chunked", EXACT_CHUNKED_CASES)
     version = args.version
     out = HERE / f"v{version}"
     if out.exists():

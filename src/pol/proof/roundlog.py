@@ -10,6 +10,15 @@ Stored file::
     one zstd frame (content size = 32 N): the delta-coded columns, each N little-endian int64,
     byte-shuffled (all first bytes of a column, then all second bytes, ...)
 
+Version 2 (what pol writes) stores the same rows in chunks, one per checkpoint, each encoded as
+version 1 encodes the whole log, so that the prover's writer thread encodes each checkpoint's rows
+as they come (not the whole log at the end, in memory)::
+
+    b"POLR" | u8 version (2) | 3 zero bytes | u64 LE number of rows N
+    chunks to the end of the file, each: u64 LE rows n | u64 LE frame bytes b | one zstd frame
+    of b bytes (content size = 32 n): the chunk's rows delta-coded (from its first row) and
+    byte-shuffled as in version 1; the chunks' n sum to N
+
 Delta coding: step − previous step (0 for the first row: its step), point, index − previous
 index where the row continues the previous row's (step, point) (else the index), up. Most bytes
 are zero, and a step's few thousand rows compress to a few bytes each.
@@ -28,11 +37,12 @@ import numpy as np
 from pol.errors import LimitExceeded, ProofFormatError
 
 MAGIC = b"POLR"
-VERSION = 1
+VERSION = 2  # what `header` writes; version 1 (one frame) is read too
 COLUMNS = 4
 MAX_POINT = 1 << 16  # points a step may have (pol's steps have 3)
 MAX_INDEX = 1 << 48  # values in one rounding point's vector
 _HEAD = struct.Struct("<4sB3xQ")  # 16 bytes
+_CHUNK = struct.Struct("<QQ")  # version 2: a chunk's rows and frame bytes
 _LEVEL = 3
 
 
@@ -56,9 +66,8 @@ def _planes(cols: np.ndarray, inverse: bool) -> np.ndarray:
     return out.reshape(-1)
 
 
-def encode(rows: np.ndarray) -> bytes:
-    """The file's bytes for `rows` (int64 [N, 4], sorted as `validate` requires)."""
-    rows = np.asarray(rows, dtype=np.int64).reshape(-1, COLUMNS)
+def _frame(rows: np.ndarray) -> bytes:
+    """One zstd frame of `rows` (int64 [n, 4]), delta-coded from its first row, byte-shuffled."""
     n = len(rows)
     cols = rows.T.copy()
     if n:
@@ -66,26 +75,74 @@ def encode(rows: np.ndarray) -> bytes:
         same[1:] = (rows[1:, 0] == rows[:-1, 0]) & (rows[1:, 1] == rows[:-1, 1])
         cols[0, 1:] = np.diff(rows[:, 0])
         cols[2, 1:] = np.where(same[1:], np.diff(rows[:, 2]), rows[1:, 2])
-    payload = _zstd().ZstdCompressor(level=_LEVEL, write_content_size=True,
-                                      write_checksum=True).compress(_planes(cols, False))
-    return _HEAD.pack(MAGIC, VERSION, n) + payload
+    return _zstd().ZstdCompressor(level=_LEVEL, write_content_size=True,
+                                  write_checksum=True).compress(_planes(cols, False))
+
+
+def _rows_of(rows: np.ndarray) -> np.ndarray:
+    return np.asarray(rows, dtype=np.int64).reshape(-1, COLUMNS)
+
+
+def encode(rows: np.ndarray, version: int = VERSION) -> bytes:
+    """The file's bytes for `rows` (int64 [N, 4], sorted as `validate` requires): one chunk
+    (version 2), or version 1's single frame."""
+    rows = _rows_of(rows)
+    if version == 1:
+        return _HEAD.pack(MAGIC, 1, len(rows)) + _frame(rows)
+    return header(len(rows)) + (encode_chunk(rows) if len(rows) else b"")
+
+
+def header(n: int) -> bytes:
+    """A version 2 file's header for `n` rows in all; its chunks (`encode_chunk`) follow."""
+    return _HEAD.pack(MAGIC, VERSION, n)
+
+
+def encode_chunk(rows: np.ndarray) -> bytes:
+    """A version 2 chunk of `rows` (int64 [n, 4], n ≥ 1, sorted as `validate` requires)."""
+    rows = _rows_of(rows)
+    frame = _frame(rows)
+    return _CHUNK.pack(len(rows), len(frame)) + frame
 
 
 def decode(data: bytes, name: str, total_steps: int, max_bytes: int) -> np.ndarray:
-    """The validated rows (int64 [N, 4]) of a stored log; `max_bytes` bounds the decoded size
-    (the reader's per-file limit)."""
+    """The validated rows (int64 [N, 4]) of a stored log, version 1 or 2; `max_bytes` bounds the
+    decoded size (the reader's per-file limit)."""
     if len(data) < _HEAD.size:
         raise ProofFormatError(f"{name}: truncated rounding log")
     magic, version, n = _HEAD.unpack_from(data, 0)
-    if magic != MAGIC or version != VERSION:
+    if magic != MAGIC or version not in (1, 2):
         raise ProofFormatError(f"{name}: not a pol rounding log (version {version})")
     size = 8 * COLUMNS * n
     if size > max_bytes:
         raise LimitExceeded(f"{name} decodes to {size:,} bytes", "max_file_bytes", max_bytes)
+    body = memoryview(data)[_HEAD.size:]
+    if version == 1:
+        rows = _decode_frame(body, n, name)
+    else:
+        parts, at, seen = [], 0, 0
+        while at < len(body):
+            if len(body) - at < _CHUNK.size:
+                raise ProofFormatError(f"{name}: truncated chunk header")
+            m, b = _CHUNK.unpack_from(body, at)
+            at += _CHUNK.size
+            if m == 0 or m > n - seen or b > len(body) - at:
+                raise ProofFormatError(f"{name}: a chunk declares {m} rows in {b} bytes, past "
+                                       "the file's rows or bytes")
+            parts.append(_decode_frame(body[at:at + b], m, name))
+            at, seen = at + b, seen + m
+        if seen != n:
+            raise ProofFormatError(f"{name}: chunks hold {seen} rows, the header says {n}")
+        rows = np.concatenate(parts) if parts else np.zeros((0, COLUMNS), dtype=np.int64)
+    validate(rows, name, total_steps)
+    return rows
+
+
+def _decode_frame(payload: memoryview, n: int, name: str) -> np.ndarray:
+    """The rows (not yet validated) of one frame declared to hold `n` rows."""
+    size = 8 * COLUMNS * n
     zstd = _zstd()
-    payload = memoryview(data)[_HEAD.size:]
     try:
-        declared = zstd.frame_content_size(payload)
+        declared = zstd.frame_content_size(payload) if len(payload) else -1
         if declared != size:
             raise ProofFormatError(f"{name}: zstd frame declares {declared} bytes, expected {size}")
         raw = zstd.ZstdDecompressor().decompress(payload, max_output_size=size,
@@ -97,7 +154,7 @@ def decode(data: bytes, name: str, total_steps: int, max_bytes: int) -> np.ndarr
     cols = _planes(np.frombuffer(raw, dtype=np.uint8), True).astype(np.int64)
     rows = np.empty((n, COLUMNS), dtype=np.int64)
     if n:
-        # modular sums (a forged file may overflow them): the result is validated below
+        # modular sums (a forged file may overflow them): the result is validated by the caller
         with np.errstate(over="ignore"):
             rows[:, 0] = np.cumsum(cols[0].view(np.uint64)).view(np.int64)
             rows[:, 1] = cols[1]
@@ -109,7 +166,6 @@ def decode(data: bytes, name: str, total_steps: int, max_bytes: int) -> np.ndarr
                              np.diff(np.append(starts, n)))
             rows[:, 2] = (c - base).view(np.int64)
         rows[:, 3] = cols[3]
-    validate(rows, name, total_steps)
     return rows
 
 

@@ -85,6 +85,7 @@ class ProofWriter:
         self._last_t = -1
         self._rows = 0
         self._log_rows = 0  # rows of the rounding log written (exact mode)
+        self._log_bytes = 0  # ... and the bytes of their chunks in the journal
         self._index = 0  # number of checkpoints written
         self._encoder: _codec.Encoder | None = None
         if resume is not None:
@@ -92,7 +93,7 @@ class ProofWriter:
             self._files = dict(resume.files)
             self._decoded = dict(resume.decoded)
             self._last_t, self._rows = resume.t, resume.rows
-            self._log_rows = resume.log_rows
+            self._log_rows, self._log_bytes = resume.log_rows, resume.log_bytes
             self._index = resume.count
             codec = self.run_info.get("codec")
             if codec is not None:
@@ -186,7 +187,7 @@ class ProofWriter:
             for name, arr in arrays.items():
                 self._save_npy(name, arr)
             if self.exact:
-                self._save_roundlog(np.fromfile(wd / "roundlog.bin", dtype="<i8"), T)
+                self._save_roundlog((wd / "roundlog.bin").read_bytes())
             body = dict(manifest_body)
             body["files"] = {n: {"sha256": d, "size": s} for n, (d, s) in sorted(self._files.items())}
             if self._encoder is not None:
@@ -225,13 +226,29 @@ class ProofWriter:
         atomic_write(self.dir / name, data, self.durable)
         self._files[name] = (hashlib.sha256(data).hexdigest(), len(data))
 
-    def _save_roundlog(self, flat: np.ndarray, T: int) -> None:
+    def _log_chunk(self, t: int, n_steps: int, rows) -> bytes:
+        """The rounding log's rows of the checkpoint at t (its `n_steps` steps) as one chunk of
+        the log file (`pol.proof.roundlog`, version 2), encoded here on the writer thread: the
+        journal holds the chunks, and closing the proof only puts a header before them."""
         from pol.proof import roundlog
-        if flat.size % roundlog.COLUMNS:
+        log = np.ascontiguousarray(rows if rows is not None else np.zeros((0, 4)),
+                                   dtype=np.int64).reshape(-1, roundlog.COLUMNS)
+        if not len(log):
+            return b""
+        roundlog.validate(log, fmt.ROUNDLOG, t)
+        if log[0, 0] < t - n_steps:
+            raise ProofWriteError(f"rounding log rows of step {int(log[0, 0])} arrived with the "
+                                  f"checkpoint of steps [{t - n_steps}, {t})")
+        chunk = roundlog.encode_chunk(log)
+        self._log_rows += len(log)
+        self._log_bytes += len(chunk)
+        return chunk
+
+    def _save_roundlog(self, chunks: bytes) -> None:
+        from pol.proof import roundlog
+        if len(chunks) != self._log_bytes:
             raise ProofWriteError("journal of the rounding log is inconsistent")
-        rows = flat.reshape(-1, roundlog.COLUMNS)
-        roundlog.validate(rows, fmt.ROUNDLOG, T)
-        data = roundlog.encode(rows)
+        data = roundlog.header(self._log_rows) + chunks
         atomic_write(self.dir / fmt.ROUNDLOG, data, self.durable)
         self._files[fmt.ROUNDLOG] = (hashlib.sha256(data).hexdigest(), len(data))
 
@@ -240,7 +257,8 @@ class ProofWriter:
         # (and, through the GIL, the training thread) no re-serialization of the spec
         if getattr(self, "_run_json", None) is None:
             self._run_json = json.dumps(self.run_info)
-        log_rows = f'"log_rows": {int(self._log_rows)}, ' if _exact(self.run_info) else ""
+        log_rows = (f'"log_rows": {int(self._log_rows)}, "log_bytes": {int(self._log_bytes)}, '
+                    if _exact(self.run_info) else "")
         atomic_write(self.dir / fmt.PROGRESS,
                      (f'{{"writing": true, "last_checkpoint": {int(t)}, "rows": {int(rows)}, '
                       f'{log_rows}"run": {self._run_json}}}').encode(), self.durable)
@@ -287,13 +305,11 @@ class ProofWriter:
                 raise ProofWriteError("per-step records have different lengths")
             parts = [("indices", idx), ("lrs", lrs), ("losses", losses)]
             if self.exact:
-                log = np.ascontiguousarray(snap.records.get("roundlog", np.zeros((0, 4))),
-                                           dtype="<i8").reshape(-1, 4)
-                parts.append(("roundlog", log))
-                self._log_rows += len(log)
+                chunk = self._log_chunk(t, n_rows, snap.records.get("roundlog"))
+                parts.append(("roundlog", chunk))
             for name, arr in parts:
                 f = self._journals[name]
-                f.write(arr.tobytes())
+                f.write(arr if isinstance(arr, bytes) else arr.tobytes())
                 f.flush()
                 if self.durable:
                     os.fsync(f.fileno())
@@ -341,6 +357,7 @@ class ResumePoint:
     count: int = 0  # checkpoints on disk
     decoded: dict[str, tuple[str, int]] = field(default_factory=dict)  # v2
     log_rows: int = 0  # exact mode: rows of the rounding log up to the checkpoint
+    log_bytes: int = 0  # ... and the bytes of their chunks in the journal
     base: np.ndarray | None = None  # v2: raw bytes of the last checkpoint (the next XOR base)
     base_segments: tuple | None = None
 
@@ -376,12 +393,14 @@ def prepare_resume(proof_dir: str | os.PathLike) -> ResumePoint:
     wd = d / WRITING_DIR
     batch = run["spec"]["batch_size"]
     groups = run.get("param_groups", 1)
-    log_rows = prog.get("log_rows", 0)
-    if _exact(run) and (not isinstance(log_rows, int) or log_rows < 0):
+    log_rows, log_bytes = prog.get("log_rows", 0), prog.get("log_bytes")
+    if _exact(run) and (not isinstance(log_rows, int) or log_rows < 0 or not (
+            log_bytes is None or isinstance(log_bytes, int) and log_bytes >= 0)):
         raise ProofWriteError(f"{d}/progress.json is inconsistent; cannot resume")
     journals = [("indices", 8 * batch, rows), ("lrs", 8 * groups, rows), ("losses", 4, rows)]
-    if _exact(run):
-        journals.append(("roundlog", 32, log_rows))
+    if _exact(run):  # chunks (1 byte "wide"); raw rows of 32 bytes before pol wrote chunks
+        journals.append(("roundlog", 1, log_bytes) if log_bytes is not None
+                        else ("roundlog", 32, log_rows))
     for name, width, n in journals:
         path = wd / f"{name}.bin"
         if not path.exists() or path.stat().st_size < n * width:
@@ -415,9 +434,17 @@ def prepare_resume(proof_dir: str | os.PathLike) -> ResumePoint:
             (d / name).unlink(missing_ok=True)
     for tmp in [*(d / fmt.CKPT_DIR).glob(".*.tmp*"), *d.glob(".*.tmp*")]:
         tmp.unlink(missing_ok=True)
+    if _exact(run) and log_bytes is None:  # an older journal of raw rows: as one chunk
+        from pol.proof import roundlog
+        path = wd / "roundlog.bin"
+        rows_ = np.fromfile(path, dtype="<i8").reshape(-1, roundlog.COLUMNS)
+        chunk = roundlog.encode_chunk(rows_) if len(rows_) else b""
+        atomic_write(path, chunk, True)
+        log_bytes = len(chunk)
     return ResumePoint(t=t, rows=rows, run_info=run, files=files, count=count, decoded=decoded,
                        base=base, base_segments=segs, dir=d,
-                       log_rows=log_rows if _exact(run) else 0)
+                       log_rows=log_rows if _exact(run) else 0,
+                       log_bytes=(log_bytes or 0) if _exact(run) else 0)
 
 
 def _exact(run_info: dict) -> bool:
