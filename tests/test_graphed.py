@@ -255,3 +255,54 @@ def test_graphed_replays_equal_eager_replays(monkeypatch):
     e2 = _train("cuda", False, monkeypatch, opt="adamw", replay=forged)
     g2 = _train("cuda", True, monkeypatch, opt="adamw", replay=forged)
     _same(e2, g2)
+
+
+def test_when_steps_are_captured_run_or_step_eagerly(monkeypatch):
+    """`graphed_step`'s choices, with a stand-in for the graphs (CPU): the warm-up steps eagerly,
+    a capture, replays; a batch of another shape eagerly; after the optimizer's state is
+    dropped (the verifier loading checkpoint 0), eagerly until its layout is back, then the
+    graphs again, also on state tensors that are new but of the captured layout."""
+    from pol.step import core
+    ran: list[str] = []
+
+    class Fake:
+        matches = graphed.GraphedExactStep.matches
+
+        def __init__(self, key, now, optimizer_step):
+            self.key, self.addresses = key, [v.data_ptr() for v in now]
+            self.layout = graphed._layout(now)
+
+        def capture(self, ctx, parts, t, step_eagerly):
+            ran.append("capture")
+            return step_eagerly()
+
+        def run(self, ctx, parts, t, now):
+            ran.append("run")
+            return core._step(ctx, parts, t)
+
+    monkeypatch.setattr(graphed, "GraphedExactStep", Fake)
+    monkeypatch.setattr(graphed, "_why_not", lambda ctx: None)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    torch.manual_seed(0)
+    model = _Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    ctx = step_context(_spec(), model, opt, torch.device("cpu"))
+    x, y = _data()
+
+    def step(t: int, n: int = 16) -> None:
+        parts = [core.step_inputs(ctx, x[:n], y[:n], None)]
+        before = len(ran)
+        graphed.graphed_step(ctx, parts, t, lambda: core._step(ctx, parts, t),
+                             lambda: core.optimizer_step(ctx.features, opt))
+        if len(ran) == before:
+            ran.append("eager")
+    for t in range(6):
+        step(t, 8 if t == 4 else 16)
+    assert ran == ["eager", "eager", "capture", "run", "eager", "run"]
+    opt.state.clear()  # checkpoint 0 loaded: no optimizer state
+    step(6)
+    step(7)
+    for st in opt.state.values():  # a later checkpoint loaded: new tensors, the same layout
+        st["momentum_buffer"] = st["momentum_buffer"].clone()
+    step(8)
+    assert ran[6:] == ["eager", "run", "run"]

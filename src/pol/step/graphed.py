@@ -125,7 +125,7 @@ class GraphedExactStep:
                  optimizer_step: Callable[[], Any]) -> None:
         self.key, self.optimizer_step = key, optimizer_step
         self.addresses = [v.data_ptr() for v in storage]
-        self.layout = [(v.shape, v.dtype) for v in storage]
+        self.layout = _layout(storage)
         self.inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.forward = torch.cuda.CUDAGraph()
         self.finish = torch.cuda.CUDAGraph()
@@ -194,21 +194,18 @@ class GraphedExactStep:
 
     # ----- replay
 
-    def matches(self, ctx, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> bool:
-        """Whether the graphs can run this step: batches of the captured shapes, and the state
-        in the captured storage, or in tensors of the captured layout (a checkpoint loaded by
-        the verifier: `rebind` copies them into the captured ones)."""
-        if _key(parts) != self.key:
-            return False
-        now = _storage(ctx)
-        return ([v.data_ptr() for v in now] == self.addresses
-                or [(v.shape, v.dtype) for v in now] == self.layout)
+    def matches(self, key: tuple, now: list[torch.Tensor]) -> bool:
+        """Whether the graphs can run a step of batches `key` on the state `now` (`_storage`):
+        the captured shapes, and the state in the captured storage or in tensors of the captured
+        layout (a checkpoint loaded by the verifier: `rebind` copies them into the captured
+        ones)."""
+        return key == self.key and ([v.data_ptr() for v in now] == self.addresses
+                                    or _layout(now) == self.layout)
 
-    def rebind(self, ctx) -> None:
-        """The state's tensors, where they are not the captured ones (the verifier loaded a
-        checkpoint into new optimizer state), copied into the captured tensors, which take their
-        places."""
-        now = _storage(ctx)
+    def rebind(self, ctx, now: list[torch.Tensor]) -> None:
+        """The state's tensors (`now`), where they are not the captured ones (the verifier loaded
+        a checkpoint into new optimizer state), copied into the captured tensors, which take
+        their places."""
         if [v.data_ptr() for v in now] == self.addresses:
             return
         with torch.no_grad():
@@ -217,13 +214,14 @@ class GraphedExactStep:
         self.slots = ExactStep.tensors(ctx.model, ctx.optimizer)[2]  # (new state dicts)
         self.ex._place(self.originals, self.slots)
 
-    def run(self, ctx, parts: list[tuple[torch.Tensor, torch.Tensor]], t: int) -> torch.Tensor:
+    def run(self, ctx, parts: list[tuple[torch.Tensor, torch.Tensor]], t: int,
+            now: list[torch.Tensor]) -> torch.Tensor:
         """Step t by the graphs (`matches` holds): its micro-batches into the captured inputs,
         `forward`, the optimizer's step on the float64 copies, `finish`; the log's entries from
         the masks (recording) or its codes into the graphs and their checks out (replaying).
         Returns the step's loss (float32, a tensor of its own)."""
         log = ctx.exact
-        self.rebind(ctx)
+        self.rebind(ctx, now)
         for (x, y), (sx, sy) in zip(parts, self.inputs):
             sx.copy_(x, non_blocking=True)
             sy.copy_(y, non_blocking=True)
@@ -300,6 +298,10 @@ def _params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for g in optimizer.param_groups for p in g["params"]]
 
 
+def _layout(tensors: list[torch.Tensor]) -> list[tuple]:
+    return [(v.shape, v.dtype) for v in tensors]
+
+
 def _key(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple:
     return tuple((tuple(x.shape), x.dtype, tuple(y.shape), y.dtype) for x, y in parts)
 
@@ -310,6 +312,7 @@ class _Graphs:
     def __init__(self) -> None:
         self.eager = 0
         self.captures = 0
+        self.seen: list[tuple] | None = None  # the state's layout at the last step's start
         self.step: GraphedExactStep | None = None
         self.off: str | None = None
 
@@ -334,22 +337,31 @@ def graphed_step(ctx, parts: list[tuple[torch.Tensor, torch.Tensor]], t: int,
                  step_eagerly: Callable[[], torch.Tensor],
                  optimizer_step: Callable[[], Any]) -> torch.Tensor:
     """Step t of an exact-mode context on its prepared micro-batches `parts`: by the context's
-    CUDA graphs where they apply (captured at the first step that can be, after `WARMUP` eager
-    ones), else by `step_eagerly()`. `optimizer_step()`: the step's clipping and optimizer step
+    CUDA graphs where they apply, else by `step_eagerly()`. They are captured at the first step
+    that can be, after `WARMUP` eager ones, whose state has the layout the step before started
+    with (the optimizer's state exists); they run the steps whose batches have the captured
+    shapes and whose state is in the captured tensors or in tensors of their layout. `optimizer_step()`: the step's clipping and optimizer step
     (`pol.step.core.optimizer_step`), run eagerly between the graphs. Returns the step's loss."""
     state: _Graphs = ctx.graphs if isinstance(ctx.graphs, _Graphs) else _Graphs()
     ctx.graphs = state
     if state.off is None:
         state.off = _why_not(ctx)
-    if state.off is not None or state.eager < WARMUP or torch.cuda.is_current_stream_capturing():
+    if state.off is not None or torch.cuda.is_current_stream_capturing():
         state.eager += 1
         return step_eagerly()
+    key, now = _key(parts), _storage(ctx)
     g = state.step
-    if g is not None and g.matches(ctx, parts):
-        return g.run(ctx, parts, t)
-    if g is not None and _key(parts) != g.key:
-        return step_eagerly()  # a batch of another shape (an epoch's last): eagerly
-    g = GraphedExactStep(_key(parts), _storage(ctx), optimizer_step)
+    if g is not None and g.matches(key, now):
+        return g.run(ctx, parts, t, now)
+    layout, seen = _layout(now), state.seen
+    state.seen = layout
+    if state.eager < WARMUP or (g is not None and key != g.key) or layout != seen:
+        # the first steps; a batch of another shape (an epoch's last); a state whose layout
+        # this step may still change (the optimizer's first step creates its state, as when
+        # the verifier replays from checkpoint 0): eagerly
+        state.eager += 1
+        return step_eagerly()
+    g = GraphedExactStep(key, now, optimizer_step)
     state.step = None
     state.captures += 1
     collecting = gc.isenabled()
