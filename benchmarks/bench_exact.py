@@ -337,22 +337,25 @@ def bench_task(name: str, args, device, vdevice, tmp: Path) -> dict:
     return row
 
 
+def add_task_args(ap: argparse.ArgumentParser, **defaults) -> None:
+    """The tasks' size arguments `task_spec` reads (`defaults` overrides their defaults, e.g.
+    gpt_steps=30): shared with diag_graphed.py and bench_roundlog.py."""
+    sizes = dict(epochs=2, resnet_steps=100, gpt_layers=4, gpt_heads=4, gpt_embd=128,
+                 gpt_block=128, gpt_vocab=256, gpt_batch=16, gpt_steps=100, seed=0)
+    sizes.update(defaults)
+    helps = {"epochs": "digits-cnn epochs", "resnet_steps": "resnet20: steps (batch 128)"}
+    for name, value in sizes.items():
+        ap.add_argument("--" + name.replace("_", "-"), type=int, default=value,
+                        help=helps.get(name))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", default="digits-cnn")
     ap.add_argument("--device", default="cpu", help="where the proofs are recorded: cpu, cuda")
     ap.add_argument("--verify-device", default="cpu", help="where the exact proof is verified")
     ap.add_argument("--k", type=int, default=0, help="checkpoint interval (0: each task's)")
-    ap.add_argument("--epochs", type=int, default=2, help="digits-cnn epochs")
-    ap.add_argument("--resnet-steps", type=int, default=100, help="resnet20: steps (batch 128)")
-    ap.add_argument("--gpt-layers", type=int, default=4)
-    ap.add_argument("--gpt-heads", type=int, default=4)
-    ap.add_argument("--gpt-embd", type=int, default=128)
-    ap.add_argument("--gpt-block", type=int, default=128)
-    ap.add_argument("--gpt-vocab", type=int, default=256)
-    ap.add_argument("--gpt-batch", type=int, default=16)
-    ap.add_argument("--gpt-steps", type=int, default=100)
-    ap.add_argument("--seed", type=int, default=0)
+    add_task_args(ap)
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per mode (median)")
     ap.add_argument("--all", action="store_true", help="verify every segment (default: top-1 "
                     "per epoch and the hardened policy's random ones)")

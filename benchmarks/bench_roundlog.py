@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_exact import task_spec  # noqa: E402
+from bench_exact import add_task_args, task_spec  # noqa: E402
 
 from pol.proof import format as fmt  # noqa: E402
 from pol.proof import roundlog  # noqa: E402
@@ -31,14 +31,7 @@ from pol.spec import StepSpec  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--gpt-layers", type=int, default=4)
-    ap.add_argument("--gpt-heads", type=int, default=4)
-    ap.add_argument("--gpt-embd", type=int, default=256)
-    ap.add_argument("--gpt-block", type=int, default=64)
-    ap.add_argument("--gpt-vocab", type=int, default=256)
-    ap.add_argument("--gpt-batch", type=int, default=8)
-    ap.add_argument("--gpt-steps", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=0)
+    add_task_args(ap, gpt_embd=256, gpt_block=64, gpt_batch=8, gpt_steps=20)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     spec, train, _ = task_spec("gpt", args, torch.device("cpu"))

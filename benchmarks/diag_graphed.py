@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_exact import task_spec  # noqa: E402
+from bench_exact import add_task_args, task_spec  # noqa: E402
 
 from pol.prover.trainer import train_spec  # noqa: E402
 from pol.spec import StepSpec  # noqa: E402
@@ -32,16 +32,7 @@ def main() -> None:
     ap.add_argument("--task", default="gpt")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--resnet-steps", type=int, default=50)
-    ap.add_argument("--gpt-layers", type=int, default=4)
-    ap.add_argument("--gpt-heads", type=int, default=4)
-    ap.add_argument("--gpt-embd", type=int, default=128)
-    ap.add_argument("--gpt-block", type=int, default=128)
-    ap.add_argument("--gpt-vocab", type=int, default=256)
-    ap.add_argument("--gpt-batch", type=int, default=16)
-    ap.add_argument("--gpt-steps", type=int, default=30)
-    ap.add_argument("--seed", type=int, default=0)
+    add_task_args(ap, epochs=1, resnet_steps=50, gpt_steps=30)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     device = torch.device(args.device)

@@ -329,11 +329,9 @@ def test_the_golden_exact_proof_reads_and_verifies_bitwise(folder):
         assert check(r, "rounding log").status == "pass"
 
 
-def test_an_interrupted_exact_run_resumes_to_the_same_proof(tmp_path, monkeypatch):
-    from pol.errors import IncompleteProofError
-    from pol.proof.reader import inspect_proof
+def _full_and_interrupted(tmp_path, monkeypatch) -> None:
+    """An exact-mode run in full/ and the same run interrupted at step 7 in cut/."""
     from pol.prover import recorder
-    from pol.prover.trainer import resume_task
     kw = dict(task="iris-logreg", epochs=2, k=3, seed=2, exact=True)
     train_task(out=tmp_path / "full", **kw)
     real = recorder.Recorder.step
@@ -346,6 +344,13 @@ def test_an_interrupted_exact_run_resumes_to_the_same_proof(tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         train_task(out=tmp_path / "cut", **kw)
     monkeypatch.setattr(recorder.Recorder, "step", real)
+
+
+def test_an_interrupted_exact_run_resumes_to_the_same_proof(tmp_path, monkeypatch):
+    from pol.errors import IncompleteProofError
+    from pol.proof.reader import inspect_proof
+    from pol.prover.trainer import resume_task
+    _full_and_interrupted(tmp_path, monkeypatch)
     with pytest.raises(IncompleteProofError):
         open_proof(tmp_path / "cut")
     resume_task(tmp_path / "cut")
@@ -358,20 +363,8 @@ def test_a_run_interrupted_with_a_journal_of_raw_rows_resumes(tmp_path, monkeypa
     uninterrupted run."""
     from pol.proof.reader import inspect_proof
     from pol.proof.writer import WRITING_DIR
-    from pol.prover import recorder
     from pol.prover.trainer import resume_task
-    kw = dict(task="iris-logreg", epochs=2, k=3, seed=2, exact=True)
-    train_task(out=tmp_path / "full", **kw)
-    real = recorder.Recorder.step
-
-    def crash(self, loss=None):
-        if self.t == 7:
-            raise KeyboardInterrupt
-        real(self, loss)
-    monkeypatch.setattr(recorder.Recorder, "step", crash)
-    with pytest.raises(KeyboardInterrupt):
-        train_task(out=tmp_path / "cut", **kw)
-    monkeypatch.setattr(recorder.Recorder, "step", real)
+    _full_and_interrupted(tmp_path, monkeypatch)
     journal = tmp_path / "cut" / WRITING_DIR / "roundlog.bin"
     prog_path = tmp_path / "cut" / fmt.PROGRESS
     prog = json.loads(prog_path.read_text())

@@ -266,7 +266,7 @@ def test_when_steps_are_captured_run_or_step_eagerly(monkeypatch):
     ran: list[str] = []
 
     class Fake:
-        matches = graphed.GraphedExactStep.matches
+        fit = graphed.GraphedExactStep.fit
 
         def __init__(self, key, now, optimizer_step):
             self.key, self.addresses = key, [v.data_ptr() for v in now]
@@ -276,7 +276,7 @@ def test_when_steps_are_captured_run_or_step_eagerly(monkeypatch):
             ran.append("capture")
             return step_eagerly()
 
-        def run(self, ctx, parts, t, now):
+        def run(self, ctx, parts, t, moved=None):
             ran.append("run")
             return core._step(ctx, parts, t)
 

@@ -674,6 +674,14 @@ def _state_slots(optimizer: torch.optim.Optimizer) -> list[tuple[dict, str]]:
             if _is_state(key, st[key], p)]
 
 
+def in_place(params: list[torch.Tensor], buffers: list[tuple[nn.Module, str]],
+             slots: list[tuple[dict, str]]) -> list[torch.Tensor]:
+    """The tensors now in the places `ExactStep.tensors` names, in its order: the parameters'
+    data, the optimizer state, the buffers."""
+    return ([p.data for p in params] + [st[k] for st, k in slots]
+            + [m._buffers[n] for m, n in buffers])
+
+
 class ExactStep:
     """One step of exact mode around a model and its optimizer.
 
@@ -694,8 +702,7 @@ class ExactStep:
         self.log, self.model, self.optimizer, self.t = log, model, optimizer, t
         # the optimizer state tensors live in `slots`
         self.params, self.buffers, self.slots = self.tensors(model, optimizer)
-        self.originals = ([p.data for p in self.params] + [st[k] for st, k in self.slots]
-                          + [m._buffers[n] for m, n in self.buffers])
+        self.originals = in_place(self.params, self.buffers, self.slots)
         self.views: list[torch.Tensor] = []
         self.flat: torch.Tensor | None = None
         self.convs: list[nn.Module] = []
@@ -725,9 +732,6 @@ class ExactStep:
                     seen.add(id(b))
                     buffers.append((m, name))
         return params, buffers, _state_slots(optimizer)
-
-    def _state_slots(self) -> list[tuple[dict, str]]:
-        return _state_slots(self.optimizer)
 
     def _place(self, tensors: list[torch.Tensor], slots: list[tuple[dict, str]]) -> None:
         """Put `tensors` (in `originals` order) in the places of the parameters, the optimizer
@@ -766,7 +770,7 @@ class ExactStep:
                 p.grad = None
             # the parameters' data are the views put in place (`p.data` makes a new object
             # at every access: never compared by identity); the state and buffers as they are
-            slots = self._state_slots()  # with any state the optimizer's step created
+            slots = _state_slots(self.optimizer)  # with any state the optimizer's step created
             live = (self.views[:len(self.params)] + [st[k] for st, k in slots]
                     + [m._buffers[n] for m, n in self.buffers])
             if live:

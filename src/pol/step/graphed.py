@@ -48,22 +48,12 @@ ENV = "POL_CUDA_GRAPHS"
 WARMUP = 2  # eager exact steps of a context before its step is captured
 
 
-class _MaskSink:
-    """Stands for a recording `RoundingLog` while a step is captured: each rounding point's masks
-    (which values lie near a tie, which rounded up) are kept as the graph's outputs instead of
-    being logged; `GraphedExactStep` logs them after every replay."""
-
-    replaying = False
+class _Sink:
+    """What a step captured as a graph sees of its `RoundingLog`: its window and noise bound;
+    a step's start and end are the graphed step's business (`GraphedExactStep`)."""
 
     def __init__(self, log: RoundingLog) -> None:
         self.window, self.noise = log.window, log.noise
-        self.masks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def defers(self, device: torch.device) -> bool:
-        return True
-
-    def record(self, t: int, point: int, near: torch.Tensor, up: torch.Tensor) -> None:
-        self.masks[point] = (near, up)
 
     def begin(self, t: int) -> None:
         pass
@@ -72,7 +62,25 @@ class _MaskSink:
         pass
 
 
-class _ReplaySink:
+class _MaskSink(_Sink):
+    """Stands for a recording `RoundingLog` while a step is captured: each rounding point's masks
+    (which values lie near a tie, which rounded up) are kept as the graph's outputs instead of
+    being logged; `GraphedExactStep` logs them after every replay."""
+
+    replaying = False
+
+    def __init__(self, log: RoundingLog) -> None:
+        super().__init__(log)
+        self.masks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def defers(self, device: torch.device) -> bool:
+        return True
+
+    def record(self, t: int, point: int, near: torch.Tensor, up: torch.Tensor) -> None:
+        self.masks[point] = (near, up)
+
+
+class _ReplaySink(_Sink):
     """Stands for a replaying `RoundingLog` while a step is captured: each rounding point rounds
     its logged values by the dense form of the log's own rounding (`exact.apply_dense`,
     `apply_grid_dense`) from a code per value (`dirs`, filled from the proof's entries before
@@ -81,7 +89,7 @@ class _ReplaySink:
     replaying = True
 
     def __init__(self, log: RoundingLog, device: torch.device) -> None:
-        self.window, self.noise = log.window, log.noise
+        super().__init__(log)
         self.dirs = {p: torch.zeros(n, dtype=torch.int8, device=device)
                      for p, n in log.sizes.items()}
         self.facts: dict[int, tuple[str, torch.Tensor]] = {}
@@ -101,19 +109,12 @@ class _ReplaySink:
         facts = exact.apply_grid_dense(grid, r, self._dirs(point, r.numel()))
         self.facts[point] = ("grid spacings", facts)
 
-    def begin(self, t: int) -> None:
-        pass
-
-    def end(self, t: int, points: int) -> None:
-        pass
-
 
 def _storage(ctx) -> list[torch.Tensor]:
     """The step's float32 tensors (parameters' data, optimizer state, buffers, in `ExactStep`'s
     order): the graphs read and write their storage."""
     params, buffers, slots = ExactStep.tensors(ctx.model, ctx.optimizer)
-    return ([p.data for p in params] + [st[k] for st, k in slots]
-            + [m._buffers[n] for m, n in buffers])
+    return exact.in_place(params, buffers, slots)
 
 
 class GraphedExactStep:
@@ -171,7 +172,8 @@ class GraphedExactStep:
             raise _CaptureFailed(e, step_eagerly()) from e
         self.ex, self.views, self.slots = ex, list(ex.views), list(ex.slots)
         self.originals = list(ex.originals)
-        self.grads = [(p, p.grad) for p in _params(ctx.optimizer) if p.grad is not None]
+        self.grads = [(p, p.grad) for p in exact._optimizer_params(ctx.optimizer)
+                      if p.grad is not None]
         log.begin(t)
         self._before(log, t, GRADIENTS)
         self.forward.replay()
@@ -194,20 +196,19 @@ class GraphedExactStep:
 
     # ----- replay
 
-    def matches(self, key: tuple, now: list[torch.Tensor]) -> bool:
-        """Whether the graphs can run a step of batches `key` on the state `now` (`_storage`):
-        the captured shapes, and the state in the captured storage or in tensors of the captured
-        layout (a checkpoint loaded by the verifier: `rebind` copies them into the captured
-        ones)."""
-        return key == self.key and ([v.data_ptr() for v in now] == self.addresses
-                                    or _layout(now) == self.layout)
+    def fit(self, key: tuple, now: list[torch.Tensor]) -> str | None:
+        """How the graphs can run a step of batches `key` on the state `now` (`_storage`): on it
+        ("same": the captured storage), after `rebind` ("moved": tensors of the captured
+        layout elsewhere, a checkpoint the verifier loaded), or not (None: other shapes)."""
+        if key != self.key:
+            return None
+        if [v.data_ptr() for v in now] == self.addresses:
+            return "same"
+        return "moved" if _layout(now) == self.layout else None
 
     def rebind(self, ctx, now: list[torch.Tensor]) -> None:
-        """The state's tensors (`now`), where they are not the captured ones (the verifier loaded
-        a checkpoint into new optimizer state), copied into the captured tensors, which take
-        their places."""
-        if [v.data_ptr() for v in now] == self.addresses:
-            return
+        """The state's tensors (`now`, not all the captured ones: `fit` said "moved") copied into
+        the captured tensors, which take their places."""
         with torch.no_grad():
             moved = [(o, v) for o, v in zip(self.originals, now) if o.data_ptr() != v.data_ptr()]
             torch._foreach_copy_([o for o, _ in moved], [v for _, v in moved])
@@ -215,13 +216,15 @@ class GraphedExactStep:
         self.ex._place(self.originals, self.slots)
 
     def run(self, ctx, parts: list[tuple[torch.Tensor, torch.Tensor]], t: int,
-            now: list[torch.Tensor]) -> torch.Tensor:
-        """Step t by the graphs (`matches` holds): its micro-batches into the captured inputs,
-        `forward`, the optimizer's step on the float64 copies, `finish`; the log's entries from
-        the masks (recording) or its codes into the graphs and their checks out (replaying).
-        Returns the step's loss (float32, a tensor of its own)."""
+            moved: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Step t by the graphs (`fit` holds; `moved`: the state's tensors when it said "moved"):
+        its micro-batches into the captured inputs, `forward`, the optimizer's step on the
+        float64 copies, `finish`; the log's entries from the masks (recording) or its codes into
+        the graphs and their checks out (replaying). Returns the step's loss (float32, a tensor
+        of its own)."""
         log = ctx.exact
-        self.rebind(ctx, now)
+        if moved is not None:  # the state in other tensors of the captured layout
+            self.rebind(ctx, moved)
         for (x, y), (sx, sy) in zip(parts, self.inputs):
             sx.copy_(x, non_blocking=True)
             sy.copy_(y, non_blocking=True)
@@ -294,10 +297,6 @@ class _CaptureFailed(Exception):
         self.cause, self.loss = cause, loss
 
 
-def _params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-    return [p for g in optimizer.param_groups for p in g["params"]]
-
-
 def _layout(tensors: list[torch.Tensor]) -> list[tuple]:
     return [(v.shape, v.dtype) for v in tensors]
 
@@ -351,8 +350,9 @@ def graphed_step(ctx, parts: list[tuple[torch.Tensor, torch.Tensor]], t: int,
         return step_eagerly()
     key, now = _key(parts), _storage(ctx)
     g = state.step
-    if g is not None and g.matches(key, now):
-        return g.run(ctx, parts, t, now)
+    fit = g.fit(key, now) if g is not None else None
+    if fit is not None:
+        return g.run(ctx, parts, t, now if fit == "moved" else None)
     layout, seen = _layout(now), state.seen
     state.seen = layout
     if state.eager < WARMUP or (g is not None and key != g.key) or layout != seen:
