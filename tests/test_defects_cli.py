@@ -240,7 +240,13 @@ def test_ctrl_c_early_in_a_command_is_one_line_exit_130(iris_proof, delay):
         # after Python gave SIGINT back its default action (a race of this test's timing)
         pytest.skip(f"the command had finished its work within {delay}s")
     assert "Traceback" not in err and "terminate called" not in err, err
-    assert p.returncode == 130, (p.returncode, err)
+    # 130, or death by SIGINT (which a shell reports as 130) after pol's handler printed its
+    # line and exited 130: under `python -m`, CPython 3.11 exits by SIGINT when a
+    # KeyboardInterrupt was raised inside code run by exec() of a string (a dataclass or an
+    # import made at that moment), even once handled (measured: a KeyboardInterrupt raised in
+    # exec(str), caught, then sys.exit(130): -2 under -m, 130 as a script; the `pol` console
+    # script is a script)
+    assert p.returncode in (130, -signal.SIGINT), (p.returncode, err)
     assert err.strip().splitlines()[-1] == "error: interrupted", err
 
 
