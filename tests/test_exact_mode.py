@@ -198,7 +198,8 @@ def test_dropout_fp16_and_unsupported_layers_are_refused(tmp_path):
 def test_the_spec_writes_exact_mode_only_when_set():
     assert StepSpec().to_dict() == {}
     d = StepSpec(exact=True).to_dict()
-    assert d == {"exact": True, "exact_window": 2.0 ** -12, "exact_noise": 2.0 ** -40}
+    assert d == {"exact": True, "exact_window": 2.0 ** -12, "exact_noise": 2.0 ** -40,
+                 "exact_zone": 2.0 ** -8}
     assert StepSpec.from_dict(d) == StepSpec(exact=True)
     from pol.errors import ProofFormatError
     with pytest.raises(ProofFormatError):
@@ -213,6 +214,17 @@ def test_the_spec_writes_exact_mode_only_when_set():
             StepSpec.from_dict({**d, "exact_noise": bad})
     with pytest.raises(ProofFormatError):  # only with exact mode
         StepSpec.from_dict({"exact_noise": 2.0 ** -40})
+    # a proof made before the round-to-even zone existed: none (0), and never written
+    no_zone = {k: v for k, v in d.items() if k != "exact_zone"}
+    old = StepSpec.from_dict(no_zone)
+    assert old.exact_zone == 0 and old.to_dict() == no_zone
+    for bad in (3e-3, 2.0 ** -2, 2.0 ** -20, 0.0, True):
+        with pytest.raises(ProofFormatError):
+            StepSpec.from_dict({**d, "exact_zone": bad})
+    with pytest.raises(ProofFormatError):
+        StepSpec.from_dict({"exact_zone": 2.0 ** -8})
+    with pytest.raises(ValueError, match="exact_zone"):
+        StepSpec(exact=True, exact_zone=0.01)
 
 
 def _reference_distance(x: float) -> float:
@@ -221,6 +233,38 @@ def _reference_distance(x: float) -> float:
     other = np.nextafter(r, np.float32(np.inf) if float(r) <= x else np.float32(-np.inf))
     lo, hi = sorted((Fraction(float(r)), Fraction(float(other))))
     return float(abs(Fraction(x) - (lo + hi) / 2) / (hi - lo))
+
+
+@pytest.mark.parametrize("deferred", [False, True])
+def test_the_zone_rounds_ties_to_even_without_a_log_entry(deferred):
+    """Values on a float32 rounding tie and a few float64 ulps beside it (what two devices'
+    kernels make of one tie, a fused multiply-add or not) round to the even neighbour on every
+    device with no log entry; without a zone (older proofs) each is logged."""
+    g = torch.Generator().manual_seed(3)
+    f = (torch.randn(3000, generator=g) * 5).float()
+    tie = (f.double() + torch.nextafter(f, torch.tensor(float("inf"))).double()) / 2
+    up = torch.tensor(float("inf"), dtype=torch.float64)
+    near = tie.clone()
+    for _ in range(3):  # 3 float64 ulps above the tie: nearest is the upper neighbour
+        near = torch.nextafter(near, up)
+    x = torch.cat([tie, near])
+    other = torch.cat([torch.nextafter(tie, -up), torch.nextafter(near, -up)])  # "another device"
+    hi = torch.nextafter(f, torch.tensor(float("inf")))
+    even = torch.where((f.view(torch.int32) & 1).bool(), hi, f)
+    rec = RoundingLog(2.0 ** -12, 0.0, 2.0 ** -8)
+    rec.deferred = deferred
+    r = round_exact(x.clone(), rec, 0, STATE)
+    assert len(rec.take()) == 0
+    assert torch.equal(r, torch.cat([even, even]))
+    assert not torch.equal(x.float(), r)  # to nearest, half the values above would differ
+    rep = RoundingLog(2.0 ** -12, 0.0, 2.0 ** -8)
+    rep.replay(np.zeros((0, 4), dtype=np.int64))
+    rep.begin(0)
+    assert torch.equal(round_exact(other.clone(), rep, 0, STATE), r) and not rep.problems
+    old = RoundingLog(2.0 ** -12)
+    old.deferred = deferred
+    round_exact(x.clone(), old, 0, STATE)
+    assert len(old.take()) == len(x)
 
 
 def test_near_ties_are_found_exactly_in_every_range():
@@ -311,11 +355,13 @@ def test_the_chunked_log_file_round_trips_and_is_validated():
 
 
 @pytest.mark.parametrize("folder", [GOLDEN, GOLDEN.parent / "exact-noise",
-                                    GOLDEN.parent / "exact-chunked"])
+                                    GOLDEN.parent / "exact-chunked",
+                                    GOLDEN.parent / "exact-zone"])
 def test_the_golden_exact_proof_reads_and_verifies_bitwise(folder):
     """exact/: made before the gradient noise bound existed (none); exact-noise/: with it, its
     log holding gradient-grid entries; both logs of version 1 (one frame). exact-chunked/: the
-    log of version 2, a chunk per checkpoint."""
+    log of version 2, a chunk per checkpoint. exact-zone/: with the round-to-even zone (the
+    others were made before it: none)."""
     index = json.loads((folder / "GOLDEN.json").read_text())
     for name, info in index.items():
         p = open_proof(folder / name)
@@ -323,15 +369,22 @@ def test_the_golden_exact_proof_reads_and_verifies_bitwise(folder):
         assert p.manifest.spec.step.exact and len(p.roundlog) > 0
         assert (p.manifest.spec.step.exact_noise > 0) == (folder.name != "exact")
         version = (folder / name / fmt.ROUNDLOG).read_bytes()[4]
-        assert version == (2 if folder.name == "exact-chunked" else 1)
+        assert version == (2 if folder.name in ("exact-chunked", "exact-zone") else 1)
+        assert (p.manifest.spec.step.exact_zone > 0) == (folder.name == "exact-zone")
         r = verify(folder / name, all_segments=True)
         assert r.valid and all(s.exact for s in r.segments), r.render()
         assert check(r, "rounding log").status == "pass"
 
 
 def _full_and_interrupted(tmp_path, monkeypatch) -> None:
-    """An exact-mode run in full/ and the same run interrupted at step 7 in cut/."""
+    """An exact-mode run in full/ and the same run interrupted at step 7 in cut/, both logging
+    the values within 2^-4 ulps of the zone's edge (iris's 15 parameters log few values at the
+    spec's window: these runs are not verified, their logs are compared)."""
     from pol.prover import recorder
+    from pol.step import exact as ex
+    init = ex.RoundingLog.__init__
+    monkeypatch.setattr(ex.RoundingLog, "__init__",
+                        lambda self, w, *a: init(self, 2.0 ** -4, *a))
     kw = dict(task="iris-logreg", epochs=2, k=3, seed=2, exact=True)
     train_task(out=tmp_path / "full", **kw)
     real = recorder.Recorder.step
@@ -386,7 +439,7 @@ def test_a_run_interrupted_with_a_journal_of_raw_rows_resumes(tmp_path, monkeypa
 def test_a_spec_with_exact_mode_round_trips_through_the_manifest(proofs):
     m = json.loads((proofs / "exact" / fmt.MANIFEST).read_text())
     assert m["spec"]["step"] == {"exact": True, "exact_window": 2.0 ** -12,
-                                 "exact_noise": 2.0 ** -40}
+                                 "exact_noise": 2.0 ** -40, "exact_zone": 2.0 ** -8}
     assert fmt.ROUNDLOG in m["files"]
     assert TrainingSpec.from_dict(m["spec"]).step.exact
 

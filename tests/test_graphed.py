@@ -146,14 +146,17 @@ def _entries(t: int, point: int, idx, up) -> np.ndarray:
     return rows
 
 
-@pytest.mark.parametrize("grid", [False, True])
-def test_dense_apply_rounds_and_checks_as_the_gathered_one(grid):
-    """The graphs' dense rounding of the logged values gives the eager replay's values and its
-    problem (a forged entry: a value far from any tie), naming the same value."""
+@pytest.mark.parametrize("grid,zone", [(False, 0.0), (False, 2.0 ** -3), (True, 2.0 ** -3)])
+def test_dense_apply_rounds_and_checks_as_the_gathered_one(grid, zone):
+    """The graphs' dense rounding of the logged values (and of the round-to-even zone) gives the
+    eager replay's values and its problem (a forged entry: a value far from where entries lie),
+    naming the same value."""
     g = torch.Generator().manual_seed(5)
     x = torch.randn(4000, generator=g, dtype=torch.float64) * 3
-    window = 2.0 ** -4
-    rec = RoundingLog(window, 2.0 ** -40 if grid else 0.0)
+    f = x[:200].float()  # exact ties: the midpoints of float32 neighbours
+    x[:200] = (f.double() + torch.nextafter(f, torch.tensor(float("inf"))).double()) / 2
+    window = 2.0 ** -4 if not zone else 2.0 ** -6
+    rec = RoundingLog(window, 2.0 ** -40 if grid else 0.0, zone)
     rec.deferred = False
     sizes = [1000, 3000]
     point = GRADIENTS if grid else STATE
@@ -164,16 +167,20 @@ def test_dense_apply_rounds_and_checks_as_the_gathered_one(grid):
         gr = exact.Grid(x.clone(), sizes, rec.noise, window)
         far = int(torch.argmax(gr.tie / gr.g))
     else:
-        far = int(torch.argmax(exact.tie_distance(x, x.float())))
+        far = int(torch.argmax((exact.tie_distance(x, x.float()) - zone).abs()))
     assert far not in set(rows[:, 2])
     forged = _entries(0, point, [far], [1])
+    recorded = round_exact(x.clone(), RoundingLog(window, rec.noise, zone), 0, point,
+                           sizes=sizes)
     for entries in (rows, np.concatenate([rows, forged])):
         entries = entries[np.argsort(entries[:, 2], kind="stable")]
-        eager = RoundingLog(window, rec.noise)
+        eager = RoundingLog(window, rec.noise, zone)
         eager.replay(entries)
         eager.begin(0)
         want = round_exact(x.clone(), eager, 0, point, sizes=sizes)
-        dense = RoundingLog(window, rec.noise)
+        if len(entries) == len(rows):
+            assert torch.equal(want, recorded)
+        dense = RoundingLog(window, rec.noise, zone)
         dense.replay(entries)
         dense.begin(0)
         dirs = torch.zeros(4000, dtype=torch.int8)
@@ -182,11 +189,11 @@ def test_dense_apply_rounds_and_checks_as_the_gathered_one(grid):
             gr = exact.Grid(x.clone(), sizes, rec.noise, window)
             r = gr.r
             facts = exact.apply_grid_dense(gr, r, dirs)
-            got, unit = r.to(torch.float32), "grid spacings"
+            got, unit = r.to(torch.float32), exact.GRID_UNIT
         else:
             fx = x.clone()
             got = fx.to(torch.float32)
-            facts, unit = exact.apply_dense(fx, got, dirs, window), "float32 ulps"
+            facts, unit = exact.apply_dense(fx, got, dirs, window, zone), exact._unit(zone)
         dense.check_dense(0, point, unit, facts)
         assert torch.equal(got, want)
         assert dense.problems == eager.problems

@@ -27,6 +27,10 @@ EXACT_WINDOW_MIN, EXACT_WINDOW_MAX = 2.0 ** -24, 2.0 ** -4
 # largest value: the default of new proofs, and the range (0: none, proofs made before it existed)
 EXACT_NOISE = 2.0 ** -40
 EXACT_NOISE_MIN, EXACT_NOISE_MAX = 2.0 ** -52, 2.0 ** -24
+# ... and its round-to-even zone (StepSpec.exact_zone), in float32 ulps from a tie: the default of
+# new proofs and the bounds of a power of two (0: none, proofs made before it existed)
+EXACT_ZONE = 2.0 ** -8
+EXACT_ZONE_MIN, EXACT_ZONE_MAX = 2.0 ** -16, 2.0 ** -3
 
 # JSON scalars that may appear in factory keyword arguments (nested lists/dicts of these too).
 _JSON_SCALARS = (str, int, float, bool, type(None))
@@ -387,6 +391,15 @@ class StepSpec:
       terms, not with its result: measured between an H200 and a CPU on ResNet-20, up to
       ~2^-43·M. Written whenever `exact` is; absent (0: float32 rounding only, the window
       relative to each value) in proofs made before it existed.
+    - `exact_zone`: values (other than the gradients on their grid) within this many float32
+      ulps of a rounding tie round to the even neighbour, on every device; the log holds the
+      values within `exact_window` of the zone's edge instead of those near the tie. Optimizer
+      updates put values exactly on ties far more often than chance (Adam's first moment
+      m + 0.1·(g − m) lands on one for ~2% of values: its low bits are a multiple of 1/10's
+      binary expansion), and a device whose float64 kernels differ by an ulp (a fused
+      multiply-add) would round those either way: a zone decides them without a log entry.
+      Written whenever `exact` is; absent (0: the window around the tie) in proofs made before
+      it existed.
     """
 
     clip_grad_norm: float = 0.0  # 0 = off
@@ -402,6 +415,7 @@ class StepSpec:
     exact: bool = False  # float64 step, rounded to float32 at its boundaries, with a rounding log
     exact_window: float = EXACT_WINDOW  # logged: within this many float32 ulps of a tie
     exact_noise: float = EXACT_NOISE  # ... or where ν × the gradient tensor's largest may decide
+    exact_zone: float = EXACT_ZONE  # to even within this many float32 ulps of a tie
 
     def __post_init__(self) -> None:
         if self.clip_grad_norm < 0 or self.clip_grad_value < 0:
@@ -447,6 +461,13 @@ class StepSpec:
                              f"{nu!r}")
         if nu != EXACT_NOISE and not self.exact:
             raise ValueError("exact_noise needs exact=True")
+        z = self.exact_zone
+        if isinstance(z, bool) or not isinstance(z, (int, float)) or not (
+                z == 0 or (EXACT_ZONE_MIN <= z <= EXACT_ZONE_MAX and math.frexp(z)[0] == 0.5)):
+            raise ValueError(f"exact_zone must be 0 or a power of two in [2^-16, 2^-3], got "
+                             f"{z!r}")
+        if z != EXACT_ZONE and not self.exact:
+            raise ValueError("exact_zone needs exact=True")
         if self.exact and self.autocast:
             raise ValueError("exact mode computes the step in float64: no autocast with it")
 
@@ -455,13 +476,14 @@ class StepSpec:
         return self == StepSpec()
 
     def to_dict(self) -> dict:
-        """Only the fields that differ from their defaults (and the window and noise bound with
-        exact mode; a noise bound of 0, an older proof's, is never written)."""
+        """Only the fields that differ from their defaults (and the window, noise bound and zone
+        with exact mode; a noise bound or zone of 0, an older proof's, is never written)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)
                if getattr(self, f.name) != f.default
-               or (f.name in ("exact_window", "exact_noise") and self.exact)}
-        if out.get("exact_noise") == 0:
-            del out["exact_noise"]
+               or (f.name in ("exact_window", "exact_noise", "exact_zone") and self.exact)}
+        for name in ("exact_noise", "exact_zone"):
+            if out.get(name) == 0:
+                del out[name]
         return out
 
     @classmethod
@@ -497,7 +519,11 @@ class StepSpec:
                        exact_noise=float(_num(d, "exact_noise", where, lo=EXACT_NOISE_MIN,
                                               hi=EXACT_NOISE_MAX, optional=True,
                                               default=0.0 if d.get("exact") is True
-                                              else EXACT_NOISE)))
+                                              else EXACT_NOISE)),
+                       exact_zone=float(_num(d, "exact_zone", where, lo=EXACT_ZONE_MIN,
+                                             hi=EXACT_ZONE_MAX, optional=True,
+                                             default=0.0 if d.get("exact") is True
+                                             else EXACT_ZONE)))
         except ValueError as e:
             raise ProofFormatError(f"{where}: {e}") from None
         # one spelling: defaults are left out, and the whole step when all are

@@ -6,6 +6,7 @@ output, never regenerate an existing version's proofs):
     python tests/golden/make_golden.py --exact      # exact/: exact-mode proofs (a rounding log)
     python tests/golden/make_golden.py --exact-noise  # exact-noise/: ... with the gradient grid
     python tests/golden/make_golden.py --exact-chunked  # exact-chunked/: rounding log version 2
+    python tests/golden/make_golden.py --exact-zone  # exact-zone/: with the round-to-even zone
 """
 
 import argparse
@@ -54,6 +55,14 @@ EXACT_CHUNKED_CASES = {
 }
 
 
+# the round-to-even zone (StepSpec.exact_zone; the cases above were made before it: none): the
+# widest zone, so that iris's few values show both the zone and the log at its edge
+EXACT_ZONE_CASES = {
+    "iris-logreg-exact-zone": dict(task="iris-logreg", epochs=4, k=5, seed=14, window=2.0 ** -8,
+                                   noise=2.0 ** -32, zone=2.0 ** -3),
+}
+
+
 def main_exact(folder: str = "exact", cases: dict | None = None) -> None:
     from pol.prover.trainer import train_spec
     from pol.spec import EXACT_NOISE, StepSpec
@@ -65,8 +74,10 @@ def main_exact(folder: str = "exact", cases: dict | None = None) -> None:
     for name, kw in (EXACT_CASES if cases is None else cases).items():
         kw = dict(kw)
         window, noise = kw.pop("window"), kw.pop("noise", EXACT_NOISE)
+        zone = kw.pop("zone", 0.0)
         spec, train, test = build_spec(kw.pop("task"), exact=True, **kw)
-        spec = spec.with_(step=StepSpec(exact=True, exact_window=window, exact_noise=noise))
+        spec = spec.with_(step=StepSpec(exact=True, exact_window=window, exact_noise=noise,
+                                        exact_zone=zone))
         r = train_spec(spec, train, test, out / name)
         index[name] = {"root_digest": r.root_digest, "task": r.spec.task}
     (out / "GOLDEN.json").write_text(json.dumps(index, indent=1) + "\n")
@@ -80,6 +91,8 @@ def main() -> None:
                     help="exact mode with the gradient noise bound (exact-noise/)")
     ap.add_argument("--exact-chunked", action="store_true",
                     help="exact mode, the rounding log in chunks (exact-chunked/)")
+    ap.add_argument("--exact-zone", action="store_true",
+                    help="exact mode with the round-to-even zone (exact-zone/)")
     args = ap.parse_args()
     if args.exact:
         return main_exact()
@@ -87,6 +100,8 @@ def main() -> None:
         return main_exact("exact-noise", EXACT_NOISE_CASES)
     if args.exact_chunked:
         return main_exact("exact-chunked", EXACT_CHUNKED_CASES)
+    if args.exact_zone:
+        return main_exact("exact-zone", EXACT_ZONE_CASES)
     version = args.version
     out = HERE / f"v{version}"
     if out.exists():

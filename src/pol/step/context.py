@@ -148,7 +148,8 @@ def _step_fields(spec: TrainingSpec) -> dict[str, Any]:
                 augment=None if spec.data.augment == "none" else AUGMENT[spec.data.augment],
                 seed=spec.seed, rng_device=augment_rng_device(spec), features=spec.step,
                 micro_batch=spec.batch_size // spec.step.accumulation,
-                exact=RoundingLog(spec.step.exact_window, spec.step.exact_noise)
+                exact=RoundingLog(spec.step.exact_window, spec.step.exact_noise,
+                                  spec.step.exact_zone)
                 if spec.step.exact else None)
 
 

@@ -170,23 +170,45 @@ def _inf(device: torch.device) -> torch.Tensor:
     return torch.full((), float("inf"), dtype=torch.float32, device=device)
 
 
-def _near_tie(x: torch.Tensor, window: float) -> torch.Tensor:
-    """Which values of `x` (flat float64) lie within `window` float32 spacings of a float32
-    rounding tie (a bool mask; NaN and ±inf never): `tie_distance(x, x.float()) <= window`,
+def _tie_units(x: torch.Tensor) -> torch.Tensor:
+    """Each value's distance from its float32 rounding tie, in float32 spacings (`tie_distance(x,
+    x.float())`: 0 on a tie, 0.5 for a float32 value; NaN and ±inf: 0.5 or more, never near),
     computed on the whole vector without gathering (on a GPU, where `_candidates` would wait
     for the device to count them; on a CPU `_candidates` takes fewer passes). In float32's
     normal range the dropped significand bits tell it: a float64 lies on a tie when its low 29
-    bits are 2^28, so |low − 2^28| ≤ window · 2^29 is the test. Below 2^-126 float32 rounds to
-    multiples of 2^-149: |x| · 2^149 (exact: a power of two) lies on a tie when its fraction is
-    1/2."""
+    bits are 2^28, and |low − 2^28| · 2^-29 is the distance (exact). Below 2^-126 float32
+    rounds to multiples of 2^-149: |x| · 2^149 (exact: a power of two) lies on a tie when its
+    fraction is 1/2."""
     bits = x.view(torch.int64)
-    near = (bits & _LOW29).sub_(_HALF29).abs_() <= int(window * 2 ** 29)
+    d = (bits & _LOW29).sub_(_HALF29).abs_().double().mul_(2.0 ** -29)
     a = x.abs()
     tiny = a < 2.0 ** -126
     y = a.mul_(2.0 ** 149)
-    sub = y.sub_(torch.floor(y)).sub_(0.5).abs_() <= window  # the fraction, exact
-    near = torch.where(tiny, sub, near)
-    return near.logical_and_(~torch.isnan(x))
+    sub = y.sub_(torch.floor(y)).sub_(0.5).abs_()  # the fraction, exact
+    d = torch.where(tiny, sub, d)
+    return d.masked_fill_(torch.isnan(x), 1.0)
+
+
+def _near_tie(x: torch.Tensor, window: float, zone: float = 0.0) -> torch.Tensor:
+    """Which values of `x` (flat float64) a recording logs (a bool mask; NaN and ±inf never):
+    those whose distance from a float32 rounding tie (`_tie_units`) lies within `window` of
+    `zone` (the edge of the round-to-even zone; 0: the tie itself)."""
+    return _in_band(_tie_units(x), window, zone)
+
+
+def _in_band(d: torch.Tensor, window: float, zone: float) -> torch.Tensor:
+    """`|d − zone| <= window` (d: distances from a tie, `_tie_units`)."""
+    return d <= window if not zone else (d - zone).abs_() <= window
+
+
+def _to_even(x: torch.Tensor, r: torch.Tensor, zone: torch.Tensor) -> torch.Tensor:
+    """`r` (x's nearest float32 values) with each value that `zone` marks (it lies within the
+    round-to-even zone of a tie) replaced by the even one of x's two float32 neighbours, in
+    place: where r is odd, the neighbour on the other side of x."""
+    odd = (r.view(torch.int32) & 1).bool().logical_and_(zone)
+    inf = _inf(r.device)
+    other = torch.nextafter(r, torch.where(r.double() < x, inf, -inf))
+    return r.copy_(torch.where(odd, other, r))
 
 
 def flush_small(g: torch.Tensor) -> torch.Tensor:
@@ -311,17 +333,26 @@ def round_exact(x: torch.Tensor, log: "RoundingLog", t: int, point: int,
 
 
 def _round_float32(x: torch.Tensor, log: "RoundingLog", t: int, point: int) -> torch.Tensor:
-    """`x` (contiguous float64) to nearest float32, the logged values the logged way (replay);
-    values within the window of a tie logged (record)."""
+    """`x` (contiguous float64) to nearest float32, except values within the log's zone of a tie
+    (to even) and the logged values (the logged way, replay); values within the window of the
+    zone's edge logged (record)."""
     r = x.to(torch.float32)
     fx, fr = x.view(-1), r.view(-1)
+    zone = log.zone
     if log.replaying:
         log.apply(t, point, fx, fr)
     elif log.defers(fx.device):  # masks over the whole vector: no wait for the device
-        log.record(t, point, _near_tie(fx, log.window), fr.double() > fx)
+        d = _tie_units(fx)
+        if zone:
+            _to_even(fx, fr, d < zone)
+        log.record(t, point, _in_band(d, log.window, zone), fr.double() > fx)
     else:  # the candidates the dropped bits give, then their distance from the tie
-        idx = _candidates(fx, log.window)
-        idx = idx[tie_distance(fx[idx], fr[idx]) <= log.window]
+        idx = _candidates(fx, zone + log.window)
+        d = tie_distance(fx[idx], fr[idx])
+        if zone:
+            z = idx[d < zone]
+            fr[z] = _to_even(fx[z], fr[z], torch.ones_like(z, dtype=torch.bool))
+        idx = idx[_in_band(d, log.window, zone)]
         log.record_at(t, point, idx, fr[idx].double() > fx[idx])
     return r
 
@@ -389,9 +420,10 @@ class RoundingLog:
     Neither side waits for a GPU inside a step: recorded entries reach the host behind events
     (`_InFlight`), and a replay's checks of the logged values are read when `problems` is."""
 
-    def __init__(self, window: float, noise: float = 0.0) -> None:
+    def __init__(self, window: float, noise: float = 0.0, zone: float = 0.0) -> None:
         self.window = float(window)
         self.noise = float(noise)  # StepSpec.exact_noise: 0 = no gradient grid (older proofs)
+        self.zone = float(zone)  # StepSpec.exact_zone: 0 = no round-to-even zone (older proofs)
         self._rows: list[np.ndarray] = []  # recording: rows per rounding point, in order
         self._pending: list[_InFlight] = []  # recording on a GPU: not yet on the host
         self._caps: dict[int, int] = {}  # recording on a GPU: compaction size per point
@@ -528,8 +560,7 @@ class RoundingLog:
                 self._problems.setdefault(t, _problem_text(
                     t, f"it names value {int(j) if idx_np is None else int(idx_np[int(j)])} "
                     f"of the {_point(point)}, which "
-                    f"lies {dist:.3g} {unit} from a rounding tie here (a logged value must lie "
-                    f"within {w:.3g})"))
+                    f"lies {dist:.3g} {unit} here (a logged value must lie within {w:.3g})"))
 
     @property
     def problems(self) -> dict[int, str]:
@@ -539,17 +570,29 @@ class RoundingLog:
         return self._problems
 
     def apply(self, t: int, point: int, fx: torch.Tensor, fr: torch.Tensor) -> None:
-        """Round the logged values of this point in their logged direction (in `fr`), after
-        checking that each is near a tie here too."""
+        """Round this point's values in the zone of a tie to even and its logged values in their
+        logged direction (in `fr`, x's nearest float32 values), after checking that each logged
+        value lies near the zone's edge (or the tie, without a zone) here too."""
+        zone = self.zone
+        if zone:
+            if fx.is_cuda:  # no gathering: a gather's size would wait for the device
+                _to_even(fx, fr, _tie_units(fx) < zone)
+            else:
+                idx = _candidates(fx, zone)
+                z = idx[tie_distance(fx[idx], fr[idx]) < zone]
+                fr[z] = _to_even(fx[z], fr[z], torch.ones_like(z, dtype=torch.bool))
         got = self._logged(t, point, fx.numel(), fx.device)
         if got is None:
             return
         idx_np, idx, up = got
-        xi, ri = fx[idx], fr[idx]
-        bad = self._far(t, point, idx_np, tie_distance(xi, ri), REPLAY_FACTOR * self.window,
-                        "float32 ulps")
+        xi = fx[idx]
+        ri = xi.to(torch.float32)  # the nearest (fr may hold the even one)
+        dist = tie_distance(xi, ri)
+        if zone:
+            dist = (dist - zone).abs_()
+        bad = self._far(t, point, idx_np, dist, REPLAY_FACTOR * self.window, _unit(zone))
         lo, hi = _neighbours(xi, ri)
-        fr[idx] = torch.where(up & ~bad, hi, torch.where(bad, ri, lo))
+        fr[idx] = torch.where(up & ~bad, hi, torch.where(bad, fr[idx], lo))
 
     def apply_grid(self, t: int, point: int, grid: Grid, r: torch.Tensor) -> None:
         """`apply` on a `Grid`: the logged values of this point rounded in their logged
@@ -561,7 +604,7 @@ class RoundingLog:
         idx_np, idx, up = got
         g = grid.g[idx]
         bad = self._far(t, point, idx_np, grid.tie[idx] / g, REPLAY_FACTOR * grid.thr[idx] / g,
-                        "grid spacings")
+                        GRID_UNIT)
         r[idx] = torch.where(bad, r[idx], grid.value(up, idx))
 
     def end(self, t: int, points: int) -> None:
@@ -600,10 +643,13 @@ def _facts(bad: torch.Tensor, dist: torch.Tensor, within: torch.Tensor | float) 
 # first in index order, as the entries are: the same rounding and the same check, with no
 # data-dependent shape (a CUDA graph's replay, `pol.step.graphed`). Returns the check's facts.
 
-def apply_dense(fx: torch.Tensor, fr: torch.Tensor, dirs: torch.Tensor,
-                window: float) -> torch.Tensor:
+def apply_dense(fx: torch.Tensor, fr: torch.Tensor, dirs: torch.Tensor, window: float,
+                zone: float = 0.0) -> torch.Tensor:
     logged = dirs != 0
     dist = tie_distance(fx, fr)
+    if zone:
+        _to_even(fx, fr, dist < zone)  # (fx's nearest in `_neighbours` below: either works)
+        dist = dist.sub_(zone).abs_()
     within = REPLAY_FACTOR * window
     bad = logged & ~(dist <= within)
     lo, hi = _neighbours(fx, fr)
@@ -631,6 +677,15 @@ def use_proof_log(log: RoundingLog, entries: np.ndarray | None, a: int, b: int) 
 
 
 # ----------------------------------------------------------------------------- the step
+
+
+GRID_UNIT = "grid spacings from a rounding tie"
+
+
+def _unit(zone: float) -> str:
+    """What a replay's check of a logged float32 value measures (its problem's wording)."""
+    return ("float32 ulps from the edge of the round-to-even zone" if zone
+            else "float32 ulps from a rounding tie")
 
 
 def _point(point: int) -> str:

@@ -49,11 +49,11 @@ WARMUP = 2  # eager exact steps of a context before its step is captured
 
 
 class _Sink:
-    """What a step captured as a graph sees of its `RoundingLog`: its window and noise bound;
+    """What a step captured as a graph sees of its `RoundingLog`: its window, noise bound, zone;
     a step's start and end are the graphed step's business (`GraphedExactStep`)."""
 
     def __init__(self, log: RoundingLog) -> None:
-        self.window, self.noise = log.window, log.noise
+        self.window, self.noise, self.zone = log.window, log.noise, log.zone
 
     def begin(self, t: int) -> None:
         pass
@@ -102,12 +102,12 @@ class _ReplaySink(_Sink):
         return d
 
     def apply(self, t: int, point: int, fx: torch.Tensor, fr: torch.Tensor) -> None:
-        facts = exact.apply_dense(fx, fr, self._dirs(point, fx.numel()), self.window)
-        self.facts[point] = ("float32 ulps", facts)
+        facts = exact.apply_dense(fx, fr, self._dirs(point, fx.numel()), self.window, self.zone)
+        self.facts[point] = (exact._unit(self.zone), facts)
 
     def apply_grid(self, t: int, point: int, grid: exact.Grid, r: torch.Tensor) -> None:
         facts = exact.apply_grid_dense(grid, r, self._dirs(point, r.numel()))
-        self.facts[point] = ("grid spacings", facts)
+        self.facts[point] = (exact.GRID_UNIT, facts)
 
 
 def _storage(ctx) -> list[torch.Tensor]:
