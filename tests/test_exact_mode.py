@@ -436,6 +436,41 @@ def test_a_run_interrupted_with_a_journal_of_raw_rows_resumes(tmp_path, monkeypa
                           open_proof(tmp_path / "full").roundlog)
 
 
+def test_the_log_goes_to_the_writer_in_pieces_between_checkpoints(tmp_path, monkeypatch):
+    """Rows reach the proof writer every LOG_PIECE_ROWS rows, not only with each checkpoint
+    (a long interval's log is never held at once): the same proof, logs equal row for row;
+    a run interrupted with pieces journaled past its last checkpoint resumes to it too."""
+    from pol.prover import recorder
+    from pol.prover.trainer import resume_task
+    _full_and_interrupted(tmp_path, monkeypatch)  # at 2^-4 ulps: many rows per step
+    from pol.proof.writer import ProofWriter
+    puts = []
+    real_put = ProofWriter.put_log
+    monkeypatch.setattr(ProofWriter, "put_log",
+                        lambda self, rows: (puts.append(len(rows)), real_put(self, rows)))
+    monkeypatch.setattr(recorder, "LOG_PIECE_ROWS", 1)
+    kw = dict(task="iris-logreg", epochs=2, k=3, seed=2, exact=True)
+    train_task(out=tmp_path / "pieces", **kw)
+    assert len(puts) > 5 and all(puts)
+    full, pieces = open_proof(tmp_path / "full"), open_proof(tmp_path / "pieces")
+    assert np.array_equal(full.roundlog, pieces.roundlog)
+    def files(p):
+        return {k: v for k, v in p.manifest.files.items() if k != fmt.ROUNDLOG}
+    assert files(full) == files(pieces)
+    real_step = recorder.Recorder.step
+
+    def crash(self, loss=None):
+        if self.t == 8:  # a piece of step 7 is journaled past the checkpoint at 6
+            raise KeyboardInterrupt
+        real_step(self, loss)
+    monkeypatch.setattr(recorder.Recorder, "step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_task(out=tmp_path / "cut2", **kw)
+    monkeypatch.setattr(recorder.Recorder, "step", real_step)
+    resume_task(tmp_path / "cut2")
+    assert np.array_equal(open_proof(tmp_path / "cut2").roundlog, full.roundlog)
+
+
 def test_a_spec_with_exact_mode_round_trips_through_the_manifest(proofs):
     m = json.loads((proofs / "exact" / fmt.MANIFEST).read_text())
     assert m["spec"]["step"] == {"exact": True, "exact_window": 2.0 ** -12,

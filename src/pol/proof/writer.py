@@ -57,6 +57,9 @@ WRITING_DIR = ".pol-writing"
 
 _Layout = Layout  # the old name (benchmarks/bench_size.py)
 
+# exact mode: rounding-log pieces (`ProofWriter.put_log`) that may wait for the writer thread
+LOG_PIECES_MAX = 16
+
 # the journal's per-step rows, in the dtypes of the arrays they become
 _JOURNAL = {k: fmt.npy_descr(v) for k, v in fmt.ARRAY_DTYPES.items()}
 
@@ -120,7 +123,13 @@ class ProofWriter:
                                       f"{e.strerror or e}") from None
         self._error: BaseException | None = None
         self.snapshotter = snapshotter if snapshotter is not None else HostSnapshotter()
-        self._q: queue.Queue[tuple[int, HostCheckpoint] | None] = queue.Queue(maxsize=queue_size)
+        # checkpoints (at most `queue_size` waiting: `_slots`) and the rounding log's pieces
+        # between them (`put_log`), in the order they were put
+        self._q: queue.Queue[tuple[int, HostCheckpoint] | _LogPiece | None] = queue.Queue(
+            maxsize=queue_size + LOG_PIECES_MAX)
+        self._slots = threading.Semaphore(queue_size)
+        self._log_last: tuple[int, int, int] | None = None  # the last row journaled
+        self._log_since: int | None = None  # the first step journaled since the checkpoint
         self.exact = _exact(self.run_info)
         self._journals = {name: open(self.dir / WRITING_DIR / f"{name}.bin", "ab")
                           for name in ("indices", "lrs", "losses") + (("roundlog",) if self.exact
@@ -152,10 +161,23 @@ class ProofWriter:
         self._raise_if_failed()
         self._check_step(t)
         self._last_t = t
+        while not self._slots.acquire(timeout=0.5):  # block, but notice a dead writer
+            self._raise_if_failed()
+        self._enqueue((t, checkpoint))
+
+    def put_log(self, rows: np.ndarray) -> None:
+        """Exact mode: rows of the rounding log (int64 [m, 4], in order) of the steps since the
+        last checkpoint put, journaled in the background as they come (a checkpoint's records
+        hold the rest): the log of a long interval is never held, nor encoded, at once."""
+        self._raise_if_failed()
+        if len(rows):
+            self._enqueue(_LogPiece(rows))
+
+    def _enqueue(self, item) -> None:
         while True:  # block on a full queue, but notice a dead writer
             try:
-                self._q.put((t, checkpoint), timeout=0.5)
-                break
+                self._q.put(item, timeout=0.5)
+                return
             except queue.Full:
                 self._raise_if_failed()
 
@@ -226,22 +248,34 @@ class ProofWriter:
         atomic_write(self.dir / name, data, self.durable)
         self._files[name] = (hashlib.sha256(data).hexdigest(), len(data))
 
-    def _log_chunk(self, t: int, n_steps: int, rows) -> bytes:
-        """The rounding log's rows of the checkpoint at t (its `n_steps` steps) as one chunk of
-        the log file (`pol.proof.roundlog`, version 2), encoded here on the writer thread: the
-        journal holds the chunks, and closing the proof only puts a header before them."""
+    def _log_chunk(self, rows, t: int | None = None, n_steps: int = 0) -> bytes:
+        """Rows of the rounding log as one chunk of the log file (`pol.proof.roundlog`, version
+        2), encoded here on the writer thread: the journal holds the chunks, and closing the
+        proof only puts a header before them. With `t`, the last rows of the checkpoint at t
+        (its `n_steps` steps): every row journaled since the previous checkpoint must belong
+        to those steps."""
         from pol.proof import roundlog
         log = np.ascontiguousarray(rows if rows is not None else np.zeros((0, 4)),
                                    dtype=np.int64).reshape(-1, roundlog.COLUMNS)
-        if not len(log):
-            return b""
-        roundlog.validate(log, fmt.ROUNDLOG, t)
-        if log[0, 0] < t - n_steps:
-            raise ProofWriteError(f"rounding log rows of step {int(log[0, 0])} arrived with the "
-                                  f"checkpoint of steps [{t - n_steps}, {t})")
-        chunk = roundlog.encode_chunk(log)
-        self._log_rows += len(log)
-        self._log_bytes += len(chunk)
+        chunk = b""
+        if len(log):
+            roundlog.validate(log, fmt.ROUNDLOG, t if t is not None else 1 << 62)
+            first = tuple(int(v) for v in log[0, :3])
+            if self._log_last is not None and first <= self._log_last:
+                raise ProofWriteError(f"rounding log rows of step {first[0]} arrived after "
+                                      f"those of step {self._log_last[0]}")
+            self._log_last = tuple(int(v) for v in log[-1, :3])
+            if self._log_since is None:
+                self._log_since = first[0]
+            chunk = roundlog.encode_chunk(log)
+            self._log_rows += len(log)
+            self._log_bytes += len(chunk)
+        if t is not None:
+            since, self._log_since = self._log_since, None
+            if since is not None and (since < t - n_steps or self._log_last[0] >= t):
+                raise ProofWriteError(f"rounding log rows of steps [{since}, "
+                                      f"{self._log_last[0]}] arrived with the checkpoint of "
+                                      f"steps [{t - n_steps}, {t})")
         return chunk
 
     def _save_roundlog(self, chunks: bytes) -> None:
@@ -277,12 +311,17 @@ class ProofWriter:
                 if self._error is not None:
                     continue  # drain after a failure so the trainer never blocks forever
                 t0 = time.perf_counter()
-                self._write(*item)
+                if isinstance(item, _LogPiece):
+                    self._journals["roundlog"].write(self._log_chunk(item.rows))
+                else:
+                    self._write(*item)
                 self.write_seconds += time.perf_counter() - t0
             except BaseException as e:  # noqa: BLE001 - reported to the trainer
                 log.error("proof writer failed: %s", e)
                 self._error = e
             finally:
+                if isinstance(item, tuple):
+                    self._slots.release()
                 self._q.task_done()
 
     def _write(self, t: int, snap: HostCheckpoint) -> None:
@@ -305,7 +344,7 @@ class ProofWriter:
                 raise ProofWriteError("per-step records have different lengths")
             parts = [("indices", idx), ("lrs", lrs), ("losses", losses)]
             if self.exact:
-                chunk = self._log_chunk(t, n_rows, snap.records.get("roundlog"))
+                chunk = self._log_chunk(snap.records.get("roundlog"), t, n_rows)
                 parts.append(("roundlog", chunk))
             for name, arr in parts:
                 f = self._journals[name]
@@ -343,6 +382,15 @@ class ProofWriter:
         self._index += 1
         self._rows += n_rows
         self._write_progress(t, self._rows)
+
+
+class _LogPiece:
+    """Rows of the rounding log put between checkpoints (`ProofWriter.put_log`)."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: np.ndarray) -> None:
+        self.rows = rows
 
 
 @dataclass

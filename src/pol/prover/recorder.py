@@ -65,6 +65,9 @@ from pol.step.state import storage_dtype
 log = logging.getLogger(__name__)
 
 INIT_CHOICES = ("from-seed", "external")  # besides None (the seeded init) and a parent dict
+# exact mode: rounding-log rows on the host that go to the proof writer between checkpoints, as
+# a piece (32 bytes each: 16 MiB), so that a long interval's log is never held at once
+LOG_PIECE_ROWS = 1 << 19
 
 
 def _as_dataset(data: Any) -> ArrayDataset:
@@ -538,6 +541,9 @@ class Recorder:
         self.t += 1
         if self.t % self.k == 0 or self.t == self.total_steps:
             self._checkpoint()
+        elif self._rounding is not None and self._rounding.ready >= LOG_PIECE_ROWS:
+            # the rows already on the host go to the writer's thread now (no wait for a device)
+            self.writer.put_log(self._rounding.take(wait=False))
 
     def _checkpoint(self) -> None:
         self._targets.flush()  # the window's target checks go to the background
@@ -555,7 +561,9 @@ class Recorder:
 
     def use_rounding_log(self, log) -> None:
         """Exact mode: the `pol.step.exact.RoundingLog` the steps record into (the step
-        context's `exact`); each checkpoint writes the entries since the previous one."""
+        context's `exact`); each checkpoint writes the entries since the previous one, and
+        between checkpoints every LOG_PIECE_ROWS rows go to the writer as they reach the
+        host."""
         self._rounding = log
 
     def _round_to_stored(self, state: dict[str, torch.Tensor]) -> None:

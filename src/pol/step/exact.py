@@ -425,6 +425,7 @@ class RoundingLog:
         self.noise = float(noise)  # StepSpec.exact_noise: 0 = no gradient grid (older proofs)
         self.zone = float(zone)  # StepSpec.exact_zone: 0 = no round-to-even zone (older proofs)
         self._rows: list[np.ndarray] = []  # recording: rows per rounding point, in order
+        self.ready = 0  # recording: how many rows `_rows` holds (on the host, not yet taken)
         self._pending: list[_InFlight] = []  # recording on a GPU: not yet on the host
         self._caps: dict[int, int] = {}  # recording on a GPU: compaction size per point
         self._entries: np.ndarray | None = None  # replaying: the proof's rows
@@ -460,7 +461,11 @@ class RoundingLog:
     def record_at(self, t: int, point: int, idx: torch.Tensor, up: torch.Tensor) -> None:
         """Log the values at `idx` (ascending) of step t's rounding point, rounded `up` or not."""
         if idx.numel():
-            self._rows.append(_rows(t, point, idx.cpu().numpy(), up.cpu().numpy()))
+            self._add(_rows(t, point, idx.cpu().numpy(), up.cpu().numpy()))
+
+    def _add(self, rows: np.ndarray) -> None:
+        self._rows.append(rows)
+        self.ready += len(rows)
 
     def _collect(self, keep: int) -> None:
         """Move the in-flight entries whose copies are done to the rows, oldest first, waiting
@@ -470,15 +475,16 @@ class RoundingLog:
             rows, n = item.rows()
             self._caps[item.point] = max(_CAP_MIN, 2 * n)
             if len(rows):
-                self._rows.append(rows)
+                self._add(rows)
 
-    def take(self) -> np.ndarray:
-        """The entries recorded since the last call, int64 [n, 4], in order."""
-        self._collect(0)
+    def take(self, wait: bool = True) -> np.ndarray:
+        """The entries recorded since the last call, int64 [n, 4], in order; without `wait`,
+        only those already on the host (no wait for a device: the later ones stay in flight)."""
+        self._collect(0 if wait else len(self._pending))
         if not self._rows:
             return np.zeros((0, len(LOG_COLUMNS)), dtype=np.int64)
         rows = np.concatenate(self._rows)
-        self._rows = []
+        self._rows, self.ready = [], 0
         return rows
 
     # ----- replaying
