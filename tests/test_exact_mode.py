@@ -690,3 +690,18 @@ def test_deferred_recording_logs_what_the_immediate_one_logs():
     fx = x.clone()
     assert torch.equal(ex._near_tie(fx, w),
                        torch.nan_to_num(tie_distance(fx, fx.float()), nan=1.0) <= w)
+
+
+def test_exact_mode_is_the_default_for_gpu_proofs_where_the_model_supports_it():
+    """`pol train` / `pol commit` on a GPU record in exact mode unless told otherwise (a float32
+    GPU proof replays bitwise only on the same kind of GPU); never on a CPU, in fp16, with TF32,
+    or for a model exact mode refuses (digits-mlp: dropout)."""
+    from pol.prover.trainer import default_exact
+    assert default_exact(None, "cifar10-resnet20", "cuda") is True
+    assert default_exact(None, "synthetic-gpt", "cuda") is True
+    assert default_exact(None, "cifar10-resnet20", "cpu") is False
+    assert default_exact(None, "digits-cnn", "cuda", precision="fp16") is False
+    assert default_exact(None, "digits-cnn", "cuda", tf32=True) is False
+    assert default_exact(None, "digits-mlp", "cuda") is False  # dropout: refused by exact mode
+    assert default_exact(False, "digits-cnn", "cuda") is False
+    assert default_exact(True, "digits-cnn", "cpu") is True

@@ -137,10 +137,12 @@ def training_spec() -> Decorator:
                      show_default=True, help="Linear lr warm-up over this many steps (part of "
                      "the schedule; damps the early growth that dominates cross-hardware replay "
                      "error)."),
-        click.option("--exact", is_flag=True, help="Exact mode: the step computes in float64 "
-                     "and rounds to float32 with a log of the values near a rounding tie, so the "
-                     "proof replays bitwise on other hardware (a GPU proof on a CPU). Refuses "
-                     "dropout, fp16 and layers outside a supported list."),
+        click.option("--exact/--no-exact", default=None, help="Exact mode: the step computes "
+                     "in float64 and rounds to float32 with a log of the values near a rounding "
+                     "tie, so the proof replays bitwise on other hardware (a GPU proof on a CPU). "
+                     "Refuses dropout, fp16 and layers outside a supported list. Default: on for "
+                     "a GPU where the task's model supports it (fp32, no TF32), off on a CPU "
+                     "(a CPU proof replays bitwise on other CPUs already)."),
         click.option("--data", "data_dir", type=click.Path(),
                      help="Local dataset directory (CIFAR)."),
     )

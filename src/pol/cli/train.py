@@ -73,7 +73,7 @@ def commit(task, epochs, k, seed, lr, batch_size, precision, device, determinist
 
     from pol.errors import ConfigError
     from pol.protocol import commit as c
-    from pol.prover.trainer import default_deterministic
+    from pol.prover.trainer import default_deterministic, default_exact
     from pol.registry import resolve_device
     from pol.tasks import build_spec
     if Path(out).exists() and not force:  # before anything is appended to the ledger
@@ -83,7 +83,8 @@ def commit(task, epochs, k, seed, lr, batch_size, precision, device, determinist
     spec, _, _ = build_spec(task, epochs=epochs, k=k, seed=seed, lr=lr, batch_size=batch_size,
                             precision=precision, device=dev,
                             deterministic=default_deterministic(deterministic, dev),
-                            data_dir=data_dir, tf32=tf32, warmup=warmup, exact=exact)
+                            data_dir=data_dir, tf32=tf32, warmup=warmup,
+                            exact=default_exact(exact, task, dev, precision, tf32))
     side = c.commit(ledger_db, key, spec)
     c.write_commitment_file(out, side, overwrite=force)
     render.committed(spec, side, ledger_db, out)

@@ -80,6 +80,30 @@ def default_deterministic(deterministic: bool | None, device_type: str) -> bool:
     return device_type == "cuda" if deterministic is None else bool(deterministic)
 
 
+def default_exact(exact: bool | None, task: str, device_type: str, precision: str = "fp32",
+                  tf32: bool = False) -> bool:
+    """pol's default for a built-in task: exact mode on a GPU (`pol.step.exact`) where the
+    task's model supports it, in float32 without TF32. A float32 GPU proof replays bitwise
+    only on the same kind of GPU: verified on a CPU, an honest ResNet-20 proof at the task's
+    k = 100 is rejected (measured: relative error 0.68 > 0.5, H200 -> CPU), where its exact-mode
+    proof replays bitwise on either, for 1.0-1.4x the training time (ResNet-20, H200). A CPU
+    proof replays bitwise on other CPUs already. `exact` given (True, False): as given."""
+    if exact is not None:
+        return bool(exact)
+    if device_type != "cuda" or precision != "fp32" or tf32:
+        return False
+    from pol.errors import ConfigError
+    from pol.models import build_model
+    from pol.step.exact import check_model
+    from pol.tasks import get_task
+    t = get_task(task)
+    try:
+        check_model(build_model(t.arch, **t.model_kwargs))
+    except ConfigError:
+        return False
+    return True
+
+
 def train_task(task: str, out: str | os.PathLike, *, epochs: int | None = None,
                k: int | None = None, seed: int = 0, lr: float | None = None,
                batch_size: int | None = None, precision: str = "fp32", device: str = "cpu",
@@ -90,7 +114,7 @@ def train_task(task: str, out: str | os.PathLike, *, epochs: int | None = None,
                ledger: str | os.PathLike | None = None, signing_key=None,
                commitment: str | os.PathLike | dict | None = None,
                passphrase_env: str | None = None, compress: bool = False,
-               continue_from_stored: bool = True, exact: bool = False) -> TrainResult:
+               continue_from_stored: bool = True, exact: bool | None = None) -> TrainResult:
     """Train a built-in task (see `pol.tasks.TASKS`) and write its proof to `out`.
 
     `init_from`: warm start from a parent proof (W_0 = its final model weights, fresh optimizer
@@ -104,7 +128,8 @@ def train_task(task: str, out: str | os.PathLike, *, epochs: int | None = None,
     `continue_from_stored`: fp16 only; see `Recorder` (False: training continues from the unrounded
     state, and replay is only within δ — what a replay on other hardware looks like).
     `exact`: exact mode (`pol.step.exact`): the step in float64 rounded to float32 with a rounding
-    log, so the proof replays bitwise on other hardware (a task with dropout is refused)."""
+    log, so the proof replays bitwise on other hardware (a task with dropout is refused); None:
+    `default_exact` (on a GPU where the model supports it)."""
     from pol.registry import resolve_device
     from pol.tasks import build_spec
     dev = resolve_device(device)
@@ -113,7 +138,7 @@ def train_task(task: str, out: str | os.PathLike, *, epochs: int | None = None,
                                    deterministic=default_deterministic(deterministic, dev.type),
                                    data_dir=data_dir,
                                    dataset_params=dataset_params, tf32=tf32, warmup=warmup,
-                                   exact=exact)
+                                   exact=default_exact(exact, task, dev.type, precision, tf32))
     init = initial_state = None
     if init_from is not None:
         from pol.errors import ConfigError
