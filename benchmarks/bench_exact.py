@@ -203,6 +203,9 @@ def breakdown(spec, train, device, steps: int) -> dict:
     with numerics(spec, device):
         ctx = build_context(spec, device)
         out["fp32_ms"] = 1e3 * _timed_steps(ctx, spec, train, device, steps)
+        if PROFILE_OUT:
+            _profile(f"{spec.model.arch}: float32, 2 steps",
+                     lambda: _timed_steps(ctx, spec, train, device, 2), device)
         ctx.model.double()
         prep = ctx.prepare
 
@@ -219,6 +222,9 @@ def breakdown(spec, train, device, steps: int) -> dict:
         with _graphs_off():  # the same steps eagerly (on a GPU; the same run on a CPU)
             ctx_eager = build_context(exact_spec, device)
             out["exact_eager_ms"] = 1e3 * _timed_steps(ctx_eager, exact_spec, train, device, steps)
+            if PROFILE_OUT:  # the kernels a graph would hide
+                _profile(f"{spec.model.arch}: exact mode, recording, eager, 2 steps",
+                         lambda: _timed_steps(ctx_eager, exact_spec, train, device, 2), device)
         entries = ctxe.exact.take()
         out["syncs_record"] = _sync_sites(
             lambda: _timed_steps(ctxe, exact_spec, train, device, 3), device)
@@ -316,6 +322,9 @@ def verify_on(path: Path, device: torch.device, all_segments: bool) -> dict:
 
 def bench_task(name: str, args, device, vdevice, tmp: Path) -> dict:
     spec, train, _ = task_spec(name, args, device)
+    if args.breakdown_only:
+        return {"task": name, "device": device.type,
+                "step_ms": breakdown(spec, train, device, args.breakdown)}
     secs, runs, proof = train_times(spec, train, device, tmp, args.repeats)
     step_ms = breakdown(spec, train, device, args.breakdown) if args.breakdown else None
     from pol.step import build_model
@@ -369,6 +378,8 @@ def main() -> None:
     ap.add_argument("--breakdown", type=int, default=0, metavar="STEPS",
                     help="also time STEPS steps of pol's step without a proof: float32, float64 "
                     "without rounding, exact mode and its rounding")
+    ap.add_argument("--breakdown-only", action="store_true",
+                    help="only the --breakdown (no proofs recorded or verified)")
     ap.add_argument("--profile-out", default=None, metavar="FILE",
                     help="with --breakdown: torch.profiler tables of 2 exact steps (recording, "
                     "replaying) appended to FILE")

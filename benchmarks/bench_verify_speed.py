@@ -267,19 +267,22 @@ def _train(a, out: Path):
         return train_task(a.task, out, overwrite=True, **_task_kwargs(a))
     from dataclasses import replace
 
-    from pol.prover.trainer import default_deterministic, train_spec
+    from pol.prover.trainer import default_deterministic, default_exact, train_spec
     from pol.registry import resolve_device
     from pol.tasks import build_spec
     kw = _task_kwargs(a)
     dev = resolve_device(kw.pop("device"))
+    exact = default_exact(kw.pop("exact"), a.task, dev.type)
     spec, tr, te = build_spec(a.task, device=dev.type,
-                              deterministic=default_deterministic(None, dev.type), **kw)
+                              deterministic=default_deterministic(None, dev.type), exact=exact,
+                              **kw)
     spec = spec.with_(model=replace(spec.model, kwargs={**spec.model.kwargs, **a.model_kw}))
     return train_spec(spec, tr, te, out, device=dev, overwrite=True)
 
 
 def _task_kwargs(a) -> dict:
-    kw = {"device": a.device, "seed": 0}
+    kw = {"device": a.device, "seed": 0,
+          "exact": {"auto": None, "on": True, "off": False}[a.exact]}
     for name in ("epochs", "k", "batch_size"):
         if getattr(a, name) is not None:
             kw[name] = getattr(a, name)
@@ -1141,6 +1144,9 @@ def parse(argv=None):
     ap.add_argument("--budget-s", type=float, help="total wall-time budget: the warm-up and the "
                     "first round always run; every later phase (rounds, pol verify processes, "
                     "init checks) only where its estimate fits what is left; skips are listed")
+    ap.add_argument("--exact", choices=("auto", "on", "off"), default="auto",
+                    help="exact mode of the proofs: pol train's default (auto: on a GPU where "
+                    "the model supports it), on, off")
     ap.add_argument("--torch-profile", action="store_true", help="torch.profiler over a few "
                     "steps of the warm-up training and over one segment's replay (in a verify "
                     "--all of the warm-up proof): top ops, kernels, host-side gaps")
