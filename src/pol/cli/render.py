@@ -32,9 +32,10 @@ def trained(r: Any, init_from: str | None, ledger_db: str | None, commitment: st
          f"final loss {r.final_loss:.4f}, test accuracy {r.test_accuracy:.2%}")
     echo(f"proof: {r.proof}  root digest {r.root_digest}")
     if r.spec.device != "cpu" and not r.spec.step.exact:
-        echo(f"note: this proof replays bitwise on this kind of {r.spec.device} device; on other "
-             "hardware (a CPU, another GPU type) an honest replay can fail at large k: record "
-             "with --exact for a proof that replays bitwise anywhere")
+        echo(f"note: this float32 proof replays bitwise on this kind of {r.spec.device} device; "
+             "on other hardware (a CPU, another GPU type) an honest replay can fail at large k. "
+             "Exact mode (--exact, pol train's default on a GPU) replays bitwise anywhere; it was "
+             "off here (--no-exact, fp16, --tf32, or a layer it refuses, such as dropout)")
     if init_from:
         echo(f"warm start from parent proof {init_from}")
     if ledger_db:
