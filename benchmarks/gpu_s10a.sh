@@ -2,8 +2,8 @@
 # Prepared in session 9 for the next GPU call (not run yet; session 9's device time was spent):
 # (1) the device tests; (2) the 114M GPT (bench_scale's large size) in exact mode, now pol
 # train's default on a GPU: its training cost against float32 and bf16 at k = 100, verified on
-# the GPU; (3) issue 13's figures for it on pol train's path (exact, the default) and for
-# ResNet-20 with float32 proofs (--exact off) beside them; (4) the README Recorder's overhead
+# the GPU; (3) issue 13's figures for it on pol train's path (exact, the default); (4) the
+# README Recorder's overhead
 # (unchanged code since s8b: k = 1 1.11, target 1.02).
 #   OUT=gpu-out bash benchmarks/gpu_s10a.sh
 . "$(dirname "$0")/gpu_lib.sh"
