@@ -376,27 +376,39 @@ def test_the_golden_exact_proof_reads_and_verifies_bitwise(folder):
         assert check(r, "rounding log").status == "pass"
 
 
-def _full_and_interrupted(tmp_path, monkeypatch) -> None:
-    """An exact-mode run in full/ and the same run interrupted at step 7 in cut/, both logging
-    the values within 2^-4 ulps of the zone's edge (iris's 15 parameters log few values at the
-    spec's window: these runs are not verified, their logs are compared)."""
-    from pol.prover import recorder
+_IRIS = dict(task="iris-logreg", epochs=2, k=3, seed=2, exact=True)
+
+
+def _wide_log(monkeypatch) -> None:
+    """Runs that log the values within 2^-4 ulps of the zone's edge (iris's 15 parameters log
+    few values at the spec's window: these runs are not verified, their logs are compared)."""
     from pol.step import exact as ex
     init = ex.RoundingLog.__init__
     monkeypatch.setattr(ex.RoundingLog, "__init__",
                         lambda self, w, *a: init(self, 2.0 ** -4, *a))
-    kw = dict(task="iris-logreg", epochs=2, k=3, seed=2, exact=True)
-    train_task(out=tmp_path / "full", **kw)
+
+
+def _interrupted(out, monkeypatch, at: int) -> None:
+    """The iris run interrupted (Ctrl-C) as step `at` starts, in `out`."""
+    from pol.prover import recorder
     real = recorder.Recorder.step
 
     def crash(self, loss=None):
-        if self.t == 7:
+        if self.t == at:
             raise KeyboardInterrupt
         real(self, loss)
     monkeypatch.setattr(recorder.Recorder, "step", crash)
     with pytest.raises(KeyboardInterrupt):
-        train_task(out=tmp_path / "cut", **kw)
+        train_task(out=out, **_IRIS)
     monkeypatch.setattr(recorder.Recorder, "step", real)
+
+
+def _full_and_interrupted(tmp_path, monkeypatch) -> None:
+    """An exact-mode run in full/ and the same run interrupted at step 7 in cut/, both with a
+    wide log (`_wide_log`)."""
+    _wide_log(monkeypatch)
+    train_task(out=tmp_path / "full", **_IRIS)
+    _interrupted(tmp_path / "cut", monkeypatch, 7)
 
 
 def test_an_interrupted_exact_run_resumes_to_the_same_proof(tmp_path, monkeypatch):
@@ -440,33 +452,25 @@ def test_the_log_goes_to_the_writer_in_pieces_between_checkpoints(tmp_path, monk
     """Rows reach the proof writer every LOG_PIECE_ROWS rows, not only with each checkpoint
     (a long interval's log is never held at once): the same proof, logs equal row for row;
     a run interrupted with pieces journaled past its last checkpoint resumes to it too."""
+    from pol.proof.writer import ProofWriter
     from pol.prover import recorder
     from pol.prover.trainer import resume_task
-    _full_and_interrupted(tmp_path, monkeypatch)  # at 2^-4 ulps: many rows per step
-    from pol.proof.writer import ProofWriter
+    _wide_log(monkeypatch)  # many rows per step
+    train_task(out=tmp_path / "full", **_IRIS)
     puts = []
     real_put = ProofWriter.put_log
     monkeypatch.setattr(ProofWriter, "put_log",
                         lambda self, rows: (puts.append(len(rows)), real_put(self, rows)))
     monkeypatch.setattr(recorder, "LOG_PIECE_ROWS", 1)
-    kw = dict(task="iris-logreg", epochs=2, k=3, seed=2, exact=True)
-    train_task(out=tmp_path / "pieces", **kw)
+    train_task(out=tmp_path / "pieces", **_IRIS)
     assert len(puts) > 5 and all(puts)
     full, pieces = open_proof(tmp_path / "full"), open_proof(tmp_path / "pieces")
     assert np.array_equal(full.roundlog, pieces.roundlog)
+
     def files(p):
         return {k: v for k, v in p.manifest.files.items() if k != fmt.ROUNDLOG}
     assert files(full) == files(pieces)
-    real_step = recorder.Recorder.step
-
-    def crash(self, loss=None):
-        if self.t == 8:  # a piece of step 7 is journaled past the checkpoint at 6
-            raise KeyboardInterrupt
-        real_step(self, loss)
-    monkeypatch.setattr(recorder.Recorder, "step", crash)
-    with pytest.raises(KeyboardInterrupt):
-        train_task(out=tmp_path / "cut2", **kw)
-    monkeypatch.setattr(recorder.Recorder, "step", real_step)
+    _interrupted(tmp_path / "cut2", monkeypatch, 8)  # a piece of step 7 past the checkpoint at 6
     resume_task(tmp_path / "cut2")
     assert np.array_equal(open_proof(tmp_path / "cut2").roundlog, full.roundlog)
 

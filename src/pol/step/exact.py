@@ -189,26 +189,41 @@ def _tie_units(x: torch.Tensor) -> torch.Tensor:
     return d.masked_fill_(torch.isnan(x), 1.0)
 
 
-def _near_tie(x: torch.Tensor, window: float, zone: float = 0.0) -> torch.Tensor:
-    """Which values of `x` (flat float64) a recording logs (a bool mask; NaN and ±inf never):
-    those whose distance from a float32 rounding tie (`_tie_units`) lies within `window` of
-    `zone` (the edge of the round-to-even zone; 0: the tie itself)."""
-    return _in_band(_tie_units(x), window, zone)
+def _near_tie(x: torch.Tensor, window: float) -> torch.Tensor:
+    """Which values of `x` (flat float64) lie within `window` float32 spacings of a rounding tie
+    (`_tie_units`; a bool mask, NaN and ±inf never)."""
+    return _tie_units(x) <= window
+
+
+def _from_edge(d: torch.Tensor, zone: float) -> torch.Tensor:
+    """Distances from a tie `d` as distances from where the log's entries lie: the zone's edge
+    (`|d − zone|`, written over `d`), or the tie itself without a zone."""
+    return (d - zone).abs_() if zone else d
 
 
 def _in_band(d: torch.Tensor, window: float, zone: float) -> torch.Tensor:
-    """`|d − zone| <= window` (d: distances from a tie, `_tie_units`)."""
-    return d <= window if not zone else (d - zone).abs_() <= window
+    """`|d − zone| <= window` (d: distances from a tie, `_tie_units`; used up)."""
+    return _from_edge(d, zone) <= window
 
 
-def _to_even(x: torch.Tensor, r: torch.Tensor, zone: torch.Tensor) -> torch.Tensor:
+def _to_even(x: torch.Tensor, r: torch.Tensor, zone: torch.Tensor | None = None) -> torch.Tensor:
     """`r` (x's nearest float32 values) with each value that `zone` marks (it lies within the
-    round-to-even zone of a tie) replaced by the even one of x's two float32 neighbours, in
-    place: where r is odd, the neighbour on the other side of x."""
-    odd = (r.view(torch.int32) & 1).bool().logical_and_(zone)
+    round-to-even zone of a tie; None: every value) replaced by the even one of x's two float32
+    neighbours, in place: where r is odd, the neighbour on the other side of x."""
+    odd = (r.view(torch.int32) & 1).bool()
+    if zone is not None:
+        odd.logical_and_(zone)
     inf = _inf(r.device)
     other = torch.nextafter(r, torch.where(r.double() < x, inf, -inf))
     return r.copy_(torch.where(odd, other, r))
+
+
+def _to_even_at(fx: torch.Tensor, fr: torch.Tensor, idx: torch.Tensor, d: torch.Tensor,
+                zone: float) -> None:
+    """The gathered form of `_to_even` (a CPU's): of the candidates `idx`, at distances `d`
+    from a tie, those within the zone rounded to even in `fr`."""
+    z = idx[d < zone]
+    fr[z] = _to_even(fx[z], fr[z])
 
 
 def flush_small(g: torch.Tensor) -> torch.Tensor:
@@ -350,8 +365,7 @@ def _round_float32(x: torch.Tensor, log: "RoundingLog", t: int, point: int) -> t
         idx = _candidates(fx, zone + log.window)
         d = tie_distance(fx[idx], fr[idx])
         if zone:
-            z = idx[d < zone]
-            fr[z] = _to_even(fx[z], fr[z], torch.ones_like(z, dtype=torch.bool))
+            _to_even_at(fx, fr, idx, d, zone)
         idx = idx[_in_band(d, log.window, zone)]
         log.record_at(t, point, idx, fr[idx].double() > fx[idx])
     return r
@@ -585,17 +599,14 @@ class RoundingLog:
                 _to_even(fx, fr, _tie_units(fx) < zone)
             else:
                 idx = _candidates(fx, zone)
-                z = idx[tie_distance(fx[idx], fr[idx]) < zone]
-                fr[z] = _to_even(fx[z], fr[z], torch.ones_like(z, dtype=torch.bool))
+                _to_even_at(fx, fr, idx, tie_distance(fx[idx], fr[idx]), zone)
         got = self._logged(t, point, fx.numel(), fx.device)
         if got is None:
             return
         idx_np, idx, up = got
         xi = fx[idx]
         ri = xi.to(torch.float32)  # the nearest (fr may hold the even one)
-        dist = tie_distance(xi, ri)
-        if zone:
-            dist = (dist - zone).abs_()
+        dist = _from_edge(tie_distance(xi, ri), zone)
         bad = self._far(t, point, idx_np, dist, REPLAY_FACTOR * self.window, _unit(zone))
         lo, hi = _neighbours(xi, ri)
         fr[idx] = torch.where(up & ~bad, hi, torch.where(bad, fr[idx], lo))
@@ -655,7 +666,7 @@ def apply_dense(fx: torch.Tensor, fr: torch.Tensor, dirs: torch.Tensor, window: 
     dist = tie_distance(fx, fr)
     if zone:
         _to_even(fx, fr, dist < zone)  # (fx's nearest in `_neighbours` below: either works)
-        dist = dist.sub_(zone).abs_()
+    dist = _from_edge(dist, zone)
     within = REPLAY_FACTOR * window
     bad = logged & ~(dist <= within)
     lo, hi = _neighbours(fx, fr)
