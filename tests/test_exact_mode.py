@@ -199,7 +199,7 @@ def test_the_spec_writes_exact_mode_only_when_set():
     assert StepSpec().to_dict() == {}
     d = StepSpec(exact=True).to_dict()
     assert d == {"exact": True, "exact_window": 2.0 ** -12, "exact_noise": 2.0 ** -40,
-                 "exact_zone": 2.0 ** -8}
+                 "exact_zone": 2.0 ** -8, "exact_grid": 8}
     assert StepSpec.from_dict(d) == StepSpec(exact=True)
     from pol.errors import ProofFormatError
     with pytest.raises(ProofFormatError):
@@ -215,7 +215,7 @@ def test_the_spec_writes_exact_mode_only_when_set():
     with pytest.raises(ProofFormatError):  # only with exact mode
         StepSpec.from_dict({"exact_noise": 2.0 ** -40})
     # a proof made before the round-to-even zone existed: none (0), and never written
-    no_zone = {k: v for k, v in d.items() if k != "exact_zone"}
+    no_zone = {k: v for k, v in d.items() if k not in ("exact_zone", "exact_grid")}
     old = StepSpec.from_dict(no_zone)
     assert old.exact_zone == 0 and old.to_dict() == no_zone
     for bad in (3e-3, 2.0 ** -2, 2.0 ** -20, 0.0, True):
@@ -225,6 +225,18 @@ def test_the_spec_writes_exact_mode_only_when_set():
         StepSpec.from_dict({"exact_zone": 2.0 ** -8})
     with pytest.raises(ValueError, match="exact_zone"):
         StepSpec(exact=True, exact_zone=0.01)
+    # a proof made before the gradient grid's coarseness existed: 4, and 4 is never written
+    no_grid = {k: v for k, v in d.items() if k != "exact_grid"}
+    old = StepSpec.from_dict(no_grid)
+    assert old.exact_grid == 4 and old.to_dict() == no_grid
+    assert StepSpec(exact=True, exact_grid=4).to_dict() == no_grid
+    for bad in (1, 13, 8.0, True, 4):  # out of range; not an integer; 4 written
+        with pytest.raises(ProofFormatError):
+            StepSpec.from_dict({**d, "exact_grid": bad})
+    with pytest.raises(ProofFormatError):
+        StepSpec.from_dict({"exact_grid": 8})
+    with pytest.raises(ValueError, match="exact_grid"):
+        StepSpec(exact=False, exact_grid=6)
 
 
 def _reference_distance(x: float) -> float:
@@ -356,12 +368,14 @@ def test_the_chunked_log_file_round_trips_and_is_validated():
 
 @pytest.mark.parametrize("folder", [GOLDEN, GOLDEN.parent / "exact-noise",
                                     GOLDEN.parent / "exact-chunked",
-                                    GOLDEN.parent / "exact-zone"])
+                                    GOLDEN.parent / "exact-zone",
+                                    GOLDEN.parent / "exact-grid"])
 def test_the_golden_exact_proof_reads_and_verifies_bitwise(folder):
     """exact/: made before the gradient noise bound existed (none); exact-noise/: with it, its
     log holding gradient-grid entries; both logs of version 1 (one frame). exact-chunked/: the
     log of version 2, a chunk per checkpoint. exact-zone/: with the round-to-even zone (the
-    others were made before it: none)."""
+    others were made before it: none). exact-grid/: with the gradient grid's coarseness 8 (the
+    others: 4, unwritten)."""
     index = json.loads((folder / "GOLDEN.json").read_text())
     for name, info in index.items():
         p = open_proof(folder / name)
@@ -369,8 +383,10 @@ def test_the_golden_exact_proof_reads_and_verifies_bitwise(folder):
         assert p.manifest.spec.step.exact and len(p.roundlog) > 0
         assert (p.manifest.spec.step.exact_noise > 0) == (folder.name != "exact")
         version = (folder / name / fmt.ROUNDLOG).read_bytes()[4]
-        assert version == (2 if folder.name in ("exact-chunked", "exact-zone") else 1)
-        assert (p.manifest.spec.step.exact_zone > 0) == (folder.name == "exact-zone")
+        assert version == (1 if folder.name in ("exact", "exact-noise") else 2)
+        assert (p.manifest.spec.step.exact_zone > 0) == (folder.name in ("exact-zone",
+                                                                         "exact-grid"))
+        assert p.manifest.spec.step.exact_grid == (8 if folder.name == "exact-grid" else 4)
         r = verify(folder / name, all_segments=True)
         assert r.valid and all(s.exact for s in r.segments), r.render()
         assert check(r, "rounding log").status == "pass"
@@ -478,7 +494,8 @@ def test_the_log_goes_to_the_writer_in_pieces_between_checkpoints(tmp_path, monk
 def test_a_spec_with_exact_mode_round_trips_through_the_manifest(proofs):
     m = json.loads((proofs / "exact" / fmt.MANIFEST).read_text())
     assert m["spec"]["step"] == {"exact": True, "exact_window": 2.0 ** -12,
-                                 "exact_noise": 2.0 ** -40, "exact_zone": 2.0 ** -8}
+                                 "exact_noise": 2.0 ** -40, "exact_zone": 2.0 ** -8,
+                                 "exact_grid": 8}
     assert fmt.ROUNDLOG in m["files"]
     assert TrainingSpec.from_dict(m["spec"]).step.exact
 
@@ -489,6 +506,11 @@ def test_the_hardened_verifier_bounds_the_rounding_window(proofs):
     assert hyperparameter_problems(spec) == []
     wide = spec.with_(step=StepSpec(exact=True, exact_window=2.0 ** -6))
     assert any("rounding-log window" in p for p in hyperparameter_problems(wide))
+    # the grid's spacing 2^exact_grid · exact_noise: 2^-28 at most (2^12 · 2^-40 passes)
+    ok = spec.with_(step=StepSpec(exact=True, exact_grid=12))
+    assert hyperparameter_problems(ok) == []
+    coarse = spec.with_(step=StepSpec(exact=True, exact_noise=2.0 ** -32, exact_grid=5))
+    assert any("grid spacing" in p for p in hyperparameter_problems(coarse))
 
 
 def test_attach_records_an_exact_proof_that_verifies_bitwise(tmp_path):
@@ -582,11 +604,16 @@ def _device_noise(x: torch.Tensor, sizes: list[int], nu: float, seed: int) -> to
     return torch.cat(parts)
 
 
-def test_gradient_grid_absorbs_noise_that_scales_with_the_tensor():
+ENTRIES_BY_GRID: dict[int, int] = {}
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_gradient_grid_absorbs_noise_that_scales_with_the_tensor(bits):
     """A reduction's float64 error between devices scales with the tensor's largest terms (an
     H200 against a CPU: up to ~2^-43 of the gradient tensor's largest value), so a small value's
     rounding can differ by a whole ulp; with the noise bound, logged values and the grid floor
-    replay bitwise where plain float32 rounding does not."""
+    replay bitwise where plain float32 rounding does not. A coarser grid (bits: 2^bits·ν, 4 in
+    older proofs) logs fewer values."""
     from pol.step.exact import GRADIENTS, RoundingLog, round_exact
     nu = 2.0 ** -40
     g = torch.Generator().manual_seed(0)
@@ -596,30 +623,33 @@ def test_gradient_grid_absorbs_noise_that_scales_with_the_tensor():
                    for n, s in zip(sizes, (1e-3, 5.0, 1e-6))])
     other = _device_noise(x, sizes, nu, seed=1)
     assert int((x.float() != other.float()).sum()) > 10  # plain rounding: they differ
-    rec = RoundingLog(2.0 ** -12, nu)
+    rec = RoundingLog(2.0 ** -12, nu, grid=bits)
     rec.begin(0)
     mine = round_exact(x, rec, 0, GRADIENTS, sizes=sizes)
     entries = rec.take()
     assert 0 < len(entries) < 0.05 * x.numel()
-    rep = RoundingLog(2.0 ** -12, nu)
+    ENTRIES_BY_GRID[bits] = len(entries)
+    if len(ENTRIES_BY_GRID) == 2:  # 2^-4 of the values on the finer grid, 2^-8 on the coarser
+        assert ENTRIES_BY_GRID[8] < ENTRIES_BY_GRID[4] / 4
+    rep = RoundingLog(2.0 ** -12, nu, grid=bits)
     rep.replay(entries)
     rep.begin(0)
     theirs = round_exact(other, rep, 0, GRADIENTS, sizes=sizes)
     assert not rep.problems and torch.equal(mine, theirs)
     # float32 where the float32 spacing is at least the grid's; a multiple of the floor below
     big = x[:sizes[0]].abs().max()
-    q = 2.0 ** (math.frexp(float(big))[1] - 36)
+    q = 2.0 ** (math.frexp(float(big))[1] - 40 + bits)
     head = x[:sizes[0]]
     coarse = head.abs() < q * 2 ** 23
     assert torch.equal(mine[:sizes[0]][~coarse], head[~coarse].float())
     assert coarse.any() and bool((torch.remainder(mine[:sizes[0]][coarse].double(), q) == 0).all())
     # without the log the replay differs; a forged entry naming a value far from a tie fails
-    rep2 = RoundingLog(2.0 ** -12, nu)
+    rep2 = RoundingLog(2.0 ** -12, nu, grid=bits)
     rep2.replay(np.zeros((0, 4), dtype=np.int64))
     rep2.begin(0)
     assert not torch.equal(mine, round_exact(other, rep2, 0, GRADIENTS, sizes=sizes))
     far = int(((x.abs() > 0.5 * x[:sizes[0]].abs().max())[:sizes[0]]).nonzero()[0, 0])
-    rep3 = RoundingLog(2.0 ** -12, nu)
+    rep3 = RoundingLog(2.0 ** -12, nu, grid=bits)
     rep3.replay(np.array([[0, GRADIENTS, far, 1]], dtype=np.int64))
     rep3.begin(0)
     round_exact(other, rep3, 0, GRADIENTS, sizes=sizes)

@@ -164,7 +164,7 @@ def test_dense_apply_rounds_and_checks_as_the_gathered_one(grid, zone):
     rows = rec.take()
     assert len(rows) > 10
     if grid:  # the value farthest from a tie: an entry naming it is a forger's
-        gr = exact.Grid(x.clone(), sizes, rec.noise, window)
+        gr = exact.Grid(x.clone(), sizes, rec.noise, window, rec.grid)
         far = int(torch.argmax(gr.tie / gr.g))
     else:
         far = int(torch.argmax((exact.tie_distance(x, x.float()) - zone).abs()))
@@ -186,7 +186,7 @@ def test_dense_apply_rounds_and_checks_as_the_gathered_one(grid, zone):
         dirs = torch.zeros(4000, dtype=torch.int8)
         dirs[torch.from_numpy(entries[:, 2])] = torch.from_numpy(entries[:, 3]).to(torch.int8) + 1
         if grid:
-            gr = exact.Grid(x.clone(), sizes, rec.noise, window)
+            gr = exact.Grid(x.clone(), sizes, rec.noise, window, rec.grid)
             r = gr.r
             facts = exact.apply_grid_dense(gr, r, dirs)
             got, unit = r.to(torch.float32), exact.GRID_UNIT

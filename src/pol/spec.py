@@ -31,6 +31,12 @@ EXACT_NOISE_MIN, EXACT_NOISE_MAX = 2.0 ** -52, 2.0 ** -24
 # new proofs and the bounds of a power of two (0: none, proofs made before it existed)
 EXACT_ZONE = 2.0 ** -8
 EXACT_ZONE_MIN, EXACT_ZONE_MAX = 2.0 ** -16, 2.0 ** -3
+# ... and its gradient grid (StepSpec.exact_grid), log2 of the grid spacing's ratio to the noise
+# bound: the default of new proofs, the value of proofs made before it existed (never written),
+# and the bounds
+EXACT_GRID = 8
+EXACT_GRID_LEGACY = 4
+EXACT_GRID_MIN, EXACT_GRID_MAX = 2, 12
 
 # JSON scalars that may appear in factory keyword arguments (nested lists/dicts of these too).
 _JSON_SCALARS = (str, int, float, bool, type(None))
@@ -387,7 +393,8 @@ class StepSpec:
     - `exact_noise`: the float64 noise between devices that exact mode's gradient rounding
       absorbs, as a fraction ν of each gradient tensor's largest value M (a power of two): a
       gradient value is logged wherever ν·M could decide its rounding, and no value rounds finer
-      than 16·ν·M (`pol.step.exact.Grid`). A reduction's float64 error scales with its largest
+      than 2^exact_grid·ν·M (`pol.step.exact.Grid`). A reduction's float64 error scales with
+      its largest
       terms, not with its result: measured between an H200 and a CPU on ResNet-20, up to
       ~2^-43·M. Written whenever `exact` is; absent (0: float32 rounding only, the window
       relative to each value) in proofs made before it existed.
@@ -400,6 +407,13 @@ class StepSpec:
       multiply-add) would round those either way: a zone decides them without a log entry.
       Written whenever `exact` is; absent (0: the window around the tie) in proofs made before
       it existed.
+    - `exact_grid`: the gradient grid's coarseness G, an integer: no gradient value rounds finer
+      than 2^G·ν·M, so that of the values on that grid a fraction 2^(1−G) lies within ν·M of a
+      tie and is logged. Proofs made before it existed had G = 4 (1 in 8 logged: a 114M GPT's
+      gradients gave 2.9 M entries per step, and writing them bounded its training); new
+      proofs take 8 (1 in 128), the spacing 2^-32·M at pol's ν, still far finer than float32
+      training computes such values (its reductions' error is ~2^-24·M). Written whenever
+      `exact` is and G is not 4; absent: 4.
     """
 
     clip_grad_norm: float = 0.0  # 0 = off
@@ -416,6 +430,7 @@ class StepSpec:
     exact_window: float = EXACT_WINDOW  # logged: within this many float32 ulps of a tie
     exact_noise: float = EXACT_NOISE  # ... or where ν × the gradient tensor's largest may decide
     exact_zone: float = EXACT_ZONE  # to even within this many float32 ulps of a tie
+    exact_grid: int = EXACT_GRID  # no gradient rounds finer than 2^exact_grid · ν · M
 
     def __post_init__(self) -> None:
         if self.clip_grad_norm < 0 or self.clip_grad_value < 0:
@@ -468,6 +483,12 @@ class StepSpec:
                              f"{z!r}")
         if z != EXACT_ZONE and not self.exact:
             raise ValueError("exact_zone needs exact=True")
+        g = self.exact_grid
+        if isinstance(g, bool) or not isinstance(g, int) or not EXACT_GRID_MIN <= g <= EXACT_GRID_MAX:
+            raise ValueError(f"exact_grid must be an integer in [{EXACT_GRID_MIN}, "
+                             f"{EXACT_GRID_MAX}], got {g!r}")
+        if g != EXACT_GRID and not self.exact:
+            raise ValueError("exact_grid needs exact=True")
         if self.exact and self.autocast:
             raise ValueError("exact mode computes the step in float64: no autocast with it")
 
@@ -476,13 +497,16 @@ class StepSpec:
         return self == StepSpec()
 
     def to_dict(self) -> dict:
-        """Only the fields that differ from their defaults (and the window, noise bound and zone
-        with exact mode; a noise bound or zone of 0, an older proof's, is never written)."""
+        """Only the fields that differ from their defaults (and the window, noise bound, zone and
+        grid with exact mode; a noise bound or zone of 0 and a grid of 4, an older proof's, are
+        never written)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)
                if getattr(self, f.name) != f.default
-               or (f.name in ("exact_window", "exact_noise", "exact_zone") and self.exact)}
-        for name in ("exact_noise", "exact_zone"):
-            if out.get(name) == 0:
+               or (f.name in ("exact_window", "exact_noise", "exact_zone", "exact_grid")
+                   and self.exact)}
+        for name, legacy in (("exact_noise", 0), ("exact_zone", 0),
+                             ("exact_grid", EXACT_GRID_LEGACY)):
+            if name in out and out[name] == legacy:
                 del out[name]
         return out
 
@@ -523,7 +547,11 @@ class StepSpec:
                        exact_zone=float(_num(d, "exact_zone", where, lo=EXACT_ZONE_MIN,
                                              hi=EXACT_ZONE_MAX, optional=True,
                                              default=0.0 if d.get("exact") is True
-                                             else EXACT_ZONE)))
+                                             else EXACT_ZONE)),
+                       exact_grid=_num(d, "exact_grid", where, lo=EXACT_GRID_MIN,
+                                       hi=EXACT_GRID_MAX, integer=True, optional=True,
+                                       default=EXACT_GRID_LEGACY if d.get("exact") is True
+                                       else EXACT_GRID))
         except ValueError as e:
             raise ProofFormatError(f"{where}: {e}") from None
         # one spelling: defaults are left out, and the whole step when all are

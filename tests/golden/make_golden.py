@@ -63,6 +63,15 @@ EXACT_ZONE_CASES = {
 }
 
 
+# the gradient grid's coarseness (StepSpec.exact_grid; the cases above were made before it: 4,
+# which is never written): 8, pol's default, with a noise bound that puts iris's gradients on
+# the grid's spacing bound (2^8 · 2^-36 = 2^-28)
+EXACT_GRID_CASES = {
+    "iris-logreg-exact-grid": dict(task="iris-logreg", epochs=4, k=5, seed=15, window=2.0 ** -8,
+                                   noise=2.0 ** -36, zone=2.0 ** -8, grid=8),
+}
+
+
 def main_exact(folder: str = "exact", cases: dict | None = None) -> None:
     from pol.prover.trainer import train_spec
     from pol.spec import EXACT_NOISE, StepSpec
@@ -74,10 +83,10 @@ def main_exact(folder: str = "exact", cases: dict | None = None) -> None:
     for name, kw in (EXACT_CASES if cases is None else cases).items():
         kw = dict(kw)
         window, noise = kw.pop("window"), kw.pop("noise", EXACT_NOISE)
-        zone = kw.pop("zone", 0.0)
+        zone, grid = kw.pop("zone", 0.0), kw.pop("grid", 4)
         spec, train, test = build_spec(kw.pop("task"), exact=True, **kw)
         spec = spec.with_(step=StepSpec(exact=True, exact_window=window, exact_noise=noise,
-                                        exact_zone=zone))
+                                        exact_zone=zone, exact_grid=grid))
         r = train_spec(spec, train, test, out / name)
         index[name] = {"root_digest": r.root_digest, "task": r.spec.task}
     (out / "GOLDEN.json").write_text(json.dumps(index, indent=1) + "\n")
@@ -93,6 +102,8 @@ def main() -> None:
                     help="exact mode, the rounding log in chunks (exact-chunked/)")
     ap.add_argument("--exact-zone", action="store_true",
                     help="exact mode with the round-to-even zone (exact-zone/)")
+    ap.add_argument("--exact-grid", action="store_true",
+                    help="exact mode with the gradient grid's coarseness (exact-grid/)")
     args = ap.parse_args()
     if args.exact:
         return main_exact()
@@ -102,6 +113,8 @@ def main() -> None:
         return main_exact("exact-chunked", EXACT_CHUNKED_CASES)
     if args.exact_zone:
         return main_exact("exact-zone", EXACT_ZONE_CASES)
+    if args.exact_grid:
+        return main_exact("exact-grid", EXACT_GRID_CASES)
     version = args.version
     out = HERE / f"v{version}"
     if out.exists():

@@ -149,7 +149,7 @@ def _step_fields(spec: TrainingSpec) -> dict[str, Any]:
                 seed=spec.seed, rng_device=augment_rng_device(spec), features=spec.step,
                 micro_batch=spec.batch_size // spec.step.accumulation,
                 exact=RoundingLog(spec.step.exact_window, spec.step.exact_noise,
-                                  spec.step.exact_zone)
+                                  spec.step.exact_zone, spec.step.exact_grid)
                 if spec.step.exact else None)
 
 

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from pol.errors import ConfigError
+from pol.spec import EXACT_GRID_LEGACY
 from pol.step import gemm_conv
 
 __all__ = ["RoundingLog", "ExactStep", "check_model", "tie_distance", "round_exact",
@@ -260,17 +261,18 @@ _EXPONENT = 0x7FF0000000000000  # a float64's exponent bits: 2^floor(log2|x|) as
 class Grid:
     """The rounding grid of a gradient vector with a noise bound (`StepSpec.exact_noise` = ν, a
     power of two): per tensor of `sizes`, with M its largest |value| (M < 2^E), every value
-    rounds to float32, except that no grid is finer than q = 2^(E + log2 ν + 4): values whose
-    float32 spacing is finer round to multiples of q. A value is near a tie when its distance
-    from the tie is within the larger of the log's window (in units of its grid spacing g) and
-    ν·2^E (≤ g/16): a float64 value whose computation may be off by ν·M between devices
+    rounds to float32, except that no grid is finer than q = 2^(E + log2 ν + G) (G: `bits`,
+    `StepSpec.exact_grid`): values whose float32 spacing is finer round to multiples of q. A
+    value is near a tie when its distance from the tie is within the larger of the log's window
+    (in units of its grid spacing g) and ν·2^E (≤ g/2^G): a float64 value whose computation may be off by ν·M between devices
     (reductions whose error scales with the tensor's largest terms, not with the value) is
     logged wherever that noise could decide its rounding. Vectorized over the whole vector:
     the spacing from the float64 exponent bits, the nearest value by `torch.round` (ties to
     even, as float32 rounding), distances in absolute terms (exact: powers of two and
     Sterbenz subtractions)."""
 
-    def __init__(self, fx: torch.Tensor, sizes: list[int], noise: float, window: float) -> None:
+    def __init__(self, fx: torch.Tensor, sizes: list[int], noise: float, window: float,
+                 bits: int) -> None:
         n = fx.numel()
         a = fx.abs()
         # each tensor's largest |value| (exact in any order; `segment_reduce` would wait for
@@ -280,7 +282,7 @@ class Grid:
         _, e_big = torch.frexp(big)
         ln = int(round(math.log2(noise)))
         e_big = e_big.long()
-        q = _spread(_pow2((e_big + ln + 4).clamp_min(-149)), sizes, n)
+        q = _spread(_pow2((e_big + ln + bits).clamp_min(-149)), sizes, n)
         nu_m = _spread(_pow2((e_big + ln).clamp_min(-1000)), sizes, n)
         g = (a.view(torch.int64) & _EXPONENT).view(torch.float64).mul_(2.0 ** -23)
         self.x, self.g = fx, torch.maximum(g, q, out=g)
@@ -318,7 +320,7 @@ def _spread(v: torch.Tensor, sizes: list[int], n: int) -> torch.Tensor:
 
 def _round_grid(fx: torch.Tensor, log: "RoundingLog", t: int, point: int,
                 sizes: list[int]) -> torch.Tensor:
-    grid = Grid(fx, sizes, log.noise, log.window)
+    grid = Grid(fx, sizes, log.noise, log.window, log.grid)
     r = grid.r
     if log.replaying:
         log.apply_grid(t, point, grid, r)
@@ -434,10 +436,12 @@ class RoundingLog:
     Neither side waits for a GPU inside a step: recorded entries reach the host behind events
     (`_InFlight`), and a replay's checks of the logged values are read when `problems` is."""
 
-    def __init__(self, window: float, noise: float = 0.0, zone: float = 0.0) -> None:
+    def __init__(self, window: float, noise: float = 0.0, zone: float = 0.0,
+                 grid: int = EXACT_GRID_LEGACY) -> None:
         self.window = float(window)
         self.noise = float(noise)  # StepSpec.exact_noise: 0 = no gradient grid (older proofs)
         self.zone = float(zone)  # StepSpec.exact_zone: 0 = no round-to-even zone (older proofs)
+        self.grid = int(grid)  # StepSpec.exact_grid: the gradient grid's coarseness (4: older)
         self._rows: list[np.ndarray] = []  # recording: rows per rounding point, in order
         self.ready = 0  # recording: how many rows `_rows` holds (on the host, not yet taken)
         self._pending: list[_InFlight] = []  # recording on a GPU: not yet on the host

@@ -49,11 +49,11 @@ WARMUP = 2  # eager exact steps of a context before its step is captured
 
 
 class _Sink:
-    """What a step captured as a graph sees of its `RoundingLog`: its window, noise bound, zone;
-    a step's start and end are the graphed step's business (`GraphedExactStep`)."""
+    """What a step captured as a graph sees of its `RoundingLog`: its window, noise bound, zone,
+    grid; a step's start and end are the graphed step's business (`GraphedExactStep`)."""
 
     def __init__(self, log: RoundingLog) -> None:
-        self.window, self.noise, self.zone = log.window, log.noise, log.zone
+        self.window, self.noise, self.zone, self.grid = log.window, log.noise, log.zone, log.grid
 
     def begin(self, t: int) -> None:
         pass

@@ -74,9 +74,14 @@ class Bounds:
     exact_window_max: float = 2.0 ** -8
     # exact mode's gradient noise bound (spec.step.exact_noise, a fraction ν of each gradient
     # tensor's largest value): the prover chooses the rounding of values within ν·M of a tie and
-    # rounds no finer than 16·ν·M; 2^-32 keeps that to the last bits of values ≥ 2^-4 of M
+    # rounds no finer than 2^G·ν·M (below); 2^-32 keeps that to the last bits of values ≥ 2^-4
+    # of M
     # (the measured noise is ~2^-43, pol's default 2^-40)
     exact_noise_max: float = 2.0 ** -32
+    # ... and its grid (spec.step.exact_grid = G): a logged gradient rounds either way by the
+    # grid's spacing 2^G·ν·M, the prover's choice; 2^-28 is what the largest noise bound allowed
+    # with the grid of proofs made before G existed (16·ν), pol's default 2^-32 (2^8·2^-40)
+    exact_grid_spacing_max: float = 2.0 ** -28
 
 
 BOUNDS = Bounds()
@@ -110,6 +115,12 @@ def hyperparameter_problems(spec, bounds: Bounds = BOUNDS) -> list[str]:
         out.append(f"exact mode's gradient noise bound {spec.step.exact_noise:g} above the "
                    f"policy bound {bounds.exact_noise_max:g} (it lets the prover choose the "
                    "rounding of gradients that large)")
+    spacing = spec.step.exact_noise * 2.0 ** spec.step.exact_grid
+    if spec.step.exact and spacing > bounds.exact_grid_spacing_max:
+        out.append(f"exact mode's gradient grid spacing {spacing:g} of each tensor's largest "
+                   f"value (2^exact_grid · exact_noise) above the policy bound "
+                   f"{bounds.exact_grid_spacing_max:g} (the prover chooses the rounding of "
+                   "logged gradients by that much)")
     return out
 
 
