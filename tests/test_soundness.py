@@ -85,6 +85,48 @@ def test_adam_moment_beyond_any_gradient_fails(cnn_proof, proof_copy):
     assert "exceeds what any gradients can produce" in check(r, "optimizer state").reason
 
 
+def test_the_optimizer_state_check_at_once_agrees_with_the_per_tensor_one():
+    """`state_problem`'s fast form (all tensors at once, in the stored precision with a margin)
+    passes honest Adam state without the per-tensor form, and never passes a state that form
+    rejects: every forged state below reaches it (its message)."""
+    from types import SimpleNamespace
+    torch.manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(n)) for n in (300, 40)]
+    opt = torch.optim.Adam(ps, lr=1e-3)
+    for _ in range(3):
+        for q in ps:
+            q.grad = torch.randn_like(q)
+        opt.step()
+    state = {f"optim.{i}.{k}": v.clone() for i, q in enumerate(ps)
+             for k, v in opt.state[q].items()}
+    spec = SimpleNamespace(optimizer=SimpleNamespace(name="adam", betas=(0.9, 0.999)),
+                           step=None)
+    keys = soundness.optimizer_entries(state)
+    C = soundness.moment_bound(0.9, 0.999)
+    assert soundness._plausible_at_once(3, state, keys, spec.optimizer, C)
+    assert soundness.state_problem(3, state, spec) is None
+    m = state["optim.1.exp_avg"]
+    edge = C * (1 + soundness.BOUNDS.moment_slack) * (state["optim.1.exp_avg_sq"][5].double()
+                                                      .sqrt() + 2 * 2.0 ** -63)
+    forged = {
+        "NaN/Inf": {"optim.0.exp_avg": torch.where(torch.arange(300) == 7, torch.nan,
+                                                   state["optim.0.exp_avg"])},
+        "step counter": {"optim.1.step": torch.tensor(4.0)},
+        "exceeds what any gradients": {"optim.1.exp_avg": m.index_fill(0, torch.tensor([5]),
+                                                                       float(edge) * 1.001)},
+        "negative entries": {"optim.0.exp_avg_sq": -state["optim.0.exp_avg_sq"]},
+    }
+    for why, change in forged.items():
+        bad = state | change
+        assert not soundness._plausible_at_once(3, bad, keys, spec.optimizer, C), why
+        assert why in soundness.state_problem(3, bad, spec), why
+    # finite values whose sum overflows: not decided at once, passed by the per-tensor form
+    big = state | {"optim.0.exp_avg_sq": torch.full((300,), 3e38),
+                   "optim.0.exp_avg": torch.zeros(300)}
+    assert not soundness._plausible_at_once(3, big, keys, spec.optimizer, C)
+    assert soundness.state_problem(3, big, spec) is None
+
+
 def test_moment_bound_holds_for_honest_adam():
     # |m| ≤ C·√v after any gradient sequence: drive Adam with wild gradients and check
     torch.manual_seed(0)

@@ -406,54 +406,46 @@ def _probed_step(ctx, opt_name: str, x: torch.Tensor, y: torch.Tensor, lrs, t: i
         load_state(ctx.model, opt, opt_name, here)
         loss = update(ctx, x, y, lrs, t)
         return loss, _flip_ratio(_flat_params(ctx), flipped, w_a)
-    before = _snapshot(ctx, clone_optimizer=True)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    before = ([p.detach().clone() for p in params],
+              {p: {k: v.detach().clone() if isinstance(v, torch.Tensor) else v
+                   for k, v in st.items()} for p, st in opt.state.items()})
     grads: list[torch.Tensor | None] = []
 
     def keep(opt, args, kwargs) -> None:  # the gradients the optimizer steps on (clipped)
-        grads[:] = [None if p.grad is None else p.grad.detach().clone()
-                    for g in opt.param_groups for p in g["params"]]
+        grads[:] = [None if p.grad is None else p.grad.detach().clone() for p in params]
     hook = opt.register_step_pre_hook(keep)
     try:
         loss = update(ctx, x, y, lrs, t)
     finally:
         hook.remove()
-    return loss, _flip_ratio(_flat_params(ctx), _negated_step(ctx, before, grads), w_a)
+    return loss, _flip_ratio(_flat_params(ctx), _negated_step(ctx, params, before, grads), w_a)
 
 
-def _snapshot(ctx, clone_optimizer: bool) -> tuple[dict, dict]:
-    """The model's tensors (copied) and the optimizer's per-parameter state (copied, or the
-    state objects themselves, for a caller that swaps in other ones until it puts these back)."""
-    model = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
-    if not clone_optimizer:
-        return model, dict(ctx.optimizer.state)
-    return model, {p: {k: v.detach().clone() if isinstance(v, torch.Tensor) else v
-                       for k, v in st.items()} for p, st in ctx.optimizer.state.items()}
-
-
-def _restore(ctx, snap: tuple[dict, dict]) -> None:
-    model, opt_state = snap
-    with torch.no_grad():
-        for k, v in ctx.model.state_dict().items():
-            v.copy_(model[k])
-    ctx.optimizer.state.clear()
-    ctx.optimizer.state.update(opt_state)
-
-
-def _negated_step(ctx, before: tuple[dict, dict], grads: list) -> torch.Tensor:
-    """The parameters after the optimizer's step from `before` (a `_snapshot`, used up) on the
-    negated `grads`; the state the real step left is put back as it was."""
+def _negated_step(ctx, params: list[torch.Tensor], before: tuple[list, dict], grads: list
+                  ) -> torch.Tensor:
+    """The parameters after the optimizer's step from `before` (the optimizer's parameters and
+    state before the real step, copies: used up) on the negated `grads`. The copies stand in
+    for the live tensors during that step (`.data` and the state dict swapped, no copy back);
+    the real step's parameters and state are put back as they were."""
     opt = ctx.optimizer
-    after = _snapshot(ctx, clone_optimizer=False)
-    _restore(ctx, before)
-    params = [p for g in opt.param_groups for p in g["params"]]
-    with torch.no_grad():
-        for p, g in zip(params, grads):
-            p.grad = None if g is None else g.neg_().to(p.dtype)  # exact mode: float64
-    opt.step()
-    flipped = _flat_params(ctx)
-    _restore(ctx, after)
-    opt.zero_grad(set_to_none=True)
-    return flipped
+    weights, state = before
+    live, after = [p.data for p in params], dict(opt.state)
+    try:
+        with torch.no_grad():
+            for p, w, g in zip(params, weights, grads):
+                p.data = w
+                p.grad = None if g is None else g.neg_().to(p.dtype)  # exact mode: float64
+            opt.state.clear()
+            opt.state.update(state)
+            opt.step()
+            return _flat_params(ctx)
+    finally:
+        for p, d in zip(params, live):
+            p.data = d
+        opt.state.clear()
+        opt.state.update(after)
+        opt.zero_grad(set_to_none=True)
 
 
 def _flat_params(ctx) -> torch.Tensor:

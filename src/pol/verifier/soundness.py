@@ -151,6 +151,8 @@ def state_problem(t: int, tensors: dict[str, torch.Tensor], spec) -> str | None:
     C = moment_bound(*opt.betas) if opt.name in ("adam", "adamw") else None
     # fp16 autocast: a step whose gradients overflow is skipped (the optimizer's counter stays)
     skips = getattr(spec, "step", None) is not None and spec.step.autocast == "fp16"
+    if not skips and _plausible_at_once(t, tensors, keys, opt, C):
+        return None
     for k in keys:
         v = tensors[k]
         if not torch.isfinite(v.float()).all():
@@ -183,6 +185,45 @@ def state_problem(t: int, tensors: dict[str, torch.Tensor], spec) -> str | None:
                         f"{float(m.reshape(-1)[j]):.3g} exceeds what any gradients can produce "
                         f"with its exp_avg_sq ({C:.3g}·√v = {float(bound.reshape(-1)[j]):.3g})")
     return None
+
+
+def _plausible_at_once(t: int, tensors: dict[str, torch.Tensor], keys: list[str], opt,
+                       C: float | None) -> bool:
+    """Whether checkpoint t's optimizer state surely passes `state_problem`'s checks, decided in
+    a few passes over all its tensors at once and one wait for the device: a finite sum (no
+    NaN/Inf), every step counter t, Adam's first moments within C·√v computed in the stored
+    precision with a margin of 2^-16 (float rounding of a few ulps cannot decide it). True only
+    when all hold; False (a check failed, a sum overflowed, a value at the margin, mixed
+    precisions) sends `state_problem` tensor by tensor, in float64, for the verdict and its
+    message. The per-tensor form costs ~0.6 ms per checkpoint of a 38k-parameter CNN, more than
+    the rest of its reading; this one about a third."""
+    if not keys or any(k.rsplit(".", 1)[-1] in _OTHER_KEYS for k in keys):
+        return False  # RMSprop, Adagrad, amsgrad: their own checks
+    floats = [tensors[k].detach() for k in keys if not k.endswith(".step")]
+    if len({v.dtype for v in floats}) > 1 or not all(v.is_floating_point() for v in floats):
+        return False
+    ok = []
+    if floats:
+        ok.append(torch.isfinite(torch.cat([v.reshape(-1) for v in floats]).sum()))
+    steps = [tensors[k].detach().reshape(-1).double() for k in keys if k.endswith(".step")]
+    if steps:
+        ok.append((torch.cat(steps) == t).all())
+    pairs = [(tensors.get(k[:-len("exp_avg_sq")] + "exp_avg"), tensors[k]) for k in keys
+             if k.endswith(".exp_avg_sq")] if C is not None else []
+    pairs = [(m, sq) for m, sq in pairs if m is not None]
+    if pairs:
+        tiny = math.sqrt(torch.finfo(pairs[0][1].dtype).smallest_normal)
+        sq = torch.cat([v.detach().reshape(-1) for _, v in pairs])
+        m = torch.cat([v.detach().reshape(-1) for v, _ in pairs])
+        k = C * (1 + BOUNDS.moment_slack) * (1 - 2.0 ** -16)
+        # (`cat` copies: in place on its results) the root of a negative second moment is NaN,
+        # and the comparison fails
+        ok.append(torch.le(m.abs_(), sq.sqrt_().add_(2 * tiny).mul_(k)).all())
+    return bool(torch.stack(ok).all()) if ok else False
+
+
+# optimizer state keys `_other_state_problem` checks
+_OTHER_KEYS = ("square_avg", "max_exp_avg_sq", "sum", "grad_avg")
 
 
 def scaler_state_problem(t: int, tensors: dict[str, torch.Tensor], spec) -> str | None:
