@@ -119,7 +119,9 @@ def decode(data: bytes, name: str, total_steps: int, max_bytes: int) -> np.ndarr
     if version == 1:
         rows = _decode_frame(body, n, name)
     else:
-        parts, at, seen = [], 0, 0
+        # each chunk decoded into its rows of one array (no list of parts joined: at 10^8 rows
+        # every full-size copy is gigabytes of fresh pages)
+        rows, at, seen = np.empty((n, COLUMNS), dtype=np.int64), 0, 0
         while at < len(body):
             if len(body) - at < _CHUNK.size:
                 raise ProofFormatError(f"{name}: truncated chunk header")
@@ -128,17 +130,18 @@ def decode(data: bytes, name: str, total_steps: int, max_bytes: int) -> np.ndarr
             if m == 0 or m > n - seen or b > len(body) - at:
                 raise ProofFormatError(f"{name}: a chunk declares {m} rows in {b} bytes, past "
                                        "the file's rows or bytes")
-            parts.append(_decode_frame(body[at:at + b], m, name))
+            _decode_frame(body[at:at + b], m, name, rows[seen:seen + m])
             at, seen = at + b, seen + m
         if seen != n:
             raise ProofFormatError(f"{name}: chunks hold {seen} rows, the header says {n}")
-        rows = np.concatenate(parts) if parts else np.zeros((0, COLUMNS), dtype=np.int64)
     validate(rows, name, total_steps)
     return rows
 
 
-def _decode_frame(payload: memoryview, n: int, name: str) -> np.ndarray:
-    """The rows (not yet validated) of one frame declared to hold `n` rows."""
+def _decode_frame(payload: memoryview, n: int, name: str,
+                  out: np.ndarray | None = None) -> np.ndarray:
+    """The rows (not yet validated) of one frame declared to hold `n` rows, into `out` (an int64
+    [n, 4] C-contiguous array) when given."""
     size = 8 * COLUMNS * n
     zstd = _zstd()
     try:
@@ -151,8 +154,8 @@ def _decode_frame(payload: memoryview, n: int, name: str) -> np.ndarray:
         raise ProofFormatError(f"{name}: corrupt zstd frame ({e})") from None
     if len(raw) != size:
         raise ProofFormatError(f"{name}: decoded {len(raw)} bytes, expected {size}")
-    cols = _planes(np.frombuffer(raw, dtype=np.uint8), True).astype(np.int64)
-    rows = np.empty((n, COLUMNS), dtype=np.int64)
+    cols = _planes(np.frombuffer(raw, dtype=np.uint8), True).astype(np.int64, copy=False)
+    rows = np.empty((n, COLUMNS), dtype=np.int64) if out is None else out
     if n:
         # modular sums (a forged file may overflow them): the result is validated by the caller
         with np.errstate(over="ignore"):
