@@ -328,8 +328,9 @@ def test_the_log_file_round_trips_and_is_validated():
     from pol.errors import ProofFormatError
     with pytest.raises(ProofFormatError, match="step"):
         roundlog.decode(roundlog.encode(rows), "x", 4, 1 << 20)  # step 4 of a 4-step run
-    with pytest.raises(ProofFormatError, match="increasing"):
-        roundlog.decode(roundlog.encode(rows[::-1]), "x", 5, 1 << 20)
+    for version in (1, 2, 3):
+        with pytest.raises(ProofFormatError, match="increasing|declares steps"):
+            roundlog.decode(roundlog.encode(rows[::-1], version), "x", 5, 1 << 20)
     bad = rows.copy()
     bad[1, 3] = 2
     with pytest.raises(ProofFormatError, match="direction"):
@@ -348,13 +349,13 @@ def test_the_chunked_log_file_round_trips_and_is_validated():
     a = np.array([[0, 0, 5, 1], [0, 1, 2, 0], [2, 1, 9, 1]], dtype=np.int64)
     b = np.array([[4, 0, 0, 0], [4, 2, 0, 1]], dtype=np.int64)
     rows = np.concatenate([a, b])
-    data = roundlog.header(5) + roundlog.encode_chunk(a) + roundlog.encode_chunk(b)
+    data = roundlog.header(5, 2) + roundlog.encode_chunk(a, 2) + roundlog.encode_chunk(b, 2)
     assert np.array_equal(roundlog.decode(data, "x", 5, 1 << 20), rows)
     assert np.array_equal(roundlog.decode(roundlog.encode(rows, version=1), "x", 5, 1 << 20),
                           rows)
     assert np.array_equal(roundlog.decode(roundlog.header(0), "x", 5, 1 << 20),
                           np.zeros((0, 4), dtype=np.int64))
-    swapped = roundlog.header(5) + roundlog.encode_chunk(b) + roundlog.encode_chunk(a)
+    swapped = roundlog.header(5, 2) + roundlog.encode_chunk(b, 2) + roundlog.encode_chunk(a, 2)
     with pytest.raises(ProofFormatError, match="increasing"):
         roundlog.decode(swapped, "x", 5, 1 << 20)
     for bad in (roundlog.header(4) + data[16:], roundlog.header(6) + data[16:], data[:-3],
@@ -366,16 +367,80 @@ def test_the_chunked_log_file_round_trips_and_is_validated():
         roundlog.decode(roundlog.header(1 << 40) + data[16:], "x", 5, 1 << 20)
 
 
+def test_a_version_3_log_decodes_only_the_chunks_of_the_steps_asked_for():
+    """Version 3: chunk headers (rows, bytes, step ranges) checked at open; a step range's
+    chunks decoded and validated when asked for (`Log.between`), those sharing a step with it
+    included; a chunk whose rows lie outside its declared steps, or a corrupt frame, refused
+    when its steps are asked for, not before; ranges that go back refused at open."""
+    from pol.errors import ProofFormatError
+    a = np.array([[0, 0, 5, 1], [0, 1, 2, 0], [2, 1, 9, 1]], dtype=np.int64)
+    b = np.array([[2, 2, 0, 1], [4, 0, 0, 0]], dtype=np.int64)  # step 2 cut between chunks
+    c = np.array([[6, 0, 3, 1], [7, 1, 1, 0]], dtype=np.int64)
+    rows = np.concatenate([a, b, c])
+    chunks = [roundlog.encode_chunk(x) for x in (a, b, c)]
+    data = roundlog.header(7) + b"".join(chunks)
+    log = roundlog.Log(data, "x", 8, 1 << 20)
+    assert len(log) == 7 and np.array_equal(log.all(), rows)
+    assert np.array_equal(log.between(2, 3), rows[2:4])  # from two chunks
+    assert np.array_equal(log.between(5, 7), rows[5:6]) and len(log.between(3, 4)) == 0
+    for bad_steps in ((b, a, c), (a, c, b)):  # a range that goes back
+        with pytest.raises(ProofFormatError, match="declares steps"):
+            roundlog.Log(roundlog.header(7) + b"".join(roundlog.encode_chunk(x)
+                                                       for x in bad_steps), "x", 8, 1 << 20)
+    # the third chunk's frame holds other steps than its header declares (6, 7 -> 6, 6)
+    head = bytearray(chunks[2][:32])
+    head[24:32] = (6).to_bytes(8, "little")
+    lying = roundlog.header(7) + chunks[0] + chunks[1] + bytes(head) + chunks[2][32:]
+    log = roundlog.Log(lying, "x", 8, 1 << 20)  # headers alone are consistent
+    assert np.array_equal(log.between(0, 5), rows[:5])
+    with pytest.raises(ProofFormatError, match="declares steps"):
+        log.between(6, 7)
+    # a corrupt frame: found when its steps are decoded
+    broken = bytearray(data)
+    broken[-3] ^= 0xFF
+    log = roundlog.Log(bytes(broken), "x", 8, 1 << 20)
+    assert np.array_equal(log.between(0, 3), rows[:4])
+    with pytest.raises(ProofFormatError):
+        log.between(6, 8)
+    with pytest.raises(ProofFormatError, match="step"):
+        roundlog.Log(data, "x", 7, 1 << 20)  # a chunk declares step 7 of a 7-step run
+
+
+def test_a_log_chunk_that_lies_about_its_steps_fails_when_its_segment_is_replayed(tmp_path):
+    """A version 3 proof whose first log chunk declares fewer steps than it holds (digests
+    redone, as a forger would): opened without complaint, refused by a verification that
+    replays that chunk's steps, with the chunk named, as a malformed log at open is."""
+    import shutil
+    import struct
+
+    from pol.errors import ProofFormatError
+    from pol.proof.writer import rehash_manifest
+    src = GOLDEN.parent / "exact-log3" / "iris-logreg-exact-log3"
+    p = tmp_path / "p"
+    shutil.copytree(src, p)
+    f = p / fmt.ROUNDLOG
+    data = bytearray(f.read_bytes())
+    m, b, first, last = struct.unpack_from("<QQqq", data, 16)
+    assert last > first
+    struct.pack_into("<QQqq", data, 16, m, b, first, first)
+    f.write_bytes(bytes(data))
+    rehash_manifest(p)
+    assert len(open_proof(p).log) == len(open_proof(src).log)
+    with pytest.raises(ProofFormatError, match="a chunk declares steps"):
+        verify(p, all_segments=True)
+
+
 @pytest.mark.parametrize("folder", [GOLDEN, GOLDEN.parent / "exact-noise",
                                     GOLDEN.parent / "exact-chunked",
                                     GOLDEN.parent / "exact-zone",
-                                    GOLDEN.parent / "exact-grid"])
+                                    GOLDEN.parent / "exact-grid",
+                                    GOLDEN.parent / "exact-log3"])
 def test_the_golden_exact_proof_reads_and_verifies_bitwise(folder):
     """exact/: made before the gradient noise bound existed (none); exact-noise/: with it, its
     log holding gradient-grid entries; both logs of version 1 (one frame). exact-chunked/: the
     log of version 2, a chunk per checkpoint. exact-zone/: with the round-to-even zone (the
     others were made before it: none). exact-grid/: with the gradient grid's coarseness 8 (the
-    others: 4, unwritten)."""
+    others: 4, unwritten). exact-log3/: the log of version 3 (chunks with their step ranges)."""
     index = json.loads((folder / "GOLDEN.json").read_text())
     for name, info in index.items():
         p = open_proof(folder / name)
@@ -383,10 +448,12 @@ def test_the_golden_exact_proof_reads_and_verifies_bitwise(folder):
         assert p.manifest.spec.step.exact and len(p.roundlog) > 0
         assert (p.manifest.spec.step.exact_noise > 0) == (folder.name != "exact")
         version = (folder / name / fmt.ROUNDLOG).read_bytes()[4]
-        assert version == (1 if folder.name in ("exact", "exact-noise") else 2)
+        assert version == {"exact": 1, "exact-noise": 1, "exact-log3": 3}.get(folder.name, 2)
         assert (p.manifest.spec.step.exact_zone > 0) == (folder.name in ("exact-zone",
-                                                                         "exact-grid"))
-        assert p.manifest.spec.step.exact_grid == (8 if folder.name == "exact-grid" else 4)
+                                                                         "exact-grid",
+                                                                         "exact-log3"))
+        assert p.manifest.spec.step.exact_grid == (8 if folder.name in ("exact-grid",
+                                                                       "exact-log3") else 4)
         r = verify(folder / name, all_segments=True)
         assert r.valid and all(s.exact for s in r.segments), r.render()
         assert check(r, "rounding log").status == "pass"
@@ -438,10 +505,11 @@ def test_an_interrupted_exact_run_resumes_to_the_same_proof(tmp_path, monkeypatc
     assert inspect_proof(tmp_path / "cut")["files"] == inspect_proof(tmp_path / "full")["files"]
 
 
-def test_a_run_interrupted_with_a_journal_of_raw_rows_resumes(tmp_path, monkeypatch):
+@pytest.mark.parametrize("journal_kind", ["raw rows", "version 2 chunks"])
+def test_a_run_interrupted_with_an_older_journal_resumes(tmp_path, monkeypatch, journal_kind):
     """A run interrupted before pol journaled the rounding log in chunks (raw int64 rows, no
-    `log_bytes` in its progress record) resumes to a proof with the rounding log of an
-    uninterrupted run."""
+    `log_bytes` in its progress record), or in version 2 chunks (no `log_version`), resumes to
+    a proof with the rounding log of an uninterrupted run."""
     from pol.proof.reader import inspect_proof
     from pol.proof.writer import WRITING_DIR
     from pol.prover.trainer import resume_task
@@ -451,8 +519,13 @@ def test_a_run_interrupted_with_a_journal_of_raw_rows_resumes(tmp_path, monkeypa
     prog = json.loads(prog_path.read_text())
     chunks = journal.read_bytes()[:prog.pop("log_bytes")]
     rows = roundlog.decode(roundlog.header(prog["log_rows"]) + chunks, "x", 1 << 20, 1 << 30)
-    assert len(rows) == prog["log_rows"] > 0
-    journal.write_bytes(rows.astype("<i8").tobytes() + b"\1" * 32)  # a torn row past the record
+    assert len(rows) == prog["log_rows"] > 0 and prog.pop("log_version") == roundlog.VERSION
+    if journal_kind == "raw rows":
+        journal.write_bytes(rows.astype("<i8").tobytes() + b"\1" * 32)  # a torn row past it
+    else:
+        old = roundlog.encode_chunk(rows[:5], 2) + roundlog.encode_chunk(rows[5:], 2)
+        journal.write_bytes(old + b"\1" * 32)
+        prog["log_bytes"] = len(old)
     prog_path.write_text(json.dumps(prog))
     resume_task(tmp_path / "cut")
     # the same rows (the rows before the interruption in one chunk: other bytes), every other

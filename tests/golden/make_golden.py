@@ -72,6 +72,13 @@ EXACT_GRID_CASES = {
 }
 
 
+# the rounding log of version 3 (chunk headers with their step ranges, read a segment at a time)
+EXACT_LOG3_CASES = {
+    "iris-logreg-exact-log3": dict(task="iris-logreg", epochs=4, k=5, seed=16, window=2.0 ** -8,
+                                   noise=2.0 ** -36, zone=2.0 ** -8, grid=8),
+}
+
+
 def main_exact(folder: str = "exact", cases: dict | None = None) -> None:
     from pol.prover.trainer import train_spec
     from pol.spec import EXACT_NOISE, StepSpec
@@ -104,6 +111,8 @@ def main() -> None:
                     help="exact mode with the round-to-even zone (exact-zone/)")
     ap.add_argument("--exact-grid", action="store_true",
                     help="exact mode with the gradient grid's coarseness (exact-grid/)")
+    ap.add_argument("--exact-log3", action="store_true",
+                    help="exact mode, the rounding log of version 3 (exact-log3/)")
     args = ap.parse_args()
     if args.exact:
         return main_exact()
@@ -115,6 +124,8 @@ def main() -> None:
         return main_exact("exact-zone", EXACT_ZONE_CASES)
     if args.exact_grid:
         return main_exact("exact-grid", EXACT_GRID_CASES)
+    if args.exact_log3:
+        return main_exact("exact-log3", EXACT_LOG3_CASES)
     version = args.version
     out = HERE / f"v{version}"
     if out.exists():

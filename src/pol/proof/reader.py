@@ -214,13 +214,20 @@ class Proof:
     # v2: the last decoded checkpoints (step -> (raw bytes, segments)), so that a streaming pass
     # decodes each checkpoint once and a random read decodes at most keyframe_interval - 1 others
     _decoded: dict[int, tuple[np.ndarray, tuple]] = field(default_factory=dict, repr=False)
-    # exact-mode proofs: the rounding log, int64 [N, 4] rows (step, point, index, up), validated
-    # (`pol.proof.roundlog`); None for any other proof
-    roundlog: np.ndarray | None = field(default=None, repr=False)
+    # exact-mode proofs: the rounding log, opened (`pol.proof.roundlog.Log`: a step range's rows
+    # decoded and validated when asked for; `roundlog`: all of them); None for any other proof
+    log: Any = field(default=None, repr=False)
     # load_checkpoint's tensors as views of the one buffer a checkpoint's file was read into (where
     # the proof stores it as is, format v1): one copy of it in memory while it is read, not two;
     # the buffer lives while any of them does (the verifier's setting, which keeps them all)
     views: bool = False
+
+    @property
+    def roundlog(self) -> np.ndarray | None:
+        """Exact mode: every row of the rounding log, int64 [N, 4] (step, point, index, up),
+        validated (a version 3 log decodes all its chunks now: the verifier asks `log.between`
+        for a segment's); None for any other proof."""
+        return None if self.log is None else self.log.all()
 
     @property
     def spec(self):
@@ -348,12 +355,12 @@ def open_proof(path: str | os.PathLike, limits: fmt.Limits | None = None) -> Pro
         raise ProofFormatError("indices.npy: padding in the middle of a batch")
     if not np.isfinite(lrs).all() or (lrs < 0).any() or (lrs > 1e3).any():
         raise ProofFormatError("lrs.npy: learning rates must be finite and in [0, 1000]")
-    roundlog = None
+    log = None
     if spec.step.exact:
         from pol.proof import roundlog as _roundlog
         sha, size = m.files[fmt.ROUNDLOG]
-        roundlog = _roundlog.decode(_read_file(root, fmt.ROUNDLOG, size, sha), fmt.ROUNDLOG, T,
-                                    limits.max_file_bytes)
+        log = _roundlog.Log(_read_file(root, fmt.ROUNDLOG, size, sha), fmt.ROUNDLOG, T,
+                            limits.max_file_bytes)
     extra = []
     for dirpath, dirnames, filenames in os.walk(root):
         rel = Path(dirpath).relative_to(root)
@@ -364,7 +371,7 @@ def open_proof(path: str | os.PathLike, limits: fmt.Limits | None = None) -> Pro
             if name not in m.stored_files and name != fmt.MANIFEST:
                 extra.append(name)
     return Proof(path=root, manifest=m, indices=indices, batch_hashes=hashes, lrs=lrs,
-                 losses=losses, limits=limits, extra_files=sorted(extra), roundlog=roundlog)
+                 losses=losses, limits=limits, extra_files=sorted(extra), log=log)
 
 
 @dataclass(frozen=True)

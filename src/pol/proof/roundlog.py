@@ -19,13 +19,26 @@ as they come (not the whole log at the end, in memory)::
     of b bytes (content size = 32 n): the chunk's rows delta-coded (from its first row) and
     byte-shuffled as in version 1; the chunks' n sum to N
 
+Version 3 (what pol writes since session 10) adds each chunk's first and last step to its
+header, so that a verifier decodes only the chunks of the steps it replays (`Log.between`), not
+the whole log at open (at 10^8 rows: gigabytes, and seconds before the first replay)::
+
+    b"POLR" | u8 version (3) | 3 zero bytes | u64 LE number of rows N
+    chunks to the end of the file, each: u64 LE rows n | u64 LE frame bytes b | i64 LE first step
+    | i64 LE last step | one zstd frame of b bytes, as in version 2; the chunks' step ranges
+    never go back (a chunk may start at the step the previous one ended at: the writer hands the
+    rows over in pieces of a bounded size, which may cut a step)
+
 Delta coding: step − previous step (0 for the first row: its step), point, index − previous
 index where the row continues the previous row's (step, point) (else the index), up. Most bytes
 are zero, and a step's few thousand rows compress to a few bytes each.
 
 Decoding checks the header, refuses a frame that declares any other content size (a
 decompression bomb is refused before anything is decompressed), and validates every column of the
-decoded rows (`validate`); nothing is unpickled. Torch-free, like the rest of the format.
+decoded rows (`validate`); nothing is unpickled. A version 3 log's chunk headers are checked when
+it is opened (rows, bytes, step ranges), and a chunk's rows when they are decoded: that they lie
+in the declared range, from its first step to its last, and all of `validate`. Torch-free, like
+the rest of the format.
 """
 
 from __future__ import annotations
@@ -37,12 +50,13 @@ import numpy as np
 from pol.errors import LimitExceeded, ProofFormatError
 
 MAGIC = b"POLR"
-VERSION = 2  # what `header` writes; version 1 (one frame) is read too
+VERSION = 3  # what `header` writes; versions 1 (one frame) and 2 (chunks) are read too
 COLUMNS = 4
 MAX_POINT = 1 << 16  # points a step may have (pol's steps have 3)
 MAX_INDEX = 1 << 48  # values in one rounding point's vector
 _HEAD = struct.Struct("<4sB3xQ")  # 16 bytes
 _CHUNK = struct.Struct("<QQ")  # version 2: a chunk's rows and frame bytes
+_CHUNK3 = struct.Struct("<QQqq")  # version 3: ... and its first and last step
 _LEVEL = 3
 
 
@@ -85,36 +99,114 @@ def _rows_of(rows: np.ndarray) -> np.ndarray:
 
 def encode(rows: np.ndarray, version: int = VERSION) -> bytes:
     """The file's bytes for `rows` (int64 [N, 4], sorted as `validate` requires): one chunk
-    (version 2), or version 1's single frame."""
+    (versions 2 and 3), or version 1's single frame."""
     rows = _rows_of(rows)
     if version == 1:
         return _HEAD.pack(MAGIC, 1, len(rows)) + _frame(rows)
-    return header(len(rows)) + (encode_chunk(rows) if len(rows) else b"")
+    return header(len(rows), version) + (encode_chunk(rows, version) if len(rows) else b"")
 
 
-def header(n: int) -> bytes:
-    """A version 2 file's header for `n` rows in all; its chunks (`encode_chunk`) follow."""
-    return _HEAD.pack(MAGIC, VERSION, n)
+def header(n: int, version: int = VERSION) -> bytes:
+    """A chunked file's header for `n` rows in all; its chunks (`encode_chunk`) follow."""
+    return _HEAD.pack(MAGIC, version, n)
 
 
-def encode_chunk(rows: np.ndarray) -> bytes:
-    """A version 2 chunk of `rows` (int64 [n, 4], n ≥ 1, sorted as `validate` requires)."""
+def encode_chunk(rows: np.ndarray, version: int = VERSION) -> bytes:
+    """A chunk of `rows` (int64 [n, 4], n ≥ 1, sorted as `validate` requires): version 3 with
+    its first and last step, or version 2."""
     rows = _rows_of(rows)
     frame = _frame(rows)
-    return _CHUNK.pack(len(rows), len(frame)) + frame
+    if version == 2:
+        return _CHUNK.pack(len(rows), len(frame)) + frame
+    return _CHUNK3.pack(len(rows), len(frame), int(rows[0, 0]), int(rows[-1, 0])) + frame
 
 
 def decode(data: bytes, name: str, total_steps: int, max_bytes: int) -> np.ndarray:
-    """The validated rows (int64 [N, 4]) of a stored log, version 1 or 2; `max_bytes` bounds the
+    """The validated rows (int64 [N, 4]) of a stored log, any version; `max_bytes` bounds the
     decoded size (the reader's per-file limit)."""
-    if len(data) < _HEAD.size:
-        raise ProofFormatError(f"{name}: truncated rounding log")
-    magic, version, n = _HEAD.unpack_from(data, 0)
-    if magic != MAGIC or version not in (1, 2):
-        raise ProofFormatError(f"{name}: not a pol rounding log (version {version})")
-    size = 8 * COLUMNS * n
-    if size > max_bytes:
-        raise LimitExceeded(f"{name} decodes to {size:,} bytes", "max_file_bytes", max_bytes)
+    return Log(data, name, total_steps, max_bytes).all()
+
+
+class Log:
+    """A stored rounding log, opened: versions 1 and 2 decoded and validated whole at once;
+    version 3's chunk headers checked, and its chunks decoded and validated when their steps
+    are asked for (`between`), so that a verifier holds only the log of the segment it
+    replays. `len()`: the rows in all."""
+
+    def __init__(self, data: bytes, name: str, total_steps: int, max_bytes: int) -> None:
+        if len(data) < _HEAD.size:
+            raise ProofFormatError(f"{name}: truncated rounding log")
+        magic, version, n = _HEAD.unpack_from(data, 0)
+        if magic != MAGIC or version not in (1, 2, 3):
+            raise ProofFormatError(f"{name}: not a pol rounding log (version {version})")
+        size = 8 * COLUMNS * n
+        if size > max_bytes:
+            raise LimitExceeded(f"{name} decodes to {size:,} bytes", "max_file_bytes",
+                                max_bytes)
+        self.name, self.total_steps, self.n, self.version = name, total_steps, n, version
+        self._data = data
+        self._rows = _decode_whole(data, name, total_steps, version, n) if version < 3 else None
+        # version 3: per chunk (offset of its frame, rows, frame bytes, first step, last step)
+        self._chunks = _chunk_index(data, name, total_steps, n) if version == 3 else []
+        self._firsts = np.array([c[3] for c in self._chunks], dtype=np.int64)
+        self._lasts = np.array([c[4] for c in self._chunks], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def all(self) -> np.ndarray:
+        """Every row, validated (version 3: every chunk decoded now)."""
+        return self.between(0, self.total_steps)
+
+    def between(self, a: int, b: int) -> np.ndarray:
+        """The validated rows of steps [a, b) (int64 [m, 4], a new array or a view)."""
+        if self._rows is not None:
+            lo, hi = np.searchsorted(self._rows[:, 0], [a, b])
+            return self._rows[lo:hi]
+        # the chunks holding any step of [a, b): a run of consecutive chunks (ranges never go
+        # back), all of those that share a step with it among them
+        i, j = int(np.searchsorted(self._lasts, a)), int(np.searchsorted(self._firsts, b))
+        chunks = self._chunks[i:j]
+        rows = np.empty((sum(c[1] for c in chunks), COLUMNS), dtype=np.int64)
+        at = 0
+        for offset, m, nbytes, first, last in chunks:
+            part = _decode_frame(memoryview(self._data)[offset:offset + nbytes], m, self.name,
+                                 rows[at:at + m])
+            if part[0, 0] != first or part[-1, 0] != last:
+                raise ProofFormatError(f"{self.name}: a chunk declares steps [{first}, {last}] "
+                                       f"but holds rows of steps [{part[0, 0]}, {part[-1, 0]}]")
+            at += m
+        validate(rows, self.name, self.total_steps)
+        lo, hi = np.searchsorted(rows[:, 0], [a, b])
+        return rows[lo:hi]
+
+
+def _chunk_index(data: bytes, name: str, total_steps: int, n: int) -> list[tuple]:
+    """A version 3 log's chunks (frame offset, rows, frame bytes, first step, last step), their
+    headers checked: rows ≥ 1 summing to the file's, frames inside the file, steps in
+    [0, total_steps) with first ≤ last, and no range going back."""
+    out, at, seen, prev = [], _HEAD.size, 0, 0
+    while at < len(data):
+        if len(data) - at < _CHUNK3.size:
+            raise ProofFormatError(f"{name}: truncated chunk header")
+        m, b, first, last = _CHUNK3.unpack_from(data, at)
+        at += _CHUNK3.size
+        if m == 0 or m > n - seen or b > len(data) - at:
+            raise ProofFormatError(f"{name}: a chunk declares {m} rows in {b} bytes, past the "
+                                   "file's rows or bytes")
+        if not prev <= first <= last < total_steps:
+            raise ProofFormatError(f"{name}: a chunk declares steps [{first}, {last}] after "
+                                   f"step {prev}, in a run of {total_steps} steps")
+        out.append((at, m, b, first, last))
+        at, seen, prev = at + b, seen + m, last
+    if seen != n:
+        raise ProofFormatError(f"{name}: chunks hold {seen} rows, the header says {n}")
+    return out
+
+
+def _decode_whole(data: bytes, name: str, total_steps: int, version: int, n: int
+                  ) -> np.ndarray:
+    """The validated rows of a version 1 or 2 log."""
     body = memoryview(data)[_HEAD.size:]
     if version == 1:
         rows = _decode_frame(body, n, name)

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from pol.errors import ProofWriteError
+from pol.errors import ProofFormatError, ProofWriteError
 from pol.proof import codec as _codec
 from pol.proof import format as fmt
 from pol.proof.hashing import batch_hashes
@@ -292,7 +292,7 @@ class ProofWriter:
         if getattr(self, "_run_json", None) is None:
             self._run_json = json.dumps(self.run_info)
         log_rows = (f'"log_rows": {int(self._log_rows)}, "log_bytes": {int(self._log_bytes)}, '
-                    if _exact(self.run_info) else "")
+                    f'"log_version": {_LOG_VERSION}, ' if _exact(self.run_info) else "")
         atomic_write(self.dir / fmt.PROGRESS,
                      (f'{{"writing": true, "last_checkpoint": {int(t)}, "rows": {int(rows)}, '
                       f'{log_rows}"run": {self._run_json}}}').encode(), self.durable)
@@ -482,17 +482,36 @@ def prepare_resume(proof_dir: str | os.PathLike) -> ResumePoint:
             (d / name).unlink(missing_ok=True)
     for tmp in [*(d / fmt.CKPT_DIR).glob(".*.tmp*"), *d.glob(".*.tmp*")]:
         tmp.unlink(missing_ok=True)
-    if _exact(run) and log_bytes is None:  # an older journal of raw rows: as one chunk
-        from pol.proof import roundlog
-        path = wd / "roundlog.bin"
-        rows_ = np.fromfile(path, dtype="<i8").reshape(-1, roundlog.COLUMNS)
-        chunk = roundlog.encode_chunk(rows_) if len(rows_) else b""
-        atomic_write(path, chunk, True)
-        log_bytes = len(chunk)
+    if _exact(run) and (log_bytes is None or prog.get("log_version") != _LOG_VERSION):
+        log_bytes = _rechunk_log(wd / "roundlog.bin", log_rows, log_bytes, run["total_steps"], d)
     return ResumePoint(t=t, rows=rows, run_info=run, files=files, count=count, decoded=decoded,
                        base=base, base_segments=segs, dir=d,
                        log_rows=log_rows if _exact(run) else 0,
                        log_bytes=(log_bytes or 0) if _exact(run) else 0)
+
+
+# the rounding log's version whose chunks the journal holds (`pol.proof.roundlog.VERSION`)
+_LOG_VERSION = 3
+
+
+def _rechunk_log(path: Path, log_rows: int, log_bytes: int | None, total_steps: int,
+                 d: Path) -> int:
+    """An older run's rounding-log journal as one chunk of this version (raw rows of 32 bytes
+    before pol wrote chunks; version 2 chunks, without their step ranges, before version 3):
+    its rows decoded, checked, and encoded again. Returns the journal's new length."""
+    from pol.proof import roundlog
+    if log_bytes is None:
+        rows_ = np.fromfile(path, dtype="<i8").reshape(-1, roundlog.COLUMNS)
+    else:
+        try:
+            rows_ = roundlog.decode(roundlog.header(log_rows, 2) + path.read_bytes(), path.name,
+                                    total_steps, 1 << 62)
+        except ProofFormatError as e:
+            raise ProofWriteError(f"{d}: the rounding log's journal cannot be read ({e}); "
+                                  "cannot resume") from None
+    chunk = roundlog.encode_chunk(rows_) if len(rows_) else b""
+    atomic_write(path, chunk, True)
+    return len(chunk)
 
 
 def _exact(run_info: dict) -> bool:

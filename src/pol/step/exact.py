@@ -688,12 +688,19 @@ def apply_grid_dense(grid: "Grid", r: torch.Tensor, dirs: torch.Tensor) -> torch
     return _facts(bad, dist, within)
 
 
-def use_proof_log(log: RoundingLog, entries: np.ndarray | None, a: int, b: int) -> bool:
-    """The verifier's replay of steps [a, b): `log` replays the proof's entries of those steps
-    (`Proof.roundlog`, validated by the reader). True (an exact-mode replay)."""
-    rows = np.zeros((0, len(LOG_COLUMNS)), dtype=np.int64) if entries is None else entries
-    lo, hi = np.searchsorted(rows[:, 0], [a, b])
-    log.replay(rows[lo:hi])
+def use_proof_log(log: RoundingLog, entries: Any, a: int, b: int) -> bool:
+    """The verifier's replay of steps [a, b): `log` replays the proof's entries of those steps:
+    `entries` is the proof's opened log (`Proof.log`, whose `between(a, b)` decodes and
+    validates those steps' rows) or its rows (int64 [N, 4], validated: `Proof.roundlog`), or
+    None (none). True (an exact-mode replay)."""
+    if entries is None:
+        rows = np.zeros((0, len(LOG_COLUMNS)), dtype=np.int64)
+    elif hasattr(entries, "between"):
+        rows = entries.between(a, b)
+    else:
+        lo, hi = np.searchsorted(entries[:, 0], [a, b])
+        rows = entries[lo:hi]
+    log.replay(rows)
     return True
 
 

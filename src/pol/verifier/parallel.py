@@ -117,7 +117,7 @@ def replay_segment(ctx, proof, data, leaves: np.ndarray, names: list[str], a: in
     spec = proof.manifest.spec
     start = _on_device(load(a), ctx.device)
     load_state(ctx.model, ctx.optimizer, spec.optimizer.name, start)
-    exact = ctx.exact is not None and use_proof_log(ctx.exact, proof.roundlog, a, b)
+    exact = ctx.exact is not None and use_proof_log(ctx.exact, proof.log, a, b)
     # data dependence is probed at the segment's first step whose every lr is positive (a step
     # at lr 0, e.g. a warm-up from 0, moves nothing whatever its data); none: nothing to probe
     probe_t = next((t for t in range(a, b) if (proof.lrs[t] > 0).all()), None) \
