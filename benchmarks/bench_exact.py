@@ -72,18 +72,21 @@ def modes(device: torch.device) -> dict[str, StepSpec]:
     return out
 
 
-def train_times(spec, train, device, tmp: Path, repeats: int) -> tuple[dict, dict, Path]:
+def train_times(spec, train, device, tmp: Path, repeats: int, warm=None
+                ) -> tuple[dict, dict, Path]:
     """Median training seconds (recording a proof) per mode, interleaved, and every run's; the
-    exact proof kept. On a GPU each mode first runs once untimed: the CUDA context, cuDNN and
-    cuBLAS handles, each mode's kernels loaded (float64's for exact mode) are a process's, not
-    a run's; a run's own fixed costs (exact mode's eager steps and graph capture) are timed."""
+    exact proof kept. On a GPU each mode first runs once untimed (on `warm`, a (spec, train)
+    pair of a shorter run, when given): the CUDA context, cuDNN and cuBLAS handles, each mode's
+    kernels loaded (float64's for exact mode) are a process's, not a run's; a run's own fixed
+    costs (exact mode's eager steps and graph capture) are timed."""
     ms = modes(device)
+    wspec, wtrain = warm or (spec, train)
     times: dict[str, list[float]] = {m: [] for m in ms}
     names = list(ms)
     keep = tmp / "exact-proof"
     if device.type == "cuda":
         for m in names:
-            train_spec(spec.with_(step=ms[m]), train, None, tmp / "warmup", device=device,
+            train_spec(wspec.with_(step=ms[m]), wtrain, None, tmp / "warmup", device=device,
                        durable=False, overwrite=True)
     for rep in range(repeats):
         for m in names[rep % len(names):] + names[:rep % len(names)]:
@@ -325,7 +328,12 @@ def bench_task(name: str, args, device, vdevice, tmp: Path) -> dict:
     if args.breakdown_only:
         return {"task": name, "device": device.type,
                 "step_ms": breakdown(spec, train, device, args.breakdown)}
-    secs, runs, proof = train_times(spec, train, device, tmp, args.repeats)
+    warm = None
+    if args.warmup_steps:  # the untimed warm-up runs: a shorter run of the same task
+        short = argparse.Namespace(**{**vars(args), "gpt_steps": args.warmup_steps,
+                                      "resnet_steps": args.warmup_steps, "epochs": 1})
+        warm = task_spec(name, short, device)[:2]
+    secs, runs, proof = train_times(spec, train, device, tmp, args.repeats, warm)
     step_ms = breakdown(spec, train, device, args.breakdown) if args.breakdown else None
     from pol.step import build_model
     row = {"task": name, "device": device.type, "verify_device": vdevice.type,
@@ -370,6 +378,9 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=0, help="checkpoint interval (0: each task's)")
     add_task_args(ap)
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per mode (median)")
+    ap.add_argument("--warmup-steps", type=int, default=0,
+                    help="a GPU's untimed warm-up runs: this many steps (gpt, resnet20; "
+                         "digits-cnn: one epoch) instead of the timed run's length (0)")
     ap.add_argument("--all", action="store_true", help="verify every segment (default: top-1 "
                     "per epoch and the hardened policy's random ones)")
     ap.add_argument("--diagnose", type=int, default=2, help="segments diagnosed / controlled")
