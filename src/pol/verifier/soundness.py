@@ -190,7 +190,7 @@ def state_problem(t: int, tensors: dict[str, torch.Tensor], spec) -> str | None:
 def _plausible_at_once(t: int, tensors: dict[str, torch.Tensor], keys: list[str], opt,
                        C: float | None) -> bool:
     """Whether checkpoint t's optimizer state surely passes `state_problem`'s checks, decided in
-    a few passes over all its tensors at once and one wait for the device: a finite sum (no
+    a few passes over all its tensors at once and a wait per kind of check: a finite sum (no
     NaN/Inf), every step counter t, Adam's first moments within C·√v computed in the stored
     precision with a margin of 2^-16 (float rounding of a few ulps cannot decide it). True only
     when all hold; False (a check failed, a sum overflowed, a value at the margin, mixed
@@ -219,7 +219,7 @@ def _plausible_at_once(t: int, tensors: dict[str, torch.Tensor], keys: list[str]
         # (`cat` copies: in place on its results) the root of a negative second moment is NaN,
         # and the comparison fails
         ok.append(torch.le(m.abs_(), sq.sqrt_().add_(2 * tiny).mul_(k)).all())
-    return bool(torch.stack(ok).all()) if ok else False
+    return bool(ok) and all(bool(o) for o in ok)  # (tensors may be on different devices)
 
 
 # optimizer state keys `_other_state_problem` checks
