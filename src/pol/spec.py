@@ -394,9 +394,8 @@ class StepSpec:
       absorbs, as a fraction ν of each gradient tensor's largest value M (a power of two): a
       gradient value is logged wherever ν·M could decide its rounding, and no value rounds finer
       than 2^exact_grid·ν·M (`pol.step.exact.Grid`). A reduction's float64 error scales with
-      its largest
-      terms, not with its result: measured between an H200 and a CPU on ResNet-20, up to
-      ~2^-43·M. Written whenever `exact` is; absent (0: float32 rounding only, the window
+      its largest terms, not with its result: measured between an H200 and a CPU on ResNet-20,
+      up to ~2^-43·M. Written whenever `exact` is; absent (0: float32 rounding only, the window
       relative to each value) in proofs made before it existed.
     - `exact_zone`: values (other than the gradients on their grid) within this many float32
       ulps of a rounding tie round to the even neighbour, on every device; the log holds the

@@ -181,51 +181,52 @@ class Log:
         return rows[lo:hi]
 
 
-def _chunk_index(data: bytes, name: str, total_steps: int, n: int) -> list[tuple]:
-    """A version 3 log's chunks (frame offset, rows, frame bytes, first step, last step), their
-    headers checked: rows ≥ 1 summing to the file's, frames inside the file, steps in
-    [0, total_steps) with first ≤ last, and no range going back."""
-    out, at, seen, prev = [], _HEAD.size, 0, 0
+def _walk_chunks(data: bytes, name: str, n: int, head: struct.Struct):
+    """A chunked log's chunks in order, as (frame offset, rows, frame bytes, *the rest of its
+    header): each chunk's header `head` (version 2 `_CHUNK`, version 3 `_CHUNK3`) checked
+    against the file (rows ≥ 1 summing to the header's N, the frame inside the file)."""
+    at, seen = _HEAD.size, 0
     while at < len(data):
-        if len(data) - at < _CHUNK3.size:
+        if len(data) - at < head.size:
             raise ProofFormatError(f"{name}: truncated chunk header")
-        m, b, first, last = _CHUNK3.unpack_from(data, at)
-        at += _CHUNK3.size
+        m, b, *rest = head.unpack_from(data, at)
+        at += head.size
         if m == 0 or m > n - seen or b > len(data) - at:
             raise ProofFormatError(f"{name}: a chunk declares {m} rows in {b} bytes, past the "
                                    "file's rows or bytes")
+        yield (at, m, b, *rest)
+        at, seen = at + b, seen + m
+    if seen != n:
+        raise ProofFormatError(f"{name}: chunks hold {seen} rows, the header says {n}")
+
+
+def _chunk_index(data: bytes, name: str, total_steps: int, n: int) -> list[tuple]:
+    """A version 3 log's chunks (frame offset, rows, frame bytes, first step, last step), their
+    headers checked (`_walk_chunks`, and steps in [0, total_steps) with first ≤ last, no range
+    going back)."""
+    out, prev = [], 0
+    for chunk in _walk_chunks(data, name, n, _CHUNK3):
+        first, last = chunk[3], chunk[4]
         if not prev <= first <= last < total_steps:
             raise ProofFormatError(f"{name}: a chunk declares steps [{first}, {last}] after "
                                    f"step {prev}, in a run of {total_steps} steps")
-        out.append((at, m, b, first, last))
-        at, seen, prev = at + b, seen + m, last
-    if seen != n:
-        raise ProofFormatError(f"{name}: chunks hold {seen} rows, the header says {n}")
+        out.append(chunk)
+        prev = last
     return out
 
 
 def _decode_whole(data: bytes, name: str, total_steps: int, version: int, n: int
                   ) -> np.ndarray:
     """The validated rows of a version 1 or 2 log."""
-    body = memoryview(data)[_HEAD.size:]
     if version == 1:
-        rows = _decode_frame(body, n, name)
+        rows = _decode_frame(memoryview(data)[_HEAD.size:], n, name)
     else:
         # each chunk decoded into its rows of one array (no list of parts joined: at 10^8 rows
         # every full-size copy is gigabytes of fresh pages)
-        rows, at, seen = np.empty((n, COLUMNS), dtype=np.int64), 0, 0
-        while at < len(body):
-            if len(body) - at < _CHUNK.size:
-                raise ProofFormatError(f"{name}: truncated chunk header")
-            m, b = _CHUNK.unpack_from(body, at)
-            at += _CHUNK.size
-            if m == 0 or m > n - seen or b > len(body) - at:
-                raise ProofFormatError(f"{name}: a chunk declares {m} rows in {b} bytes, past "
-                                       "the file's rows or bytes")
-            _decode_frame(body[at:at + b], m, name, rows[seen:seen + m])
-            at, seen = at + b, seen + m
-        if seen != n:
-            raise ProofFormatError(f"{name}: chunks hold {seen} rows, the header says {n}")
+        rows, seen = np.empty((n, COLUMNS), dtype=np.int64), 0
+        for at, m, b in _walk_chunks(data, name, n, _CHUNK):
+            _decode_frame(memoryview(data)[at:at + b], m, name, rows[seen:seen + m])
+            seen += m
     validate(rows, name, total_steps)
     return rows
 

@@ -44,6 +44,7 @@ import numpy as np
 from pol.errors import ProofFormatError, ProofWriteError
 from pol.proof import codec as _codec
 from pol.proof import format as fmt
+from pol.proof import roundlog
 from pol.proof.hashing import batch_hashes
 from pol.proof.host import HostCheckpoint, HostSnapshotter, Layout
 # the one atomic write, directory fsync and file digest (old names kept: attacks, tests)
@@ -249,12 +250,11 @@ class ProofWriter:
         self._files[name] = (hashlib.sha256(data).hexdigest(), len(data))
 
     def _log_chunk(self, rows, t: int | None = None, n_steps: int = 0) -> bytes:
-        """Rows of the rounding log as one chunk of the log file (`pol.proof.roundlog`, version
-        2), encoded here on the writer thread: the journal holds the chunks, and closing the
+        """Rows of the rounding log as one chunk of the log file (`pol.proof.roundlog`, its
+        current version), encoded here on the writer thread: the journal holds the chunks, and closing the
         proof only puts a header before them. With `t`, the last rows of the checkpoint at t
         (its `n_steps` steps): every row journaled since the previous checkpoint must belong
         to those steps."""
-        from pol.proof import roundlog
         log = np.ascontiguousarray(rows if rows is not None else np.zeros((0, 4)),
                                    dtype=np.int64).reshape(-1, roundlog.COLUMNS)
         chunk = b""
@@ -279,7 +279,6 @@ class ProofWriter:
         return chunk
 
     def _save_roundlog(self, chunks: bytes) -> None:
-        from pol.proof import roundlog
         if len(chunks) != self._log_bytes:
             raise ProofWriteError("journal of the rounding log is inconsistent")
         data = roundlog.header(self._log_rows) + chunks
@@ -292,7 +291,7 @@ class ProofWriter:
         if getattr(self, "_run_json", None) is None:
             self._run_json = json.dumps(self.run_info)
         log_rows = (f'"log_rows": {int(self._log_rows)}, "log_bytes": {int(self._log_bytes)}, '
-                    f'"log_version": {_LOG_VERSION}, ' if _exact(self.run_info) else "")
+                    f'"log_version": {roundlog.VERSION}, ' if _exact(self.run_info) else "")
         atomic_write(self.dir / fmt.PROGRESS,
                      (f'{{"writing": true, "last_checkpoint": {int(t)}, "rows": {int(rows)}, '
                       f'{log_rows}"run": {self._run_json}}}').encode(), self.durable)
@@ -482,7 +481,7 @@ def prepare_resume(proof_dir: str | os.PathLike) -> ResumePoint:
             (d / name).unlink(missing_ok=True)
     for tmp in [*(d / fmt.CKPT_DIR).glob(".*.tmp*"), *d.glob(".*.tmp*")]:
         tmp.unlink(missing_ok=True)
-    if _exact(run) and (log_bytes is None or prog.get("log_version") != _LOG_VERSION):
+    if _exact(run) and (log_bytes is None or prog.get("log_version") != roundlog.VERSION):
         log_bytes = _rechunk_log(wd / "roundlog.bin", log_rows, log_bytes, run["total_steps"], d)
     return ResumePoint(t=t, rows=rows, run_info=run, files=files, count=count, decoded=decoded,
                        base=base, base_segments=segs, dir=d,
@@ -490,16 +489,11 @@ def prepare_resume(proof_dir: str | os.PathLike) -> ResumePoint:
                        log_bytes=(log_bytes or 0) if _exact(run) else 0)
 
 
-# the rounding log's version whose chunks the journal holds (`pol.proof.roundlog.VERSION`)
-_LOG_VERSION = 3
-
-
 def _rechunk_log(path: Path, log_rows: int, log_bytes: int | None, total_steps: int,
                  d: Path) -> int:
     """An older run's rounding-log journal as one chunk of this version (raw rows of 32 bytes
     before pol wrote chunks; version 2 chunks, without their step ranges, before version 3):
     its rows decoded, checked, and encoded again. Returns the journal's new length."""
-    from pol.proof import roundlog
     if log_bytes is None:
         rows_ = np.fromfile(path, dtype="<i8").reshape(-1, roundlog.COLUMNS)
     else:

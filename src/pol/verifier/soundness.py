@@ -254,7 +254,7 @@ def _other_state_problem(tensors: dict[str, torch.Tensor], keys: list[str], opt)
     for k in keys:
         i_key = k[len(OPTIM_PREFIX):].split(".")
         prefix, key = f"{OPTIM_PREFIX}{i_key[0]}.", i_key[-1]
-        if key not in ("square_avg", "max_exp_avg_sq", "sum", "grad_avg"):
+        if key not in _OTHER_KEYS:
             continue  # (momentum, Adam's moments: nothing to check here, nothing to convert)
         v = tensors[k].double()
         why = None
