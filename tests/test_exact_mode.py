@@ -406,6 +406,51 @@ def test_a_version_3_log_decodes_only_the_chunks_of_the_steps_asked_for():
         roundlog.Log(data, "x", 7, 1 << 20)  # a chunk declares step 7 of a 7-step run
 
 
+def test_segments_announced_to_a_version_3_log_are_decoded_ahead_with_the_same_rows_and_errors():
+    """`Log.expect`: the announced segments decoded one ahead on a thread give the rows a plain
+    `between` gives, in any order asked; a corrupt frame in an announced segment raises when that
+    segment is asked for (not earlier, not lost); chunks each valid on their own that join out
+    of order (a row repeated across a chunk boundary) are refused."""
+    from pol.errors import ProofFormatError
+    rng = np.random.default_rng(3)
+    steps = 12
+    parts = []
+    for t in range(steps):
+        idx = np.unique(rng.integers(0, 10_000, 300))
+        parts.append(np.stack([np.full(len(idx), t), np.zeros(len(idx), np.int64), idx,
+                               rng.integers(0, 2, len(idx))], axis=1))
+    rows = np.concatenate(parts).astype(np.int64)
+    piece = 250  # chunks cut steps
+    data = roundlog.header(len(rows)) + b"".join(
+        roundlog.encode_chunk(rows[i:i + piece]) for i in range(0, len(rows), piece))
+    plain = roundlog.Log(data, "x", steps, 1 << 30)
+    segs = [(0, 3), (3, 6), (6, 9), (9, 12)]
+    log = roundlog.Log(data, "x", steps, 1 << 30)
+    log.expect(segs)
+    for a, b in [segs[0], segs[2], segs[1], segs[3]]:  # not the announced order
+        got = log.between(a, b)
+        assert np.array_equal(got, plain.between(a, b))
+        assert np.array_equal(got, rows[(rows[:, 0] >= a) & (rows[:, 0] < b)])
+    broken = bytearray(data)
+    broken[-3] ^= 0xFF  # the last chunk's frame: steps of the last segment
+    log = roundlog.Log(bytes(broken), "x", steps, 1 << 30)
+    log.expect(segs)
+    for a, b in segs[:3]:
+        assert np.array_equal(log.between(a, b), plain.between(a, b))
+    with pytest.raises(ProofFormatError):
+        log.between(*segs[3])
+    # two chunks each in order, joined out of order: the first chunk's last row repeated
+    x = np.array([[0, 0, 1, 0], [0, 0, 4, 1]], dtype=np.int64)
+    y = np.array([[0, 0, 4, 1], [1, 0, 2, 0]], dtype=np.int64)
+    joined = roundlog.header(4) + roundlog.encode_chunk(x) + roundlog.encode_chunk(y)
+    for ahead in (False, True):
+        log = roundlog.Log(joined, "x", 2, 1 << 20)
+        if ahead:
+            log.expect([(0, 2)])
+        with pytest.raises(ProofFormatError, match="strictly increasing"):
+            log.between(0, 2)
+
+
 def test_a_log_chunk_that_lies_about_its_steps_fails_when_its_segment_is_replayed(tmp_path):
     """A version 3 proof whose first log chunk declares fewer steps than it holds (digests
     redone, as a forger would): opened without complaint, refused by a verification that

@@ -37,13 +37,20 @@ Decoding checks the header, refuses a frame that declares any other content size
 decompression bomb is refused before anything is decompressed), and validates every column of the
 decoded rows (`validate`); nothing is unpickled. A version 3 log's chunk headers are checked when
 it is opened (rows, bytes, step ranges), and a chunk's rows when they are decoded: that they lie
-in the declared range, from its first step to its last, and all of `validate`. Torch-free, like
+in the declared range, from its first step to its last, and all of `validate` (each chunk, and
+where consecutive chunks join). A verifier announces the segments it will replay (`Log.expect`):
+each is decoded on a background thread while the one before it replays, its chunks several at a
+time. Torch-free, like
 the rest of the format.
 """
 
 from __future__ import annotations
 
+import os
 import struct
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -150,6 +157,8 @@ class Log:
         self._chunks = _chunk_index(data, name, total_steps, n) if version == 3 else []
         self._firsts = np.array([c[3] for c in self._chunks], dtype=np.int64)
         self._lasts = np.array([c[4] for c in self._chunks], dtype=np.int64)
+        self._plan: list[tuple[int, int]] = []  # segments announced by `expect`, in order
+        self._ahead: _Ahead | None = None  # the one being decoded ahead
 
     def __len__(self) -> int:
         return self.n
@@ -159,26 +168,100 @@ class Log:
         return self.between(0, self.total_steps)
 
     def between(self, a: int, b: int) -> np.ndarray:
-        """The validated rows of steps [a, b) (int64 [m, 4], a new array or a view)."""
+        """The validated rows of steps [a, b) (int64 [m, 4], a new array or a view; a version
+        3 log's rows column-major, so that each column is contiguous). A segment announced with
+        `expect` was decoded on a background thread while the previous one was replayed; its
+        format errors are raised here, as they would be without it."""
         if self._rows is not None:
             lo, hi = np.searchsorted(self._rows[:, 0], [a, b])
             return self._rows[lo:hi]
+        job = self._ahead
+        if job is not None and job.segment == (a, b):
+            self._ahead = None
+            rows = job.result()
+        else:
+            rows = self._decode(a, b)
+        self._plan = [seg for seg in self._plan if seg != (a, b)]
+        self._start_ahead()
+        return rows
+
+    def expect(self, segments) -> None:
+        """The segments [a, b) that `between` will be asked for next, in that order (a hint: any
+        other order gives the same rows). The first not yet decoded is decoded on a background
+        thread at once, and each next one when `between` hands out the one before it: one
+        segment decoded ahead at most (its rows are a segment's worth of memory)."""
+        if self.version == 3:
+            self._plan.extend((int(a), int(b)) for a, b in segments)
+            self._start_ahead()
+
+    def _start_ahead(self) -> None:
+        if self._ahead is None and self._plan:
+            self._ahead = _Ahead(self._plan.pop(0), self._decode)
+
+    def _decode(self, a: int, b: int) -> np.ndarray:
+        """Steps [a, b) of a version 3 log: the chunks holding any of them decoded (several
+        at once on threads: zstd and numpy release the GIL), each validated, and their joins."""
         # the chunks holding any step of [a, b): a run of consecutive chunks (ranges never go
         # back), all of those that share a step with it among them
         i, j = int(np.searchsorted(self._lasts, a)), int(np.searchsorted(self._firsts, b))
         chunks = self._chunks[i:j]
-        rows = np.empty((sum(c[1] for c in chunks), COLUMNS), dtype=np.int64)
-        at = 0
-        for offset, m, nbytes, first, last in chunks:
+        sizes = [c[1] for c in chunks]
+        ends = np.cumsum([0, *sizes])
+        rows = np.empty((int(ends[-1]), COLUMNS), dtype=np.int64, order="F")
+
+        def one(c: int) -> None:
+            offset, m, nbytes, first, last = chunks[c]
             part = _decode_frame(memoryview(self._data)[offset:offset + nbytes], m, self.name,
-                                 rows[at:at + m])
+                                 rows[ends[c]:ends[c + 1]])
             if part[0, 0] != first or part[-1, 0] != last:
                 raise ProofFormatError(f"{self.name}: a chunk declares steps [{first}, {last}] "
                                        f"but holds rows of steps [{part[0, 0]}, {part[-1, 0]}]")
-            at += m
-        validate(rows, self.name, self.total_steps)
+            validate(part, self.name, self.total_steps)
+
+        workers = min(len(chunks), _DECODE_THREADS)
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                for f in [pool.submit(one, c) for c in range(len(chunks))]:
+                    f.result()  # the first chunk's error first
+        else:
+            for c in range(len(chunks)):
+                one(c)
+        # each chunk is validated: what joins them must be too (`validate` on the chunk's
+        # last row and the next one's first)
+        for c in range(1, len(chunks)):
+            validate(rows[ends[c] - 1:ends[c] + 1], self.name, self.total_steps)
         lo, hi = np.searchsorted(rows[:, 0], [a, b])
         return rows[lo:hi]
+
+
+# chunks of a segment decoded at once (each a few MiB to tens of MiB of fresh memory: a machine's
+# cores each fill one)
+_DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
+
+
+class _Ahead:
+    """One segment's rows decoded on a daemon thread (a verification that stops early does not
+    wait for it at exit); `result()` waits and returns them, or raises what the decode raised."""
+
+    def __init__(self, segment: tuple[int, int], decode) -> None:
+        self.segment = segment
+        self._out: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(decode,), daemon=True,
+                                        name="pol-roundlog-ahead")
+        self._thread.start()
+
+    def _run(self, decode) -> None:
+        try:
+            self._out = decode(*self.segment)
+        except BaseException as e:  # noqa: BLE001 - re-raised by result()
+            self._error = e
+
+    def result(self) -> np.ndarray:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._out
 
 
 def _walk_chunks(data: bytes, name: str, n: int, head: struct.Struct):
@@ -234,7 +317,7 @@ def _decode_whole(data: bytes, name: str, total_steps: int, version: int, n: int
 def _decode_frame(payload: memoryview, n: int, name: str,
                   out: np.ndarray | None = None) -> np.ndarray:
     """The rows (not yet validated) of one frame declared to hold `n` rows, into `out` (an int64
-    [n, 4] C-contiguous array) when given."""
+    [n, 4] array, either layout) when given."""
     size = 8 * COLUMNS * n
     zstd = _zstd()
     try:

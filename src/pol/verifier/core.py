@@ -416,6 +416,8 @@ def _checkpoint_pass(o: VerifyOptions, policy: Policy, s: Session, report: Repor
     digester = CheckpointDigester(s.store.names,
                                   spec if policy.has(Defence.OPTIMIZER_STATE) else None)
     reads = s.store.read_pass(ck, digester, ahead=s.overlap)
+    if o.all_segments:
+        executor.expect([(ck[i], ck[i + 1]) for i in range(len(ck) - 1)])
     _, w0, _ = next(reads)
     regen_pre = _start_checks(o, policy, s, report, w0)
     prev = w0
@@ -427,11 +429,15 @@ def _checkpoint_pass(o: VerifyOptions, policy: Policy, s: Session, report: Repor
         if o.all_segments:
             executor.early(ck[i], t, prev, cur)
         else:
-            for j, a_t, b_t in stream.add(i, d.update[o.d1], prev, cur):
+            ready = stream.add(i, d.update[o.d1], prev, cur)
+            executor.expect([(ck[j], ck[j + 1]) for j, _, _ in ready])
+            for j, a_t, b_t in ready:
                 executor.early(ck[j], ck[j + 1], a_t, b_t)
         prev = cur
     if not o.all_segments:
-        for j, a_t, b_t in stream.flush():
+        ready = stream.flush()
+        executor.expect([(ck[j], ck[j + 1]) for j, _, _ in ready])
+        for j, a_t, b_t in ready:
             executor.early(ck[j], ck[j + 1], a_t, b_t)
     return updates, w0, digester.last_vec, state_probs, regen_pre
 

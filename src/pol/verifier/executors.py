@@ -36,6 +36,13 @@ class InProcess:
     def submit_all(self, segments: Sequence[Segment]) -> None:
         pass  # replayed as the pass reads them (early)
 
+    def expect(self, segments: Sequence[Segment]) -> None:
+        """The segments replayed here next, in order: an exact-mode proof's rounding log of
+        each is decoded ahead, on a thread, while the one before it replays."""
+        log = getattr(self.s.proof, "log", None)
+        if segments and hasattr(log, "expect"):
+            log.expect(segments)
+
     def early(self, a: int, b: int, start: dict, end: dict) -> None:
         if not self.early_ok or any(isinstance(v, BaseException) for v in self._early.values()):
             return  # results() stops at the first failure: nothing after it is needed
@@ -50,6 +57,7 @@ class InProcess:
         outs = []
         later = [seg for seg in segments if seg not in self._early]
         after = dict(zip(later, later[1:]))  # the next segment replayed here, not early
+        self.expect(later)
         for a, b in segments:
             out = self._early.get((a, b))
             if out is None:
@@ -89,6 +97,9 @@ class Pool:
     def submit_all(self, segments: Sequence[Segment]) -> None:
         self.pool.submit(list(segments), background=True)
 
+    def expect(self, segments: Sequence[Segment]) -> None:
+        pass  # each worker reads its own segments' log
+
     def early(self, a: int, b: int, start: dict, end: dict) -> None:
         self.pool.submit([(a, b)], background=True)
 
@@ -106,6 +117,9 @@ class Torchrun:
 
     def submit_all(self, segments: Sequence[Segment]) -> None:
         pass
+
+    def expect(self, segments: Sequence[Segment]) -> None:
+        pass  # which rank replays which segment is decided in results()
 
     def early(self, a: int, b: int, start: dict, end: dict) -> None:
         pass  # every rank reads the same pass; the split happens in results()
