@@ -23,9 +23,11 @@ path (`pol.prover.trainer.train_task`, what `pol train` runs; with model overrid
   commit     the dataset commitment: leaves + root from scratch, and from the content-keyed cache
 
 Rounds repeat the in-process measures (`--repeats`); figures are medians over rounds (min–max
-kept in the JSON). An untimed training runs first (imports, allocator, first kernels); with
-`--torch-profile` an untimed `verify --all` of its proof follows (so with `--repeats 1` the
-round's verification is not the process's first).
+kept in the JSON). An untimed training runs first (imports, allocator, first kernels), then an untimed `verify
+--all` of its proof (profiled with `--torch-profile`; none with `--no-verify-warmup`): both sides
+are timed warm, and the first verification's replay rate is printed and kept as the process's
+one-off cost (`first_verify_all` in the JSON; a `pol verify` process pays it, as `pol train` pays
+its own: the CLI measures show both).
 
 `--torch-profile`: torch.profiler (CPU, and CUDA on a GPU) over `--profile-steps` steps of that
 training and over one replayed segment (`--profile-replay-steps`): the top ops by self device
@@ -827,8 +829,17 @@ def warmup(a, work: Path, clock: Clock) -> dict:
             print(render_profile(p), flush=True)
         import gc
         gc.collect()  # the profiles' events: gone before the measured rounds
+    first = None
+    if not a.torch_profile and not a.no_verify_warmup:
+        # the verifier's warm-up, as the training's: the first verification in a process pays
+        # one-off costs (the replay's own kernels loaded, its first graph capture) that the
+        # timed training, after its warm-up, does not; its replay rate is kept as that cost
+        with clock.phase("warm-up verify --all (untimed)"):
+            first = verify_in_process(a, work / "warmup", True)
+        print(f"first verification in the process: replay --all {first['ms_per_step']:.2f} "
+              "ms/step", flush=True)
     _rm(work / "warmup")
-    return {"warmup_train_s": warm_s, "torch_profile": prof}
+    return {"warmup_train_s": warm_s, "torch_profile": prof, "first_verify_all": first}
 
 
 def rounds(a, work: Path, clock: Clock) -> dict:
@@ -1164,6 +1175,9 @@ def parse(argv=None):
     ap.add_argument("--init-mparams", type=float, default=16.0, help="the rank-correlation "
                     "timing runs on the first tensors up to this many M parameters")
     ap.add_argument("--no-cli", action="store_true", help="skip the pol verify processes")
+    ap.add_argument("--no-verify-warmup", action="store_true",
+                    help="no untimed verify --all after the warm-up training (then the first "
+                         "timed verification pays the process's one-off replay costs)")
     ap.add_argument("--no-topq", action="store_true", help="skip the in-process top-Q "
                     "verification (with two segments, the hardened top-Q replays both: --all)")
     ap.add_argument("--pycache", help="pol verify processes keep compiled bytecode here "

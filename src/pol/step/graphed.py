@@ -33,7 +33,6 @@ context steps eagerly from then on. `POL_CUDA_GRAPHS=0` in the environment turns
 from __future__ import annotations
 
 import gc
-import os
 import warnings
 from typing import Any, Callable
 
@@ -262,7 +261,9 @@ class GraphedExactStep:
             self.filled[point] = got is not None
             if got is not None:
                 _, idx, up = got
-                _write_dirs(d, idx, up.to(torch.int8) + 1)
+                # deterministic algorithms on (pol's GPU default): the sorting kernel, ~0.1 ms
+                # of host time a call and no wait for the device (benchmarks/diag_index_put.py)
+                d.index_put_((idx,), up.to(torch.int8) + 1)
 
     def _after(self, log: RoundingLog, t: int, *points: int) -> None:
         """Recording: the masks of `points` logged for step t (copies: the next replay rewrites
@@ -287,24 +288,6 @@ class GraphedExactStep:
         for p, _ in self.grads:
             p.grad = None
         self.ex._place(self.originals, self.slots)
-
-
-_DIRS_WRITE = os.environ.get("POL_DIRS_WRITE", "index_put")  # benchmark toggle (session 11)
-
-
-def _write_dirs(d: torch.Tensor, idx: torch.Tensor, codes: torch.Tensor) -> None:
-    """`d[idx] = codes` (the indices unique and ascending: every kernel writes the same)."""
-    if _DIRS_WRITE == "scatter":
-        d.scatter_(0, idx, codes)
-    elif _DIRS_WRITE == "nondet" and torch.are_deterministic_algorithms_enabled():
-        warn = torch.is_deterministic_algorithms_warn_only_enabled()
-        torch.use_deterministic_algorithms(False)
-        try:
-            d.index_put_((idx,), codes)
-        finally:
-            torch.use_deterministic_algorithms(True, warn_only=warn)
-    else:
-        d.index_put_((idx,), codes)
 
 
 class _CaptureFailed(Exception):
