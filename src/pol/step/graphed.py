@@ -33,6 +33,7 @@ context steps eagerly from then on. `POL_CUDA_GRAPHS=0` in the environment turns
 from __future__ import annotations
 
 import gc
+import os
 import warnings
 from typing import Any, Callable
 
