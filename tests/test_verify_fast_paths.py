@@ -208,3 +208,33 @@ def test_overlapped_pass_gives_the_same_report(mlp_proof, proof_copy, monkeypatc
         time.sleep(0.05)
     assert not [t.name for t in threading.enumerate()
                 if t.name.startswith(("pol-checkpoint-read", "pol-init-ks"))]
+
+
+def test_load_state_refuses_a_non_finite_entry_before_changing_anything():
+    """`load_state` checks every float entry for NaN/Inf at once (one read per device): a NaN in
+    an optimizer moment or an infinity in a weight is refused, naming the first bad entry in
+    order, before the model or the optimizer is touched; a finite checkpoint loads."""
+    from pol.errors import ProofFormatError
+    spec, train, _ = build_spec("digits-cnn")
+    ctx = build_context(spec, torch.device("cpu"))
+    name = spec.optimizer.name
+    x, y = torch.from_numpy(train.x[:spec.batch_size]), torch.from_numpy(train.y[:spec.batch_size])
+    update(ctx, x, y, [spec.optimizer.lr] * len(ctx.optimizer.param_groups), 0)
+    good = {k: v.detach().clone() for k, v in state_tensors(ctx.model, ctx.optimizer).items()}
+    before = {k: v.detach().clone() for k, v in state_tensors(ctx.model, ctx.optimizer).items()}
+    moments = [k for k in good if k.startswith("optim.") and k.endswith("exp_avg_sq")]
+    weights = [k for k in good if k.startswith("model.") and good[k].is_floating_point()]
+    assert moments and len(weights) > 1
+    cases = [({moments[-1]: float("nan")}, rf"optimizer state {moments[-1][6:]} has NaN/Inf"),
+             ({weights[1]: float("inf"), moments[0]: float("nan")},
+              rf"checkpoint entry {weights[1]} has NaN/Inf")]
+    for bad, match in cases:
+        ck = {k: v.clone() for k, v in good.items()}
+        for k, value in bad.items():
+            ck[k].view(-1)[0] = value
+        ck[weights[0]].add_(1.0)  # would change the model if it were loaded
+        with pytest.raises(ProofFormatError, match=match):
+            load_state(ctx.model, ctx.optimizer, name, ck)
+        now = state_tensors(ctx.model, ctx.optimizer)
+        assert all(torch.equal(now[k], before[k]) for k in before)
+    load_state(ctx.model, ctx.optimizer, name, good)

@@ -96,12 +96,20 @@ def load_state(model: nn.Module, optimizer: torch.optim.Optimizer, opt_name: str
     if present and len(present) != len(opt_shapes):
         raise ProofFormatError("checkpoint has partial optimizer state")
     sd = model.state_dict()
+    row = optimizer_row(opt_name) if present else None
+    opt_keys = [] if row is None else [
+        (i, key) for i, _ in enumerate(_params(optimizer))
+        for key in row.keys_for(optimizer.param_groups[0])]
+    bad = _first_nonfinite([MODEL_PREFIX + k for k in sd]
+                           + [f"{OPTIM_PREFIX}{i}.{key}" for i, key in opt_keys], tensors)
+    if bad is not None:
+        if bad.startswith(MODEL_PREFIX):
+            raise ProofFormatError(f"checkpoint entry {bad} has NaN/Inf values")
+        raise ProofFormatError(f"optimizer state {bad.removeprefix(OPTIM_PREFIX)} has NaN/Inf "
+                               "values")
     with torch.no_grad():
         for k, v in sd.items():
-            src = tensors[MODEL_PREFIX + k]
-            if src.is_floating_point() and not torch.isfinite(src).all():
-                raise ProofFormatError(f"checkpoint entry {MODEL_PREFIX + k} has NaN/Inf values")
-            v.copy_(src.to(v.dtype))
+            v.copy_(tensors[MODEL_PREFIX + k].to(v.dtype))
     scaler = scaler_of(optimizer)
     if scaler is not None:
         why = scaler_problem(tensors, _features_of(scaler))
@@ -111,18 +119,33 @@ def load_state(model: nn.Module, optimizer: torch.optim.Optimizer, opt_name: str
     optimizer.state.clear()
     if not present:
         return
-    row = optimizer_row(opt_name)
     for i, p in enumerate(_params(optimizer)):
         st = {}
         for key in row.keys_for(optimizer.param_groups[0]):
             src = tensors[f"{OPTIM_PREFIX}{i}.{key}"]
-            if not torch.isfinite(src.float()).all():
-                raise ProofFormatError(f"optimizer state {i}.{key} has NaN/Inf values")
             if key in row.cpu_fp32:
                 st[key] = src.to(torch.float32).clone()  # Adam keeps step on CPU
             else:
                 st[key] = src.to(device=p.device, dtype=p.dtype).clone()
         optimizer.state[p] = st
+
+
+def _first_nonfinite(names: list[str], tensors: dict[str, torch.Tensor]) -> str | None:
+    """The first of `names` whose tensor holds a NaN or an infinity, or None: one read per
+    device for them all (a GPU checkpoint's tensors: not one wait for the device per tensor)."""
+    by_device: dict[torch.device, list[tuple[int, torch.Tensor]]] = {}
+    for j, name in enumerate(names):
+        t = tensors[name]
+        if t.is_floating_point():
+            by_device.setdefault(t.device, []).append((j, torch.isfinite(t).all()))
+    first = None
+    for flags in by_device.values():
+        ok = torch.stack([f for _, f in flags]).tolist()
+        for (j, _), good in zip(flags, ok):
+            if not good and (first is None or j < first):
+                first = j
+                break
+    return None if first is None else names[first]
 
 
 def storage_dtype(name: str, tensor: torch.Tensor, precision: str) -> torch.dtype:
