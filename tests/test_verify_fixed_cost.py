@@ -141,3 +141,27 @@ def test_no_scipy_stats_before_the_first_replay(user_proof):
                          capture_output=True, text=True, check=True, timeout=120)
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen and "scipy.stats" not in seen[0]
+
+
+def test_a_small_proofs_checkpoints_are_read_once_even_for_random_segments(mlp_proof,
+                                                                             monkeypatch):
+    """Top-Q with the hardened policy's random segments (chosen after the pass, once their
+    epoch's top-Q is known): a small model's checkpoints stay in memory (`KEEP_BYTES`), so each
+    is read from disk once; with nothing kept beyond the last two, the random segments read
+    theirs again."""
+    from pol.proof.reader import Proof
+    from pol.verifier import session as sess
+    reads: list[int] = []
+    orig = Proof.load_checkpoint
+
+    def counted(self, t):
+        reads.append(t)
+        return orig(self, t)
+    monkeypatch.setattr(Proof, "load_checkpoint", counted)
+    rep = verify(mlp_proof, entropy=b"fixed", policy="hardened")
+    assert rep.valid and any(s.why == "random" for s in rep.segments)
+    assert sorted(reads) == sorted(set(reads))  # none read twice
+    reads.clear()
+    monkeypatch.setattr(sess, "KEEP_BYTES", 0)
+    assert verify(mlp_proof, entropy=b"fixed", policy="hardened").valid
+    assert len(reads) > len(set(reads))

@@ -160,6 +160,11 @@ def build_step_context(spec, manifest: fmt.Manifest, device: torch.device,
         raise ProofFormatError(f"the proof's model cannot be built: {e}") from None
 
 
+# checkpoints a store keeps beyond the last two (`CheckpointStore._keep`): 64 MiB, ~30 of
+# ResNet-20's with their momentum, none of a 114M GPT's (1.4 GB each)
+KEEP_BYTES = 64 << 20
+
+
 class CheckpointStore:
     """Checkpoints of one proof, each checked against the model before use: names, shapes, storage
     dtypes, finite weights (the digest is checked by the reader). The last two stay in memory
@@ -177,7 +182,8 @@ class CheckpointStore:
                                                                    spec.optimizer.name)
         self.dtypes = storage_dtypes(ctx.model, ctx.optimizer, spec.optimizer.name,
                                      spec.precision)
-        self._recent: dict[int, dict[str, torch.Tensor]] = {}
+        self._recent: dict[int, dict[str, torch.Tensor]] = {}  # oldest first (`_keep`)
+        self._sizes: dict[int, int] = {}  # bytes of each kept checkpoint
         self._pending: dict[int, Any] = {}  # step -> Future of a read started by `prefetch`
         self._digesting: dict[int, Any] = {}  # step -> Future of a read_pass read and digest
         # step -> a read of the checkpoint's bytes started before the store (`early`)
@@ -248,9 +254,15 @@ class CheckpointStore:
         return tensors, digest(t, tensors)
 
     def _keep(self, t: int, tensors: dict[str, torch.Tensor]) -> None:
+        """The checkpoints read last, for `load` (read-only: a replay copies out of them): the
+        last two always, more while they fit in `KEEP_BYTES` (a small model's whole proof, so
+        that a random segment chosen after the pass does not read its checkpoints again)."""
+        self._recent.pop(t, None)
         self._recent[t] = tensors
-        while len(self._recent) > 2:
-            self._recent.pop(next(iter(self._recent)))
+        self._sizes[t] = sum(v.numel() * v.element_size() for v in tensors.values())
+        while len(self._recent) > 2 and sum(self._sizes[u] for u in self._recent) > KEEP_BYTES:
+            self._sizes.pop(u := next(iter(self._recent)), None)
+            self._recent.pop(u)
 
     def _load_checked(self, t: int) -> dict[str, torch.Tensor]:
         early = self._early.pop(t, None)
