@@ -251,7 +251,10 @@ def test_pol_distributed_under_torchrun(tmp_path):
            str(port), "-m", "pol.cli", "distributed", "--workers", "5", "--rounds", "2",
            "--model-arg", "hidden=[16]", "--local-steps", "8", "--batch-size", "8", "--budget",
            "0.625", "--heartbeat-timeout", "5", "--byzantine",
-           "2:noise,3:freerider,4:lazy,5:hang=1", "--out", str(out), "--json", str(jf)]
+           "2:noise,3:freerider,4:lazy,5:hang=1", "--out", str(out), "--json", str(jf),
+           # the hung worker's heartbeat lives on: round 1 waits the round timeout for it
+           # (the default 300 s was most of the suite's time)
+           "--round-timeout", "90"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("round 1: accepted [1]") == 1, r.stdout
