@@ -431,6 +431,13 @@ def test_segments_announced_to_a_version_3_log_are_decoded_ahead_with_the_same_r
         got = log.between(a, b)
         assert np.array_equal(got, plain.between(a, b))
         assert np.array_equal(got, rows[(rows[:, 0] >= a) & (rows[:, 0] < b)])
+    log = roundlog.Log(data, "x", steps, 1 << 30)
+    log.expect(segs)
+    for a, b in segs:  # what a replay reads: narrow, contiguous columns of the same rows
+        cols = log.columns(a, b)
+        assert [c.dtype for c in cols] == [np.int32, np.uint16, np.int64, np.bool_]
+        assert all(c.flags.c_contiguous for c in cols)
+        assert np.array_equal(np.stack(cols, axis=1).astype(np.int64), plain.between(a, b))
     broken = bytearray(data)
     broken[-3] ^= 0xFF  # the last chunk's frame: steps of the last segment
     log = roundlog.Log(bytes(broken), "x", steps, 1 << 30)

@@ -168,22 +168,29 @@ class Log:
         return self.between(0, self.total_steps)
 
     def between(self, a: int, b: int) -> np.ndarray:
-        """The validated rows of steps [a, b) (int64 [m, 4], a new array or a view; a version
-        3 log's rows column-major, so that each column is contiguous). A segment announced with
-        `expect` was decoded on a background thread while the previous one was replayed; its
-        format errors are raised here, as they would be without it."""
+        """The validated rows of steps [a, b) (int64 [m, 4], a new array or a view)."""
         if self._rows is not None:
             lo, hi = np.searchsorted(self._rows[:, 0], [a, b])
             return self._rows[lo:hi]
+        return np.stack(self.columns(a, b), axis=1).astype(np.int64, copy=False)
+
+    def columns(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The validated rows of steps [a, b) as their columns, what a replay reads: step
+        (int32 below 2^31 steps), point (uint16), index (int64), up (bool); each contiguous,
+        15 bytes a row where the rows take 32. A segment announced with `expect` was decoded on
+        a background thread while the previous one was replayed; its format errors are raised
+        here, as they would be without it."""
+        if self._rows is not None:
+            return _columns_of(self.between(a, b), self.total_steps)
         job = self._ahead
         if job is not None and job.segment == (a, b):
             self._ahead = None
-            rows = job.result()
+            cols = job.result()
         else:
-            rows = self._decode(a, b)
+            cols = self._decode(a, b)
         self._plan = [seg for seg in self._plan if seg != (a, b)]
         self._start_ahead()
-        return rows
+        return cols
 
     def expect(self, segments) -> None:
         """The segments [a, b) that `between` will be asked for next, in that order (a hint: any
@@ -198,25 +205,28 @@ class Log:
         if self._ahead is None and self._plan:
             self._ahead = _Ahead(self._plan.pop(0), self._decode)
 
-    def _decode(self, a: int, b: int) -> np.ndarray:
-        """Steps [a, b) of a version 3 log: the chunks holding any of them decoded (several
-        at once on threads: zstd and numpy release the GIL), each validated, and their joins."""
+    def _decode(self, a: int, b: int) -> tuple[np.ndarray, ...]:
+        """Steps [a, b) of a version 3 log, as `columns`: the chunks holding any of them
+        decoded (several at once on threads: zstd and numpy release the GIL), each validated
+        as rows, then narrowed into the columns; their joins validated too."""
         # the chunks holding any step of [a, b): a run of consecutive chunks (ranges never go
         # back), all of those that share a step with it among them
         i, j = int(np.searchsorted(self._lasts, a)), int(np.searchsorted(self._firsts, b))
         chunks = self._chunks[i:j]
-        sizes = [c[1] for c in chunks]
-        ends = np.cumsum([0, *sizes])
-        rows = np.empty((int(ends[-1]), COLUMNS), dtype=np.int64, order="F")
+        ends = np.cumsum([0, *(c[1] for c in chunks)])
+        n = int(ends[-1])
+        cols = (np.empty(n, dtype=_step_dtype(self.total_steps)), np.empty(n, dtype=np.uint16),
+                np.empty(n, dtype=np.int64), np.empty(n, dtype=bool))
 
         def one(c: int) -> None:
             offset, m, nbytes, first, last = chunks[c]
-            part = _decode_frame(memoryview(self._data)[offset:offset + nbytes], m, self.name,
-                                 rows[ends[c]:ends[c + 1]])
+            part = _decode_frame(memoryview(self._data)[offset:offset + nbytes], m, self.name)
             if part[0, 0] != first or part[-1, 0] != last:
                 raise ProofFormatError(f"{self.name}: a chunk declares steps [{first}, {last}] "
                                        f"but holds rows of steps [{part[0, 0]}, {part[-1, 0]}]")
-            validate(part, self.name, self.total_steps)
+            validate(part, self.name, self.total_steps)  # then every value fits its column
+            for k, col in enumerate(cols):
+                col[ends[c]:ends[c + 1]] = part[:, k]
 
         workers = min(len(chunks), _DECODE_THREADS)
         if workers > 1:
@@ -229,9 +239,21 @@ class Log:
         # each chunk is validated: what joins them must be too (`validate` on the chunk's
         # last row and the next one's first)
         for c in range(1, len(chunks)):
-            validate(rows[ends[c] - 1:ends[c] + 1], self.name, self.total_steps)
-        lo, hi = np.searchsorted(rows[:, 0], [a, b])
-        return rows[lo:hi]
+            at = slice(ends[c] - 1, ends[c] + 1)
+            validate(np.stack([col[at] for col in cols], axis=1).astype(np.int64, copy=False),
+                     self.name, self.total_steps)
+        lo, hi = np.searchsorted(cols[0], [a, b])
+        return tuple(col[lo:hi] for col in cols)
+
+
+def _step_dtype(total_steps: int) -> type:
+    return np.int32 if total_steps <= np.iinfo(np.int32).max else np.int64
+
+
+def _columns_of(rows: np.ndarray, total_steps: int) -> tuple[np.ndarray, ...]:
+    """Validated rows (int64 [m, 4]) as `Log.columns` gives them."""
+    return (rows[:, 0].astype(_step_dtype(total_steps)), rows[:, 1].astype(np.uint16),
+            np.ascontiguousarray(rows[:, 2]), rows[:, 3] != 0)
 
 
 # chunks of a segment decoded at once (each a few MiB to tens of MiB of fresh memory: a machine's

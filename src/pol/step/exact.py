@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -427,6 +427,24 @@ class _InFlight:
         return _rows(self.t, self.point, i.cpu().numpy(), self.up[i].cpu().numpy()), n
 
 
+class _Columns(NamedTuple):
+    """A replay's log rows as contiguous columns (`pol.proof.roundlog.Log.columns`: 15 bytes
+    a row where int64 rows take 32)."""
+    step: np.ndarray
+    point: np.ndarray
+    index: np.ndarray
+    up: np.ndarray
+
+    @classmethod
+    def of(cls, entries) -> "_Columns":
+        if isinstance(entries, np.ndarray):  # rows, int64 [N, 4]
+            e = entries.reshape(-1, len(LOG_COLUMNS))
+            return cls(np.ascontiguousarray(e[:, 0]), np.ascontiguousarray(e[:, 1]),
+                       np.ascontiguousarray(e[:, 2]), e[:, 3] != 0)
+        step, point, index, up = entries
+        return cls(step, point, np.ascontiguousarray(index), np.ascontiguousarray(up, bool))
+
+
 class RoundingLog:
     """The rounding log of exact mode: recorded by the prover's steps (`take` hands the entries
     since the last call to the proof writer), replayed by the verifier's (`replay`). Entries are
@@ -446,7 +464,7 @@ class RoundingLog:
         self.ready = 0  # recording: how many rows `_rows` holds (on the host, not yet taken)
         self._pending: list[_InFlight] = []  # recording on a GPU: not yet on the host
         self._caps: dict[int, int] = {}  # recording on a GPU: compaction size per point
-        self._entries: np.ndarray | None = None  # replaying: the proof's rows
+        self._entries: _Columns | None = None  # replaying: the proof's rows, as columns
         self._on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # ... their columns
         self._todo: dict[int, tuple[int, int]] = {}  # this step's rows, by point
         self._problems: dict[int, str] = {}  # replaying: step -> what was wrong with its log
@@ -507,9 +525,10 @@ class RoundingLog:
 
     # ----- replaying
 
-    def replay(self, entries: np.ndarray) -> None:
-        """Replay with a proof's entries (int64 [N, 4], validated by the reader)."""
-        self._entries = entries
+    def replay(self, entries) -> None:
+        """Replay with a proof's entries, validated by the reader: rows (int64 [N, 4]) or their
+        columns (step, point, index, up: `pol.proof.roundlog.Log.columns`)."""
+        self._entries = _Columns.of(entries)
         self._on_device = {}
 
     def _columns(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -518,8 +537,7 @@ class RoundingLog:
         key = str(device)
         if key not in self._on_device:
             e = self._entries
-            cols = [torch.from_numpy(np.ascontiguousarray(e[:, 2])),
-                    torch.from_numpy(e[:, 3] != 0)]
+            cols = [torch.from_numpy(e.index), torch.from_numpy(e.up)]
             if device.type == "cuda":
                 cols = [c.pin_memory().to(device, non_blocking=True) for c in cols]
             self._on_device[key] = (cols[0], cols[1])
@@ -532,10 +550,10 @@ class RoundingLog:
         self._problems.pop(t, None)
         self._checks = [c for c in self._checks if c[0] != t]
         e = self._entries
-        lo, hi = (int(v) for v in np.searchsorted(e[:, 0], [t, t + 1]))
+        lo, hi = (int(v) for v in np.searchsorted(e.step, [t, t + 1]))
         self._todo = {}
         if hi > lo:
-            points, starts = np.unique(e[lo:hi, 1], return_index=True)
+            points, starts = np.unique(e.point[lo:hi], return_index=True)
             for p, a, b in zip(points, starts, [*starts[1:], hi - lo]):
                 self._todo[int(p)] = (lo + int(a), lo + int(b))
 
@@ -547,7 +565,7 @@ class RoundingLog:
         if todo is None:
             return None
         a, b = todo
-        idx_np = self._entries[a:b, 2]
+        idx_np = self._entries.index[a:b]
         if idx_np[-1] >= n:
             self.problem(t, f"an entry names value {int(idx_np[-1])} of the {_point(point)}, "
                             f"which has {n}")
@@ -690,13 +708,13 @@ def apply_grid_dense(grid: "Grid", r: torch.Tensor, dirs: torch.Tensor) -> torch
 
 def use_proof_log(log: RoundingLog, entries: Any, a: int, b: int) -> bool:
     """The verifier's replay of steps [a, b): `log` replays the proof's entries of those steps:
-    `entries` is the proof's opened log (`Proof.log`, whose `between(a, b)` decodes and
-    validates those steps' rows) or its rows (int64 [N, 4], validated: `Proof.roundlog`), or
-    None (none). True (an exact-mode replay)."""
+    `entries` is the proof's opened log (`Proof.log`, whose `columns(a, b)` decodes and
+    validates those steps' rows, as columns) or its rows (int64 [N, 4], validated:
+    `Proof.roundlog`), or None (none). True (an exact-mode replay)."""
     if entries is None:
         rows = np.zeros((0, len(LOG_COLUMNS)), dtype=np.int64)
-    elif hasattr(entries, "between"):
-        rows = entries.between(a, b)
+    elif hasattr(entries, "columns"):
+        rows = entries.columns(a, b)
     else:
         lo, hi = np.searchsorted(entries[:, 0], [a, b])
         rows = entries[lo:hi]
