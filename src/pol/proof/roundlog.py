@@ -193,10 +193,10 @@ class Log:
         return cols
 
     def expect(self, segments) -> None:
-        """The segments [a, b) that `between` will be asked for next, in that order (a hint: any
-        other order gives the same rows). The first not yet decoded is decoded on a background
-        thread at once, and each next one when `between` hands out the one before it: one
-        segment decoded ahead at most (its rows are a segment's worth of memory)."""
+        """The segments [a, b) that `columns` (or `between`) will be asked for next, in that
+        order (a hint: any other order gives the same rows). The first not yet decoded is
+        decoded on a background thread at once, and each next one when the one before it is
+        handed out: one segment decoded ahead at most (a segment's worth of memory)."""
         if self.version == 3:
             self._plan.extend((int(a), int(b)) for a, b in segments)
             self._start_ahead()
@@ -262,7 +262,7 @@ _DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
 
 
 class _Ahead:
-    """One segment's rows decoded on a daemon thread (a verification that stops early does not
+    """One segment's columns decoded on a daemon thread (a verification that stops early does not
     wait for it at exit); `result()` waits and returns them, or raises what the decode raised."""
 
     def __init__(self, segment: tuple[int, int], decode) -> None:
@@ -279,7 +279,7 @@ class _Ahead:
         except BaseException as e:  # noqa: BLE001 - re-raised by result()
             self._error = e
 
-    def result(self) -> np.ndarray:
+    def result(self) -> tuple[np.ndarray, ...]:
         self._thread.join()
         if self._error is not None:
             raise self._error

@@ -100,8 +100,8 @@ def load_state(model: nn.Module, optimizer: torch.optim.Optimizer, opt_name: str
     opt_keys = [] if row is None else [
         (i, key) for i, _ in enumerate(_params(optimizer))
         for key in row.keys_for(optimizer.param_groups[0])]
-    bad = _first_nonfinite([MODEL_PREFIX + k for k in sd]
-                           + [f"{OPTIM_PREFIX}{i}.{key}" for i, key in opt_keys], tensors)
+    bad = first_nonfinite(tensors, [MODEL_PREFIX + k for k in sd]
+                          + [f"{OPTIM_PREFIX}{i}.{key}" for i, key in opt_keys])
     if bad is not None:
         if bad.startswith(MODEL_PREFIX):
             raise ProofFormatError(f"checkpoint entry {bad} has NaN/Inf values")
@@ -130,22 +130,23 @@ def load_state(model: nn.Module, optimizer: torch.optim.Optimizer, opt_name: str
         optimizer.state[p] = st
 
 
-def _first_nonfinite(names: list[str], tensors: dict[str, torch.Tensor]) -> str | None:
-    """The first of `names` whose tensor holds a NaN or an infinity, or None: one read per
-    device for them all (a GPU checkpoint's tensors: not one wait for the device per tensor)."""
-    by_device: dict[torch.device, list[tuple[int, torch.Tensor]]] = {}
-    for j, name in enumerate(names):
-        t = tensors[name]
-        if t.is_floating_point():
-            by_device.setdefault(t.device, []).append((j, torch.isfinite(t).all()))
-    first = None
-    for flags in by_device.values():
-        ok = torch.stack([f for _, f in flags]).tolist()
-        for (j, _), good in zip(flags, ok):
-            if not good and (first is None or j < first):
-                first = j
-                break
-    return None if first is None else names[first]
+def first_nonfinite(tensors: dict[str, torch.Tensor], names: list[str]) -> str | None:
+    """The first of `names` whose tensor holds a NaN or an infinity, or None. One fused norm per
+    dtype and device over all of them (a NaN or an infinity makes a tensor's norm NaN or
+    infinite: about ten times faster on a CPU than an elementwise test per tensor, and one read
+    per device rather than a wait per tensor on a GPU), the elementwise test only where a norm
+    is not finite (a finite tensor's norm can overflow its dtype)."""
+    groups: dict[tuple[torch.dtype, torch.device], list[str]] = {}
+    for n in names:
+        if tensors[n].is_floating_point():
+            groups.setdefault((tensors[n].dtype, tensors[n].device), []).append(n)
+    suspects = set()
+    for keys in groups.values():
+        norms = torch._foreach_norm([tensors[k] for k in keys])
+        finite = torch.isfinite(torch.stack(norms)).tolist()
+        suspects.update(k for k, ok in zip(keys, finite) if not ok)
+    return next((n for n in names if n in suspects and not torch.isfinite(tensors[n]).all()),
+                None)
 
 
 def storage_dtype(name: str, tensor: torch.Tensor, precision: str) -> torch.dtype:
