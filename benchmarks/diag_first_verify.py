@@ -27,6 +27,15 @@ def main() -> None:
         i = argv.index("--verifies")
         verifies = int(argv[i + 1])
         del argv[i:i + 2]
+    prof_out, prof_at = None, 2
+    if "--profile" in argv:  # cProfile one verification (default the second, a warm one)
+        i = argv.index("--profile")
+        prof_out = argv[i + 1]
+        del argv[i:i + 2]
+    if "--profile-verify" in argv:  # which one (1: the first in the process)
+        i = argv.index("--profile-verify")
+        prof_at = int(argv[i + 1])
+        del argv[i:i + 2]
     if "--json" in argv:
         i = argv.index("--json")
         json_out = argv[i + 1]
@@ -56,7 +65,7 @@ def main() -> None:
         t = time.perf_counter()
         out = orig_seg(ctx, proof, data, leaves, names, a_, b_, *rest, **kw)
         sync()
-        log["segments"].append((a_, b_, time.perf_counter() - t))
+        log["segments"].append((a_, b_, time.perf_counter() - t, t - log["t0"]))
         log["ctx"] = ctx
         return out
 
@@ -73,17 +82,31 @@ def main() -> None:
         for v in range(verifies):
             log.update(segments=[], captures=[], ctx=None)
             sync()
-            t = time.perf_counter()
+            t = log["t0"] = time.perf_counter()
+            prof = None
+            if prof_out and v + 1 == prof_at:
+                import cProfile
+                prof = cProfile.Profile()
+                prof.enable()
             rep = verify(work / "proof", all_segments=True, device=a.device, data=a.data,
                          entropy=b"diag")
             wall = time.perf_counter() - t
+            if prof is not None:
+                prof.disable()
+                prof.dump_stats(prof_out)
+                import pstats
+                pstats.Stats(prof).sort_stats("cumulative").print_stats(45)
             assert rep.valid, rep.render()
-            steps = sum(b_ - a_ for a_, b_, _ in log["segments"])
-            replay = sum(s for *_, s in log["segments"])
+            steps = sum(b_ - a_ for a_, b_, *_ in log["segments"])
+            replay = sum(s for _, _, s, _ in log["segments"])
+            starts = [st for *_, st in log["segments"]]
+            last_end = starts[-1] + log["segments"][-1][2]
             row = {"verify": v + 1, "wall_s": wall, "replay_s": replay,
                    "replay_ms_per_step": 1000 * replay / steps,
                    "over_training": 1000 * replay / steps / tr["ms_per_step"],
-                   "segments_s": [round(s, 4) for *_, s in log["segments"]],
+                   "segments_s": [round(s, 4) for _, _, s, _ in log["segments"]],
+                   "segment_starts_s": [round(st, 4) for st in starts],
+                   "after_last_segment_s": round(wall - last_end, 4),
                    "captures_s": [round(c, 4) for c in log["captures"]],
                    "graphs": graphed.describe(log["ctx"]) if log["ctx"] is not None else None}
             runs.append(row)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from pol.errors import ConfigError, ProofFormatError
-from pol.util import atomic_write, cache_dir, sha256_file
+from pol.util import atomic_write, cache_dir, in_ranges, sha256_file
 
 __all__ = [
     "ArrayDataset",
@@ -340,6 +340,7 @@ def _cifar_dir(name: str, data_dir: str | None) -> Path:
 
 def _read_cifar_file(path: Path, label_bytes: int, label_index: int,
                      num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(records [N, label_bytes + 3072] uint8 as stored, labels int64) of one binary file."""
     record = label_bytes + _PIXELS
     nbytes = os.path.getsize(path)
     if nbytes == 0 or nbytes % record:
@@ -352,9 +353,29 @@ def _read_cifar_file(path: Path, label_bytes: int, label_index: int,
     if labels.max() >= num_classes:
         raise ValueError(f"{path}: label {int(labels.max())} out of range for {num_classes} "
                          f"classes; wrong file?")
-    # Records store CHW planes (R, G, B); we return HWC like the other image datasets.
-    images = raw[:, label_bytes:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(images), labels
+    return raw, labels
+
+
+def _cifar_images(raws: list[np.ndarray], label_bytes: int) -> np.ndarray:
+    """The records' images as one uint8 [N, 32, 32, 3] array: records store CHW planes (R, G, B),
+    we return HWC like the other image datasets. The transposing copy runs on threads (numpy
+    copies outside the GIL): single-threaded it took 0.5 s of a 50,000-image set's 0.6 s load."""
+    n = sum(len(r) for r in raws)
+    out = np.empty((n, 32, 32, 3), dtype=np.uint8)
+    spans, at = [], 0
+    for r in raws:
+        spans.append((at, r))
+        at += len(r)
+
+    def copy(a: int, b: int) -> None:
+        for start, r in spans:  # the part of [a, b) in this file's records
+            lo, hi = max(a, start), min(b, start + len(r))
+            if lo < hi:
+                out[lo:hi] = (r[lo - start:hi - start, label_bytes:]
+                              .reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+
+    in_ranges(n, copy, min_items=4096)
+    return out
 
 
 def _cifar_loader(name: str):
@@ -365,7 +386,7 @@ def _cifar_loader(name: str):
 
         def read(files: list[str]) -> ArrayDataset:
             parts = [_read_cifar_file(root / f, lb, li, nc) for f in files]
-            return ArrayDataset(np.concatenate([p[0] for p in parts]),
+            return ArrayDataset(_cifar_images([p[0] for p in parts], lb),
                                 np.concatenate([p[1] for p in parts]))
 
         return read(train_files), read(test_files)

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -219,3 +220,20 @@ def cache_dir(kind: str) -> str | None:
         root = os.path.join(os.environ.get("XDG_CACHE_HOME") or
                             os.path.join(os.path.expanduser("~"), ".cache"), "pol")
     return os.path.join(root, kind)
+
+
+def in_ranges(n: int, fn: Callable[[int, int], Any], *, min_items: int,
+              workers: int | None = None) -> list[Any]:
+    """fn(a, b) over [0, n) cut into contiguous ranges of at least `min_items` (one per worker,
+    default min(8, cores)), on threads; the results in range order, the first exception raised.
+    For work that releases the GIL on large buffers (numpy copies, hashlib): a single range runs
+    on this thread."""
+    workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+    parts = max(1, min(workers, n // max(1, min_items)))
+    cuts = [n * i // parts for i in range(parts + 1)]
+    if parts == 1:
+        return [fn(0, n)]
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(parts, thread_name_prefix="pol-ranges") as pool:
+        futures = [pool.submit(fn, a, b) for a, b in zip(cuts, cuts[1:])]
+        return [f.result() for f in futures]

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from pol.util import cache_dir
+from pol.util import cache_dir, in_ranges
 
 LEAF_PREFIX = b"pol.sample.v1\x00"
 NODE_PREFIX = b"\x01"
@@ -30,16 +30,26 @@ _cache: dict[str, np.ndarray] = {}
 _cache_lock = threading.Lock()
 
 
+_DIGEST_CHUNK = 1 << 23  # content_digest hashes 8 MiB pieces on threads
+
+
 def content_digest(x: np.ndarray, y: np.ndarray) -> str:
-    """Digest of a whole dataset's bytes (cache key; not part of the proof format)."""
+    """Digest of a whole dataset's bytes (cache key; not part of the proof format): per array,
+    its dtype and shape, then the SHA-256 of each 8 MiB piece of its bytes, the pieces hashed on
+    threads (hashlib releases the GIL: a 150 MB set in 0.12 s on one thread)."""
     source = getattr(x, "pol_source", None)
     if source is not None:  # a dataset read on demand (pol.datasets.LazyDataset)
         return source_digest(source)
-    h = hashlib.sha256()
+    h = hashlib.sha256(b"pol.content.v2\x00")
     for a in (x, y):
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype.str}|{a.shape}|".encode())
-        h.update(memoryview(a).cast("B"))
+        flat = a.reshape(-1).view(np.uint8)
+        pieces = -(-len(flat) // _DIGEST_CHUNK)
+        for d in in_ranges(pieces, lambda i, j: [
+                hashlib.sha256(flat[k * _DIGEST_CHUNK:(k + 1) * _DIGEST_CHUNK]).digest()
+                for k in range(i, j)], min_items=1):
+            h.update(b"".join(d))
     return h.hexdigest()
 
 
