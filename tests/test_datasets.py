@@ -194,6 +194,44 @@ def test_cifar10_roundtrip(tmp_path, nested):
     assert np.array_equal(lim.x, x[:30])
 
 
+def test_cifar10_threaded_copy_cuts_across_files(tmp_path, monkeypatch):
+    """The CHW→HWC copy runs in ranges on threads; ranges that start and end inside different
+    files give the same array as one copy (5 files of 20 records, ranges of at least 7)."""
+    from pol import datasets
+    x, y, _, _ = _write_cifar10(tmp_path)
+    monkeypatch.setattr(datasets, "_CIFAR_COPY_MIN", 7)
+    calls = []
+    real = datasets.in_ranges
+    monkeypatch.setattr(datasets, "in_ranges", lambda n, fn, **kw: calls.append(
+        real(n, fn, workers=8, **kw)))
+    tr, _ = load_dataset("cifar10", data_dir=str(tmp_path))
+    assert calls and len(calls[0]) == 8  # 100 images in 8 ranges
+    assert np.array_equal(tr.x, x) and np.array_equal(tr.y, y) and tr.x.flags.c_contiguous
+
+
+def test_content_digest_changes_with_any_byte_dtype_or_shape():
+    """The content key (8 MiB pieces hashed on threads) covers every byte, the dtype and the
+    shape; empty arrays have one too."""
+    from pol.proof import hashing
+    monkey_chunk = hashing._DIGEST_CHUNK
+    try:
+        hashing._DIGEST_CHUNK = 1000  # many pieces for a small array
+        rng = np.random.default_rng(0)
+        x = rng.integers(0, 256, size=(40, 8, 8, 3), dtype=np.uint8)
+        y = rng.integers(0, 10, size=40)
+        d = hashing.content_digest(x, y)
+        assert hashing.content_digest(x.copy(), y.copy()) == d
+        for i in (0, 999, 1000, x.size - 1):
+            x2 = x.copy().reshape(-1)
+            x2[i] ^= 1
+            assert hashing.content_digest(x2.reshape(x.shape), y) != d
+        assert hashing.content_digest(x.reshape(40, -1), y) != d
+        assert hashing.content_digest(x.astype(np.int16), y) != d
+        assert hashing.content_digest(x[:0], y[:0]) != hashing.content_digest(x[:1], y[:1])
+    finally:
+        hashing._DIGEST_CHUNK = monkey_chunk
+
+
 def test_cifar100_roundtrip_fine_labels(tmp_path):
     x, y, xt, yt = _write_cifar100(tmp_path / "cifar-100-binary")
     tr, te = load_dataset("cifar100", data_dir=str(tmp_path))

@@ -210,6 +210,36 @@ def test_overlapped_pass_gives_the_same_report(mlp_proof, proof_copy, monkeypatc
                 if t.name.startswith(("pol-checkpoint-read", "pol-init-ks"))]
 
 
+def test_overlapped_pass_holds_the_gil_in_short_slices_and_restores_it(mlp_proof,
+                                                                      monkeypatch):
+    """Where work runs beside the replays (a GPU), the replay pass runs with a short switch
+    interval (a helper thread's import gives the GIL back within 0.5 ms); the user's interval is
+    back after, also when verification fails; nothing changes where nothing overlaps."""
+    import sys
+
+    from pol.verifier import core, verify
+    seen = []
+    real = core._replay_pass
+
+    def spy(*a, **kw):
+        seen.append(sys.getswitchinterval())
+        return real(*a, **kw)
+    monkeypatch.setattr(core, "_replay_pass", spy)
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.004)
+        assert verify(mlp_proof, entropy=b"e").valid
+        monkeypatch.setattr(core, "_overlaps", lambda s: True)
+        assert verify(mlp_proof, entropy=b"e").valid
+        assert seen == [0.004, 0.0005] and sys.getswitchinterval() == 0.004
+        monkeypatch.setattr(core, "_replay_pass", lambda *a, **kw: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            verify(mlp_proof, entropy=b"e")
+        assert sys.getswitchinterval() == 0.004
+    finally:
+        sys.setswitchinterval(before)
+
+
 def test_load_state_refuses_a_non_finite_entry_before_changing_anything():
     """`load_state` checks every float entry for NaN/Inf at once (one read per device): a NaN in
     an optimizer moment or an infinity in a weight is refused, naming the first bad entry in

@@ -356,6 +356,9 @@ def _read_cifar_file(path: Path, label_bytes: int, label_index: int,
     return raw, labels
 
 
+_CIFAR_COPY_MIN = 4096  # images per thread of the transposing copy, at least
+
+
 def _cifar_images(raws: list[np.ndarray], label_bytes: int) -> np.ndarray:
     """The records' images as one uint8 [N, 32, 32, 3] array: records store CHW planes (R, G, B),
     we return HWC like the other image datasets. The transposing copy runs on threads (numpy
@@ -374,7 +377,7 @@ def _cifar_images(raws: list[np.ndarray], label_bytes: int) -> np.ndarray:
                 out[lo:hi] = (r[lo - start:hi - start, label_bytes:]
                               .reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
 
-    in_ranges(n, copy, min_items=4096)
+    in_ranges(n, copy, min_items=_CIFAR_COPY_MIN)
     return out
 
 

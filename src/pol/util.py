@@ -17,11 +17,13 @@ is encoded as the list it equals (the crypto encoder refused tuples; nothing it 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import secrets
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -237,3 +239,21 @@ def in_ranges(n: int, fn: Callable[[int, int], Any], *, min_items: int,
     with ThreadPoolExecutor(parts, thread_name_prefix="pol-ranges") as pool:
         futures = [pool.submit(fn, a, b) for a, b in zip(cuts, cuts[1:])]
         return [f.result() for f in futures]
+
+
+@contextlib.contextmanager
+def short_gil_slices(interval: float = 5e-4):
+    """The interpreter's switch interval at most `interval` seconds inside the block, restored
+    after (unless something else changed it meanwhile): a thread that wants the GIL back (the
+    replay's, after a CUDA launch or sync) waits at most that long for a busy helper thread
+    (an import, a decode), not the default 5 ms. Scheduling only: nothing computes differently."""
+    old = sys.getswitchinterval()
+    if old <= interval:
+        yield
+        return
+    sys.setswitchinterval(interval)
+    try:
+        yield
+    finally:
+        if abs(sys.getswitchinterval() - interval) < 1e-9:
+            sys.setswitchinterval(old)
