@@ -75,3 +75,59 @@ def test_check_init_pvalues_are_scipys():
         on_gpu = check_init(model, "torch-default", w0, device="cuda")[1]
         assert all(abs(a.pvalue - b.pvalue) <= 1e-9 for a, b in
                    zip(on_gpu, check_init(model, "torch-default", w0)[1]))
+
+
+def test_pvalue_helper_gives_this_process_values_bit_for_bit(monkeypatch):
+    """The helper process (a GPU verification's, while it has not imported scipy.stats) answers
+    with the very floats computed here, NaN included; check_init through it gives the same
+    layers."""
+    import sys
+
+    from pol.verifier import initcheck
+    d = DISTS[1]
+    pairs = [(ks_statistic(_draws(d, n, seed=n, shift=s), d), n)
+             for n, s in [(8, 0.0), (1000, 0.05), (20_000, 0.0), (5000, 0.5)]]
+    pairs.append((float("nan"), 100))
+    want = [ks_pvalue(stat, n) for stat, n in pairs]
+    monkeypatch.delitem(sys.modules, "scipy.stats")  # as if not imported: the helper answers
+    helper = initcheck.PvalueHelper()
+    got = initcheck.ks_pvalues(pairs, helper)
+    assert got[:-1] == want[:-1] and np.isnan(got[-1]) and np.isnan(want[-1])
+    assert helper.pvalues(pairs) is None  # one question per helper
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(30, 20), torch.nn.LayerNorm(20),
+                                torch.nn.Linear(20, 5))
+    w0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    helper = initcheck.PvalueHelper()
+    calls = []
+    real = helper.pvalues
+    monkeypatch.setattr(helper, "pvalues", lambda p: calls.append(p) or real(p))
+    assert check_init(model, "torch-default", w0, helper=helper) == check_init(model,
+                                                                               "torch-default", w0)
+    assert len(calls) == 1 and len(calls[0]) == 3  # the KS-tested layers, in one question
+
+
+@pytest.mark.parametrize("how", ["no interpreter", "crash", "wrong answer", "closed"])
+def test_pvalue_helper_failure_falls_back_to_this_process(monkeypatch, how):
+    """A helper that cannot answer (no interpreter to start, an exit with an error, an answer of
+    the wrong length or range, closed before the question) gives None, and the p-values are
+    computed here."""
+    import sys
+
+    from pol.verifier import initcheck
+    pairs = [(0.05, 400), (0.3, 50)]
+    want = [ks_pvalue(stat, n) for stat, n in pairs]
+    if how == "no interpreter":
+        monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    elif how == "crash":
+        monkeypatch.setattr(initcheck, "_HELPER_CODE", "import sys; sys.exit(3)")
+    elif how == "wrong answer":
+        monkeypatch.setattr(initcheck, "_HELPER_CODE",
+                            "import sys; sys.stdin.read(); sys.stdout.write('[0.5, 2.0]')")
+    helper = initcheck.PvalueHelper()
+    if how == "closed":
+        helper.close()
+    assert helper.pvalues(pairs) is None
+    monkeypatch.delitem(sys.modules, "scipy.stats")
+    helper = initcheck.PvalueHelper()
+    assert initcheck.ks_pvalues(pairs, helper) == want

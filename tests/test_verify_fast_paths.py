@@ -240,6 +240,37 @@ def test_overlapped_pass_holds_the_gil_in_short_slices_and_restores_it(mlp_proof
         sys.setswitchinterval(before)
 
 
+def test_overlapped_pass_takes_the_ks_pvalues_from_a_helper_process(mlp_proof, monkeypatch):
+    """A GPU verification (work beside the replays) in a process without scipy.stats asks a
+    helper process for the KS p-values (scipy's import stays off the replay's GIL), gets the
+    report it gets in turn, and ends the helper."""
+    import sys
+
+    from pol.verifier import core, initcheck, verify
+    want = verify(mlp_proof, entropy=b"e")
+    helpers = []
+
+    class Spy(initcheck.PvalueHelper):
+        def __init__(self):
+            super().__init__()
+            helpers.append(self)
+            self.asked = self.closed = False
+
+        def pvalues(self, pairs):
+            self.asked = True
+            return super().pvalues(pairs)
+
+        def close(self):
+            self.closed = True
+            super().close()
+    monkeypatch.setattr(initcheck, "PvalueHelper", Spy)
+    monkeypatch.setattr(core, "_overlaps", lambda s: True)
+    monkeypatch.delitem(sys.modules, "scipy.stats")
+    got = verify(mlp_proof, entropy=b"e")
+    assert _checks(got) == _checks(want) and got.valid
+    assert [(h.asked, h.closed, h._proc) for h in helpers] == [(True, True, None)]
+
+
 def test_load_state_refuses_a_non_finite_entry_before_changing_anything():
     """`load_state` checks every float entry for NaN/Inf at once (one read per device): a NaN in
     an optimizer moment or an infinity in a weight is refused, naming the first bad entry in

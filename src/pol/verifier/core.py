@@ -181,6 +181,7 @@ class Session:
     store: CheckpointStore | None = None
     data_digest: str = ""  # content digest of in-memory data ("" where not computed)
     init_ks: Any = None  # the KS check of W_0 running on a thread (a Future), or None
+    pvalue_helper: Any = None  # its p-values' process (`initcheck.PvalueHelper`), or None
     first_read: Any = None  # the first checkpoint's read, started beside the model's build
     overlap: bool = False  # work beside the replays runs on threads (`_overlaps`)
 
@@ -255,6 +256,8 @@ def _verify_pass(path: str | os.PathLike, o: VerifyOptions) -> Report:
     finally:
         executor.close()
         s.store.close()
+        if s.pvalue_helper is not None:
+            s.pvalue_helper.close()
 
 
 def _session_inputs(s: Session, o: VerifyOptions, report: Report) -> bool:
@@ -479,9 +482,14 @@ def _init_ks_ahead(o: VerifyOptions, s: Session, w0):
     replays change."""
     if not s.overlap or s.manifest.init.get("kind") == "parent":
         return None
+    import sys
     from concurrent.futures import ThreadPoolExecutor
+    if "scipy.stats" not in sys.modules and s.spec.model.init != "none":
+        from pol.verifier.initcheck import PvalueHelper
+        s.pvalue_helper = PvalueHelper()  # scipy.stats imported there, not under our GIL
     ex = ThreadPoolExecutor(1, thread_name_prefix="pol-init-ks")
-    fut = ex.submit(init_checks.initialization, s.ctx.model, s.spec, w0, s.store.names, o.alpha)
+    fut = ex.submit(init_checks.initialization, s.ctx.model, s.spec, w0, s.store.names, o.alpha,
+                    s.pvalue_helper)
     ex.shutdown(wait=False)
     return fut
 

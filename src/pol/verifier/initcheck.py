@@ -13,6 +13,7 @@ sort is numpy's (several times torch's there). The p-value is scipy's own exact 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,18 +33,19 @@ class LayerResult:
 
 
 def check_init(model: torch.nn.Module, strategy: str, w0: dict[str, torch.Tensor],
-               alpha: float = 0.01, device: torch.device | str = "cpu"
-               ) -> tuple[bool, list[LayerResult], float]:
+               alpha: float = 0.01, device: torch.device | str = "cpu",
+               helper: PvalueHelper | None = None) -> tuple[bool, list[LayerResult], float]:
     """Returns (passed, per-layer results, per-layer threshold α/L). `device`: where the
     statistics are computed (the verifier's default, the CPU, is where a GPU verifier runs this
-    on a thread beside its replays; a device such as a GPU sorts far faster)."""
+    on a thread beside its replays; a device such as a GPU sorts far faster). `helper`: where
+    the p-values are computed while this process has not imported scipy.stats (`ks_pvalues`)."""
     from pol.step.init import expected_distributions
 
     dists = expected_distributions(model, strategy)
     tested = [n for n, d in dists.items() if d.kind == "const" or w0[n].numel() >= MIN_KS_ELEMENTS]
     n_ks = sum(1 for n in tested if dists[n].kind != "const")
     threshold = alpha / max(n_ks, 1)
-    results, cache = [], {}
+    results, cache, stats = [], {}, []
     for name in tested:
         d = dists[name]
         if d.kind == "const":
@@ -52,9 +54,11 @@ def check_init(model: torch.nn.Module, strategy: str, w0: dict[str, torch.Tensor
             results.append(LayerResult(name, "const", x.size, 0.0 if ok else 1.0,
                                        1.0 if ok else 0.0, ok))
             continue
-        stat = ks_statistic(w0[name], d, device, cache)
-        p = ks_pvalue(stat, w0[name].numel())
-        results.append(LayerResult(name, d.kind, w0[name].numel(), stat, p, bool(p >= threshold)))
+        stats.append((len(results), ks_statistic(w0[name], d, device, cache), w0[name].numel()))
+        results.append(None)
+    ps = ks_pvalues([(stat, n) for _, stat, n in stats], helper)
+    for (i, stat, n), p in zip(stats, ps):
+        results[i] = LayerResult(tested[i], dists[tested[i]].kind, n, stat, p, bool(p >= threshold))
     return all(r.passed for r in results), results, threshold
 
 
@@ -95,6 +99,80 @@ def ks_pvalue(statistic: float, n: int) -> float:
     """scipy's two-sided p-value of a KS statistic over n values (`kstest`'s exact mode)."""
     from scipy import stats  # on use: scipy.stats takes about a second to import
     return float(np.clip(stats.kstwo.sf(statistic, n), 0.0, 1.0))
+
+
+def ks_pvalues(pairs: list[tuple[float, int]], helper: PvalueHelper | None = None) -> list[float]:
+    """`ks_pvalue` of each (statistic, n): by `helper` while this process has not imported
+    scipy.stats (else, or where the helper fails, here)."""
+    if helper is not None and "scipy.stats" not in sys.modules and pairs:
+        got = helper.pvalues(pairs)
+        if got is not None:
+            return got
+    return [ks_pvalue(stat, n) for stat, n in pairs]
+
+
+_HELPER_CODE = """
+import json, sys
+sys.path[:] = json.loads(sys.argv[1])
+import numpy as np
+from scipy import stats
+pairs = json.loads(sys.stdin.read())
+out = [float(np.clip(stats.kstwo.sf(float(d), int(n)), 0.0, 1.0)) for d, n in pairs]
+sys.stdout.write(json.dumps(out))
+"""
+
+
+class PvalueHelper:
+    """A Python process that imports scipy.stats while this one replays, then computes the KS
+    p-values (`ks_pvalue`, the same scipy, floats exactly as computed: JSON keeps a float's
+    repr). scipy.stats takes 0.5-0.7 s to import, all of it under the GIL: in the verifying
+    process that time is taken from a GPU replay whose host thread needs the GIL for every launch
+    (ResNet-20's first replayed segment ran 0.9-1.9 s slower while the KS thread imported it).
+    Started by a GPU verification that has not imported scipy.stats; `pvalues` gives None where
+    the helper cannot answer (no interpreter, an error, a wrong answer), and its caller computes
+    here instead; `close` ends it, whatever it is doing."""
+
+    TIMEOUT_S = 120.0
+
+    def __init__(self) -> None:
+        import json
+        import subprocess
+        self._proc = None
+        if not sys.executable:
+            return
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", _HELPER_CODE, json.dumps(sys.path)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        except OSError:
+            self._proc = None
+
+    def pvalues(self, pairs: list[tuple[float, int]]) -> list[float] | None:
+        import json
+        import math
+        import subprocess
+        proc, self._proc = self._proc, None  # one question per helper
+        if proc is None:
+            return None
+        try:
+            out, _ = proc.communicate(json.dumps([[float(d), int(n)] for d, n in pairs]).encode(),
+                                      timeout=self.TIMEOUT_S)
+            got = json.loads(out) if proc.returncode == 0 else None
+        except (subprocess.TimeoutExpired, OSError, ValueError):
+            proc.kill()
+            proc.wait()
+            return None
+        if (not isinstance(got, list) or len(got) != len(pairs)
+                or not all(isinstance(p, float) and (math.isnan(p) or 0.0 <= p <= 1.0)
+                           for p in got)):
+            return None
+        return got
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait()
 
 
 def _sorted64(x: torch.Tensor, device: torch.device) -> torch.Tensor:

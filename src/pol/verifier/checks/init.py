@@ -18,8 +18,9 @@ def initial_optimizer_state(ck0: dict[str, torch.Tensor], spec) -> CheckResult:
 
 
 def initialization(model: torch.nn.Module, spec, w0: dict[str, torch.Tensor], names: list[str],
-                   alpha: float) -> CheckResult:
-    """KS test of W_0 against the declared strategy, per layer, Bonferroni-corrected."""
+                   alpha: float, helper=None) -> CheckResult:
+    """KS test of W_0 against the declared strategy, per layer, Bonferroni-corrected (`helper`:
+    an `initcheck.PvalueHelper` for the p-values)."""
     from pol.verifier.initcheck import check_init
     if spec.model.init == "none":  # the model's own init (a transformers model's): no table
         return CheckResult(CheckName.INITIALIZATION, None,
@@ -28,7 +29,8 @@ def initialization(model: torch.nn.Module, spec, w0: dict[str, torch.Tensor], na
                            "from the spec and compared bitwise instead (init regeneration)")
     try:
         ok, layers, thr = check_init(model, spec.model.init,
-                                     {n[len("model."):]: w0[n] for n in names}, alpha)
+                                     {n[len("model."):]: w0[n] for n in names}, alpha,
+                                     helper=helper)
     except ValueError as e:
         raise ProofFormatError(f"initialization strategy: {e}") from None
     worst = min(layers, key=lambda r: r.pvalue) if layers else None
