@@ -458,6 +458,77 @@ def test_segments_announced_to_a_version_3_log_are_decoded_ahead_with_the_same_r
             log.between(0, 2)
 
 
+def test_a_replaced_announcement_lets_a_wrong_guess_go_and_decodes_the_new_first():
+    """`Log.expect(..., replace=True)` (top-Q's guess of the epoch's first pick, then the picks):
+    a segment decoded ahead that is not the new first is let go and the new first is decoded
+    ahead instead; the same guess again keeps its decode; segments are not announced twice;
+    every segment still reads as a plain `between` gives it."""
+    rng = np.random.default_rng(4)
+    steps = 9
+    rows = np.concatenate([np.stack([np.full(50, t), np.zeros(50, np.int64),
+                                     np.sort(rng.choice(5000, 50, replace=False)),
+                                     rng.integers(0, 2, 50)], axis=1) for t in range(steps)])
+    data = roundlog.header(len(rows)) + b"".join(
+        roundlog.encode_chunk(rows[i:i + 100]) for i in range(0, len(rows), 100))
+    plain = roundlog.Log(data, "x", steps, 1 << 30)
+    log = roundlog.Log(data, "x", steps, 1 << 30)
+    log.expect([(0, 3)], replace=True)  # a guess
+    first = log._ahead
+    assert first is not None and first.segment == (0, 3)
+    log.expect([(0, 3)], replace=True)  # the same guess: kept
+    assert log._ahead is first and log._plan == []
+    log.expect([(3, 6)], replace=True)  # the guess changed: (0, 3) let go
+    assert log._ahead is not first and log._ahead.segment == (3, 6) and log._plan == []
+    log.expect([(3, 6), (6, 9), (6, 9)])  # no segment twice
+    assert log._plan == [(6, 9)]
+    ahead = log._ahead
+    for seg in [(3, 6), (0, 3), (6, 9)]:
+        assert np.array_equal(log.between(*seg), plain.between(*seg))
+    assert ahead.result() is not None and log._ahead is None and log._plan == []
+    log.expect([], replace=True)  # nothing next: nothing kept
+    assert log._ahead is None and log._plan == []
+
+
+def test_top_q_guesses_on_a_gpu_like_pass_give_the_same_report(tmp_path, monkeypatch):
+    """A top-Q verification whose pass guesses each epoch's first pick (work beside the replays,
+    as on a GPU) announces guesses and picks to the log with `replace`, and gets the report
+    of a pass that does not guess; a corrupt log is refused as it is without guesses."""
+    import shutil
+
+    from pol.proof import roundlog as rl
+    from pol.verifier import core, verify
+    src = GOLDEN.parent / "exact-log3" / "iris-logreg-exact-log3"
+    want = verify(src, entropy=b"g")
+    assert want.valid
+    calls = []
+    real = rl.Log.expect
+
+    def spy(self, segments, replace=False):
+        calls.append(([tuple(x) for x in segments], replace))
+        return real(self, segments, replace=replace)
+    monkeypatch.setattr(rl.Log, "expect", spy)
+    monkeypatch.setattr(core, "_overlaps", lambda s: True)
+    got = verify(src, entropy=b"g")
+    assert got.valid and [(c.name, c.status) for c in got.checks] == [
+        (c.name, c.status) for c in want.checks]
+    assert [(r.start, r.end, r.passed) for r in got.segments] == [
+        (r.start, r.end, r.passed) for r in want.segments]
+    guesses = [segs for segs, replace in calls if replace and len(segs) == 1]
+    assert len(guesses) >= 7  # one per checkpoint read, at least
+    p = tmp_path / "forged"
+    shutil.copytree(src, p)
+    raw = bytearray((p / "roundlog.polr").read_bytes())
+    raw[-3] ^= 0xFF  # the last chunk: steps of the last epoch
+    (p / "roundlog.polr").write_bytes(bytes(raw))
+    from pol.proof.writer import rehash_manifest
+    rehash_manifest(p)
+    from pol.errors import ProofFormatError
+    for overlap in (False, True):
+        monkeypatch.setattr(core, "_overlaps", lambda s: overlap)
+        with pytest.raises(ProofFormatError, match="roundlog.polr: corrupt zstd frame"):
+            verify(p, entropy=b"g")  # its segments replay (Q + R covers the last epoch)
+
+
 def test_a_log_chunk_that_lies_about_its_steps_fails_when_its_segment_is_replayed(tmp_path):
     """A version 3 proof whose first log chunk declares fewer steps than it holds (digests
     redone, as a forger would): opened without complaint, refused by a verification that

@@ -192,14 +192,25 @@ class Log:
         self._start_ahead()
         return cols
 
-    def expect(self, segments) -> None:
+    def expect(self, segments, replace: bool = False) -> None:
         """The segments [a, b) that `columns` (or `between`) will be asked for next, in that
         order (a hint: any other order gives the same rows). The first not yet decoded is
         decoded on a background thread at once, and each next one when the one before it is
-        handed out: one segment decoded ahead at most (a segment's worth of memory)."""
-        if self.version == 3:
-            self._plan.extend((int(a), int(b)) for a, b in segments)
-            self._start_ahead()
+        handed out: one segment decoded ahead at most (a segment's worth of memory). A segment
+        already announced, or being decoded ahead, is not announced twice. `replace`: these
+        instead of those announced before (a guess that changed): a segment being decoded
+        ahead that is not the first of them is let go (its thread ends on its own)."""
+        if self.version != 3:
+            return
+        segs = [(int(a), int(b)) for a, b in segments]
+        if replace:
+            self._plan = []
+            if self._ahead is not None and (not segs or self._ahead.segment != segs[0]):
+                self._ahead = None
+        for seg in segs:
+            if seg not in self._plan and (self._ahead is None or seg != self._ahead.segment):
+                self._plan.append(seg)
+        self._start_ahead()
 
     def _start_ahead(self) -> None:
         if self._ahead is None and self._plan:

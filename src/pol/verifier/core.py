@@ -439,13 +439,17 @@ def _checkpoint_pass(o: VerifyOptions, policy: Policy, s: Session, report: Repor
             executor.early(ck[i], t, prev, cur)
         else:
             ready = stream.add(i, d.update[o.d1], prev, cur)
-            executor.expect([(ck[j], ck[j + 1]) for j, _, _ in ready])
+            if ready:
+                executor.expect([(ck[j], ck[j + 1]) for j, _, _ in ready], replace=True)
             for j, a_t, b_t in ready:
                 executor.early(ck[j], ck[j + 1], a_t, b_t)
+            lead = stream.leading()  # the epoch's first pick, were it to end now
+            if lead is not None:
+                executor.guess((ck[lead], ck[lead + 1]))
         prev = cur
     if not o.all_segments:
         ready = stream.flush()
-        executor.expect([(ck[j], ck[j + 1]) for j, _, _ in ready])
+        executor.expect([(ck[j], ck[j + 1]) for j, _, _ in ready], replace=True)
         for j, a_t, b_t in ready:
             executor.early(ck[j], ck[j + 1], a_t, b_t)
     return updates, w0, digester.last_vec, state_probs, regen_pre

@@ -36,12 +36,21 @@ class InProcess:
     def submit_all(self, segments: Sequence[Segment]) -> None:
         pass  # replayed as the pass reads them (early)
 
-    def expect(self, segments: Sequence[Segment]) -> None:
+    def expect(self, segments: Sequence[Segment], replace: bool = False) -> None:
         """The segments replayed here next, in order: an exact-mode proof's rounding log of
-        each is decoded ahead, on a thread, while the one before it replays."""
+        each is decoded ahead, on a thread, while the one before it replays. `replace`: these
+        instead of those announced before (only where segments replay early, as announced)."""
         log = getattr(self.s.proof, "log", None)
-        if segments and hasattr(log, "expect"):
-            log.expect(segments)
+        if (segments or replace) and hasattr(log, "expect"):
+            log.expect(segments, replace=replace and self.early_ok)
+
+    def guess(self, segment: Segment) -> None:
+        """The segment likely to replay next (top-Q: the epoch's first pick were it to end now):
+        its rounding log decoded ahead while the pass reads on, where work beside the replay
+        runs on threads (a GPU); a wrong guess costs a decode on an idle core, let go when
+        the picks are announced (`expect(..., replace=True)`)."""
+        if self.early_ok and getattr(self.s, "overlap", False):
+            self.expect([segment], replace=True)
 
     def early(self, a: int, b: int, start: dict, end: dict) -> None:
         if not self.early_ok or any(isinstance(v, BaseException) for v in self._early.values()):
@@ -97,8 +106,11 @@ class Pool:
     def submit_all(self, segments: Sequence[Segment]) -> None:
         self.pool.submit(list(segments), background=True)
 
-    def expect(self, segments: Sequence[Segment]) -> None:
+    def expect(self, segments: Sequence[Segment], replace: bool = False) -> None:
         pass  # each worker reads its own segments' log
+
+    def guess(self, segment: Segment) -> None:
+        pass
 
     def early(self, a: int, b: int, start: dict, end: dict) -> None:
         self.pool.submit([(a, b)], background=True)
@@ -118,8 +130,11 @@ class Torchrun:
     def submit_all(self, segments: Sequence[Segment]) -> None:
         pass
 
-    def expect(self, segments: Sequence[Segment]) -> None:
+    def expect(self, segments: Sequence[Segment], replace: bool = False) -> None:
         pass  # which rank replays which segment is decided in results()
+
+    def guess(self, segment: Segment) -> None:
+        pass
 
     def early(self, a: int, b: int, start: dict, end: dict) -> None:
         pass  # every rank reads the same pass; the split happens in results()

@@ -107,6 +107,10 @@ class TopQStream:
         del self._cand[self.q:]
         return done
 
+    def leading(self) -> int | None:
+        """The segment `flush` would return first now (the lowest index among the picks)."""
+        return min((c[1] for c in self._cand), default=None)
+
     def flush(self) -> list[tuple[int, Any, Any]]:
         out = [(i, a, b) for _, i, a, b in sorted(self._cand, key=lambda c: c[1])]
         self._cand.clear()
