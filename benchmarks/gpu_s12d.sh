@@ -4,7 +4,8 @@
 # key on threads and the GIL in short slices beside the replay; three verify --all in one
 # process (the first verification's one-off); then the 114M GPT's in-process figures (no pol
 # verify processes: the time left allows the in-process rounds only), whose top-Q replay was
-# 1.136 in s11f (1.053 in s11c). First, what imports and CUDA's start cost in a fresh process.
+# 1.136 in s11f (1.053 in s11c), now with each epoch's first pick guessed and its log decoded
+# ahead while the checkpoints are read. First, what imports and CUDA's start cost in a fresh process.
 #   OUT=gpu-out bash benchmarks/gpu_s12d.sh
 . "$(dirname "$0")/gpu_lib.sh"
 T=90 run python benchmarks/diag_import_costs.py --repeats 2 --json "$OUT/res/import_costs.json"
