@@ -235,9 +235,10 @@ def test_ctrl_c_early_in_a_command_is_one_line_exit_130(iris_proof, delay):
         pytest.skip(f"the command finished within {delay}s")
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)
-    if p.returncode == -signal.SIGINT and "verdict:" in out and not err.strip():
+    if p.returncode in (0, -signal.SIGINT) and "verdict:" in out and not err.strip():
         # the verification had finished: the signal came during the interpreter's shutdown,
-        # after Python gave SIGINT back its default action (a race of this test's timing)
+        # after Python gave SIGINT back its default action, or once it no longer runs handlers
+        # (exit 0; seen on the 2-core VM under load): a race of this test's timing
         pytest.skip(f"the command had finished its work within {delay}s")
     assert "Traceback" not in err and "terminate called" not in err, err
     # 130, or death by SIGINT (which a shell reports as 130) after pol's handler printed its
