@@ -271,6 +271,33 @@ def test_overlapped_pass_takes_the_ks_pvalues_from_a_helper_process(mlp_proof, m
     assert [(h.asked, h.closed, h._proc) for h in helpers] == [(True, True, None)]
 
 
+def test_top_q_replays_the_rest_without_waiting_for_the_ks_test(mlp_proof, monkeypatch):
+    """The segments a top-Q pass did not replay (the random ones) replay before W_0's checks
+    take the KS test's result (on a GPU it may still be running: a helper process importing
+    scipy); the report lists the checks in the same order as before."""
+    import threading
+
+    from pol.verifier import core, executors, verify
+    want = verify(mlp_proof, entropy=b"e")
+    replaying = threading.Event()
+    seen = []
+    real_results, real_init = executors.InProcess.results, core.init_checks.initialization
+
+    def results(self, segments, bar):
+        replaying.set()
+        return real_results(self, segments, bar)
+
+    def slow_ks(*a, **kw):
+        seen.append(replaying.wait(timeout=10))  # the KS test ends once the replays have begun
+        return real_init(*a, **kw)
+    monkeypatch.setattr(executors.InProcess, "results", results)
+    monkeypatch.setattr(core.init_checks, "initialization", slow_ks)
+    monkeypatch.setattr(core, "_overlaps", lambda s: True)
+    got = verify(mlp_proof, entropy=b"e")
+    assert seen == [True]
+    assert _checks(got) == _checks(want) and got.valid
+
+
 def test_load_state_refuses_a_non_finite_entry_before_changing_anything():
     """`load_state` checks every float entry for NaN/Inf at once (one read per device): a NaN in
     an optimizer moment or an infinity in a weight is refused, naming the first bad entry in

@@ -322,7 +322,17 @@ def _replay_pass(path, o: VerifyOptions, policy: Policy, s: Session, report: Rep
                    "every checkpoint's optimizer state is plausible (step counters, finite, "
                    "moments within what gradients can produce)" if not state_probs
                    else state_probs[0])
-    _check_start(o, policy, s, report, w0, regen_pre)
+    # W_0's checks take their place in the report here, but run after the replays: the KS test
+    # may still be running on its thread (a GPU's; its p-values from a helper process that is
+    # importing scipy), and the segments not replayed in the pass need not wait for it
+    start_at = len(report.checks)
+
+    def check_start() -> None:
+        n = len(report.checks)
+        _check_start(o, policy, s, report, w0, regen_pre)
+        added = report.checks[n:]
+        del report.checks[n:]
+        report.checks[start_at:start_at] = added
 
     lengths = [b - a for a, b in zip(ck, ck[1:])]
     expect_exact = replay_checks.expect_exact(spec, s.device)
@@ -340,12 +350,14 @@ def _replay_pass(path, o: VerifyOptions, policy: Policy, s: Session, report: Rep
     chosen = selection.choose(m, d1s, o.q, o.all_segments, policy.extra_random, entropy)
     if o.request_data or o.reveal:
         if not _lazy_phase(o, policy, s, report, chosen, nonce):
+            check_start()
             return _finish(report, proof, t_start, 0)
 
     bar = tqdm(total=sum(lengths[i] for i, _ in chosen), desc="replaying", unit="step",
                leave=False) if o.progress else _NoBar()
     outcomes = executor.results([(ck[i], ck[i + 1]) for i, _ in chosen], bar)
     bar.close()
+    check_start()
     tally = replay_checks.Tally()
     S = m.steps_per_epoch
     for (i, why), out in zip(chosen, outcomes):
