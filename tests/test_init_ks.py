@@ -107,11 +107,12 @@ def test_pvalue_helper_gives_this_process_values_bit_for_bit(monkeypatch):
     assert len(calls) == 1 and len(calls[0]) == 3  # the KS-tested layers, in one question
 
 
-@pytest.mark.parametrize("how", ["no interpreter", "crash", "wrong answer", "closed"])
+@pytest.mark.parametrize("how", ["no interpreter", "not python", "crash", "wrong answer",
+                                 "closed"])
 def test_pvalue_helper_failure_falls_back_to_this_process(monkeypatch, how):
-    """A helper that cannot answer (no interpreter to start, an exit with an error, an answer of
-    the wrong length or range, closed before the question) gives None, and the p-values are
-    computed here."""
+    """A helper that cannot answer (no interpreter to start, a program that is not Python, an exit
+    with an error, an answer of the wrong length or range, closed before the question) gives
+    None, and the p-values are computed here."""
     import sys
 
     from pol.verifier import initcheck
@@ -119,6 +120,8 @@ def test_pvalue_helper_failure_falls_back_to_this_process(monkeypatch, how):
     want = [ks_pvalue(stat, n) for stat, n in pairs]
     if how == "no interpreter":
         monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    elif how == "not python":  # Python embedded in another program: never run that program
+        monkeypatch.setattr(sys, "executable", "/bin/false")
     elif how == "crash":
         monkeypatch.setattr(initcheck, "_HELPER_CODE", "import sys; sys.exit(3)")
     elif how == "wrong answer":
@@ -127,6 +130,8 @@ def test_pvalue_helper_failure_falls_back_to_this_process(monkeypatch, how):
     helper = initcheck.PvalueHelper()
     if how == "closed":
         helper.close()
+    if how == "not python":
+        assert helper._proc is None  # not started
     assert helper.pvalues(pairs) is None
     monkeypatch.delitem(sys.modules, "scipy.stats")
     helper = initcheck.PvalueHelper()

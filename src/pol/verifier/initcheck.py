@@ -122,6 +122,12 @@ sys.stdout.write(json.dumps(out))
 """
 
 
+def _is_python(executable: str) -> bool:
+    """Whether `executable` names a Python interpreter (python, python3.11, pypy3, python.exe)."""
+    import os
+    return bool(executable) and os.path.basename(executable).lower().startswith(("python", "pypy"))
+
+
 class PvalueHelper:
     """A Python process that imports scipy.stats while this one replays, then computes the KS
     p-values (`ks_pvalue`, the same scipy, floats exactly as computed: JSON keeps a float's
@@ -138,7 +144,7 @@ class PvalueHelper:
         import json
         import subprocess
         self._proc = None
-        if not sys.executable:
+        if not _is_python(sys.executable):  # an embedding program (uWSGI, a GUI): no helper
             return
         try:
             self._proc = subprocess.Popen(
