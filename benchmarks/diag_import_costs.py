@@ -2,14 +2,18 @@
 remove: the interpreter, `import torch`, CUDA's initialization, `import torch._dynamo` (torch's
 optimizers import it at their first step, `torch.use_deterministic_algorithms` through
 `torch._inductor.config`) and `import scipy.stats` (the KS p-value), each timed in a fresh
-process, `--repeats` times (median). Also whether CUDA's initialization holds the GIL: a thread
-counts while the main thread initializes CUDA.
+process, `--repeats` times (median), after one untimed run (the file cache warm; bytecode
+written where the interpreter can write it). `--pycache DIR`: PYTHONPYCACHEPREFIX for all of them,
+where the packages' own directories keep no bytecode (s12d's figures, taken without this and
+without the untimed run, look like compilation: 5.8 s for torch._dynamo). Also whether CUDA's
+initialization holds the GIL: a thread counts while the main thread initializes CUDA.
 
-    python benchmarks/diag_import_costs.py [--repeats 3] [--json OUT.json]
+    python benchmarks/diag_import_costs.py [--repeats 3] [--pycache DIR] [--json OUT.json]
 """
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -34,14 +38,14 @@ PROBES = {
 }
 
 
-def run(code: str) -> tuple[float, float | None, str]:
+def run(code: str, env: dict[str, str]) -> tuple[float, float | None, str]:
     src = ("import time\nt0=time.perf_counter()\nextra=None\n" + code +
            "\nprint('wall', time.perf_counter()-t0, 'extra', extra)")
     wrapper = ("import subprocess,sys,time\nt=time.perf_counter()\n"
                "p=subprocess.run([sys.executable,'-c',sys.argv[1]],capture_output=True,text=True)\n"
                "print('process', time.perf_counter()-t)\nprint(p.stdout)\nprint(p.stderr[-500:])")
     out = subprocess.run([sys.executable, "-c", wrapper, src], capture_output=True,
-                         text=True).stdout
+                         text=True, env=env).stdout
     process = float(out.split("process ")[1].split()[0])
     extra = None
     if "extra " in out and "extra None" not in out:
@@ -53,9 +57,13 @@ def run(code: str) -> tuple[float, float | None, str]:
 def main() -> None:
     argv = sys.argv[1:]
     repeats = int(argv[argv.index("--repeats") + 1]) if "--repeats" in argv else 3
+    env = dict(os.environ)
+    if "--pycache" in argv:
+        env["PYTHONPYCACHEPREFIX"] = argv[argv.index("--pycache") + 1]
     rows = {}
     for name, code in PROBES.items():
-        got = [run(code) for _ in range(repeats)]
+        run(code, env)  # untimed: the file cache warm, bytecode written
+        got = [run(code, env) for _ in range(repeats)]
         rows[name] = {"process_s": statistics.median(g[0] for g in got),
                       "part_s": (statistics.median(g[1] for g in got)
                                  if all(g[1] is not None for g in got) else None),
