@@ -491,8 +491,9 @@ def test_a_replaced_announcement_lets_a_wrong_guess_go_and_decodes_the_new_first
 
 def test_top_q_guesses_on_a_gpu_like_pass_give_the_same_report(tmp_path, monkeypatch):
     """A top-Q verification whose pass guesses each epoch's first pick (work beside the replays,
-    as on a GPU) announces guesses and picks to the log with `replace`, and gets the report
-    of a pass that does not guess; a corrupt log is refused as it is without guesses."""
+    as on a GPU) announces guesses and picks to the log with `replace`, and at its end every
+    replay still to come (the random segments too); it gets the report of a pass that does not
+    guess; a corrupt log is refused as it is without guesses."""
     import shutil
 
     from pol.proof import roundlog as rl
@@ -515,6 +516,11 @@ def test_top_q_guesses_on_a_gpu_like_pass_give_the_same_report(tmp_path, monkeyp
         (r.start, r.end, r.passed) for r in want.segments]
     guesses = [segs for segs, replace in calls if replace and len(segs) == 1]
     assert len(guesses) >= 7  # one per checkpoint read, at least
+    # at the pass's end, every replay still to come: the last epoch's pick, then the random
+    # segments (drawn with the same entropy as the selection), in the order they replay
+    final = [segs for segs, replace in calls if replace][-1]
+    randoms = [(r.start, r.end) for r in got.segments if r.why == "random"]
+    assert randoms and final[1:] == sorted(randoms)
     p = tmp_path / "forged"
     shutil.copytree(src, p)
     raw = bytearray((p / "roundlog.polr").read_bytes())

@@ -309,9 +309,11 @@ def _replay_pass(path, o: VerifyOptions, policy: Policy, s: Session, report: Rep
     ck = m.checkpoints
     if o.all_segments and not (o.reveal or o.request_data):
         executor.submit_all([(ck[i], ck[i + 1]) for i in range(len(ck) - 1)])
+    entropy, nonce = _lazy_entropy(o)
+    entropy = os.urandom(16) if entropy is None else entropy  # one draw: the pass plans with it
     try:
         updates, w0, final_vec, state_probs, regen_pre = _checkpoint_pass(o, policy, s, report,
-                                                                         executor)
+                                                                         executor, entropy)
     except IntegrityError as e:
         report.add(CheckName.CHECKPOINT_DIGESTS, False, str(e))
         return _finish(report, proof, t_start, 0)
@@ -346,7 +348,6 @@ def _replay_pass(path, o: VerifyOptions, policy: Policy, s: Session, report: Rep
                                               policy.require_exact)])
 
     d1s = [u[o.d1] for u in updates]
-    entropy, nonce = _lazy_entropy(o)
     chosen = selection.choose(m, d1s, o.q, o.all_segments, policy.extra_random, entropy)
     if o.request_data or o.reveal:
         if not _lazy_phase(o, policy, s, report, chosen, nonce):
@@ -422,13 +423,18 @@ class CheckpointDigester:
         return flat64(tensors, self.names, self._bufs[0])
 
 
-def _checkpoint_pass(o: VerifyOptions, policy: Policy, s: Session, report: Report, executor):
+def _checkpoint_pass(o: VerifyOptions, policy: Policy, s: Session, report: Report, executor,
+                     entropy: bytes):
     """Every checkpoint read once (digest checked by the reader, the rest by the store) and
     digested as it is read (`CheckpointDigester`): the claimed update of every segment, the
     plausibility of the optimizer state; early replays while a segment's two checkpoints are in
     memory (--all: every segment as its end is read; top-Q: the epoch's Q largest when the epoch
     ends). Where work beside the replays runs on threads (`_overlaps`), the reading and the
-    digests run on the reader thread, a checkpoint ahead, and this thread only replays."""
+    digests run on the reader thread, a checkpoint ahead, and this thread only replays. The
+    executor hears which segments replay next (`expect`: an exact proof's rounding log decodes
+    ahead): --all, all of them at once; top-Q, a guess of each epoch's first pick while it is
+    read, its picks when it ends, and at the end every replay still to come (`entropy`: the
+    selection's, so the random segments announced are the ones `choose` draws after)."""
     m, spec = s.manifest, s.spec
     ck = m.checkpoints
     updates: list[dict[str, float]] = []
@@ -437,6 +443,7 @@ def _checkpoint_pass(o: VerifyOptions, policy: Policy, s: Session, report: Repor
     digester = CheckpointDigester(s.store.names,
                                   spec if policy.has(Defence.OPTIMIZER_STATE) else None)
     reads = s.store.read_pass(ck, digester, ahead=s.overlap)
+    picked: set[int] = set()  # the segments the stream picked (replayed early, in the pass)
     if o.all_segments:
         executor.expect([(ck[i], ck[i + 1]) for i in range(len(ck) - 1)])
     _, w0, _ = next(reads)
@@ -451,6 +458,7 @@ def _checkpoint_pass(o: VerifyOptions, policy: Policy, s: Session, report: Repor
             executor.early(ck[i], t, prev, cur)
         else:
             ready = stream.add(i, d.update[o.d1], prev, cur)
+            picked.update(j for j, _, _ in ready)
             if ready:
                 executor.expect([(ck[j], ck[j + 1]) for j, _, _ in ready], replace=True)
             for j, a_t, b_t in ready:
@@ -461,7 +469,13 @@ def _checkpoint_pass(o: VerifyOptions, policy: Policy, s: Session, report: Repor
         prev = cur
     if not o.all_segments:
         ready = stream.flush()
-        executor.expect([(ck[j], ck[j + 1]) for j, _, _ in ready], replace=True)
+        picked.update(j for j, _, _ in ready)
+        # every replay still to come, in order: the last epoch's picks now, then the segments
+        # the pass did not replay (the random ones), in `choose`'s order, as `results` asks
+        d1s = [u[o.d1] for u in updates]
+        rest = [(ck[i], ck[i + 1]) for i, _ in selection.choose(
+            m, d1s, o.q, False, policy.extra_random, entropy) if i not in picked]
+        executor.expect([(ck[j], ck[j + 1]) for j, _, _ in ready] + rest, replace=True)
         for j, a_t, b_t in ready:
             executor.early(ck[j], ck[j + 1], a_t, b_t)
     return updates, w0, digester.last_vec, state_probs, regen_pre
