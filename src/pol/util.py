@@ -224,13 +224,17 @@ def cache_dir(kind: str) -> str | None:
     return os.path.join(root, kind)
 
 
+# threads for work that releases the GIL on large buffers (numpy copies, zstd, hashlib)
+THREADS = max(1, min(8, os.cpu_count() or 1))
+
+
 def in_ranges(n: int, fn: Callable[[int, int], Any], *, min_items: int,
               workers: int | None = None) -> list[Any]:
     """fn(a, b) over [0, n) cut into contiguous ranges of at least `min_items` (one per worker,
-    default min(8, cores)), on threads; the results in range order, the first exception raised.
+    default `THREADS`), on threads; the results in range order, the first exception raised.
     For work that releases the GIL on large buffers (numpy copies, hashlib): a single range runs
     on this thread."""
-    workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+    workers = workers if workers is not None else THREADS
     parts = max(1, min(workers, n // max(1, min_items)))
     cuts = [n * i // parts for i in range(parts + 1)]
     if parts == 1:

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from pol.util import cache_dir, in_ranges
+from pol.util import THREADS, cache_dir, in_ranges
 
 LEAF_PREFIX = b"pol.sample.v1\x00"
 NODE_PREFIX = b"\x01"
@@ -219,7 +219,7 @@ def stream_leaves(source, workers: int | None = None, chunk: int = STREAM_CHUNK)
         return a, _hash_rows(header, xb, yb)
 
     starts = range(0, n, chunk)
-    workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+    workers = workers if workers is not None else THREADS
     if workers <= 1 or n <= chunk:
         for a in starts:
             _, rows = task(a)

@@ -46,7 +46,6 @@ the rest of the format.
 
 from __future__ import annotations
 
-import os
 import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from pol.errors import LimitExceeded, ProofFormatError
+from pol.util import THREADS
 
 MAGIC = b"POLR"
 VERSION = 3  # what `header` writes; versions 1 (one frame) and 2 (chunks) are read too
@@ -207,8 +207,12 @@ class Log:
             self._plan = []
             if self._ahead is not None and (not segs or self._ahead.segment != segs[0]):
                 self._ahead = None
+        known = set(self._plan)  # (--all announces every segment at once: no quadratic scan)
+        if self._ahead is not None:
+            known.add(self._ahead.segment)
         for seg in segs:
-            if seg not in self._plan and (self._ahead is None or seg != self._ahead.segment):
+            if seg not in known:
+                known.add(seg)
                 self._plan.append(seg)
         self._start_ahead()
 
@@ -239,7 +243,7 @@ class Log:
             for k, col in enumerate(cols):
                 col[ends[c]:ends[c + 1]] = part[:, k]
 
-        workers = min(len(chunks), _DECODE_THREADS)
+        workers = min(len(chunks), THREADS)
         if workers > 1:
             with ThreadPoolExecutor(workers) as pool:
                 for f in [pool.submit(one, c) for c in range(len(chunks))]:
@@ -269,7 +273,6 @@ def _columns_of(rows: np.ndarray, total_steps: int) -> tuple[np.ndarray, ...]:
 
 # chunks of a segment decoded at once (each a few MiB to tens of MiB of fresh memory: a machine's
 # cores each fill one)
-_DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
 
 
 class _Ahead:

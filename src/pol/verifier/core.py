@@ -312,8 +312,8 @@ def _replay_pass(path, o: VerifyOptions, policy: Policy, s: Session, report: Rep
     entropy, nonce = _lazy_entropy(o)
     entropy = os.urandom(16) if entropy is None else entropy  # one draw: the pass plans with it
     try:
-        updates, w0, final_vec, state_probs, regen_pre = _checkpoint_pass(o, policy, s, report,
-                                                                         executor, entropy)
+        updates, w0, final_vec, state_probs, regen_pre, chosen = _checkpoint_pass(
+            o, policy, s, report, executor, entropy)
     except IntegrityError as e:
         report.add(CheckName.CHECKPOINT_DIGESTS, False, str(e))
         return _finish(report, proof, t_start, 0)
@@ -348,7 +348,6 @@ def _replay_pass(path, o: VerifyOptions, policy: Policy, s: Session, report: Rep
                                               policy.require_exact)])
 
     d1s = [u[o.d1] for u in updates]
-    chosen = selection.choose(m, d1s, o.q, o.all_segments, policy.extra_random, entropy)
     if o.request_data or o.reveal:
         if not _lazy_phase(o, policy, s, report, chosen, nonce):
             check_start()
@@ -433,8 +432,9 @@ def _checkpoint_pass(o: VerifyOptions, policy: Policy, s: Session, report: Repor
     digests run on the reader thread, a checkpoint ahead, and this thread only replays. The
     executor hears which segments replay next (`expect`: an exact proof's rounding log decodes
     ahead): --all, all of them at once; top-Q, a guess of each epoch's first pick while it is
-    read, its picks when it ends, and at the end every replay still to come (`entropy`: the
-    selection's, so the random segments announced are the ones `choose` draws after)."""
+    read, its picks when it ends, and at the end every replay still to come. Returns, with
+    what it read, the selection (`selection.choose`, with `entropy`: the random segments it
+    announces are the ones replayed)."""
     m, spec = s.manifest, s.spec
     ck = m.checkpoints
     updates: list[dict[str, float]] = []
@@ -467,18 +467,18 @@ def _checkpoint_pass(o: VerifyOptions, policy: Policy, s: Session, report: Repor
             if lead is not None:
                 executor.guess((ck[lead], ck[lead + 1]))
         prev = cur
+    chosen = selection.choose(m, [u[o.d1] for u in updates], o.q, o.all_segments,
+                              policy.extra_random, entropy)
     if not o.all_segments:
         ready = stream.flush()
         picked.update(j for j, _, _ in ready)
         # every replay still to come, in order: the last epoch's picks now, then the segments
         # the pass did not replay (the random ones), in `choose`'s order, as `results` asks
-        d1s = [u[o.d1] for u in updates]
-        rest = [(ck[i], ck[i + 1]) for i, _ in selection.choose(
-            m, d1s, o.q, False, policy.extra_random, entropy) if i not in picked]
+        rest = [(ck[i], ck[i + 1]) for i, _ in chosen if i not in picked]
         executor.expect([(ck[j], ck[j + 1]) for j, _, _ in ready] + rest, replace=True)
         for j, a_t, b_t in ready:
             executor.early(ck[j], ck[j + 1], a_t, b_t)
-    return updates, w0, digester.last_vec, state_probs, regen_pre
+    return updates, w0, digester.last_vec, state_probs, regen_pre, chosen
 
 
 def _start_checks(o: VerifyOptions, policy: Policy, s: Session, report: Report, w0
