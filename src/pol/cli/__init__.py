@@ -11,7 +11,7 @@ neither torch nor pol.crypto; tests/test_cli_structure.py checks that, and that 
 listed here is each command's own.
 
 Exit codes: 0 valid / success, 1 invalid proof (a check failed), 2 unusable input, 3 pending,
-130 interrupted (pol.cli.exits).
+4 inconclusive (replay on other hardware cannot decide), 130 interrupted (pol.cli.exits).
 """
 
 from __future__ import annotations

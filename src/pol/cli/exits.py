@@ -2,7 +2,9 @@
 
 Exit codes: 0 valid / success, 1 invalid (a check failed: a proof, a signature, a ledger),
 2 unusable input (missing or corrupt file, unknown format version, wrong key, bad option, --data
-that is not the proof's dataset), 3 pending (`pol verify --request-data`), 130 interrupted
+that is not the proof's dataset), 3 pending (`pol verify --request-data`), 4 inconclusive (a
+float32 proof replayed on other hardware than the prover's failed only where rounding drift can
+make an honest proof fail: verify on the prover's kind of hardware), 130 interrupted
 (Ctrl-C). An error is one `error: ...` line on stderr, never a traceback (POL_DEBUG=1 shows one).
 
 An exception says its own exit code through an `exit_code` class attribute (pol.errors.PolError
@@ -22,7 +24,7 @@ import click
 
 from pol.errors import EXIT_INVALID, EXIT_UNUSABLE  # the error tree's two branches
 
-EXIT_VALID, EXIT_PENDING, EXIT_INTERRUPTED = 0, 3, 130
+EXIT_VALID, EXIT_PENDING, EXIT_INCONCLUSIVE, EXIT_INTERRUPTED = 0, 3, 4, 130
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import click
 
-from pol.cli.exits import EXIT_INVALID, EXIT_PENDING, EXIT_UNUSABLE, EXIT_VALID, fail
+from pol.cli.exits import (EXIT_INCONCLUSIVE, EXIT_INVALID, EXIT_PENDING, EXIT_UNUSABLE,
+                           EXIT_VALID, fail)
 
 echo = click.echo
 
@@ -60,11 +61,13 @@ def tasks(table: dict) -> None:
 # ------------------------------------------------------------------------------- verification
 
 def verify_exit_code(report: Any, data: str | None) -> int:
-    """0 valid, 1 invalid, 3 pending; 2 when the only failure is the user's --data not being the
+    """0 valid, 1 invalid, 3 pending, 4 inconclusive; 2 when the only failure is the user's --data not being the
     committed dataset (the user's mistake: the proof was not checked)."""
     failed = {c.name for c in report.checks if c.failed}
     if data and failed == {"dataset commitment"}:
         return EXIT_UNUSABLE
+    if report.inconclusive:
+        return EXIT_INCONCLUSIVE
     if not report.valid:
         return EXIT_INVALID
     return EXIT_PENDING if report.pending else EXIT_VALID

@@ -89,7 +89,8 @@ def verify(proof, data, q, all_segments, delta, metrics, d1, alpha, device, trus
            passphrase_env, request_data, reveal, policy, random_per_epoch, open_key, open_from,
            workers, min_update, require_exact, html_out):
     """Verify a proof (Algorithm 2): a proof directory, or a sealed proof file (with --key).
-    Exit 0 valid, 1 invalid, 2 unusable input, 3 pending (--request-data)."""
+    Exit 0 valid, 1 invalid, 2 unusable input, 3 pending (--request-data), 4 inconclusive (a
+    float32 proof replayed on other hardware failed only where drift can fail it)."""
     from pol.protocol.chain import record_verdict
     from pol.verifier import verify as run
     from pol.verifier.distributed import run_launched

@@ -134,7 +134,9 @@ def _audit(inp: RoundInputs, worker: int, data: bytes, v: Verdict) -> None:
     if report.valid:
         v.verdict, v.reason, v.weights = "accepted", "verified", weights
     else:
-        _reject(v, "verification failed: " + ", ".join(v.failed_checks))
+        _reject(v, ("verification inconclusive on the coordinator's hardware: "
+                    if report.inconclusive else "verification failed: ")
+                + ", ".join(v.failed_checks))
 
 
 def _unpack(inp: RoundInputs, worker: int, blob: bytes) -> Path:
@@ -183,7 +185,7 @@ def _verify(inp: RoundInputs, worker: int, proof: Path, v: Verdict):
                     registry=str(inp.registry), entropy=entropy,
                     policy=coordinator_policy(inp.config),
                     require_exact=inp.config.require_exact, device=inp.config.device)
-    v.failed_checks = [c.name for c in report.checks if c.failed]
+    v.failed_checks = [c.name for c in report.checks if c.blocks]
     v.replayed_steps = int(report.stats.get("replayed_steps", 0))
     v.segments = [[s.start, s.why, bool(s.passed)] for s in report.segments]
     return report

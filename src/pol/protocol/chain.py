@@ -185,9 +185,9 @@ def check_parent(report, manifest, w0: dict[str, torch.Tensor], options, verify_
                f"W_0 equals the final weights of parent {short} exactly" if ok else
                f"W_0 is not the final weights of parent {short}: {why}")
     if not prep.valid:
-        bad = [c.name for c in prep.checks if c.failed]
+        bad = [c.name for c in prep.checks if c.blocks]
         report.add("chain of trust", False, f"the parent proof {short} in {parent_dir} is "
-                   f"invalid (failed: {', '.join(bad)})",
+                   f"{prep.verdict} (failed: {', '.join(bad)})",
                    value={"chain": list(visited) + [parent], "parent_failed": bad})
         return
     sub_chk = next((c for c in prep.checks if c.name == "chain of trust"), None)

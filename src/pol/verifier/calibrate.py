@@ -62,7 +62,7 @@ def calibrate(path: str | os.PathLike, *, data: str | None = None, device: str =
     report = verify(path, opts)
     segs = report.segments
     if not segs:
-        failed = "; ".join(f"{c.name}: {c.reason}" for c in report.checks if c.failed)
+        failed = "; ".join(f"{c.name}: {c.reason}" for c in report.checks if c.blocks)
         from pol.errors import ProofFormatError
         raise ProofFormatError(f"nothing to calibrate on: no segment was replayed ({failed})")
     quant, upd, rec, sep = {}, {}, {}, {}

@@ -368,9 +368,18 @@ def _replay_pass(path, o: VerifyOptions, policy: Policy, s: Session, report: Rep
     _add(report, replay_checks.over_segments(tally, proof.losses, policy))
     _add(report, [replay_checks.update_size(tally, bool(report.segments), policy)])
     mode = "all segments" if o.all_segments else f"top-{o.q} per epoch"
-    _add(report, replay_checks.final_checks(tally, report.segments, deltas, o.metrics, mode,
-                                            expect_exact,
-                                            replay_checks.cross_hardware_note(spec, s.device)))
+    final = replay_checks.final_checks(tally, report.segments, deltas, o.metrics, mode,
+                                       expect_exact,
+                                       replay_checks.cross_hardware_note(spec, s.device))
+    failed = {c.name for c in report.checks if c.failed} | {
+        r.name.value for r in final if r.ok is False and not r.warn}
+    why = replay_checks.undecidable_here(failed, tally, spec, s.device, report.delta_rule)
+    if why:  # (the replay check's reason then says it once, with the rest)
+        final = replay_checks.final_checks(tally, report.segments, deltas, o.metrics, mode,
+                                           expect_exact)
+    _add(report, final)
+    if why:
+        report.leave_open(failed, why)
     return _finish(report, proof, t_start, sum(lengths[i] for i, _ in chosen))
 
 

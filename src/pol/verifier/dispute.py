@@ -88,8 +88,8 @@ def dispute(model_path: str, proofs: list[str], options, ledger: str | None = No
         c.root_digest = rep.root_digest
         c.valid = rep.valid
         if not rep.valid:
-            c.reasons.append("invalid proof (failed: " + ", ".join(
-                x.name for x in rep.checks if x.failed) + ")")
+            c.reasons.append(f"{rep.verdict} proof (failed: " + ", ".join(
+                x.name for x in rep.checks if x.blocks) + ")")
         chk = next((x for x in rep.checks if x.name == "commitment"), None)
         if chk is not None and chk.status == "pass" and isinstance(chk.value, dict):
             c.commitment = chk.value

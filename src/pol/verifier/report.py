@@ -4,10 +4,11 @@ JSON schema (`schema: "pol-report/1"`)::
 
     {
       "schema": "pol-report/1",
-      "proof": str, "root_digest": str, "verdict": "valid" | "invalid" | "pending",
+      "proof": str, "root_digest": str,
+      "verdict": "valid" | "invalid" | "pending" | "inconclusive",
       "policy": str, "metrics": [str], "d1": str, "deltas": {metric: float},
       "delta_rule": str,
-      "checks": [{"name": str, "status": "pass"|"fail"|"warn"|"skip", "value": any,
+      "checks": [{"name": str, "status": "pass"|"fail"|"warn"|"skip"|"inconclusive", "value": any,
                   "bound": any, "reason": str}],
       "segments": [{"start": int, "end": int, "epoch": int, "d1": float,
                     "update": {metric: float},   # d(W_start, W_end) as claimed
@@ -16,10 +17,18 @@ JSON schema (`schema: "pol-report/1"`)::
       "stats": {"replayed_steps": int, "total_steps": int, "seconds": float, ...}
     }
 
-A proof is valid iff no check has status "fail". A verification is *pending* (verdict "pending",
+A proof is valid iff no check has status "fail" or "inconclusive". A verification is *pending* (verdict "pending",
 `pol verify` exit 3) when no check failed but the replay was not done: lazy verification
 (`--request-data`) stops after the checkpoint pass until the prover reveals the data; it says
 nothing yet about whether the training happened.
+
+A verification is *inconclusive* (verdict "inconclusive", `pol verify` exit 4) when no check failed
+outright but some are "inconclusive": a float32 proof (not exact mode) replayed on other hardware
+than the prover's (another device type, torch version or CPU kernel family) with the auto δ, whose
+only failures are the ones a replay's rounding drift can cause (replay distance, relative error,
+optimizer replay, loss replay). Kernels round differently there and the difference grows with
+every step, so such a failure says nothing about the proof: verify it on the prover's kind of
+hardware (or calibrate δ for this pair). An inconclusive proof is not valid.
 """
 
 from __future__ import annotations
@@ -43,6 +52,11 @@ class Check:
     @property
     def failed(self) -> bool:
         return self.status == "fail"
+
+    @property
+    def blocks(self) -> bool:
+        """Failed or inconclusive: the proof is not valid while this check stands."""
+        return self.status in ("fail", "inconclusive")
 
 
 @dataclass
@@ -73,7 +87,14 @@ class Report:
 
     @property
     def valid(self) -> bool:
-        return not any(c.failed for c in self.checks)
+        """No check failed and none is inconclusive (pending counts: see `pending`)."""
+        return not any(c.blocks for c in self.checks)
+
+    @property
+    def inconclusive(self) -> bool:
+        """No check failed, but some could not be decided on this hardware."""
+        return (not any(c.failed for c in self.checks)
+                and any(c.status == "inconclusive" for c in self.checks))
 
     @property
     def pending(self) -> bool:
@@ -84,6 +105,8 @@ class Report:
 
     @property
     def verdict(self) -> str:
+        if self.inconclusive:
+            return "inconclusive"
         if not self.valid:
             return "invalid"
         return "pending" if self.pending else "valid"
@@ -96,6 +119,12 @@ class Report:
                   _jsonable(bound))
         self.checks.append(c)
         return c
+
+    def leave_open(self, names: set[str], why: str) -> None:
+        """Make the failed checks named `names` inconclusive, `why` added to their reasons."""
+        for c in self.checks:
+            if c.failed and c.name in names:
+                c.status, c.reason = "inconclusive", f"{c.reason}; {why}"
 
     def to_dict(self) -> dict:
         return _jsonable({
@@ -110,7 +139,8 @@ class Report:
 
     def render(self, verbose: bool = False) -> str:
         lines = [f"proof {self.proof}  (root {self.root_digest[:16]}…)"]
-        mark = {"pass": "ok  ", "fail": "FAIL", "warn": "warn", "skip": "skip"}
+        mark = {"pass": "ok  ", "fail": "FAIL", "warn": "warn", "skip": "skip",
+                "inconclusive": "????"}
         for c in self.checks:
             extra = ""
             if c.value is not None and c.bound is not None:
@@ -136,7 +166,9 @@ class Report:
                          f"steps in {st.get('seconds', 0):.2f}s")
         lines.append(f"verdict: {self.verdict.upper()}" + (
             " (nothing replayed yet: the replay waits for the requested data)"
-            if self.pending else ""))
+            if self.pending else
+            " (replay on this hardware cannot decide: verify on the prover's kind of hardware)"
+            if self.inconclusive else ""))
         return "\n".join(lines)
 
 

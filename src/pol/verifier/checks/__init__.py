@@ -53,6 +53,10 @@ class Status(str, Enum):
     FAIL = "fail"
     WARN = "warn"  # reported, does not fail the proof
     SKIP = "skip"  # not applicable or deferred
+    # failed where replay on this hardware cannot tell an honest proof from a forged one (a
+    # float32 proof replayed on other hardware than the prover's, with the auto δ): not valid,
+    # not invalid; verify on the prover's kind of hardware
+    INCONCLUSIVE = "inconclusive"
 
 
 @dataclass(frozen=True)

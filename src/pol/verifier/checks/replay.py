@@ -71,6 +71,47 @@ def cross_hardware_note(spec, device: torch.device) -> str:
             "which replays bitwise on any device")
 
 
+def hardware_differs(spec, device: torch.device) -> str:
+    """How this replay's hardware differs from the prover's ("" where it does not, or where the
+    proof's steps are exact-mode and so replay bitwise anywhere)."""
+    if spec.step.exact:
+        return ""
+    if spec.device != device.type:
+        return f"made on {spec.device}, replayed here on {device.type}"
+    if spec.torch_version != torch.__version__:
+        return (f"made with torch {spec.torch_version or '?'}, replayed here with torch "
+                f"{torch.__version__}")
+    here = current_cpu_capability()  # (the replay runs at the proof's thread count)
+    if device.type == "cpu" and spec.cpu_capability and here and spec.cpu_capability != here:
+        return f"made with CPU kernels {spec.cpu_capability}, replayed here with {here}"
+    return ""
+
+
+# the checks that a float32 replay's rounding drift alone can fail (on other hardware than the
+# prover's, the difference grows with every replayed step)
+DRIFT_CHECKS = frozenset({CheckName.REPLAY.value, CheckName.RELATIVE_ERROR.value,
+                          CheckName.OPTIMIZER_REPLAY.value, CheckName.LOSS_REPLAY.value})
+
+
+def undecidable_here(failed: set[str], tally: "Tally", spec, device: torch.device,
+                     delta_rule: str) -> str:
+    """Why the failed checks say nothing about the proof ("" where they do): a float32 replay on
+    other hardware than the prover's, with the auto δ (the paper's heuristic, meant for the
+    prover's hardware), whose every failure is one that rounding drift alone can cause. An honest
+    proof fails so at a large k (measured: ResNet-20 at k = 100, H200 → CPU, relative error
+    0.68), so the verdict is inconclusive, never valid, and never a false INVALID."""
+    where = hardware_differs(spec, device)
+    if not failed or not where or delta_rule != DELTA_RULE or tally.firm:
+        return ""
+    if not failed <= DRIFT_CHECKS:
+        return ""
+    return (f"inconclusive here: the proof was {where}, where float32 kernels round differently "
+            "and the difference grows with every replayed step, so an honest proof can fail "
+            "this check too. Verify on the prover's kind of hardware (or with δ calibrated for "
+            "this pair, `pol calibrate`); proofs recorded in exact mode (`pol train --exact`, "
+            "`attach(..., exact=True)`) replay bitwise on any device")
+
+
 def choose_deltas(delta, exact: bool, policy: Policy, updates, lengths, metrics, final_vec,
                   spec, rho: float, floor_factor: float) -> tuple[dict[str, float], str]:
     """(δ per metric, the rule that set it)."""
@@ -113,6 +154,9 @@ class Tally:
     flip_bad: list[tuple[int, int, float]] = field(default_factory=list)
     # exact mode: the steps whose rounding log did not fit the replay; None: no exact-mode replay
     roundlog_bad: list[int] | None = None
+    # failures of the drift checks that no rounding drift explains (a recorded loss that is not
+    # finite, step counters that differ)
+    firm: list[str] = field(default_factory=list)
 
 
 def judge_segment(out, update: dict[str, float], deltas: dict[str, float], metrics,
@@ -134,9 +178,11 @@ def judge_segment(out, update: dict[str, float], deltas: dict[str, float], metri
     if policy.has(Defence.UPDATE_SIZE) and not out.exact and deltas.get("l2", 0) > 0:
         tally.sizes.append(update["l2"] / deltas["l2"])
     if policy.has(Defence.OPTIMIZER_STATE):
-        why = _state_problem(out, exact_mode, policy)
+        why, drift = _state_problem(out, exact_mode, policy)
         if why:
             tally.state_bad.append((a, b, why))
+            if not drift:
+                tally.firm.append(f"steps {a}–{b}: optimizer state {why}")
             passed = False
     if policy.has(Defence.DATA_DEPENDENCE) and not flip_passes(out, policy.bounds):
         tally.flip_bad.append((a, b, out.flip))  # NaN (not measured) fails too
@@ -152,16 +198,18 @@ def flip_passes(out, bounds) -> bool:
     return out.flip >= bounds.flip_min
 
 
-def _state_problem(out, exact_mode: bool, policy: Policy) -> str:
+def _state_problem(out, exact_mode: bool, policy: Policy) -> tuple[str, bool]:
+    """(what is wrong with a segment's replayed optimizer state, "" if nothing; whether rounding
+    drift alone can cause it)."""
     srel = out.state_error / out.state_change if out.state_change > 0 else (
         0.0 if out.state_error == 0 else float("inf"))
     if not out.steps_ok:
-        return "the step counters differ"
+        return "the step counters differ", False
     if exact_mode and not out.exact and out.state_error > 0:
-        return "not bitwise equal in exact mode"
+        return "not bitwise equal in exact mode", True
     if not exact_mode and srel > policy.bounds.state_relative_max:
-        return f"{srel:.2f}× its own change"
-    return ""
+        return f"{srel:.2f}× its own change", True
+    return "", True
 
 
 def over_segments(tally: Tally, losses: np.ndarray, policy: Policy) -> list[CheckResult]:
@@ -170,6 +218,7 @@ def over_segments(tally: Tally, losses: np.ndarray, policy: Policy) -> list[Chec
     t = tally
     if policy.has(Defence.LOSS_REPLAY):
         nonfinite = [s for s in t.loss_bad if not np.isfinite(losses[s])]
+        t.firm.extend(f"step {s}: recorded loss {losses[s]}" for s in nonfinite)
         out.append(CheckResult(
             CheckName.LOSS_REPLAY, not t.loss_bad,
             "the recomputed loss matches the recorded loss at every replayed step"
