@@ -113,7 +113,9 @@ def _child(report: str, argv: list[str]) -> int:
         main(argv, standalone_mode=False)
     except SystemExit as e:
         rc = int(e.code or 0)
+    dyn = sys.modules.get("torch._dynamo")  # pol's stand-in, the real module, or none
     acc.update(enter_at=t_enter, end_at=time.time(), rc=rc,
+               dynamo=None if dyn is None else type(dyn).__name__,
                cuda_peak_bytes=(torch.cuda.max_memory_allocated()
                                 if cuda and torch.cuda.is_initialized() else None))
     Path(report).write_text(json.dumps(acc))
@@ -149,7 +151,7 @@ def run_cli(args: list[str], env: dict[str, str], profile: str | None = None) ->
             "segments": acc["segments"], "rest_s": t_end - t0 - acc["replay_s"],
             "after_last_replay_s": (acc["end_at"] - acc["last_replay_end_at"]
                                     if first else None),
-            "process_exit_s": t_end - acc["end_at"],
+            "process_exit_s": t_end - acc["end_at"], "dynamo": acc.get("dynamo"),
             # CPU seconds of the process (steadier than wall time on a shared machine)
             "cpu_before_first_replay_s": acc.get("first_replay_cpu"),
             "cpu_total_s": usage.ru_utime + usage.ru_stime,

@@ -121,6 +121,9 @@ class _PolGroup(click.Group):
 def main(verbose: bool) -> None:
     """pol — proof-of-learning for PyTorch: record a proof while training, verify it."""
     import logging  # here: `pol --help` and `--version` never get this far
+
+    from pol import deferred_dynamo
+    deferred_dynamo.install()  # pol's own process: the compiler stack loads only if used
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
 

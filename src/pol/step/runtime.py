@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from typing import Iterator
 
 import torch
@@ -26,7 +27,7 @@ import torch.utils.deterministic as _det
 from pol.errors import ConfigError
 from pol.spec import TrainingSpec, set_tf32
 
-__all__ = ["numerics", "CUBLAS_WORKSPACE", "check_recordable_numerics"]
+__all__ = ["numerics", "CUBLAS_WORKSPACE", "check_recordable_numerics", "set_deterministic"]
 
 CUBLAS_WORKSPACE = ":4096:8"  # what deterministic cuBLAS needs (torch's reproducibility notes)
 _CUBLAS_ENV = "CUBLAS_WORKSPACE_CONFIG"
@@ -51,7 +52,7 @@ def numerics(spec: TrainingSpec, device: torch.device | str | None = None) -> It
         if spec.deterministic and not saved_det:  # replay as the prover trained: exact on a GPU
             if saved_env is None:
                 os.environ[_CUBLAS_ENV] = CUBLAS_WORKSPACE
-            torch.use_deterministic_algorithms(True)
+            set_deterministic(True)
         # Deterministic algorithms also fill every new tensor (NaN for floats), in case a
         # kernel reads memory it did not write; the step's kernels do not, and on a GPU the
         # fills are one kernel per allocation: ~570 per step of a 114M GPT in float32, ~1,300
@@ -67,11 +68,23 @@ def numerics(spec: TrainingSpec, device: torch.device | str | None = None) -> It
             torch.set_num_threads(saved_threads)
         if (torch.are_deterministic_algorithms_enabled() != saved_det
                 or torch.is_deterministic_algorithms_warn_only_enabled() != saved_warn):
-            torch.use_deterministic_algorithms(saved_det, warn_only=saved_warn)
+            set_deterministic(saved_det, warn_only=saved_warn)
         if saved_env is None:
             os.environ.pop(_CUBLAS_ENV, None)
         else:
             os.environ[_CUBLAS_ENV] = saved_env
+
+
+def set_deterministic(mode: bool, warn_only: bool = False) -> None:
+    """`torch.use_deterministic_algorithms(mode, warn_only=...)` without loading the compiler
+    stack: the public call imports `torch._inductor.config` (and with it `torch._dynamo`, about a
+    second) only to set inductor's copy of the flag, which compiled code alone reads. Where that
+    config is loaded already (or torch lacks the setter), the public call."""
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    else:
+        setter(mode, warn_only=warn_only)
 
 
 def check_recordable_numerics(device_type: str, allow_nondeterministic: bool = False) -> None:

@@ -39,6 +39,7 @@ from pol.proof import format as fmt
 from pol.proof.hashing import merkle_root
 from pol.step import load_state, state_tensors, storage_dtype, update
 from pol.step.exact import use_proof_log
+from pol.step.runtime import set_deterministic
 from pol.verifier.distances import METRICS
 
 
@@ -526,7 +527,7 @@ def torch_settings() -> dict[str, Any]:
 
 def _apply_torch_settings(s: dict[str, Any]) -> None:
     torch.set_num_threads(int(s["threads"]))
-    torch.use_deterministic_algorithms(s["deterministic"], warn_only=s["deterministic_warn_only"])
+    set_deterministic(s["deterministic"], warn_only=s["deterministic_warn_only"])
     torch.set_default_dtype(getattr(torch, s["default_dtype"]))
     torch.backends.cudnn.deterministic = s["cudnn_deterministic"]
     torch.backends.cudnn.benchmark = s["cudnn_benchmark"]
@@ -570,6 +571,8 @@ def _init_worker(job: ReplayJob | None, state: dict[str, Any] | None = None) -> 
     worker's tasks: in the initializer it would break the pool instead of reaching the parent."""
     global _JOB, _STATE, _STATE_ERROR
     _JOB, _STATE, _STATE_ERROR = job, state, None
+    from pol import deferred_dynamo
+    deferred_dynamo.install()  # a process of pol's own, that only replays
     try:
         _apply_torch_settings((job or state["job"]).torch_settings)
         if _STATE is None:
