@@ -107,3 +107,17 @@ def test_step_counters_that_differ_are_no_drift():
               steps_ok=False, state_error=0.0, state_change=1.0, flip=float("inf"))
     assert not rc.judge_segment(out, {"l2": 1.0}, {"l2": 1.0}, ["l2"], False, policy, tally)
     assert tally.firm and "step counters" in tally.firm[0]
+
+
+def test_the_reason_is_given_once():
+    from pol.verifier.report import Report
+    r = Report(proof="p", root_digest="d")
+    r.add("loss replay", False, "loss differs")
+    r.add("data hashes", True, "ok")
+    r.add("replay", False, "over δ")
+    r.leave_open({"loss replay", "replay"}, "WHY")
+    loss, hashes, replay = r.checks
+    assert (loss.status, hashes.status, replay.status) == ("inconclusive", "pass", "inconclusive")
+    assert replay.reason == "over δ; WHY" and "WHY" not in loss.reason
+    assert "see the replay check" in loss.reason
+    assert r.verdict == "inconclusive"

@@ -120,11 +120,17 @@ class Report:
         self.checks.append(c)
         return c
 
-    def leave_open(self, names: set[str], why: str) -> None:
-        """Make the failed checks named `names` inconclusive, `why` added to their reasons."""
-        for c in self.checks:
-            if c.failed and c.name in names:
-                c.status, c.reason = "inconclusive", f"{c.reason}; {why}"
+    def leave_open(self, names: set[str], why: str, main: str = "replay") -> None:
+        """Make the failed checks named `names` inconclusive: `why` added to the reason of the
+        one named `main` (else of the first), a pointer to it to the others'."""
+        opened = [c for c in self.checks if c.failed and c.name in names]
+        if not opened:
+            return
+        first = next((c for c in opened if c.name == main), opened[0])
+        for c in opened:
+            c.status = "inconclusive"
+            c.reason += f"; {why}" if c is first else (
+                f"; inconclusive here (other hardware: see the {first.name} check)")
 
     def to_dict(self) -> dict:
         return _jsonable({
