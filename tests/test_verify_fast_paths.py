@@ -326,3 +326,43 @@ def test_load_state_refuses_a_non_finite_entry_before_changing_anything():
         now = state_tensors(ctx.model, ctx.optimizer)
         assert all(torch.equal(now[k], before[k]) for k in before)
     load_state(ctx.model, ctx.optimizer, name, good)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_top_q_that_picks_every_segment_replays_them_as_they_are_read(mlp_proof, monkeypatch,
+                                                                        overlap):
+    """Where top-Q picks every segment whatever the updates (Q plus the random ones cover each
+    epoch), the segments replay as the pass reads them, as --all's do, not after their epoch's
+    picks are known; the report is the one the stream path gives (the same top-q / random
+    labels), and a Q that leaves segments out still takes the stream."""
+    from pol.proof.reader import open_proof
+    from pol.verifier import core, executors, selection, verify
+    m = open_proof(mlp_proof).manifest
+    per_epoch = max(len(v) for v in selection.by_epoch(m.checkpoints, m.steps_per_epoch).values())
+    assert per_epoch > 2
+    monkeypatch.setattr(core, "_overlaps", lambda s: overlap)
+    events = []
+    real_early, real_choose = executors.InProcess.early, selection.choose
+
+    def early(self, a, b, start, end):
+        events.append("early")
+        return real_early(self, a, b, start, end)
+
+    def choose(*a, **kw):
+        events.append("choose")
+        return real_choose(*a, **kw)
+    monkeypatch.setattr(executors.InProcess, "early", early)
+    monkeypatch.setattr(selection, "choose", choose)
+    got = verify(mlp_proof, q=per_epoch, entropy=b"e")
+    n = len(m.checkpoints) - 1
+    assert events == ["early"] * n + ["choose"]
+    assert len(got.segments) == n and {s.why for s in got.segments} == {"top-q"}
+    events.clear()
+    monkeypatch.setattr(core, "_every_segment", lambda o, policy, m: o.all_segments)
+    want = verify(mlp_proof, q=per_epoch, entropy=b"e")
+    assert events.index("choose") < n  # the stream: the last epoch's picks after choose
+    assert _checks(got) == _checks(want) and got.valid
+    assert [(s.start, s.why, s.error) for s in got.segments] == \
+        [(s.start, s.why, s.error) for s in want.segments]
+    monkeypatch.undo()
+    assert not selection.every_segment_chosen(m, 1, 1)

@@ -307,7 +307,7 @@ def _replay_pass(path, o: VerifyOptions, policy: Policy, s: Session, report: Rep
                  t_start: float) -> Report:
     m, spec, proof = s.manifest, s.spec, s.proof
     ck = m.checkpoints
-    if o.all_segments and not (o.reveal or o.request_data):
+    if _every_segment(o, policy, m) and not (o.reveal or o.request_data):
         executor.submit_all([(ck[i], ck[i + 1]) for i in range(len(ck) - 1)])
     entropy, nonce = _lazy_entropy(o)
     entropy = os.urandom(16) if entropy is None else entropy  # one draw: the pass plans with it
@@ -453,7 +453,8 @@ def _checkpoint_pass(o: VerifyOptions, policy: Policy, s: Session, report: Repor
                                   spec if policy.has(Defence.OPTIMIZER_STATE) else None)
     reads = s.store.read_pass(ck, digester, ahead=s.overlap)
     picked: set[int] = set()  # the segments the stream picked (replayed early, in the pass)
-    if o.all_segments:
+    every = _every_segment(o, policy, m)  # --all, or a top-Q that picks every segment anyway
+    if every:
         executor.expect([(ck[i], ck[i + 1]) for i in range(len(ck) - 1)])
     _, w0, _ = next(reads)
     regen_pre = _start_checks(o, policy, s, report, w0)
@@ -463,8 +464,9 @@ def _checkpoint_pass(o: VerifyOptions, policy: Policy, s: Session, report: Repor
         updates.append(d.update)
         if d.state_problem and not state_probs:
             state_probs.append(d.state_problem)
-        if o.all_segments:
+        if every:
             executor.early(ck[i], t, prev, cur)
+            picked.add(i)
         else:
             ready = stream.add(i, d.update[o.d1], prev, cur)
             picked.update(j for j, _, _ in ready)
@@ -478,7 +480,7 @@ def _checkpoint_pass(o: VerifyOptions, policy: Policy, s: Session, report: Repor
         prev = cur
     chosen = selection.choose(m, [u[o.d1] for u in updates], o.q, o.all_segments,
                               policy.extra_random, entropy)
-    if not o.all_segments:
+    if not every:
         ready = stream.flush()
         picked.update(j for j, _, _ in ready)
         # every replay still to come, in order: the last epoch's picks now, then the segments
@@ -488,6 +490,13 @@ def _checkpoint_pass(o: VerifyOptions, policy: Policy, s: Session, report: Repor
         for j, a_t, b_t in ready:
             executor.early(ck[j], ck[j + 1], a_t, b_t)
     return updates, w0, digester.last_vec, state_probs, regen_pre, chosen
+
+
+def _every_segment(o: VerifyOptions, policy: Policy, m) -> bool:
+    """Whether every segment replays: --all, or a top-Q selection that picks them all whatever
+    the updates (`selection.every_segment_chosen`), whose segments then replay as the pass
+    reads them, as --all's do, instead of after their epoch's picks are known."""
+    return o.all_segments or selection.every_segment_chosen(m, o.q, policy.extra_random)
 
 
 def _start_checks(o: VerifyOptions, policy: Policy, s: Session, report: Report, w0

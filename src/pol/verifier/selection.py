@@ -67,6 +67,13 @@ def random_segments(root_digest: str, epochs: dict[int, list[int]], per_epoch: i
     return out
 
 
+def every_segment_chosen(manifest: fmt.Manifest, q: int, random_per_epoch: int = 0) -> bool:
+    """Whether `choose` picks every segment whatever the updates: no epoch holds more segments
+    than its Q largest plus its random ones (a short proof, a large Q)."""
+    epochs = by_epoch(manifest.checkpoints, manifest.steps_per_epoch)
+    return all(len(segs) <= q + random_per_epoch for segs in epochs.values())
+
+
 def choose(manifest: fmt.Manifest, d1s: list[float], q: int, all_segments: bool,
            random_per_epoch: int = 0, entropy: bytes | None = None) -> list[tuple[int, str]]:
     """The segments to replay, as sorted (segment index, why) pairs: why is "all", "top-q" or
