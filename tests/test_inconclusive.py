@@ -121,3 +121,23 @@ def test_the_reason_is_given_once():
     assert replay.reason == "over δ; WHY" and "WHY" not in loss.reason
     assert "see the replay check" in loss.reason
     assert r.verdict == "inconclusive"
+
+
+def test_a_float32_gpu_proof_on_another_gpu_model_is_not_expected_bitwise(monkeypatch):
+    """A deterministic float32 GPU proof names its GPU model; on another model the replay is
+    not expected bitwise (tolerant, drift failures inconclusive) instead of held to δ = 0; the
+    same model, or a proof that does not name one, is held to bitwise replay as before."""
+    from pol.spec import TrainingSpec
+    cuda = torch.device("cuda")
+    proof = _spec(device="cuda", deterministic=True).with_(gpu_name="NVIDIA A100-SXM4-80GB")
+    monkeypatch.setattr(rc.torch, "__version__", proof.torch_version)
+    monkeypatch.setattr(rc, "current_gpu_name", lambda device=None: "NVIDIA H200")
+    assert not rc.expect_exact(proof, cuda)
+    assert rc.hardware_differs(proof, cuda) == ("made on NVIDIA A100-SXM4-80GB, replayed here "
+                                                "on NVIDIA H200")
+    assert "A100" in rc.undecidable_here({"replay"}, rc.Tally(), proof, cuda, rc.DELTA_RULE)
+    for same in (proof.with_(gpu_name="NVIDIA H200"), proof.with_(gpu_name="")):
+        assert rc.expect_exact(same, cuda) and rc.hardware_differs(same, cuda) == ""
+    # recorded in the spec's JSON only where known (older proofs keep their bytes)
+    assert TrainingSpec.from_dict(proof.to_dict()).gpu_name == "NVIDIA A100-SXM4-80GB"
+    assert "gpu_name" not in _spec().to_dict()

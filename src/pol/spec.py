@@ -585,6 +585,10 @@ class TrainingSpec:
     # torch intra-op threads on a CPU: reductions split by thread, so replay is only bitwise equal
     # with the same count (the verifier replays with it); 0 = unknown (older proofs)
     cpu_threads: int = 0
+    # the GPU model (torch.cuda.get_device_name) of a GPU proof: its float32 kernels, even the
+    # deterministic ones, differ between models, so bitwise replay is only expected on the same
+    # one; "" = not recorded (a CPU proof, or an older proof)
+    gpu_name: str = ""
     # TF32 on a GPU (cudnn convolutions / matmuls): "off", "conv", "matmul" or "on"; "" = not
     # recorded (a CPU proof, or an older proof: torch's defaults). TF32 rounds inputs to 10
     # mantissa bits, which dominates the GPU-vs-CPU replay error, so pol trains fp32 with it off
@@ -619,6 +623,8 @@ class TrainingSpec:
         d = asdict(self)
         if not self.tf32:  # absent in proofs made before the field existed: same bytes, digests
             del d["tf32"]
+        if not self.gpu_name:
+            del d["gpu_name"]
         if not self.augment_rng:
             del d["augment_rng"]
         if self.step.is_default:  # as in proofs made before step features existed
@@ -660,6 +666,7 @@ class TrainingSpec:
                 cpu_capability=_str(d, "cpu_capability", where, optional=True, default=""),
                 cpu_threads=_num(d, "cpu_threads", where, lo=0, hi=4096, integer=True,
                                  optional=True, default=0),
+                gpu_name=_str(d, "gpu_name", where, optional=True, default=""),
                 tf32=_str(d, "tf32", where, optional=True, default="",
                           choices=TF32_MODES),
                 augment_rng=_str(d, "augment_rng", where, optional=True, default="",
@@ -688,6 +695,15 @@ def set_tf32(mode: str) -> str:
         torch.backends.cudnn.allow_tf32 = mode in ("conv", "on")
         torch.backends.cuda.matmul.allow_tf32 = mode in ("matmul", "on")
     return prev
+
+
+def current_gpu_name(device: Any = None) -> str:
+    """The GPU model of `device` (default: the current CUDA device); "" without CUDA."""
+    try:
+        import torch
+        return str(torch.cuda.get_device_name(device)) if torch.cuda.is_available() else ""
+    except Exception:  # noqa: BLE001 - no driver, a device that is not CUDA
+        return ""
 
 
 def current_cpu_capability() -> str:

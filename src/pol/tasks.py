@@ -14,7 +14,7 @@ import torch
 
 from pol.errors import ConfigError
 from pol.spec import (DataSpec, ModelSpec, OptimizerSpec, ScheduleSpec, StepSpec, TrainingSpec,
-                      current_cpu_capability)
+                      current_cpu_capability, current_gpu_name)
 
 DEFAULT_TASK = "digits-mlp"
 
@@ -146,6 +146,7 @@ def build_spec(task_name: str, *, epochs: int | None = None, k: int | None = Non
         task=task.name, device=device, deterministic=deterministic,
         torch_version=torch.__version__, cpu_capability=current_cpu_capability(),
         cpu_threads=torch.get_num_threads(),
+        gpu_name=current_gpu_name() if device == "cuda" else "",
         tf32=("on" if tf32 else "off") if device == "cuda" else "",
         step=StepSpec(exact=True) if exact else StepSpec())
     return spec, train, test

@@ -169,7 +169,8 @@ def inspection(info: dict, as_json: bool) -> None:
          f"batch {spec['batch_size']}")
     echo(f"steps        E={info['epochs']} S={info['steps_per_epoch']} "
          f"T={info['total_steps']} k={info['k']}; {info['num_checkpoints']} checkpoints")
-    echo(f"made on      {spec['device']}, deterministic={spec['deterministic']}, "
+    echo(f"made on      {spec['device']}"
+         + (f" ({spec['gpu_name']})" if spec.get("gpu_name") else "") + ", deterministic={spec['deterministic']}, "
          f"torch {spec['torch_version']}, seed {spec['seed']}, precision {spec['precision']}"
          + (f", tf32 {spec['tf32']}" if spec.get("tf32") else ""))
     echo(f"size         {info['total_bytes'] / 1e6:.2f} MB total, "

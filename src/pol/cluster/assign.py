@@ -21,12 +21,13 @@ import torch
 
 from pol.cluster.config import ClusterConfig
 from pol.errors import ConfigError
-from pol.spec import DataSpec, TrainingSpec, current_cpu_capability
+from pol.spec import DataSpec, TrainingSpec, current_cpu_capability, current_gpu_name
 
 MAGIC = b"POLCLM1\n"
 MAX_HEADER = 1 << 20
 # spec fields the worker states about its own machine (the rest is the assignment, compared)
-HARDWARE_FIELDS = ("device", "deterministic", "torch_version", "cpu_capability", "tf32")
+HARDWARE_FIELDS = ("device", "deterministic", "torch_version", "cpu_capability", "tf32",
+                   "gpu_name")
 
 
 def task_data(task: str, params: dict | None = None):
@@ -108,7 +109,8 @@ def assigned_spec(config: ClusterConfig, base: TrainingSpec, data, round_: int,
 def with_own_hardware(spec: TrainingSpec) -> TrainingSpec:
     """The spec as a worker records it: the assignment, with its own machine's claims."""
     return replace(spec, torch_version=torch.__version__,
-                   cpu_capability=current_cpu_capability() if spec.device == "cpu" else "")
+                   cpu_capability=current_cpu_capability() if spec.device == "cpu" else "",
+                   gpu_name=current_gpu_name() if spec.device == "cuda" else "")
 
 
 def spec_mismatch(assigned: TrainingSpec, claimed: TrainingSpec) -> str:

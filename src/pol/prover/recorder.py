@@ -53,7 +53,7 @@ from pol.proof.writer import ProofWriter
 from pol.prover.data_sources import resolve_data
 from pol.prover.snapshot import DeviceSnapshotter
 from pol.spec import (DataSpec, ModelSpec, ScheduleSpec, StepSpec, TrainingSpec,
-                      current_cpu_capability, current_tf32)
+                      current_cpu_capability, current_gpu_name, current_tf32)
 from pol.step import (derive_seed, epoch_order, optimizer_spec_of, seed_step,  # noqa: F401
                       state_tensors)
 from pol.step.runtime import check_recordable_numerics
@@ -266,7 +266,9 @@ class Recorder:
                     deterministic=torch.are_deterministic_algorithms_enabled(),
                     torch_version=torch.__version__,
                     cpu_capability=current_cpu_capability(),
-                    cpu_threads=torch.get_num_threads())
+                    cpu_threads=torch.get_num_threads(),
+                    gpu_name=current_gpu_name(next(iter(model.parameters())).device)
+                    if device == "cuda" else "")
             except ValueError as e:
                 raise ConfigError(str(e)) from None
         elif spec.data.root != merkle_root(self.leaves).hex() or spec.data.size != n:

@@ -24,9 +24,9 @@ nothing yet about whether the training happened.
 
 A verification is *inconclusive* (verdict "inconclusive", `pol verify` exit 4) when no check failed
 outright but some are "inconclusive": a float32 proof (not exact mode) replayed on other hardware
-than the prover's (another device type, torch version or CPU kernel family) with the auto δ, whose
-only failures are the ones a replay's rounding drift can cause (replay distance, relative error,
-optimizer replay, loss replay). Kernels round differently there and the difference grows with
+than the prover's (another device type, GPU model, torch version or CPU kernel family) with the
+auto δ, whose only failures are the ones a replay's rounding drift can cause (replay distance,
+relative error, optimizer replay, loss replay). Kernels round differently there and the difference grows with
 every step, so such a failure says nothing about the proof: verify it on the prover's kind of
 hardware (or calibrate δ for this pair). An inconclusive proof is not valid.
 """

@@ -11,7 +11,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from pol.spec import current_cpu_capability
+from pol.spec import current_cpu_capability, current_gpu_name
 from pol.verifier.checks import CheckName, CheckResult
 from pol.verifier.distances import fp16_rounding_floor
 from pol.verifier.policy import Defence, Policy
@@ -42,13 +42,14 @@ def auto_deltas(updates: list[dict[str, float]], lengths: list[int], metrics: It
 
 def expect_exact(spec, device: torch.device) -> bool:
     """Replay here should be bitwise the prover's: an exact-mode proof (`spec.step.exact`) on any
-    device; else the same device type, torch version and (CPU) kernel family and threads, fp32,
-    CPU or deterministic algorithms."""
+    device; else the same device type, GPU model (where the proof names it), torch version and
+    (CPU) kernel family and threads, fp32, CPU or deterministic algorithms."""
     if spec.step.exact:
         return True
     return (spec.device == device.type and spec.precision == "fp32"
             and (device.type == "cpu" or spec.deterministic)
             and spec.torch_version == torch.__version__
+            and not _other_gpu(spec, device)
             and (device.type != "cpu"
                  or (spec.cpu_capability == current_cpu_capability() != ""
                      and spec.cpu_threads == torch.get_num_threads())))
@@ -60,15 +61,23 @@ def cross_hardware_note(spec, device: torch.device) -> str:
     every replayed step, so an honest proof can end farther than δ at a large k."""
     if expect_exact(spec, device):
         return ""
-    where = (f"made on {spec.device}, replayed here on {device.type}"
-             if spec.device != device.type else
-             f"made with torch {spec.torch_version} / other kernels, replayed here with torch "
-             f"{torch.__version__}")
+    where = hardware_differs(spec, device) or (
+        f"made with torch {spec.torch_version} / other kernels, replayed here with torch "
+        f"{torch.__version__}")
     return (f"the proof was {where}: replay on other hardware than the prover's is not bitwise "
             "and its error grows with k, so an honest proof can fail here. Verify on the "
             "prover's kind of hardware, calibrate δ for this pair (`pol calibrate`), or have the "
             "proof recorded in exact mode (`pol train --exact`, `attach(..., exact=True)`), "
             "which replays bitwise on any device")
+
+
+def _other_gpu(spec, device: torch.device) -> str:
+    """This GPU's model where the proof names another one ("" otherwise, and where either is
+    unknown: a proof from before the field, no CUDA here)."""
+    if device.type != "cuda" or not spec.gpu_name:
+        return ""
+    here = current_gpu_name(device)
+    return here if here and here != spec.gpu_name else ""
 
 
 def hardware_differs(spec, device: torch.device) -> str:
@@ -81,6 +90,9 @@ def hardware_differs(spec, device: torch.device) -> str:
     if spec.torch_version != torch.__version__:
         return (f"made with torch {spec.torch_version or '?'}, replayed here with torch "
                 f"{torch.__version__}")
+    gpu = _other_gpu(spec, device)
+    if gpu:
+        return f"made on {spec.gpu_name}, replayed here on {gpu}"
     here = current_cpu_capability()  # (the replay runs at the proof's thread count)
     if device.type == "cpu" and spec.cpu_capability and here and spec.cpu_capability != here:
         return f"made with CPU kernels {spec.cpu_capability}, replayed here with {here}"
