@@ -59,6 +59,9 @@ def test_a_drift_failure_on_other_hardware_is_inconclusive(drifting, monkeypatch
     assert "???? replay" in text and "verdict: INCONCLUSIVE" in text
     back = report_from_dict(json.loads(r.to_json()))  # the JSON schema takes it
     assert back.verdict == "inconclusive"
+    from pol.verifier.html import render_html
+    page = render_html(back)
+    assert 'class="verdict inconclusive"' in page and '<tr class="inconclusive">' in page
     res = run_cli("verify", drifting, "--all")
     assert res.exit_code == 4, res.output
     assert "verdict: INCONCLUSIVE" in res.stdout
