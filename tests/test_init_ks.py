@@ -115,6 +115,7 @@ def test_pvalue_helper_failure_falls_back_to_this_process(monkeypatch, how):
     None, and the p-values are computed here."""
     import sys
 
+    from pol import pvalues
     from pol.verifier import initcheck
     pairs = [(0.05, 400), (0.3, 50)]
     want = [ks_pvalue(stat, n) for stat, n in pairs]
@@ -123,9 +124,9 @@ def test_pvalue_helper_failure_falls_back_to_this_process(monkeypatch, how):
     elif how == "not python":  # Python embedded in another program: never run that program
         monkeypatch.setattr(sys, "executable", "/bin/false")
     elif how == "crash":
-        monkeypatch.setattr(initcheck, "_HELPER_CODE", "import sys; sys.exit(3)")
+        monkeypatch.setattr(pvalues, "_HELPER_CODE", "import sys; sys.exit(3)")
     elif how == "wrong answer":
-        monkeypatch.setattr(initcheck, "_HELPER_CODE",
+        monkeypatch.setattr(pvalues, "_HELPER_CODE",
                             "import sys; sys.stdin.read(); sys.stdout.write('[0.5, 2.0]')")
     helper = initcheck.PvalueHelper()
     if how == "closed":
@@ -136,3 +137,26 @@ def test_pvalue_helper_failure_falls_back_to_this_process(monkeypatch, how):
     monkeypatch.delitem(sys.modules, "scipy.stats")
     helper = initcheck.PvalueHelper()
     assert initcheck.ks_pvalues(pairs, helper) == want
+
+
+def test_a_helper_started_early_answers_the_first_question(monkeypatch):
+    """`pol verify` starts a helper before it imports torch (`pol.pvalues.start_early`): the
+    first p-values asked without a helper come from it, bit for bit; it answers once."""
+    import sys
+
+    from pol import pvalues
+    from pol.verifier import initcheck
+    pairs = [(0.05, 400), (0.3, 50), (0.01, 20_000)]
+    want = [ks_pvalue(stat, n) for stat, n in pairs]
+    monkeypatch.delitem(sys.modules, "scipy.stats")
+    monkeypatch.setattr(pvalues, "_early", None)
+    pvalues.start_early()
+    pvalues.start_early()  # once
+    early = pvalues._early
+    assert early is not None and early._proc is not None
+    asked = []
+    real = early.pvalues
+    monkeypatch.setattr(early, "pvalues", lambda p: asked.append(p) or real(p))
+    assert initcheck.ks_pvalues(pairs) == want and len(asked) == 1
+    assert pvalues.take_early() is None and initcheck.ks_pvalues(pairs) == want
+    assert len(asked) == 1  # the second question was answered here

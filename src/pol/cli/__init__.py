@@ -90,6 +90,9 @@ class _PolGroup(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         cmd = super().get_command(ctx, name)
+        if name == "verify" and not ctx.resilient_parsing:
+            from pol import pvalues  # torch-free: its helper imports scipy while we import torch
+            pvalues.start_early()
         if cmd is None and name in COMMANDS:
             cmd = load_command(name)
             self.add_command(cmd, name)

@@ -533,8 +533,9 @@ def _init_ks_ahead(o: VerifyOptions, s: Session, w0):
     import sys
     from concurrent.futures import ThreadPoolExecutor
     if "scipy.stats" not in sys.modules and s.spec.model.init != "none":
-        from pol.verifier.initcheck import PvalueHelper
-        s.pvalue_helper = PvalueHelper()  # scipy.stats imported there, not under our GIL
+        from pol.verifier.initcheck import PvalueHelper, take_early
+        # scipy.stats imported there, not under our GIL (started with the process by pol verify)
+        s.pvalue_helper = take_early() or PvalueHelper()
     ex = ThreadPoolExecutor(1, thread_name_prefix="pol-init-ks")
     fut = ex.submit(init_checks.initialization, s.ctx.model, s.spec, w0, s.store.names, o.alpha,
                     s.pvalue_helper)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pol.pvalues import PvalueHelper, take_early
+
 MIN_KS_ELEMENTS = 8  # below this a KS test says nothing useful; such tensors are skipped
 
 
@@ -102,83 +104,16 @@ def ks_pvalue(statistic: float, n: int) -> float:
 
 
 def ks_pvalues(pairs: list[tuple[float, int]], helper: PvalueHelper | None = None) -> list[float]:
-    """`ks_pvalue` of each (statistic, n): by `helper` while this process has not imported
-    scipy.stats (else, or where the helper fails, here)."""
-    if helper is not None and "scipy.stats" not in sys.modules and pairs:
-        got = helper.pvalues(pairs)
+    """`ks_pvalue` of each (statistic, n): by `helper` (default: the one this process started
+    early, `pol.pvalues.start_early`, if any) while this process has not imported scipy.stats
+    (else, or where the helper fails, here)."""
+    if "scipy.stats" not in sys.modules and pairs:
+        if helper is None:
+            helper = take_early()
+        got = helper.pvalues(pairs) if helper is not None else None
         if got is not None:
             return got
     return [ks_pvalue(stat, n) for stat, n in pairs]
-
-
-_HELPER_CODE = """
-import json, sys
-sys.path[:] = json.loads(sys.argv[1])
-import numpy as np
-from scipy import stats
-pairs = json.loads(sys.stdin.read())
-out = [float(np.clip(stats.kstwo.sf(float(d), int(n)), 0.0, 1.0)) for d, n in pairs]
-sys.stdout.write(json.dumps(out))
-"""
-
-
-def _is_python(executable: str) -> bool:
-    """Whether `executable` names a Python interpreter (python, python3.11, pypy3, python.exe)."""
-    import os
-    return bool(executable) and os.path.basename(executable).lower().startswith(("python", "pypy"))
-
-
-class PvalueHelper:
-    """A Python process that imports scipy.stats while this one replays, then computes the KS
-    p-values (`ks_pvalue`, the same scipy, floats exactly as computed: JSON keeps a float's
-    repr). scipy.stats takes 0.5-0.7 s to import, all of it under the GIL: in the verifying
-    process that time is taken from a GPU replay whose host thread needs the GIL for every launch
-    (ResNet-20's first replayed segment ran 0.9-1.9 s slower while the KS thread imported it).
-    Started by a GPU verification that has not imported scipy.stats; `pvalues` gives None where
-    the helper cannot answer (no interpreter, an error, a wrong answer), and its caller computes
-    here instead; `close` ends it, whatever it is doing."""
-
-    TIMEOUT_S = 120.0
-
-    def __init__(self) -> None:
-        import json
-        import subprocess
-        self._proc = None
-        if not _is_python(sys.executable):  # an embedding program (uWSGI, a GUI): no helper
-            return
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-c", _HELPER_CODE, json.dumps(sys.path)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        except OSError:
-            self._proc = None
-
-    def pvalues(self, pairs: list[tuple[float, int]]) -> list[float] | None:
-        import json
-        import math
-        import subprocess
-        proc, self._proc = self._proc, None  # one question per helper
-        if proc is None:
-            return None
-        try:
-            out, _ = proc.communicate(json.dumps([[float(d), int(n)] for d, n in pairs]).encode(),
-                                      timeout=self.TIMEOUT_S)
-            got = json.loads(out) if proc.returncode == 0 else None
-        except (subprocess.TimeoutExpired, OSError, ValueError):
-            proc.kill()
-            proc.wait()
-            return None
-        if (not isinstance(got, list) or len(got) != len(pairs)
-                or not all(isinstance(p, float) and (math.isnan(p) or 0.0 <= p <= 1.0)
-                           for p in got)):
-            return None
-        return got
-
-    def close(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            proc.kill()
-            proc.wait()
 
 
 def _sorted64(x: torch.Tensor, device: torch.device) -> torch.Tensor:
