@@ -97,3 +97,26 @@ def test_pol_verify_does_not_load_the_compiler_stack(tmp_path):
     # (and the KS p-values came from the helper process pol verify starts with it)
     assert _py(code, str(out)) == {"exit": 0, "dynamo": "_Standin", "inductor": False,
                                    "scipy.stats": False}
+
+
+def test_pol_train_with_the_stand_in_writes_the_library_s_checkpoints(tmp_path):
+    """`pol train` (the stand-in in place) and `train_task` in this process (torch's own
+    module) write bit-identical checkpoints."""
+    import hashlib
+    import os
+
+    import torch
+
+    from pol.prover.trainer import train_task
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))  # (the same sums)
+    r = subprocess.run([sys.executable, "-m", "pol", "train", "--task", "digits-cnn", "--epochs",
+                        "1", "--k", "15", "--seed", "4", "--out", str(tmp_path / "cli")],
+                       capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    train_task("digits-cnn", tmp_path / "lib", epochs=1, k=15, seed=4)
+
+    def digests(p):
+        return {f.relative_to(p).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
+                for f in sorted((p / "checkpoints").rglob("*")) if f.is_file()}
+    cli, lib = digests(tmp_path / "cli"), digests(tmp_path / "lib")
+    assert cli and cli == lib
