@@ -358,7 +358,7 @@ def test_a_top_q_that_picks_every_segment_replays_them_as_they_are_read(mlp_proo
     assert events == ["early"] * n + ["choose"]
     assert len(got.segments) == n and {s.why for s in got.segments} == {"top-q"}
     events.clear()
-    monkeypatch.setattr(core, "_every_segment", lambda o, policy, m: o.all_segments)
+    monkeypatch.setattr(core.selection, "every_segment_chosen", lambda *a, **kw: False)
     want = verify(mlp_proof, q=per_epoch, entropy=b"e")
     assert events.index("choose") < n  # the stream: the last epoch's picks after choose
     assert _checks(got) == _checks(want) and got.valid

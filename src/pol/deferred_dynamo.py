@@ -5,9 +5,9 @@ itself on a small model's verification) in its constructor and at every step, on
 methods "not to be compiled" (`torch._dynamo.disable`) and to place graph breaks
 (`torch._dynamo.graph_break`), which do nothing outside `torch.compile`. After `install()`, an
 `import torch._dynamo` gets a stand-in module (from a finder on `sys.meta_path`) that gives those
-two for free while nothing has loaded the real module; any other use of it (an attribute, a submodule import, `torch.compile`)
-loads the real `torch._dynamo` in its place, and from then on the stand-in's wrappers call the
-real `disable` too, so behaviour is torch's own in every case.
+two for free while nothing has loaded the real module; any other use of it (an attribute, a
+submodule import, `torch.compile`) loads the real `torch._dynamo` in its place, and from then on
+the stand-in's wrappers call the real `disable` too, so behaviour is torch's own in every case.
 
 Only `pol`'s command line installs it (its processes run pol's steps, never a compiled function
 of pol's), and only before anything has imported `torch._dynamo`; a library user's process is

@@ -1,10 +1,11 @@
 """The KS test's p-values (`scipy.stats.kstwo.sf`) from a helper Python process, so that the
 verifying process never imports `scipy.stats` (0.5-0.8 s, all of it under the GIL). Torch-free:
 a `pol verify` process starts one (`start_early`) before it imports torch, and the helper's
-import of scipy then runs on another core while this process imports torch (a CPU verification
-of digits-cnn: 2.7-3.7 s -> 2.0-2.65 s per process on 2 cores). A GPU verification that has none
-starts one when it reads W_0. The p-values are the helper's floats exactly (JSON keeps a float's
-repr); where it cannot answer, `pol.verifier.initcheck.ks_pvalues` computes them in-process.
+import of scipy then runs on another core while this process imports torch (`pol verify --all`
+of digits-cnn on 2 cores: 2.49-3.16 s -> 2.15-2.67 s per process). A GPU verification that has
+none starts one when it reads W_0. The p-values are the helper's floats exactly (JSON keeps a
+float's repr); where it cannot answer, `pol.verifier.initcheck.ks_pvalues` computes them
+in-process.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class PvalueHelper:
     repr). scipy.stats takes 0.5-0.7 s to import, all of it under the GIL: in the verifying
     process that time is taken from a GPU replay whose host thread needs the GIL for every launch
     (ResNet-20's first replayed segment ran 0.9-1.9 s slower while the KS thread imported it).
-    Started by a GPU verification that has not imported scipy.stats; `pvalues` gives None where
+    Started with a `pol verify` process (`start_early`), or by a GPU verification that has not
+    imported scipy.stats; `pvalues` gives None where
     the helper cannot answer (no interpreter, an error, a wrong answer), and its caller computes
     here instead; `close` ends it, whatever it is doing."""
 

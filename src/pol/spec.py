@@ -697,12 +697,15 @@ def set_tf32(mode: str) -> str:
     return prev
 
 
-def current_gpu_name(device: Any = None) -> str:
-    """The GPU model of `device` (default: the current CUDA device); "" without CUDA."""
+def current_gpu_name(device: Any = "cuda") -> str:
+    """The GPU model of `device` (a CUDA device; "cuda": the current one); "" for any other
+    device, and without CUDA."""
     try:
         import torch
-        return str(torch.cuda.get_device_name(device)) if torch.cuda.is_available() else ""
-    except Exception:  # noqa: BLE001 - no driver, a device that is not CUDA
+        if torch.device(device).type != "cuda" or not torch.cuda.is_available():
+            return ""
+        return str(torch.cuda.get_device_name(device))
+    except Exception:  # noqa: BLE001 - no driver, a device string torch does not know
         return ""
 
 

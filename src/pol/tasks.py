@@ -146,7 +146,7 @@ def build_spec(task_name: str, *, epochs: int | None = None, k: int | None = Non
         task=task.name, device=device, deterministic=deterministic,
         torch_version=torch.__version__, cpu_capability=current_cpu_capability(),
         cpu_threads=torch.get_num_threads(),
-        gpu_name=current_gpu_name() if device == "cuda" else "",
+        gpu_name=current_gpu_name(device),
         tf32=("on" if tf32 else "off") if device == "cuda" else "",
         step=StepSpec(exact=True) if exact else StepSpec())
     return spec, train, test

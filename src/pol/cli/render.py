@@ -61,8 +61,8 @@ def tasks(table: dict) -> None:
 # ------------------------------------------------------------------------------- verification
 
 def verify_exit_code(report: Any, data: str | None) -> int:
-    """0 valid, 1 invalid, 3 pending, 4 inconclusive; 2 when the only failure is the user's --data not being the
-    committed dataset (the user's mistake: the proof was not checked)."""
+    """0 valid, 1 invalid, 3 pending, 4 inconclusive; 2 when the only failure is the user's --data
+    not being the committed dataset (the user's mistake: the proof was not checked)."""
     failed = {c.name for c in report.checks if c.failed}
     if data and failed == {"dataset commitment"}:
         return EXIT_UNUSABLE
@@ -169,8 +169,8 @@ def inspection(info: dict, as_json: bool) -> None:
          f"batch {spec['batch_size']}")
     echo(f"steps        E={info['epochs']} S={info['steps_per_epoch']} "
          f"T={info['total_steps']} k={info['k']}; {info['num_checkpoints']} checkpoints")
-    echo(f"made on      {spec['device']}"
-         + (f" ({spec['gpu_name']})" if spec.get("gpu_name") else "") + ", deterministic={spec['deterministic']}, "
+    gpu = f" ({spec['gpu_name']})" if spec.get("gpu_name") else ""
+    echo(f"made on      {spec['device']}{gpu}, deterministic={spec['deterministic']}, "
          f"torch {spec['torch_version']}, seed {spec['seed']}, precision {spec['precision']}"
          + (f", tf32 {spec['tf32']}" if spec.get("tf32") else ""))
     echo(f"size         {info['total_bytes'] / 1e6:.2f} MB total, "

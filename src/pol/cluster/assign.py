@@ -110,7 +110,7 @@ def with_own_hardware(spec: TrainingSpec) -> TrainingSpec:
     """The spec as a worker records it: the assignment, with its own machine's claims."""
     return replace(spec, torch_version=torch.__version__,
                    cpu_capability=current_cpu_capability() if spec.device == "cpu" else "",
-                   gpu_name=current_gpu_name() if spec.device == "cuda" else "")
+                   gpu_name=current_gpu_name(spec.device))
 
 
 def spec_mismatch(assigned: TrainingSpec, claimed: TrainingSpec) -> str:

@@ -271,10 +271,6 @@ def _columns_of(rows: np.ndarray, total_steps: int) -> tuple[np.ndarray, ...]:
             np.ascontiguousarray(rows[:, 2]), rows[:, 3] != 0)
 
 
-# chunks of a segment decoded at once (each a few MiB to tens of MiB of fresh memory: a machine's
-# cores each fill one)
-
-
 class _Ahead:
     """One segment's columns decoded on a daemon thread (a verification that stops early does not
     wait for it at exit); `result()` waits and returns them, or raises what the decode raised."""

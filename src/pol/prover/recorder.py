@@ -267,8 +267,7 @@ class Recorder:
                     torch_version=torch.__version__,
                     cpu_capability=current_cpu_capability(),
                     cpu_threads=torch.get_num_threads(),
-                    gpu_name=current_gpu_name(next(iter(model.parameters())).device)
-                    if device == "cuda" else "")
+                    gpu_name=current_gpu_name(next(iter(model.parameters())).device))
             except ValueError as e:
                 raise ConfigError(str(e)) from None
         elif spec.data.root != merkle_root(self.leaves).hex() or spec.data.size != n:

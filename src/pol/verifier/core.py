@@ -307,13 +307,15 @@ def _replay_pass(path, o: VerifyOptions, policy: Policy, s: Session, report: Rep
                  t_start: float) -> Report:
     m, spec, proof = s.manifest, s.spec, s.proof
     ck = m.checkpoints
-    if _every_segment(o, policy, m) and not (o.reveal or o.request_data):
+    # --all, or a top-Q that picks every segment whatever the updates: they replay as read
+    every = o.all_segments or selection.every_segment_chosen(m, o.q, policy.extra_random)
+    if every and not (o.reveal or o.request_data):
         executor.submit_all([(ck[i], ck[i + 1]) for i in range(len(ck) - 1)])
     entropy, nonce = _lazy_entropy(o)
     entropy = os.urandom(16) if entropy is None else entropy  # one draw: the pass plans with it
     try:
         updates, w0, final_vec, state_probs, regen_pre, chosen = _checkpoint_pass(
-            o, policy, s, report, executor, entropy)
+            o, policy, s, report, executor, entropy, every)
     except IntegrityError as e:
         report.add(CheckName.CHECKPOINT_DIGESTS, False, str(e))
         return _finish(report, proof, t_start, 0)
@@ -432,7 +434,7 @@ class CheckpointDigester:
 
 
 def _checkpoint_pass(o: VerifyOptions, policy: Policy, s: Session, report: Report, executor,
-                     entropy: bytes):
+                     entropy: bytes, every: bool):
     """Every checkpoint read once (digest checked by the reader, the rest by the store) and
     digested as it is read (`CheckpointDigester`): the claimed update of every segment, the
     plausibility of the optimizer state; early replays while a segment's two checkpoints are in
@@ -441,7 +443,9 @@ def _checkpoint_pass(o: VerifyOptions, policy: Policy, s: Session, report: Repor
     digests run on the reader thread, a checkpoint ahead, and this thread only replays. The
     executor hears which segments replay next (`expect`: an exact proof's rounding log decodes
     ahead): --all, all of them at once; top-Q, a guess of each epoch's first pick while it is
-    read, its picks when it ends, and at the end every replay still to come. Returns, with
+    read, its picks when it ends, and at the end every replay still to come. `every`: every
+    segment replays (--all, or a top-Q that picks them all whatever the updates), each as the
+    pass reads its end, as --all's do. Returns, with
     what it read, the selection (`selection.choose`, with `entropy`: the random segments it
     announces are the ones replayed)."""
     m, spec = s.manifest, s.spec
@@ -453,7 +457,6 @@ def _checkpoint_pass(o: VerifyOptions, policy: Policy, s: Session, report: Repor
                                   spec if policy.has(Defence.OPTIMIZER_STATE) else None)
     reads = s.store.read_pass(ck, digester, ahead=s.overlap)
     picked: set[int] = set()  # the segments the stream picked (replayed early, in the pass)
-    every = _every_segment(o, policy, m)  # --all, or a top-Q that picks every segment anyway
     if every:
         executor.expect([(ck[i], ck[i + 1]) for i in range(len(ck) - 1)])
     _, w0, _ = next(reads)
@@ -466,7 +469,6 @@ def _checkpoint_pass(o: VerifyOptions, policy: Policy, s: Session, report: Repor
             state_probs.append(d.state_problem)
         if every:
             executor.early(ck[i], t, prev, cur)
-            picked.add(i)
         else:
             ready = stream.add(i, d.update[o.d1], prev, cur)
             picked.update(j for j, _, _ in ready)
@@ -490,13 +492,6 @@ def _checkpoint_pass(o: VerifyOptions, policy: Policy, s: Session, report: Repor
         for j, a_t, b_t in ready:
             executor.early(ck[j], ck[j + 1], a_t, b_t)
     return updates, w0, digester.last_vec, state_probs, regen_pre, chosen
-
-
-def _every_segment(o: VerifyOptions, policy: Policy, m) -> bool:
-    """Whether every segment replays: --all, or a top-Q selection that picks them all whatever
-    the updates (`selection.every_segment_chosen`), whose segments then replay as the pass
-    reads them, as --all's do, instead of after their epoch's picks are known."""
-    return o.all_segments or selection.every_segment_chosen(m, o.q, policy.extra_random)
 
 
 def _start_checks(o: VerifyOptions, policy: Policy, s: Session, report: Report, w0

@@ -302,9 +302,11 @@ _STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:980p
 h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.6em;border-bottom:1px solid #ddd}
 .verdict{font-size:1.6em;font-weight:bold;padding:.5em .8em;border-radius:6px;display:inline-block}
 .valid{background:#dff3e3;color:#1d6b31}.invalid{background:#fbe0dc;color:#a12a1c}
-.pending,.inconclusive{background:#fff2cc;color:#7a5a00}table{border-collapse:collapse;font-size:.85em;width:100%}
+.pending,.inconclusive{background:#fff2cc;color:#7a5a00}
+table{border-collapse:collapse;font-size:.85em;width:100%}
 td,th{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
-tr.fail td{background:#fdecea}tr.warn td,tr.inconclusive td{background:#fff8e1}tr.skip td{color:#777}
+tr.fail td{background:#fdecea}tr.warn td,tr.inconclusive td{background:#fff8e1}
+tr.skip td{color:#777}
 code{font-size:.9em}img{max-width:100%}.note{color:#555;font-size:.85em}"""
 
 

@@ -8,8 +8,8 @@ JSON schema (`schema: "pol-report/1"`)::
       "verdict": "valid" | "invalid" | "pending" | "inconclusive",
       "policy": str, "metrics": [str], "d1": str, "deltas": {metric: float},
       "delta_rule": str,
-      "checks": [{"name": str, "status": "pass"|"fail"|"warn"|"skip"|"inconclusive", "value": any,
-                  "bound": any, "reason": str}],
+      "checks": [{"name": str, "status": "pass"|"fail"|"warn"|"skip"|"inconclusive",
+                  "value": any, "bound": any, "reason": str}],
       "segments": [{"start": int, "end": int, "epoch": int, "d1": float,
                     "update": {metric: float},   # d(W_start, W_end) as claimed
                     "error": {metric: float},    # d(W'_end replayed, W_end claimed)
@@ -17,18 +17,19 @@ JSON schema (`schema: "pol-report/1"`)::
       "stats": {"replayed_steps": int, "total_steps": int, "seconds": float, ...}
     }
 
-A proof is valid iff no check has status "fail" or "inconclusive". A verification is *pending* (verdict "pending",
-`pol verify` exit 3) when no check failed but the replay was not done: lazy verification
-(`--request-data`) stops after the checkpoint pass until the prover reveals the data; it says
-nothing yet about whether the training happened.
+A proof is valid iff no check has status "fail" or "inconclusive". A verification is *pending*
+(verdict "pending", `pol verify` exit 3) when no check failed but the replay was not done: lazy
+verification (`--request-data`) stops after the checkpoint pass until the prover reveals the
+data; it says nothing yet about whether the training happened.
 
 A verification is *inconclusive* (verdict "inconclusive", `pol verify` exit 4) when no check failed
 outright but some are "inconclusive": a float32 proof (not exact mode) replayed on other hardware
 than the prover's (another device type, GPU model, torch version or CPU kernel family) with the
 auto δ, whose only failures are the ones a replay's rounding drift can cause (replay distance,
-relative error, optimizer replay, loss replay). Kernels round differently there and the difference grows with
-every step, so such a failure says nothing about the proof: verify it on the prover's kind of
-hardware (or calibrate δ for this pair). An inconclusive proof is not valid.
+relative error, optimizer replay, loss replay). Kernels round differently there and the
+difference grows with every step, so such a failure says nothing about the proof: verify it on
+the prover's kind of hardware (or calibrate δ for this pair). An inconclusive proof is not
+valid.
 """
 
 from __future__ import annotations

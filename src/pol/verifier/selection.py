@@ -70,8 +70,7 @@ def random_segments(root_digest: str, epochs: dict[int, list[int]], per_epoch: i
 def every_segment_chosen(manifest: fmt.Manifest, q: int, random_per_epoch: int = 0) -> bool:
     """Whether `choose` picks every segment whatever the updates: no epoch holds more segments
     than its Q largest plus its random ones (a short proof, a large Q)."""
-    epochs = by_epoch(manifest.checkpoints, manifest.steps_per_epoch)
-    return all(len(segs) <= q + random_per_epoch for segs in epochs.values())
+    return bool((segments_per_epoch(manifest) <= q + random_per_epoch).all())
 
 
 def choose(manifest: fmt.Manifest, d1s: list[float], q: int, all_segments: bool,
